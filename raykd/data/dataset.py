@@ -1,0 +1,106 @@
+"""2D slice dataset over h5 volumes.
+
+Each item is a :class:`Sample`: the target slice (centre-cropped/padded, normalised to max 1)
+and its mask. The forward model (:func:`raykd.data.transforms.undersample`) runs batched on the
+training device, so k-space never goes through the DataLoader.
+
+h5 files are opened once per process (DataLoader workers included) and kept open; the reference
+implementation re-opened the file and the mask for every slice.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from raykd.data.masks import MaskFunc
+from raykd.data.transforms import center_crop_or_pad, normalise_max
+from raykd.data.volumes import IMAGE_KEY, VolumeInfo, find_volumes, inspect_volume, open_h5
+from raykd.errors import DataError
+
+
+class Sample(NamedTuple):
+    target: torch.Tensor  # float32 [1, H, W], max 1
+    mask: torch.Tensor  # float32 [1, H, W], 0/1, uncentred
+    volume: int  # index into SliceDataset.volumes
+    slice: int  # slice index within the volume
+
+
+class SliceDataset(Dataset[Sample]):
+    """All slices of a list of volumes, cropped/padded to ``size``."""
+
+    def __init__(
+        self,
+        volumes: str | Path | list[str | Path],
+        size: tuple[int, int],
+        mask_func: MaskFunc,
+        key: str = IMAGE_KEY,
+    ) -> None:
+        self.key = key
+        self.size = (int(size[0]), int(size[1]))
+        self.mask_func = mask_func
+        self.volumes: list[VolumeInfo] = [inspect_volume(p, key) for p in find_volumes(volumes)]
+        self.index: list[tuple[int, int]] = [
+            (v, s) for v, info in enumerate(self.volumes) for s in range(info.num_slices)
+        ]
+        # One mask per volume, computed now (fails early on a bad mask, costs nothing per item).
+        self._masks = [
+            torch.from_numpy(mask_func(self.size, info.key)).unsqueeze(0) for info in self.volumes
+        ]
+        self._handles: dict[int, h5py.File] = {}
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def volume_slices(self, volume: int) -> range:
+        """Dataset indices of one volume's slices, in order."""
+        start = sum(v.num_slices for v in self.volumes[:volume])
+        return range(start, start + self.volumes[volume].num_slices)
+
+    def _file(self, volume: int) -> h5py.File:
+        if os.getpid() != self._pid:  # forked worker: inherited handles are not fork-safe
+            self._handles = {}
+            self._pid = os.getpid()
+        handle = self._handles.get(volume)
+        if handle is None:
+            handle = open_h5(self.volumes[volume].path)
+            self._handles[volume] = handle
+        return handle
+
+    def read_slice(self, volume: int, slice_index: int) -> np.ndarray:
+        """The preprocessed target slice (float32 [H, W], max 1)."""
+        path = self.volumes[volume].path
+        try:
+            raw = self._file(volume)[self.key][slice_index]
+        except (OSError, KeyError) as exc:
+            raise DataError(f"{path}: cannot read slice {slice_index} of '{self.key}' ({exc})") from exc
+        raw = np.asarray(raw, dtype=np.float32)
+        if not np.all(np.isfinite(raw)):
+            raise DataError(
+                f"{path}: slice {slice_index} of '{self.key}' contains NaN or Inf; "
+                "expected finite magnitude values"
+            )
+        image = normalise_max(np.abs(center_crop_or_pad(raw, self.size)))
+        return image.astype(np.float32, copy=False)
+
+    def __getitem__(self, idx: int) -> Sample:
+        volume, slice_index = self.index[idx]
+        target = torch.from_numpy(self.read_slice(volume, slice_index)).unsqueeze(0)
+        return Sample(target, self._masks[volume], volume, slice_index)
+
+    def close(self) -> None:
+        for handle in self._handles.values():
+            handle.close()
+        self._handles = {}
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_handles"] = {}  # never pickle open files (spawned workers, Ray)
+        return state

@@ -1,0 +1,59 @@
+"""The forward model and slice preprocessing.
+
+Conventions (``../shared/docs/method.md``): orthonormal 2D FFT over the last two axes, masks
+*uncentred* (k-space DC at pixel [0, 0], no fftshift anywhere), magnitude zero-filled input.
+All k-space arithmetic runs in complex64 regardless of autocast, because bf16/fp16 FFTs lose
+the accuracy the data-consistency step exists to keep.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def fft2(x: torch.Tensor) -> torch.Tensor:
+    """Orthonormal 2D FFT over the last two axes (input real or complex, output complex64)."""
+    return torch.fft.fft2(x.to(torch.complex64) if not x.is_complex() else x, norm="ortho")
+
+
+def ifft2(k: torch.Tensor) -> torch.Tensor:
+    """Orthonormal inverse 2D FFT over the last two axes."""
+    return torch.fft.ifft2(k, norm="ortho")
+
+
+def undersample(target: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Simulate acquisition: ``y = M ⊙ F(x)`` and the magnitude zero-filled image ``|F⁻¹(y)|``.
+
+    ``target`` is real [..., H, W]; ``mask`` broadcasts against it. Returns ``(zero_filled, y)``
+    with ``zero_filled`` float32 and ``y`` complex64.
+    """
+    with torch.autocast(device_type=target.device.type, enabled=False):
+        y = fft2(target.float()) * mask.to(torch.float32)
+        zero_filled = ifft2(y).abs()
+    return zero_filled, y
+
+
+def center_crop_or_pad(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Centre-crop or zero-pad the last two axes of ``image`` to ``size`` (each axis independently)."""
+    out_h, out_w = size
+    h, w = image.shape[-2:]
+    # Crop first (axis by axis), then pad what is still too small.
+    top = max((h - out_h) // 2, 0)
+    left = max((w - out_w) // 2, 0)
+    image = image[..., top : top + min(h, out_h), left : left + min(w, out_w)]
+    h, w = image.shape[-2:]
+    pad_h, pad_w = out_h - h, out_w - w
+    if pad_h > 0 or pad_w > 0:
+        pads = [(0, 0)] * (image.ndim - 2) + [
+            (pad_h // 2, pad_h - pad_h // 2),
+            (pad_w // 2, pad_w - pad_w // 2),
+        ]
+        image = np.pad(image, pads)
+    return image
+
+
+def normalise_max(image: np.ndarray) -> np.ndarray:
+    """Scale a slice to max 1 (an all-zero slice stays zero rather than becoming NaN)."""
+    peak = float(np.max(image))
+    return image / peak if peak > 0 else image

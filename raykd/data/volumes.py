@@ -1,0 +1,123 @@
+"""The on-disk layout raykd reads: one HDF5 file per volume.
+
+Layout (the Sunnybrook files in ``../shared/data/sunnybrook`` follow it)::
+
+    image            float32 [N, H, W]  magnitude slices, any scale (normalised per slice on read)
+    slice_location   float32 [N]        optional, mm
+    trigger_time     float32 [N]        optional, ms (cine phase)
+    attrs            optional metadata (patient_id, pixel_spacing_mm, source, license, ...)
+
+Every converter in :mod:`raykd.data` writes this layout with :func:`write_volume`, and every
+reader goes through :func:`inspect_volume`, which turns the usual failures (missing file,
+truncated file, missing key, wrong rank) into one clear :class:`~raykd.errors.DataError`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from raykd.errors import DataError
+
+IMAGE_KEY = "image"
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    path: Path
+    num_slices: int
+    shape: tuple[int, int]
+
+    @property
+    def key(self) -> str:
+        """A stable identifier for the volume (its file stem), used for seeding and reports."""
+        return self.path.stem
+
+
+def open_h5(path: str | Path) -> h5py.File:
+    """Open an h5 file read-only, with a clear error when it is missing or not valid HDF5."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise DataError(
+            f"{path}: cannot be opened as HDF5 (truncated or not an h5 file: {exc})"
+        ) from exc
+
+
+def inspect_volume(path: str | Path, key: str = IMAGE_KEY) -> VolumeInfo:
+    """Check that ``path`` follows the layout and return its size."""
+    path = Path(path)
+    with open_h5(path) as f:
+        if key not in f:
+            raise DataError(
+                f"{path}: missing key '{key}' (found keys: {sorted(f.keys())}); expected a "
+                f"float [N, H, W] dataset named '{key}'"
+            )
+        ds = f[key]
+        if not isinstance(ds, h5py.Dataset) or ds.ndim != 3:
+            shape = getattr(ds, "shape", None)
+            raise DataError(f"{path}: '{key}' must be a [N, H, W] dataset, got shape {shape}")
+        if ds.shape[0] == 0:
+            raise DataError(f"{path}: '{key}' holds no slices")
+        if np.issubdtype(ds.dtype, np.complexfloating):
+            raise DataError(f"{path}: '{key}' is complex; expected magnitude (real) images")
+        return VolumeInfo(path=path, num_slices=int(ds.shape[0]), shape=tuple(ds.shape[1:]))
+
+
+def find_volumes(source: str | Path | list[str | Path]) -> list[Path]:
+    """Resolve a folder (all ``*.h5`` inside, sorted) or an explicit list of files."""
+    if isinstance(source, list | tuple):
+        paths = [Path(p) for p in source]
+    else:
+        source = Path(source)
+        if source.is_dir():
+            paths = sorted(source.glob("*.h5"))
+            if not paths:
+                raise DataError(f"{source}: folder holds no .h5 volumes")
+        else:
+            paths = [source]
+    for p in paths:
+        if not p.is_file():
+            raise DataError(f"{p}: file not found")
+    return paths
+
+
+def write_volume(
+    path: str | Path,
+    image: np.ndarray,
+    attrs: dict[str, Any] | None = None,
+    extra: dict[str, np.ndarray] | None = None,
+) -> Path:
+    """Write one volume atomically (temp file + rename), validating values first."""
+    path = Path(path)
+    image = np.asarray(image)
+    if image.ndim != 3:
+        raise DataError(f"{path}: volume must be [N, H, W], got shape {image.shape}")
+    if np.iscomplexobj(image):
+        image = np.abs(image)
+    if not np.all(np.isfinite(image)):
+        raise DataError(f"{path}: volume contains NaN or Inf values; refusing to write it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".h5.tmp")
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset(IMAGE_KEY, data=image.astype(np.float32), chunks=(1, *image.shape[1:]))
+            for name, arr in (extra or {}).items():
+                f.create_dataset(name, data=arr)
+            for name, value in (attrs or {}).items():
+                f.attrs[name] = value
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

@@ -1,0 +1,111 @@
+"""DC-CNN (Schlemper et al., 2017): ``m`` cascades of a ``n``-layer CNN block + data consistency.
+
+Every conv activation is a named submodule, ``cascades.{c}.conv.{k}`` (0-based), so KD methods
+read features through :class:`raykd.models.taps.FeatureTaps` without a special forward.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from raykd.data.transforms import fft2, ifft2
+from raykd.errors import ConfigError
+
+
+class DataConsistency(nn.Module):
+    """Noiseless hard data consistency (λ → ∞): ``k_dc = M⊙y + (1−M)⊙F(x)``, ``x = Re F⁻¹(k_dc)``.
+
+    Taking the real part (as the reference does) is exactly data-consistent only for
+    Hermitian-symmetric masks; what it always guarantees is that the sampled k-space of the
+    *complex* result equals ``y``. Runs in fp32/complex64 even under autocast.
+    """
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            k = fft2(x.float())
+            k_dc = mask * y + (1.0 - mask) * k
+            return ifft2(k_dc).real
+
+
+class ConvAct(nn.Sequential):
+    """conv3x3 (+ ReLU): one tap point. The output is the activation KD methods read."""
+
+    def __init__(self, c_in: int, c_out: int, relu: bool) -> None:
+        layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=True)]
+        if relu:
+            layers.append(nn.ReLU(inplace=False))
+        super().__init__(*layers)
+
+
+class Cascade(nn.Module):
+    """One CNN block (conv(1→C)+ReLU, (n−2)×[conv(C→C)+ReLU], conv(C→1)) followed by DC."""
+
+    def __init__(self, depth: int, channels: int, residual: bool) -> None:
+        super().__init__()
+        widths = [1] + [channels] * (depth - 1) + [1]
+        self.conv = nn.Sequential(
+            *[ConvAct(widths[i], widths[i + 1], relu=i < depth - 1) for i in range(depth)]
+        )
+        self.residual = residual
+        self.dc = DataConsistency()
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        out = self.conv(x)
+        if self.residual:
+            out = x + out
+        return self.dc(out, y, mask)
+
+
+class DCCNN(nn.Module):
+    """DnCm. ``forward(zero_filled, y, mask) -> reconstruction`` (all [B, 1, H, W]).
+
+    ``residual=True`` (the raykd default) adds the block input to the CNN output; it costs no
+    parameters and trains faster. ``residual=False`` is the reference behaviour.
+    """
+
+    def __init__(
+        self, depth: int = 5, cascades: int = 5, channels: int = 32, residual: bool = True
+    ) -> None:
+        super().__init__()
+        if depth < 2:
+            raise ConfigError(f"DC-CNN depth must be >= 2 (D2Cm is the smallest), got {depth}")
+        if cascades < 1:
+            raise ConfigError(f"DC-CNN needs at least one cascade, got {cascades}")
+        self.depth, self.num_cascades, self.channels = depth, cascades, channels
+        self.residual = residual
+        self.cascades = nn.ModuleList(
+            [Cascade(depth, channels, residual) for _ in range(cascades)]
+        )
+
+    @property
+    def arch(self) -> dict:
+        """What defines the parameter shapes; stored in checkpoints and checked on load."""
+        return {
+            "type": "dccnn",
+            "depth": self.depth,
+            "cascades": self.num_cascades,
+            "channels": self.channels,
+        }
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        for cascade in self.cascades:
+            x = cascade(x, y, mask)
+        return x
+
+    def run_cascades(
+        self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, start: int
+    ) -> torch.Tensor:
+        """Apply cascades ``start..m-1`` (used by the SFT student branches)."""
+        for cascade in self.cascades[start:]:
+            x = cascade(x, y, mask)
+        return x
+
+
+def tap_names(model: DCCNN) -> list[str]:
+    """All feature-tap names of a DC-CNN, in forward order."""
+    return [f"cascades.{c}.conv.{k}" for c in range(model.num_cascades) for k in range(model.depth)]
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,65 @@
+"""Named feature taps: capture submodule outputs by name with forward hooks.
+
+``with FeatureTaps(model, ["cascades.0.conv.2"]) as taps: model(...); taps["cascades.0.conv.2"]``
+
+The model's forward signature never changes, so plain inference pays nothing. Names are
+resolved on the unwrapped module (DDP's ``module.`` prefix and torch.compile's ``_orig_mod.``
+are stripped), and an unknown name fails with the list of valid ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from raykd.errors import ConfigError
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DDP / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+class FeatureTaps:
+    def __init__(self, model: nn.Module, names: Iterable[str], detach: bool = False) -> None:
+        self.model = unwrap(model)
+        self.names = list(dict.fromkeys(names))
+        self.detach = detach
+        self.features: dict[str, torch.Tensor] = {}
+        self._handles: list = []
+        modules = dict(self.model.named_modules())
+        missing = [n for n in self.names if n not in modules]
+        if missing:
+            valid = [n for n in modules if ".conv." in n and n.count(".") == 3]
+            raise ConfigError(
+                f"unknown feature tap(s) {missing} for {type(self.model).__name__}; "
+                f"valid taps look like {valid[:3]} ... {valid[-1:] if valid else ''}"
+            )
+        self._modules = {n: modules[n] for n in self.names}
+
+    def _hook(self, name: str):
+        def hook(_module: nn.Module, _inp, out: torch.Tensor) -> None:
+            self.features[name] = out.detach() if self.detach else out
+
+        return hook
+
+    def __enter__(self) -> FeatureTaps:
+        self.features = {}
+        self._handles = [m.register_forward_hook(self._hook(n)) for n, m in self._modules.items()]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.features[name]

@@ -1,0 +1,23 @@
+"""Where shared data and caches live (no hostnames, no absolute paths in code)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def shared_data_dir() -> Path:
+    """The shared data folder: ``$RAYKD_SHARED_DATA`` or ``../shared/data`` from the repo root."""
+    env = os.environ.get("RAYKD_SHARED_DATA")
+    if env:
+        return Path(env).expanduser().resolve()
+    repo_root = Path(__file__).resolve().parent.parent
+    return (repo_root.parent / "shared" / "data").resolve()
+
+
+def cache_dir() -> Path:
+    """Cache for prepared built-in datasets: ``$RAYKD_CACHE`` or ``~/.cache/raykd``."""
+    env = os.environ.get("RAYKD_CACHE")
+    base = Path(env).expanduser() if env else Path.home() / ".cache" / "raykd"
+    base.mkdir(parents=True, exist_ok=True)
+    return base
