@@ -10,6 +10,7 @@ implementation re-opened the file and the mask for every slice.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -32,6 +33,11 @@ class Sample(NamedTuple):
     slice: int  # slice index within the volume
 
 
+def _subsample(info: VolumeInfo, n: int) -> VolumeInfo:
+    ids = np.unique(np.linspace(0, info.num_slices - 1, min(n, info.num_slices)).round().astype(int))
+    return dataclasses.replace(info, slice_ids=tuple(int(i) for i in ids))
+
+
 class SliceDataset(Dataset[Sample]):
     """All slices of a list of volumes, cropped/padded to ``size``."""
 
@@ -41,13 +47,16 @@ class SliceDataset(Dataset[Sample]):
         size: tuple[int, int],
         mask_func: MaskFunc,
         key: str = IMAGE_KEY,
+        max_slices: int | None = None,
     ) -> None:
         self.key = key
         self.size = (int(size[0]), int(size[1]))
         self.mask_func = mask_func
         self.volumes: list[VolumeInfo] = [inspect_volume(p, key) for p in find_volumes(volumes)]
+        if max_slices is not None:  # evenly spaced subset per volume (smoke runs, tests)
+            self.volumes = [_subsample(v, max_slices) for v in self.volumes]
         self.index: list[tuple[int, int]] = [
-            (v, s) for v, info in enumerate(self.volumes) for s in range(info.num_slices)
+            (v, s) for v, info in enumerate(self.volumes) for s in info.slice_ids
         ]
         # One mask per volume, computed now (fails early on a bad mask, costs nothing per item).
         self._masks = [
@@ -61,8 +70,8 @@ class SliceDataset(Dataset[Sample]):
 
     def volume_slices(self, volume: int) -> range:
         """Dataset indices of one volume's slices, in order."""
-        start = sum(v.num_slices for v in self.volumes[:volume])
-        return range(start, start + self.volumes[volume].num_slices)
+        start = sum(len(v.slice_ids) for v in self.volumes[:volume])
+        return range(start, start + len(self.volumes[volume].slice_ids))
 
     def _file(self, volume: int) -> h5py.File:
         if os.getpid() != self._pid:  # forked worker: inherited handles are not fork-safe

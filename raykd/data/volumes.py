@@ -33,6 +33,11 @@ class VolumeInfo:
     path: Path
     num_slices: int
     shape: tuple[int, int]
+    slice_ids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.slice_ids:
+            object.__setattr__(self, "slice_ids", tuple(range(self.num_slices)))
 
     @property
     def key(self) -> str:

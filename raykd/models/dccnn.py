@@ -80,12 +80,13 @@ class DCCNN(nn.Module):
 
     @property
     def arch(self) -> dict:
-        """What defines the parameter shapes; stored in checkpoints and checked on load."""
+        """What defines the network (shapes and the residual flag); stored and checked on load."""
         return {
             "type": "dccnn",
             "depth": self.depth,
             "cascades": self.num_cascades,
             "channels": self.channels,
+            "residual": self.residual,
         }
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

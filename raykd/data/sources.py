@@ -1,0 +1,91 @@
+"""From a :class:`~raykd.train.config.DataConfig` to datasets: resolve volumes, masks, splits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from raykd.data.dataset import SliceDataset
+from raykd.data.masks import CartesianMask, FixedMask, MaskFunc
+from raykd.data.volumes import find_volumes
+from raykd.errors import DataError
+from raykd.paths import shared_data_dir
+
+SHARED_PREFIX = "shared:"
+
+
+def resolve_path(text: str) -> Path:
+    """``shared:masks/x.npy`` → under ``$RAYKD_SHARED_DATA``; anything else as given."""
+    if text.startswith(SHARED_PREFIX):
+        return shared_data_dir() / text[len(SHARED_PREFIX) :]
+    return Path(text).expanduser()
+
+
+def build_mask(cfg) -> MaskFunc:
+    if cfg.kind == "file":
+        return FixedMask(resolve_path(cfg.path))
+    return CartesianMask(
+        acceleration=cfg.acceleration, seed=cfg.seed, num_low=cfg.num_low, per_volume=cfg.per_volume
+    )
+
+
+def source_volumes(source: str, size: tuple[int, int] | None = None) -> list[Path]:
+    """All volumes of a source: a built-in name, 'sunnybrook', or a folder / file of h5."""
+    if source == "mni152":
+        from raykd.data.builtin import prepare_mni152
+
+        side = max(size) if size else 240
+        return prepare_mni152(size=max(side, 240))
+    if source == "sunnybrook":
+        from raykd.data.sunnybrook import sunnybrook_volumes
+
+        return list(sunnybrook_volumes().values())
+    return find_volumes(resolve_path(source))
+
+
+def select(volumes: list[Path], names: list[str], source: str, split: str) -> list[Path]:
+    """Pick volumes by file stem, stem suffix (``0401`` → ``scd_SCD0000401``) or path."""
+    chosen = []
+    for name in names:
+        as_path = resolve_path(name)
+        if as_path.suffix == ".h5" and as_path.is_file():
+            chosen.append(as_path)
+            continue
+        hits = [v for v in volumes if v.stem == name or v.stem.endswith(name)]
+        if len(hits) != 1:
+            what = "matches no volume" if not hits else f"is ambiguous ({[h.stem for h in hits]})"
+            raise DataError(
+                f"data.{split}: '{name}' {what} in source '{source}'; available: "
+                f"{[v.stem for v in volumes]}"
+            )
+        chosen.append(hits[0])
+    return chosen
+
+
+def split_volumes(cfg) -> dict[str, list[Path]]:
+    """train/val/test volume lists; default split: last volume validates, the rest train."""
+    volumes = source_volumes(cfg.source, cfg.size)
+    splits: dict[str, list[Path]] = {}
+    for split in ("train", "val", "test"):
+        names = getattr(cfg, split)
+        if names is not None:
+            splits[split] = select(volumes, names, cfg.source, split)
+    if "train" not in splits or "val" not in splits:
+        if len(volumes) < 2:
+            raise DataError(
+                f"source '{cfg.source}' has {len(volumes)} volume(s); need >= 2 to split by volume"
+            )
+        splits.setdefault("val", volumes[-1:])
+        used = {p for k in ("val", "test") for p in splits.get(k, [])}
+        splits.setdefault("train", [v for v in volumes if v not in used])
+    overlap = set(splits["train"]) & (set(splits["val"]) | set(splits.get("test", [])))
+    if overlap:
+        raise DataError(f"volumes {[p.stem for p in overlap]} are in train and in val/test")
+    return splits
+
+
+def build_datasets(cfg) -> dict[str, SliceDataset]:
+    mask = build_mask(cfg.mask)
+    return {
+        split: SliceDataset(paths, cfg.size, mask, max_slices=cfg.max_slices_per_volume)
+        for split, paths in split_volumes(cfg).items()
+    }

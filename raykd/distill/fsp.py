@@ -1,0 +1,78 @@
+"""Flow of solution procedure (FSP): match Gram matrices between consecutive cascade features."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from raykd.distill.base import KDMethod, tap_channels
+from raykd.distill.registry import register_kd_method
+from raykd.errors import ConfigError
+from raykd.models.dccnn import DCCNN
+
+
+def fsp_gram(f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
+    """``G = F1 F2ᵀ / (H·W)`` with ``F`` reshaped to [B, C, H·W]: [B, C1, C2]."""
+    if f1.shape[0] != f2.shape[0] or f1.shape[2:] != f2.shape[2:]:
+        raise ConfigError(
+            f"KD method 'fsp': features {tuple(f1.shape)} and {tuple(f2.shape)} differ in batch "
+            "or spatial size"
+        )
+    hw = f1.shape[2] * f1.shape[3]
+    return torch.bmm(f1.flatten(2), f2.flatten(2).transpose(1, 2)) / hw
+
+
+@register_kd_method("fsp")
+class FSP(KDMethod):
+    """``L = mean_i MSE(G_T(i, i+1), G_S(i, i+1))`` over consecutive entries of the tap lists.
+
+    In a cascade the "flow" is from one cascade's block to the next, so the pairs are formed
+    from consecutive taps (by default the last hidden activation of consecutive cascades); the
+    MSE averages over Gram entries (the paper's summed squared L2 up to a constant factor).
+    Gram shapes are checked at construction: teacher and student channel pairs must agree.
+    """
+
+    citation: ClassVar[str] = (
+        "Yim, J., Joo, D., Bae, J. & Kim, J. A Gift from Knowledge Distillation: Fast "
+        "Optimization, Network Minimization and Transfer Learning. CVPR 2017."
+    )
+
+    def __init__(
+        self,
+        teacher: DCCNN,
+        student: DCCNN,
+        teacher_taps: list[str] | None = None,
+        student_taps: list[str] | None = None,
+    ) -> None:
+        super().__init__(teacher, student, teacher_taps, student_taps)
+        if len(self.teacher_taps) < 2:
+            raise ConfigError(
+                f"KD method 'fsp' needs at least two taps to form a Gram pair, got "
+                f"{self.teacher_taps}"
+            )
+        t_ch = [tap_channels(teacher, n) for n in self.teacher_taps]
+        s_ch = [tap_channels(student, n) for n in self.student_taps]
+        for i in range(len(t_ch) - 1):
+            if (t_ch[i], t_ch[i + 1]) != (s_ch[i], s_ch[i + 1]):
+                raise ConfigError(
+                    f"KD method 'fsp': teacher Gram of taps '{self.teacher_taps[i]}' x "
+                    f"'{self.teacher_taps[i + 1]}' is {t_ch[i]}x{t_ch[i + 1]} but student Gram "
+                    f"of taps '{self.student_taps[i]}' x '{self.student_taps[i + 1]}' is "
+                    f"{s_ch[i]}x{s_ch[i + 1]}; FSP needs equal channel counts"
+                )
+
+    @classmethod
+    def default_taps(cls, teacher: DCCNN, student: DCCNN) -> tuple[list[str], list[str]]:
+        """The last hidden activation (``conv.{depth-2}``) of every cascade, for both models."""
+        return (
+            [f"cascades.{c}.conv.{teacher.depth - 2}" for c in range(teacher.num_cascades)],
+            [f"cascades.{c}.conv.{student.depth - 2}" for c in range(student.num_cascades)],
+        )
+
+    def loss(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        terms = []
+        for (t1, s1), (t2, s2) in zip(pairs[:-1], pairs[1:], strict=True):
+            terms.append(F.mse_loss(fsp_gram(s1, s2), fsp_gram(t1, t2)))
+        return torch.stack(terms).mean()

@@ -1,0 +1,98 @@
+"""Checkpoints: atomic save, ``weights_only`` load, architecture check.
+
+A checkpoint is a dict of tensors and plain Python values only (so ``torch.load(...,
+weights_only=True)`` can read it): model state, architecture, optimiser, scheduler, epoch,
+RNG states, best validation value and the resolved config (as JSON text).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from raykd.errors import CheckpointError
+
+FORMAT_VERSION = 1
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached": float(np_state[4]),
+        },
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
+    )
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write atomically: a crash mid-write leaves the previous file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format_version": FORMAT_VERSION, **payload}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path}: file not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"checkpoint {path}: cannot be read (truncated, corrupt or not a raykd checkpoint: "
+            f"{type(exc).__name__})"
+        ) from exc
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "arch" not in ckpt:
+        raise CheckpointError(f"checkpoint {path}: not a raykd checkpoint (no 'model'/'arch')")
+    return ckpt
+
+
+def check_arch(ckpt: dict[str, Any], expected: dict[str, Any], path: str | Path) -> None:
+    """Refuse a checkpoint of another architecture before any tensor is copied."""
+    if ckpt["arch"] != expected:
+        raise CheckpointError(
+            f"checkpoint {path}: architecture {ckpt['arch']} does not match the model "
+            f"{expected}; expected a checkpoint of the same type/depth/cascades/channels"
+        )
+
+
+def checkpoint_config(ckpt: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(ckpt.get("config", "{}"))

@@ -1,0 +1,319 @@
+"""One trainer for every stage (teacher | sft | student | kd).
+
+Runs in one process, or as one rank of a ``torch.distributed`` group (the Ray layer starts the
+group; this module only reads it). Loss terms and validation sums stay on the device during an
+epoch (one host sync per epoch, not per step). Rank 0 writes checkpoints atomically:
+``last.pt`` every epoch (resume) and ``best.pt`` on the best validation loss (model selection).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from raykd.data.dataset import SliceDataset
+from raykd.data.sampling import ShardedSampler, validation_shard
+from raykd.data.sources import build_datasets
+from raykd.data.transforms import undersample
+from raykd.errors import CheckpointError
+from raykd.train.checkpoint import (
+    check_arch,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from raykd.train.config import StageConfig, save_config
+from raykd.train.precision import autocast, pick_device, resolve_precision
+from raykd.train.stages import build_stage
+
+# Called after every epoch with (epoch, metrics, path of last.pt or None off rank 0).
+EpochCallback = Callable[[int, dict[str, float], Path | None], None]
+
+
+@dataclass
+class StageResult:
+    output_dir: Path
+    best_checkpoint: Path
+    last_checkpoint: Path
+    best_epoch: int
+    best_val_loss: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    lineage: dict[str, Any] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _worker_init(worker_id: int) -> None:
+    # Each DataLoader worker gets its own deterministic seed (the reference code had none).
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: StageConfig,
+        output_dir: str | Path | None = None,
+        callbacks: list[EpochCallback] | None = None,
+        resume_from: str | Path | None = None,
+        datasets: dict[str, SliceDataset] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.output_dir = Path(output_dir or cfg.output_dir)
+        self.callbacks = callbacks or []
+        self.rank, self.world = dist_info()
+        self.device = pick_device(cfg.device)
+        if self.device.type == "cuda" and self.world > 1:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.precision = resolve_precision(cfg.precision, self.device)
+        seed_everything(cfg.seed)  # same init on every rank; DDP also broadcasts rank 0's
+        self.datasets = datasets or build_datasets(cfg.data)
+        self.stage, self.lineage = build_stage(cfg)
+        self.stage.to(self.device)
+        if cfg.channels_last:
+            self.stage.to(memory_format=torch.channels_last)
+        params = [p for p in self.stage.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(
+            self.optimizer, step_size=cfg.optim.step_size, gamma=cfg.optim.gamma
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
+        self.train_module: torch.nn.Module = self.stage
+        if self.world > 1:
+            self.train_module = DistributedDataParallel(
+                self.stage, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        if cfg.compile:
+            self.train_module = torch.compile(self.train_module)
+        self.start_epoch = 0
+        self.best_val = math.inf
+        self.best_epoch = -1
+        self.history: list[dict[str, float]] = []
+        self._resume(resume_from)
+
+    # ---- checkpoints -------------------------------------------------------------------
+    @property
+    def last_path(self) -> Path:
+        return self.output_dir / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.output_dir / "best.pt"
+
+    def _payload(self, epoch: int, full: bool) -> dict[str, Any]:
+        model = self.stage.saved_model
+        payload: dict[str, Any] = {
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "arch": model.arch,
+            "kind": self.cfg.kind,
+            "epoch": epoch,
+            "best_val_loss": self.best_val,
+            "best_epoch": self.best_epoch,
+            "config": json.dumps(self.cfg.to_dict()),
+            "lineage": json.dumps(self.lineage),
+        }
+        if full:
+            payload.update(
+                stage=self.stage.state_dict(),
+                optimizer=self.optimizer.state_dict(),
+                scheduler=self.scheduler.state_dict(),
+                scaler=self.scaler.state_dict(),
+                rng=rng_state(),
+                history=json.dumps(self.history),
+            )
+        return payload
+
+    def _resume(self, resume_from: str | Path | None) -> None:
+        path = Path(resume_from) if resume_from else None
+        if path is None and self.cfg.resume and self.last_path.is_file():
+            path = self.last_path
+        if path is None:
+            return
+        ckpt = load_checkpoint(path, map_location="cpu")
+        check_arch(ckpt, self.stage.saved_model.arch, path)
+        if "optimizer" not in ckpt or ckpt.get("kind") != self.cfg.kind:
+            raise CheckpointError(
+                f"checkpoint {path}: cannot resume a '{self.cfg.kind}' run from it (kind "
+                f"{ckpt.get('kind')!r}, resumable: {'optimizer' in ckpt})"
+            )
+        self.stage.load_state_dict(ckpt["stage"], strict=True)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        self.start_epoch = int(ckpt["epoch"]) + 1
+        self.best_val = float(ckpt["best_val_loss"])
+        self.best_epoch = int(ckpt["best_epoch"])
+        self.history = json.loads(ckpt["history"])
+        self._log(f"resumed from {path} at epoch {self.start_epoch}")
+
+    # ---- loops ---------------------------------------------------------------------------
+    def _log(self, text: str) -> None:
+        if self.rank == 0 and self.cfg.progress:
+            print(f"[raykd {self.cfg.kind}] {text}", file=sys.stderr, flush=True)
+
+    def _batch(self, sample) -> tuple[torch.Tensor, ...]:
+        target = sample.target.to(self.device, non_blocking=True)
+        mask = sample.mask.to(self.device, non_blocking=True)
+        zero_filled, y = undersample(target, mask)
+        if self.cfg.channels_last:
+            zero_filled = zero_filled.contiguous(memory_format=torch.channels_last)
+        return zero_filled, y, mask, target
+
+    def _loader(self, dataset, sampler=None, batch_size=None) -> DataLoader:
+        workers = self.cfg.data.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=batch_size or self.cfg.data.batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=workers > 0,
+            worker_init_fn=_worker_init if workers else None,
+        )
+
+    def train_epoch(self, epoch: int, loader: DataLoader) -> dict[str, float]:
+        self.train_module.train()
+        sums: dict[str, torch.Tensor] = {}
+        steps = 0
+        limit = self.cfg.optim.max_steps_per_epoch
+        total = min(len(loader), limit) if limit else len(loader)
+        bar = tqdm(
+            total=total,
+            desc=f"{self.cfg.kind} epoch {epoch + 1}/{self.cfg.optim.epochs}",
+            disable=not (self.cfg.progress and self.rank == 0),
+            leave=False,
+            file=sys.stderr,
+        )
+        weights = self.stage.weights
+        for sample in loader:
+            if steps >= total:
+                break
+            x, y, mask, target = self._batch(sample)
+            with autocast(self.device, self.precision):
+                terms = self.train_module(x, y, mask, target)
+            loss = sum(weights[k] * v.float() for k, v in terms.items())
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            for k, v in {"loss": loss, **terms}.items():
+                v = v.detach().float()
+                sums[k] = sums[k] + v if k in sums else v
+            steps += 1
+            bar.update(1)
+        bar.close()
+        self.scheduler.step()
+        stacked = torch.stack([sums[k] for k in sums]) / max(steps, 1)
+        if self.world > 1:
+            dist.all_reduce(stacked)
+            stacked /= self.world
+        values = stacked.tolist()  # the epoch's single host sync
+        return {f"train/{k}": v for k, v in zip(sums, values, strict=True)}
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean L1 and slice PSNR over the validation set, reduced over equal-length shards."""
+        self.stage.eval()
+        dataset = self.datasets["val"]
+        idx, w = validation_shard(len(dataset), self.rank, self.world)
+        loader = self._loader(Subset(dataset, idx))
+        weights = torch.tensor(w, device=self.device)
+        acc = torch.zeros(3, device=self.device)  # sum L1, sum PSNR, count
+        pos = 0
+        for sample in loader:
+            x, y, mask, target = self._batch(sample)
+            with autocast(self.device, self.precision):
+                pred = self.stage.predict(x, y, mask)
+            pred = pred.float()
+            wb = weights[pos : pos + len(target)]
+            pos += len(target)
+            l1 = (pred - target).abs().mean(dim=(1, 2, 3))
+            mse = ((pred - target) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-12)
+            peak = target.amax(dim=(1, 2, 3)).clamp_min(1e-12)
+            psnr = 10 * torch.log10(peak**2 / mse)
+            acc += torch.stack([(l1 * wb).sum(), (psnr * wb).sum(), wb.sum()])
+        if self.world > 1:
+            dist.all_reduce(acc)
+        l1_sum, psnr_sum, count = acc.tolist()
+        return {"val/loss": l1_sum / max(count, 1), "val/psnr": psnr_sum / max(count, 1)}
+
+    def fit(self) -> StageResult:
+        cfg = self.cfg
+        if self.rank == 0:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.output_dir / "config.yaml")
+        train_set = self.datasets["train"]
+        sampler = ShardedSampler(len(train_set), self.rank, self.world, shuffle=True, seed=cfg.seed)
+        loader = self._loader(train_set, sampler)
+        self._log(
+            f"{len(train_set)} train / {len(self.datasets['val'])} val slices, device "
+            f"{self.device}, precision {self.precision}, world size {self.world}, "
+            f"epochs {self.start_epoch + 1}..{cfg.optim.epochs}"
+        )
+        for epoch in range(self.start_epoch, cfg.optim.epochs):
+            t0 = time.perf_counter()
+            sampler.set_epoch(epoch)
+            metrics = self.train_epoch(epoch, loader)
+            metrics.update(self.validate())
+            metrics.update(
+                epoch=epoch + 1,
+                lr=self.optimizer.param_groups[0]["lr"],
+                epoch_time_s=time.perf_counter() - t0,
+            )
+            improved = metrics["val/loss"] < self.best_val
+            if improved:
+                self.best_val, self.best_epoch = metrics["val/loss"], epoch
+            self.history.append(metrics)
+            if self.rank == 0:
+                if improved:
+                    save_checkpoint(self.best_path, self._payload(epoch, full=False))
+                save_checkpoint(self.last_path, self._payload(epoch, full=True))
+                with open(self.output_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(metrics) + "\n")
+            self._log(
+                f"epoch {epoch + 1}/{cfg.optim.epochs} loss {metrics['train/loss']:.4f} "
+                f"val L1 {metrics['val/loss']:.4f} val PSNR {metrics['val/psnr']:.2f} dB"
+                f"{' *' if improved else ''} ({metrics['epoch_time_s']:.1f}s)"
+            )
+            for cb in self.callbacks:
+                cb(epoch, metrics, self.last_path if self.rank == 0 else None)
+        return StageResult(
+            output_dir=self.output_dir,
+            best_checkpoint=self.best_path,
+            last_checkpoint=self.last_path,
+            best_epoch=self.best_epoch,
+            best_val_loss=self.best_val,
+            history=self.history,
+            lineage=self.lineage,
+        )
+
+
+def train_stage(cfg: StageConfig, **kwargs) -> StageResult:
+    return Trainer(cfg, **kwargs).fit()

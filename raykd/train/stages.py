@@ -1,0 +1,186 @@
+"""The four kinds of run as modules whose forward returns named loss terms.
+
+``forward(zero_filled, y, mask, target) -> {term: loss}``; the total is the weighted sum with
+:attr:`StageModule.weights`, so every term is logged on its own (torchdistill's pattern). Only
+trainable parts are registered submodules: DDP wraps the whole stage module while the frozen
+teacher of a KD run stays outside it, in eval mode under ``no_grad``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from raykd.distill import KDMethod, build_kd_method
+from raykd.errors import CheckpointError
+from raykd.models.dccnn import DCCNN
+from raykd.models.sft import SFTModel, load_student_blocks
+from raykd.models.taps import FeatureTaps
+from raykd.train.checkpoint import check_arch, load_checkpoint
+from raykd.train.config import ModelConfig, StageConfig
+
+
+def build_dccnn(cfg: ModelConfig) -> DCCNN:
+    return DCCNN(cfg.depth, cfg.cascades, cfg.channels, cfg.residual)
+
+
+def model_from_arch(arch: dict) -> nn.Module:
+    if arch.get("type") == "dccnn":
+        return DCCNN(arch["depth"], arch["cascades"], arch["channels"], arch["residual"])
+    if arch.get("type") == "sft":
+        return SFTModel(model_from_arch(arch["teacher"]), model_from_arch(arch["student"]))
+    raise CheckpointError(f"unknown architecture {arch}")
+
+
+def load_model(path: str | Path, part: str = "auto") -> DCCNN:
+    """A DC-CNN from a checkpoint. For an SFT checkpoint, ``part`` picks teacher or student."""
+    ckpt = load_checkpoint(path)
+    try:
+        model = model_from_arch(ckpt["arch"])
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {path}: malformed architecture {ckpt['arch']}") from exc
+    check_arch(ckpt, model.arch, path)
+    try:
+        model.load_state_dict(ckpt["model"], strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {path}: weights do not match {model.arch}: {exc}") from exc
+    if isinstance(model, SFTModel):
+        return model.student if part == "student" else model.teacher
+    return model
+
+
+class StageModule(nn.Module):
+    weights: dict[str, float]
+
+    def predict(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The reconstruction used for validation and evaluation."""
+        raise NotImplementedError
+
+    @property
+    def saved_model(self) -> nn.Module:
+        """The network stored as ``model`` in checkpoints."""
+        raise NotImplementedError
+
+
+class PlainStage(StageModule):
+    """``teacher`` and ``student`` runs: one DC-CNN, L1 to the target."""
+
+    def __init__(self, model: DCCNN) -> None:
+        super().__init__()
+        self.model = model
+        self.weights = {"rec": 1.0}
+
+    def forward(self, x, y, mask, target):
+        return {"rec": F.l1_loss(self.model(x, y, mask), target)}
+
+    def predict(self, x, y, mask):
+        return self.model(x, y, mask)
+
+    @property
+    def saved_model(self):
+        return self.model
+
+
+class SFTStage(StageModule):
+    """L_SFT = L1(x̂_T, x) + w_s·mean_i L1(x̂_S,i, x) + w_imit·mean_i L1(x̂_T, x̂_S,i)."""
+
+    def __init__(self, model: SFTModel, w_s: float, w_imit: float) -> None:
+        super().__init__()
+        self.model = model
+        self.weights = {"rec_t": 1.0, "rec_s": w_s, "imit": w_imit}
+
+    def forward(self, x, y, mask, target):
+        out = self.model(x, y, mask)
+        n = len(out.branches)
+        return {
+            "rec_t": F.l1_loss(out.teacher, target),
+            "rec_s": sum(F.l1_loss(b, target) for b in out.branches) / n,
+            # Gradients of the imitation term reach the teacher too: it is student-aware.
+            "imit": sum(F.l1_loss(out.teacher, b) for b in out.branches) / n,
+        }
+
+    def predict(self, x, y, mask):
+        return self.model.teacher(x, y, mask)
+
+    @property
+    def saved_model(self):
+        return self.model
+
+
+class KDStage(StageModule):
+    """L1(x̂_S, x) + w_kd·L_method(feats_T, feats_S) + w_out·L1(x̂_S, x̂_T)."""
+
+    def __init__(
+        self, student: DCCNN, teacher: DCCNN, method: KDMethod, w_kd: float, w_out: float
+    ) -> None:
+        super().__init__()
+        self.model = student
+        self.method = method
+        teacher.eval().requires_grad_(False)
+        self.__dict__["teacher"] = teacher  # not a submodule: never in DDP or the optimiser
+        self.weights = {"rec": 1.0, "kd": w_kd}
+        if w_out > 0:
+            self.weights["out"] = w_out
+
+    def _apply(self, fn, recurse=True):  # keep the hidden teacher on the same device/dtype
+        self.__dict__["teacher"]._apply(fn)
+        return super()._apply(fn, recurse)
+
+    def forward(self, x, y, mask, target):
+        with torch.no_grad(), FeatureTaps(self.teacher, self.method.teacher_taps) as t_taps:
+            t_out = self.teacher(x, y, mask)
+        with FeatureTaps(self.model, self.method.student_taps) as s_taps:
+            s_out = self.model(x, y, mask)
+        terms = {
+            "rec": F.l1_loss(s_out, target),
+            "kd": self.method(t_taps.features, s_taps.features),
+        }
+        if "out" in self.weights:
+            terms["out"] = F.l1_loss(s_out, t_out)
+        return terms
+
+    def predict(self, x, y, mask):
+        return self.model(x, y, mask)
+
+    @property
+    def saved_model(self):
+        return self.model
+
+
+def build_stage(cfg: StageConfig) -> tuple[StageModule, dict]:
+    """The stage module for ``cfg.kind`` and a dict of lineage facts (teacher checkpoint...)."""
+    lineage: dict = {}
+    if cfg.kind == "teacher":
+        return PlainStage(build_dccnn(cfg.teacher)), lineage
+    if cfg.kind == "student":
+        return PlainStage(build_dccnn(cfg.student)), lineage
+    if cfg.kind == "sft":
+        model = SFTModel(build_dccnn(cfg.teacher), build_dccnn(cfg.student))
+        return SFTStage(model, cfg.sft.w_s, cfg.sft.w_imit), lineage
+    # kd
+    ckpt_path = Path(cfg.teacher_checkpoint)
+    ckpt = load_checkpoint(ckpt_path)
+    teacher_kind = ckpt["arch"].get("type")
+    teacher = load_model(ckpt_path, part="teacher")
+    expected = build_dccnn(cfg.teacher).arch
+    if teacher.arch != expected:
+        raise CheckpointError(
+            f"teacher checkpoint {ckpt_path}: teacher is {teacher.arch}, config says {expected}"
+        )
+    student = build_dccnn(cfg.student)
+    if cfg.kd.init == "sft":
+        if teacher_kind != "sft":
+            raise CheckpointError(
+                f"kd.init 'sft' needs an SFT checkpoint as teacher_checkpoint; {ckpt_path} is a "
+                f"plain '{teacher_kind}' checkpoint"
+            )
+        lineage["sft_tensors_loaded"] = load_student_blocks(student, ckpt["model"])
+    method = build_kd_method(
+        cfg.kd.method, teacher, student, cfg.kd.teacher_taps, cfg.kd.student_taps, **cfg.kd.options
+    )
+    lineage.update(teacher_checkpoint=str(ckpt_path), teacher_kind=teacher_kind)
+    stage = KDStage(student, teacher, method, cfg.kd.resolved_weight, cfg.kd.output_weight)
+    return stage, lineage

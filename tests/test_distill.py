@@ -1,0 +1,315 @@
+"""KD methods: registry, tap handling, and per-method formula checks on tiny DC-CNNs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from raykd.data.transforms import undersample
+from raykd.distill import KDMethod, available_kd_methods, build_kd_method, get_kd_method
+from raykd.distill.at import attention_map
+from raykd.distill.cc import embed, rbf_taylor_kernel
+from raykd.distill.fsp import fsp_gram
+from raykd.distill.sp import similarity_matrix
+from raykd.errors import ConfigError
+from raykd.models.dccnn import DCCNN
+from raykd.models.taps import FeatureTaps
+
+METHODS = ["at", "fitnets", "fsp", "sp", "cc"]
+B, H, W = 4, 16, 16
+
+
+@pytest.fixture(scope="module")
+def models() -> tuple[DCCNN, DCCNN]:
+    torch.manual_seed(0)
+    return DCCNN(depth=5, cascades=5, channels=8), DCCNN(depth=3, cascades=5, channels=8)
+
+
+@pytest.fixture(scope="module")
+def batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    target = torch.rand(B, 1, H, W, generator=gen)
+    mask = (torch.rand(1, 1, H, W, generator=gen) > 0.5).float()
+    zero_filled, y = undersample(target, mask)
+    return zero_filled, y, mask
+
+
+def features(model: DCCNN, taps: list[str], batch, detach: bool = False) -> dict[str, torch.Tensor]:
+    with FeatureTaps(model, taps, detach=detach) as t:
+        model(*batch)
+    return dict(t.features)
+
+
+def teacher_student_feats(method: KDMethod, teacher, student, batch):
+    return (
+        features(teacher, method.teacher_taps, batch, detach=True),
+        features(student, method.student_taps, batch),
+    )
+
+
+# ---------------------------------------------------------------- common to every method
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_registered_with_citation(name: str) -> None:
+    assert name in available_kd_methods()
+    cls = get_kd_method(name)
+    assert issubclass(cls, KDMethod) and cls.name == name
+    assert cls.citation and any(str(y) in cls.citation for y in range(2015, 2020))
+    assert cls.__doc__
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_zero_loss_for_identical_features(name: str, models, batch) -> None:
+    teacher, _ = models
+    taps = get_kd_method(name).default_taps(teacher, teacher)[0]
+    method = build_kd_method(name, teacher, teacher, taps, taps)
+    feats = features(teacher, method.teacher_taps, batch, detach=True)
+    with torch.no_grad():
+        loss = method(feats, feats)
+    assert loss.ndim == 0
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_positive_loss_and_gradient_reaches_student_only(name: str, models, batch) -> None:
+    teacher, student = models
+    method = build_kd_method(name, teacher, student)
+    teacher.zero_grad(set_to_none=True)
+    student.zero_grad(set_to_none=True)
+    t_feats, s_feats = teacher_student_feats(method, teacher, student, batch)
+    assert not any(f.requires_grad for f in t_feats.values())
+    for f in s_feats.values():
+        f.retain_grad()
+    loss = method(t_feats, s_feats)
+    assert torch.isfinite(loss) and loss.item() > 0
+    loss.backward()
+    assert any(f.grad is not None and f.grad.abs().sum() > 0 for f in s_feats.values())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+# ---------------------------------------------------------------- registry and taps
+
+
+def test_unknown_method_lists_available() -> None:
+    with pytest.raises(ConfigError) as exc:
+        get_kd_method("nope")
+    for name in METHODS:
+        assert name in str(exc.value)
+
+
+def test_mismatched_tap_count(models) -> None:
+    teacher, student = models
+    with pytest.raises(ConfigError, match="paired"):
+        build_kd_method("at", teacher, student, ["cascades.0.conv.2"], ["cascades.{c}.conv.1"])
+
+
+def test_unknown_tap(models) -> None:
+    teacher, student = models
+    with pytest.raises(ConfigError, match="cascades.9.conv.1"):
+        build_kd_method("sp", teacher, student, ["cascades.0.conv.2"], ["cascades.9.conv.1"])
+
+
+def test_bad_options(models) -> None:
+    teacher, student = models
+    with pytest.raises(ConfigError, match="bad options"):
+        build_kd_method("at", teacher, student, gamma=1.0)
+    with pytest.raises(ConfigError, match="gamma"):
+        build_kd_method("cc", teacher, student, gamma=-1.0)
+    with pytest.raises(ConfigError, match="order"):
+        build_kd_method("cc", teacher, student, order=1.5)
+
+
+def test_default_taps(models) -> None:
+    teacher, student = models
+    at = build_kd_method("at", teacher, student)
+    assert at.teacher_taps == [f"cascades.{c}.conv.2" for c in range(5)]
+    assert at.student_taps == [f"cascades.{c}.conv.1" for c in range(5)]
+    fit = build_kd_method("fitnets", teacher, student)
+    assert (fit.teacher_taps, fit.student_taps) == (["cascades.2.conv.4"], ["cascades.2.conv.2"])
+    short = DCCNN(depth=3, cascades=2, channels=4)
+    assert build_kd_method("fitnets", teacher, short).student_taps == ["cascades.1.conv.2"]
+    fsp = build_kd_method("fsp", teacher, student)
+    assert fsp.teacher_taps == [f"cascades.{c}.conv.3" for c in range(5)]
+    assert fsp.student_taps == [f"cascades.{c}.conv.1" for c in range(5)]
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_custom_tap_patterns(name: str, models, batch) -> None:
+    teacher, student = models
+    pattern = ["cascades.{c}.conv.{hidden}"]
+    method = build_kd_method(name, teacher, student, pattern, pattern)
+    assert method.teacher_taps == [f"cascades.{c}.conv.3" for c in range(5)]
+    assert method.student_taps == [f"cascades.{c}.conv.1" for c in range(5)]
+    loss = method(*teacher_student_feats(method, teacher, student, batch))
+    assert torch.isfinite(loss) and loss.item() > 0
+
+
+# ---------------------------------------------------------------- AT
+
+
+def test_at_scale_invariant_and_per_sample(models, batch) -> None:
+    teacher, student = models
+    method = build_kd_method("at", teacher, student)
+    t_feats, s_feats = teacher_student_feats(method, teacher, student, batch)
+    with torch.no_grad():
+        base = method(t_feats, s_feats)
+        scaled = method(t_feats, {k: 7.0 * v for k, v in s_feats.items()})
+        # Scaling one sample must not change any sample's loss (no batch-wide normalisation).
+        factor = torch.ones(B, 1, 1, 1)
+        factor[1] = 100.0
+        one_scaled = method(t_feats, {k: factor * v for k, v in s_feats.items()})
+        per_sample = [
+            method(
+                {k: v[i : i + 1] for k, v in t_feats.items()},
+                {k: v[i : i + 1] for k, v in s_feats.items()},
+            )
+            for i in range(B)
+        ]
+    assert scaled.item() == pytest.approx(base.item(), rel=1e-5)
+    assert one_scaled.item() == pytest.approx(base.item(), rel=1e-5)
+    assert torch.stack(per_sample).mean().item() == pytest.approx(base.item(), rel=1e-5)
+
+
+def test_at_hand_computed(models) -> None:
+    teacher, student = models
+    method = build_kd_method("at", teacher, student)
+    # Teacher: channels [1, 2] and [sqrt(2), 0] -> Q = [3, 4] -> [0.6, 0.8]; student Q = [1, 0].
+    t = torch.tensor([[[[1.0, 2.0]], [[math.sqrt(2.0), 0.0]]]])
+    s = torch.tensor([[[[5.0, 0.0]]]])
+    assert torch.allclose(attention_map(t), torch.tensor([[0.6, 0.8]]))
+    assert method.loss([(t, s)]).item() == pytest.approx(math.sqrt(0.4**2 + 0.8**2), rel=1e-6)
+
+
+def test_at_spatial_mismatch(models) -> None:
+    teacher, student = models
+    method = build_kd_method("at", teacher, student)
+    with pytest.raises(ConfigError, match="spatial"):
+        method.loss([(torch.rand(2, 3, 4, 4), torch.rand(2, 3, 8, 8))])
+
+
+# ---------------------------------------------------------------- FitNets
+
+
+def test_fitnets_regressor_only_when_channels_differ(batch) -> None:
+    teacher = DCCNN(depth=5, cascades=5, channels=8)
+    narrow = DCCNN(depth=3, cascades=5, channels=4)
+    same = DCCNN(depth=3, cascades=5, channels=8)
+    hidden = ["cascades.{c}.conv.{hidden}"]
+
+    fit = build_kd_method("fitnets", teacher, narrow, hidden, hidden)
+    assert len(fit.regressors) == 5
+    assert all(isinstance(r, nn.Conv2d) and r.kernel_size == (1, 1) for r in fit.regressors)
+    assert (fit.regressors[0].in_channels, fit.regressors[0].out_channels) == (4, 8)
+    params = list(fit.parameters())
+    assert params and all(p.requires_grad for p in params)
+    loss = fit(*teacher_student_feats(fit, teacher, narrow, batch))
+    loss.backward()
+    assert all(p.grad is not None for p in params)
+
+    for student, taps in ((same, hidden), (narrow, None)):  # equal widths; default taps (1 ch)
+        fit = build_kd_method("fitnets", teacher, student, taps, taps)
+        assert all(isinstance(r, nn.Identity) for r in fit.regressors)
+        assert not list(fit.parameters())
+
+
+def test_fitnets_is_mse(models) -> None:
+    teacher, student = models
+    fit = build_kd_method("fitnets", teacher, student)
+    t, s = torch.zeros(1, 1, 2, 2), torch.tensor([[[[1.0, 2.0], [3.0, 0.0]]]])
+    assert fit.loss([(t, s)]).item() == pytest.approx((1 + 4 + 9) / 4)
+
+
+# ---------------------------------------------------------------- FSP
+
+
+def test_fsp_gram_hand_computed(models) -> None:
+    f1 = torch.tensor([[[[1.0, 2.0]]]])  # [1, 1, 1, 2]
+    f2 = torch.tensor([[[[3.0, 4.0]], [[5.0, 6.0]]]])  # [1, 2, 1, 2]
+    gram = fsp_gram(f1, f2)
+    assert gram.shape == (1, 1, 2)
+    assert torch.allclose(gram, torch.tensor([[[11.0 / 2, 17.0 / 2]]]))
+
+    teacher, student = models
+    method = build_kd_method("fsp", teacher, student)
+    zeros1, zeros2 = torch.zeros_like(f1), torch.zeros_like(f2)
+    loss = method.loss([(f1, zeros1), (f2, zeros2)])
+    assert loss.item() == pytest.approx((5.5**2 + 8.5**2) / 2)
+
+
+def test_fsp_shape_mismatch_names_taps() -> None:
+    teacher = DCCNN(depth=5, cascades=3, channels=8)
+    student = DCCNN(depth=3, cascades=3, channels=4)
+    with pytest.raises(ConfigError, match=r"cascades\.0\.conv\.3.*cascades\.0\.conv\.1"):
+        build_kd_method("fsp", teacher, student)
+    with pytest.raises(ConfigError, match="two taps"):
+        build_kd_method("fsp", teacher, student, ["cascades.0.conv.0"], ["cascades.0.conv.0"])
+
+
+# ---------------------------------------------------------------- SP
+
+
+def test_sp_scale_invariant(models, batch) -> None:
+    teacher, student = models
+    method = build_kd_method("sp", teacher, student)
+    t_feats, s_feats = teacher_student_feats(method, teacher, student, batch)
+    with torch.no_grad():
+        base = method(t_feats, s_feats)
+        scaled = method(t_feats, {k: 5.0 * v for k, v in s_feats.items()})
+    assert scaled.item() == pytest.approx(base.item(), rel=1e-5)
+
+
+def test_sp_hand_computed(models) -> None:
+    teacher, student = models
+    method = build_kd_method("sp", teacher, student)
+    t = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).view(2, 2, 1, 1)  # G_T = I
+    s = torch.tensor([[1.0, 0.0], [1.0, 0.0]]).view(2, 2, 1, 1)  # G_S rows = [1, 1] / sqrt(2)
+    a = 1 / math.sqrt(2)
+    assert torch.allclose(similarity_matrix(s), torch.full((2, 2), a))
+    expected = (2 * (1 - a) ** 2 + 2 * a**2) / 4  # = 1 - sqrt(2) / 2
+    assert method.loss([(t, s)]).item() == pytest.approx(expected, rel=1e-6)
+
+
+# ---------------------------------------------------------------- CC
+
+
+def test_cc_scale_invariant(models, batch) -> None:
+    teacher, student = models
+    method = build_kd_method("cc", teacher, student)
+    t_feats, s_feats = teacher_student_feats(method, teacher, student, batch)
+    with torch.no_grad():
+        base = method(t_feats, s_feats)
+        scaled = method(t_feats, {k: 9.0 * v for k, v in s_feats.items()})
+    assert scaled.item() == pytest.approx(base.item(), rel=1e-5)
+
+
+def test_cc_kernel_closed_form() -> None:
+    gamma = 0.4
+    e = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    k = rbf_taylor_kernel(e, gamma, order=2)
+
+    def taylor(x: float) -> float:
+        return math.exp(-2 * gamma) * (1 + 2 * gamma * x + (2 * gamma * x) ** 2 / 2)
+
+    expected = torch.tensor([[taylor(1.0), taylor(0.6)], [taylor(0.6), taylor(1.0)]])
+    assert torch.allclose(k, expected, atol=1e-6)
+    # A high order converges to the exact RBF exp(-gamma * ||a - b||^2) of unit vectors.
+    exact = torch.exp(-gamma * torch.cdist(e, e).pow(2))
+    assert torch.allclose(rbf_taylor_kernel(e, gamma, order=12), exact, atol=1e-6)
+    # Embeddings are GAP + L2-normalised; embedding widths may differ (C is B x B).
+    assert torch.allclose(embed(torch.full((2, 3, 4, 4), 2.0)).norm(dim=1), torch.ones(2))
+
+
+def test_cc_hand_loss_and_options(models) -> None:
+    teacher, student = models
+    method = build_kd_method("cc", teacher, student, gamma=0.5, order=1)
+    assert (method.gamma, method.order) == (0.5, 1)
+    t = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).view(2, 2, 1, 1)  # dot = I
+    s = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]).view(2, 3, 1, 1)  # dot = ones
+    # order 1: k(x) = e^{-1} (1 + x); C_T - C_S is e^{-1} * (-1) off the diagonal.
+    expected = 2 * math.exp(-1.0) ** 2 / 4
+    assert method.loss([(t, s)]).item() == pytest.approx(expected, rel=1e-6)
