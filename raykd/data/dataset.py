@@ -34,7 +34,9 @@ class Sample(NamedTuple):
 
 
 def _subsample(info: VolumeInfo, n: int) -> VolumeInfo:
-    ids = np.unique(np.linspace(0, info.num_slices - 1, min(n, info.num_slices)).round().astype(int))
+    ids = np.unique(
+        np.linspace(0, info.num_slices - 1, min(n, info.num_slices)).round().astype(int)
+    )
     return dataclasses.replace(info, slice_ids=tuple(int(i) for i in ids))
 
 
@@ -89,7 +91,9 @@ class SliceDataset(Dataset[Sample]):
         try:
             raw = self._file(volume)[self.key][slice_index]
         except (OSError, KeyError) as exc:
-            raise DataError(f"{path}: cannot read slice {slice_index} of '{self.key}' ({exc})") from exc
+            raise DataError(
+                f"{path}: cannot read slice {slice_index} of '{self.key}' ({exc})"
+            ) from exc
         raw = np.asarray(raw, dtype=np.float32)
         if not np.all(np.isfinite(raw)):
             raise DataError(

@@ -74,9 +74,7 @@ class DCCNN(nn.Module):
             raise ConfigError(f"DC-CNN needs at least one cascade, got {cascades}")
         self.depth, self.num_cascades, self.channels = depth, cascades, channels
         self.residual = residual
-        self.cascades = nn.ModuleList(
-            [Cascade(depth, channels, residual) for _ in range(cascades)]
-        )
+        self.cascades = nn.ModuleList([Cascade(depth, channels, residual) for _ in range(cascades)])
 
     @property
     def arch(self) -> dict:

@@ -61,7 +61,9 @@ def student_block_state(sft_state: dict[str, torch.Tensor], student: DCCNN) -> d
         if k.startswith("cascades.") and int(k.split(".")[1]) >= 1
     }
     found = {k[len(prefix) :]: v for k, v in sft_state.items() if k.startswith(prefix)}
-    found = {k: v for k, v in found.items() if k.startswith("cascades.") and int(k.split(".")[1]) >= 1}
+    found = {
+        k: v for k, v in found.items() if k.startswith("cascades.") and int(k.split(".")[1]) >= 1
+    }
     missing = sorted(set(wanted) - set(found))
     unexpected = sorted(set(found) - set(wanted))
     shape_bad = [

@@ -113,7 +113,9 @@ class KDConfig(_Strict):
 
     @property
     def resolved_weight(self) -> float:
-        return self.weight if self.weight is not None else CANONICAL_KD_WEIGHTS.get(self.method, 1.0)
+        return (
+            self.weight if self.weight is not None else CANONICAL_KD_WEIGHTS.get(self.method, 1.0)
+        )
 
 
 class StageConfig(_Strict):

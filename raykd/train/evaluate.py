@@ -58,7 +58,7 @@ def evaluate_model(
     batch_size: int = 8,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Metrics for every volume of ``dataset``: {'volumes': [...], 'summary': {metric: (mean, std)}}.
+    """Metrics for every volume: ``{'volumes': [...], 'summary': {metric: [mean, std]}}``.
 
     Each volume entry holds its name, per-volume metrics and per-slice values (kept for paired
     significance tests).

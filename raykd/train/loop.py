@@ -99,7 +99,9 @@ class Trainer:
         if cfg.channels_last:
             self.stage.to(memory_format=torch.channels_last)
         params = [p for p in self.stage.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.optimizer = torch.optim.Adam(
+            params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
+        )
         self.scheduler = torch.optim.lr_scheduler.StepLR(
             self.optimizer, step_size=cfg.optim.step_size, gamma=cfg.optim.gamma
         )

@@ -46,7 +46,9 @@ def load_model(path: str | Path, part: str = "auto") -> DCCNN:
     try:
         model.load_state_dict(ckpt["model"], strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint {path}: weights do not match {model.arch}: {exc}") from exc
+        raise CheckpointError(
+            f"checkpoint {path}: weights do not match {model.arch}: {exc}"
+        ) from exc
     if isinstance(model, SFTModel):
         return model.student if part == "student" else model.teacher
     return model
