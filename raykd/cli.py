@@ -1,0 +1,254 @@
+"""``raykd`` command line: prepare data, train a stage, evaluate, reconstruct.
+
+Thin over the library. Errors a user can cause print one line (file/key/value and what was
+expected) and exit with status 2; no traceback unless ``RAYKD_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from raykd.errors import RaykdError
+
+EPILOG = """examples:
+  raykd prepare mni152                       # built-in brain data (from the nilearn wheel)
+  raykd prepare dicom SunnybrookDICOM/ data/  # DICOM folders -> one h5 per series
+  raykd train configs/teacher.yaml --set optim.epochs=10
+  raykd evaluate runs/teacher/best.pt --data data/val/ --out metrics.json
+  raykd reconstruct runs/student/best.pt --input vol.h5 --out recon.h5
+"""
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    if args.what == "mni152":
+        from raykd.data.builtin import prepare_mni152
+
+        paths = prepare_mni152(size=args.size)
+    elif args.what == "dicom":
+        from raykd.data.dicom import convert_dicom_folder
+
+        paths = convert_dicom_folder(_need(args.src, "SRC"), _need(args.out, "OUT"))
+    elif args.what == "nifti":
+        from raykd.data.nifti import convert_nifti
+
+        out = Path(_need(args.out, "OUT"))
+        src = Path(_need(args.src, "SRC"))
+        files = sorted([*src.glob("*.nii"), *src.glob("*.nii.gz")]) if src.is_dir() else [src]
+        paths = []
+        for f in files:
+            name = f.name.removesuffix(".gz").removesuffix(".nii") + ".h5"
+            target = out / name if (src.is_dir() or out.suffix != ".h5") else out
+            paths.append(convert_nifti(f, target, axis=args.axis))
+    else:  # fastmri
+        from raykd.data.fastmri import convert_fastmri
+
+        src, out = Path(_need(args.src, "SRC")), Path(_need(args.out, "OUT"))
+        files = sorted(src.glob("*.h5")) if src.is_dir() else [src]
+        paths = [
+            convert_fastmri(f, out / f.name if out.suffix != ".h5" else out, prefer=args.prefer)
+            for f in files
+        ]
+    for p in paths:
+        print(p)
+    return 0
+
+
+def _need(value: str | None, name: str) -> str:
+    if not value:
+        raise RaykdError(f"prepare: {name} is required for this source")
+    return value
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from raykd.train.config import load_config
+    from raykd.train.evaluate import evaluate_model, write_json
+    from raykd.train.loop import Trainer
+    from raykd.train.stages import load_model
+
+    overrides = list(args.set or [])
+    if args.output_dir:
+        overrides.append(f"output_dir={args.output_dir}")
+    cfg = load_config(args.config, overrides)
+    trainer = Trainer(cfg)
+    result = trainer.fit()
+    part = "teacher" if cfg.kind in ("teacher", "sft") else "student"
+    model = load_model(result.best_checkpoint, part=part).to(trainer.device)
+    report = evaluate_model(model, trainer.datasets["val"], trainer.device)
+    write_json(report, result.output_dir / "eval_val.json")
+    summary = ", ".join(f"{k} {v[0]:.4f}" for k, v in report["summary"].items())
+    print(f"best epoch {result.best_epoch + 1}: validation {summary}")
+    print(f"checkpoint: {result.best_checkpoint}")
+    return 0
+
+
+def _eval_dataset(args: argparse.Namespace, ckpt_path: str):
+    from raykd.data.dataset import SliceDataset
+    from raykd.data.sources import build_mask
+    from raykd.train.checkpoint import checkpoint_config, load_checkpoint
+    from raykd.train.config import MaskConfig
+
+    stored = checkpoint_config(load_checkpoint(ckpt_path)).get("data", {})
+    size = tuple(args.size) if args.size else tuple(stored.get("size", (240, 240)))
+    if args.mask:
+        mask_cfg = MaskConfig(kind="file", path=args.mask)
+    elif args.acceleration:
+        mask_cfg = MaskConfig(kind="cartesian", acceleration=args.acceleration, seed=args.mask_seed)
+    else:
+        mask_cfg = MaskConfig(**stored.get("mask", {}))
+    data = args.data if hasattr(args, "data") else args.input
+    return SliceDataset(data, size, build_mask(mask_cfg))
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from raykd.train.evaluate import evaluate_model, write_json
+    from raykd.train.precision import pick_device
+    from raykd.train.stages import load_model
+
+    device = pick_device(args.device)
+    dataset = _eval_dataset(args, args.checkpoint)
+    model = load_model(args.checkpoint, part=args.part).to(device)
+    report = evaluate_model(model, dataset, device)
+    report["checkpoint"] = str(args.checkpoint)
+    if args.zero_filled:
+        report["zero_filled"] = evaluate_model(None, dataset, device)["summary"]
+    write_json(report, args.out)
+    for name, (mean, std) in report["summary"].items():
+        print(f"{name:6s} {mean:.4f} ± {std:.4f}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_reconstruct(args: argparse.Namespace) -> int:
+    from raykd.data.volumes import write_volume
+    from raykd.train.evaluate import reconstruct_volume
+    from raykd.train.precision import pick_device
+    from raykd.train.stages import load_model
+
+    device = pick_device(args.device)
+    dataset = _eval_dataset(args, args.checkpoint)
+    model = load_model(args.checkpoint, part=args.part).to(device)
+    rec = reconstruct_volume(model, dataset, 0, device)
+    write_volume(
+        args.out,
+        rec["recon"],
+        attrs={"checkpoint": str(args.checkpoint), "source": str(args.input)},
+        extra={"zero_filled": rec["zero_filled"], "target": rec["target"]},
+    )
+    print(f"wrote {args.out} ({rec['recon'].shape[0]} slices)")
+    return 0
+
+
+def _add_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a raykd checkpoint (best.pt / last.pt)")
+    p.add_argument(
+        "--part",
+        choices=["auto", "teacher", "student"],
+        default="auto",
+        help="for SFT checkpoints: which network to use (default: teacher)",
+    )
+    p.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="crop/pad size (default: the checkpoint's training size)",
+    )
+    p.add_argument("--mask", help="fixed mask .npy (default: the checkpoint's training mask)")
+    p.add_argument("--acceleration", type=float, help="use a seeded Cartesian mask instead")
+    p.add_argument("--mask-seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="raykd",
+        description="Knowledge distillation for cascaded MRI reconstruction (SFT-KD-Recon).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser(
+        "prepare",
+        help="prepare data in raykd's h5 layout",
+        description="Convert data to raykd's layout (one h5 per volume, 'image' "
+        "[N, H, W]) or prepare the built-in MNI152 dataset.",
+    )
+    p.add_argument("what", choices=["mni152", "dicom", "nifti", "fastmri"])
+    p.add_argument("src", nargs="?", help="input file or folder (dicom/nifti/fastmri)")
+    p.add_argument("out", nargs="?", help="output folder (or .h5 file for one input)")
+    p.add_argument("--size", type=int, default=240, help="mni152: padded slice size")
+    p.add_argument("--axis", type=int, default=2, help="nifti: slice axis after reorienting")
+    p.add_argument(
+        "--prefer",
+        choices=["reconstruction", "kspace"],
+        default="reconstruction",
+        help="fastmri: image source when both are present",
+    )
+    p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser(
+        "train",
+        help="train one stage (teacher | sft | student | kd)",
+        description="Train one stage from a YAML/JSON config, then evaluate the "
+        "best checkpoint on the validation volumes (eval_val.json).",
+    )
+    p.add_argument("config", nargs="?", help="stage config file (YAML or JSON)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set optim.epochs=10 (repeatable)",
+    )
+    p.add_argument("--output-dir", help="where checkpoints and metrics go")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="metrics of a checkpoint on a volume or folder",
+        description="Reconstruct every volume and write per-volume and per-slice "
+        "PSNR/SSIM/NMSE/HFN/HFEN/VIF as JSON.",
+    )
+    _add_eval_args(p)
+    p.add_argument("--data", required=True, help="an h5 volume or a folder of them")
+    p.add_argument("--out", required=True, help="output JSON")
+    p.add_argument("--zero-filled", action="store_true", help="also report zero-filled metrics")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "reconstruct",
+        help="reconstruct one volume to h5",
+        description="Undersample a volume with the mask, reconstruct it and "
+        "write 'image' (reconstruction), 'zero_filled' and 'target'.",
+    )
+    _add_eval_args(p)
+    p.add_argument("--input", required=True, help="an h5 volume in raykd's layout")
+    p.add_argument("--out", required=True, help="output h5")
+    p.set_defaults(func=_cmd_reconstruct)
+
+    from raykd import cli_ext
+
+    cli_ext.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except RaykdError as exc:
+        if os.environ.get("RAYKD_DEBUG"):
+            raise
+        print(f"raykd: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("raykd: interrupted (checkpoints written so far are intact)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
