@@ -1,0 +1,84 @@
+"""Shared fixtures: tiny h5 volumes written per test session, small configs.
+
+Real h5 files, real torch; shapes are tiny so the whole suite stays fast on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from raykd.data.volumes import write_volume
+from raykd.train.config import load_config
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def phantom_volume(n: int, size: int, seed: int) -> np.ndarray:
+    """Smooth random blobs with edges: structured enough for reconstruction to be learnable."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    vol = np.zeros((n, size, size), dtype=np.float32)
+    for i in range(n):
+        img = np.zeros((size, size))
+        for _ in range(4):
+            cy, cx, r = rng.uniform(0.25, 0.75), rng.uniform(0.25, 0.75), rng.uniform(0.08, 0.25)
+            img += rng.uniform(0.3, 1.0) * (((yy - cy) ** 2 + (xx - cx) ** 2) < r**2)
+        vol[i] = img * rng.uniform(50, 500)  # raw scale: normalisation is the dataset's job
+    return vol
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """Four 6-slice 32x32 volumes in raykd's layout."""
+    root = tmp_path_factory.mktemp("tiny_data")
+    for v in range(4):
+        write_volume(root / f"vol{v}.h5", phantom_volume(6, 32, seed=v), attrs={"patient_id": v})
+    return root
+
+
+def tiny_overrides(root: Path, out: Path, kind: str, **extra: str) -> list[str]:
+    base = {
+        "kind": kind,
+        "data.source": str(root),
+        "data.train": "[vol0, vol1, vol2]",
+        "data.val": "[vol3]",
+        "data.size": "[32, 32]",
+        "data.batch_size": "2",
+        "data.mask.acceleration": "3",
+        "data.mask.num_low": "4",
+        "teacher.depth": "3",
+        "teacher.cascades": "2",
+        "teacher.channels": "4",
+        "student.depth": "2",
+        "student.cascades": "2",
+        "student.channels": "4",
+        "optim.epochs": "2",
+        "output_dir": str(out),
+        "progress": "false",
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture
+def tiny_config(tiny_data, tmp_path):
+    def make(kind: str, name: str | None = None, **extra: str):
+        out = tmp_path / (name or kind)
+        return load_config(None, tiny_overrides(tiny_data, out, kind, **extra))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    from raykd.paths import shared_data_dir
+
+    root = shared_data_dir()
+    if not (root / "sunnybrook").is_dir():
+        pytest.skip(f"shared data not found at {root} (set RAYKD_SHARED_DATA)")
+    return root
