@@ -156,7 +156,7 @@ def test_empty_slice_is_nan_and_skipped_in_means() -> None:
         (np.ones((1, 2, 64, 64)), np.ones((1, 2, 64, 64)), r"\[N, H, W\]"),
         (np.ones(64), np.ones(64), r"\[N, H, W\]"),
         (np.ones((0, 64, 64)), np.ones((0, 64, 64)), "at least one slice"),
-        (np.ones((2, 32, 64)), np.ones((2, 32, 64)), "at least 41x41"),
+        (np.ones((2, 4, 64)), np.ones((2, 4, 64)), "at least 8x8"),
         (np.zeros((2, 64, 64)), np.zeros((2, 64, 64)), "positive maximum"),
         (np.ones((2, 64, 64)) * (1 + 1j), np.ones((2, 64, 64)), "real-valued"),
     ],
@@ -187,3 +187,12 @@ def test_summarise() -> None:
         summarise([])
     with pytest.raises(DataError, match="expected"):
         summarise([{"psnr": 1.0}, {"ssim": 1.0}])
+
+
+def test_vif_undefined_below_41_pixels_other_metrics_defined() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 32, 32))
+    y = x + 0.05 * rng.standard_normal(x.shape)
+    vol = volume_metrics(x, y)
+    assert np.isnan(vol["vif"])
+    assert np.isfinite(vol["psnr"]) and 0 < vol["ssim"] < 1
