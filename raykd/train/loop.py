@@ -177,7 +177,7 @@ class Trainer:
 
     # ---- loops ---------------------------------------------------------------------------
     def _log(self, text: str) -> None:
-        if self.rank == 0 and self.cfg.progress:
+        if self.rank == 0:
             print(f"[raykd {self.cfg.kind}] {text}", file=sys.stderr, flush=True)
 
     def _batch(self, sample) -> tuple[torch.Tensor, ...]:

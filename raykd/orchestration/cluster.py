@@ -1,0 +1,90 @@
+"""Start or join Ray, and size trials from what the cluster has (never hard-coded)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from raykd.errors import RaykdError
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join ``address`` / ``$RAY_ADDRESS`` (set by ``ray job submit``) or start a local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    # Workers must import raykd: make the package's parent importable for them.
+    pkg_parent = str(Path(__file__).resolve().parents[2])
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if pkg_parent not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([pkg_parent, *filter(None, paths)])
+    target = address or os.environ.get("RAY_ADDRESS")
+    try:
+        if target:
+            ray.init(address=target, log_to_driver=True)
+        else:
+            ray.init(address="local", num_cpus=num_cpus, log_to_driver=True)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise RaykdError(
+            f"cannot connect to Ray at {target or 'a new local instance'} ({exc}); start a "
+            "cluster with `ray start --head` or unset RAY_ADDRESS to run locally"
+        ) from exc
+
+
+@dataclass(frozen=True)
+class TrialResources:
+    workers: int  # Ray Train workers per stage (DDP ranks)
+    use_gpu: bool
+    cpus_per_worker: float
+    concurrency: int  # trials at once
+    threads: int  # torch threads per worker
+
+    def describe(self) -> str:
+        device = "GPU" if self.use_gpu else f"{self.cpus_per_worker:g} CPU"
+        return (
+            f"{self.concurrency} trial(s) at once, each stage on {self.workers} worker(s) × "
+            f"{device}"
+        )
+
+
+def plan_resources(workers: int | None = None, max_concurrent: int | None = None) -> TrialResources:
+    """One GPU per worker when the cluster has GPUs; else share the CPUs.
+
+    On CPU, DDP gives no speed-up on a small box (2 procs × 1 thread ≈ 1 proc × 2 threads), so
+    the default is one worker that uses all CPUs a trial gets.
+    """
+    import ray
+
+    res = ray.cluster_resources()
+    cpus = int(res.get("CPU", 1))
+    gpus = int(res.get("GPU", 0))
+    if gpus > 0:
+        w = workers or 1
+        concurrency = max(1, gpus // w)
+        cpus_per_worker = max(1, cpus // max(gpus, 1) - 0)
+        threads = max(1, int(cpus_per_worker))
+        res_ = TrialResources(w, True, cpus_per_worker, concurrency, threads)
+    else:
+        w = workers or 1
+        per_trial = cpus if cpus <= 4 else max(2, cpus // max(1, cpus // 4))
+        concurrency = max(1, cpus // per_trial)
+        cpus_per_worker = max(1, per_trial // w)
+        res_ = TrialResources(w, False, cpus_per_worker, concurrency, int(cpus_per_worker))
+    if max_concurrent:
+        res_ = TrialResources(
+            res_.workers,
+            res_.use_gpu,
+            res_.cpus_per_worker,
+            min(res_.concurrency, max_concurrent),
+            res_.threads,
+        )
+    return res_
+
+
+def say(text: str) -> None:
+    print(f"[raykd] {text}", file=sys.stderr, flush=True)

@@ -1,0 +1,160 @@
+"""Run one stage as a Ray Train ``TorchTrainer``, or reuse it if it already ran.
+
+:func:`ensure_stage` is the stage graph's single entry: given a stage config (and, for KD, the
+record of its teacher stage) it returns the finished :class:`StageRecord`, training only when
+no run with the same identity has finished. The MLflow child run is created here, before
+``fit``, so workers log into it and the KD run can name its teacher's run id.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from raykd.errors import RaykdError
+from raykd.orchestration.cluster import TrialResources, say
+from raykd.orchestration.identity import StageRecord, StageStore, stage_identity
+from raykd.orchestration.train_fn import RESULT_FILE, train_fn
+from raykd.tracking import Tracking
+from raykd.train.config import StageConfig
+
+
+@dataclass
+class StageContext:
+    """Where stages live and are tracked, and how they are run."""
+
+    store: StageStore
+    tracking: Tracking | None
+    resources: TrialResources
+    parent_run_id: str | None = None
+    max_failures: int = 2
+    local: bool = False  # num_workers=0: in-process Ray Train (tests, debugging)
+
+
+def _existing_run(ctx: StageContext, stage_id: str) -> str | None:
+    """An unfinished MLflow run for this stage (driver killed earlier): continue it."""
+    if ctx.tracking is None:
+        return None
+    for run in ctx.tracking.runs(f"tags.`raykd.stage_id` = '{stage_id}'"):
+        if run.info.status in ("RUNNING", "KILLED", "FAILED"):
+            return run.info.run_id
+    return None
+
+
+def ensure_stage(
+    cfg: StageConfig,
+    ctx: StageContext,
+    teacher: StageRecord | None = None,
+    tune_report: bool = False,
+    eval_splits: tuple[str, ...] = ("val", "test"),
+) -> StageRecord:
+    if cfg.kind == "kd" and teacher is None:
+        raise RaykdError("a kd stage needs the record of its teacher stage")
+    stage_id = stage_identity(cfg, teacher.stage_id if teacher else None)
+    if (record := ctx.store.get(stage_id)) is not None:
+        return record
+    with ctx.store.lock(stage_id):
+        if (record := ctx.store.get(stage_id)) is not None:
+            return record
+        out = ctx.store.stage_dir(stage_id)
+        updates = {"output_dir": str(out), "progress": False, "name": stage_id}
+        if teacher is not None:
+            updates["teacher_checkpoint"] = teacher.best_checkpoint
+        cfg = cfg.model_copy(update=updates)
+        run_id = None
+        if ctx.tracking is not None:
+            run_id = _existing_run(ctx, stage_id) or ctx.tracking.start_run(
+                name=stage_id,
+                parent_run_id=ctx.parent_run_id,
+                params=cfg.to_dict(),
+                tags={
+                    "raykd.role": "stage",
+                    "raykd.kind": cfg.kind,
+                    "raykd.stage_id": stage_id,
+                    "raykd.teacher_stage": teacher.stage_id if teacher else "",
+                    "raykd.teacher_run_id": (teacher.mlflow_run_id or "") if teacher else "",
+                    "raykd.kd_method": cfg.kd.method if cfg.kind == "kd" else "",
+                    "raykd.kd_init": cfg.kd.init if cfg.kind == "kd" else "",
+                    "raykd.seed": cfg.seed,
+                },
+            )
+        say(f"training {stage_id} ({ctx.resources.describe()})")
+        t0 = time.perf_counter()
+        try:
+            _fit(cfg, ctx, out, run_id, tune_report, eval_splits)
+        except BaseException:
+            if ctx.tracking is not None and run_id:
+                ctx.tracking.end_run(run_id, "FAILED")
+            raise
+        result = json.loads((out / RESULT_FILE).read_text())
+        record = StageRecord(
+            stage_id=stage_id,
+            kind=cfg.kind,
+            output_dir=str(out),
+            best_checkpoint=result["best_checkpoint"],
+            best_val_loss=result["best_val_loss"],
+            best_epoch=result["best_epoch"],
+            mlflow_run_id=run_id,
+            teacher_stage=teacher.stage_id if teacher else None,
+            metrics=result["metrics"],
+            finished_at=time.time(),
+        )
+        if ctx.tracking is not None and run_id:
+            ctx.tracking.log_metrics(run_id, {"wall_clock_s": time.perf_counter() - t0})
+            ctx.tracking.end_run(run_id, "FINISHED")
+        ctx.store.put(record)
+        say(f"finished {stage_id} in {time.perf_counter() - t0:.0f}s")
+        return record
+
+
+def _fit(cfg, ctx: StageContext, out: Path, run_id, tune_report: bool, eval_splits) -> None:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    callbacks = []
+    if tune_report:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        callbacks.append(TuneReportCallback())
+    res = ctx.resources
+    scaling = (
+        ScalingConfig(num_workers=0)
+        if ctx.local
+        else ScalingConfig(
+            num_workers=res.workers,
+            use_gpu=res.use_gpu,
+            resources_per_worker={
+                "CPU": res.cpus_per_worker,
+                **({"GPU": 1} if res.use_gpu else {}),
+            },
+        )
+    )
+    trainer = TorchTrainer(
+        train_fn,
+        train_loop_config={
+            "stage": cfg.to_dict(),
+            "output_dir": str(out),
+            "threads": res.threads,
+            "mlflow_run_id": run_id,
+            "tracking_uri": ctx.tracking.uri if ctx.tracking else None,
+            "experiment": ctx.tracking.experiment_name if ctx.tracking else None,
+            "eval_splits": list(eval_splits),
+        },
+        scaling_config=scaling,
+        run_config=RunConfig(
+            name=f"train-{cfg.name}",  # stable: a rerun resumes from its last checkpoint
+            storage_path=str(ctx.store.root / "ray"),
+            failure_config=FailureConfig(max_failures=ctx.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            callbacks=callbacks,
+        ),
+    )
+    try:
+        trainer.fit()
+    except Exception as exc:
+        raise RaykdError(
+            f"stage {cfg.name} failed after {ctx.max_failures} retries: {exc}\n"
+            f"logs and checkpoints: {out}"
+        ) from exc

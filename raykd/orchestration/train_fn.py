@@ -1,0 +1,109 @@
+"""The Ray Train worker function: one rank of a (possibly 1-rank) DDP run of one stage.
+
+Ray starts the process group (gloo on CPU, NCCL on GPU); :class:`raykd.train.loop.Trainer`
+reads it. Every rank calls ``ray.train.report`` once per epoch (it is a barrier); rank 0 attaches
+the checkpoint and is the only rank that talks to MLflow. On a restart after a worker failure,
+``ray.train.get_checkpoint()`` holds the last reported epoch and training resumes from it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import torch
+from ray.train import Checkpoint
+
+from raykd.train.config import StageConfig
+from raykd.train.evaluate import evaluate_model, write_json
+from raykd.train.loop import Trainer
+from raykd.train.stages import load_model
+
+RESULT_FILE = "result.json"
+
+
+def _device() -> str:
+    try:
+        import ray.train.torch
+
+        return str(ray.train.torch.get_device())
+    except Exception:
+        return "cpu"
+
+
+def train_fn(config: dict[str, Any]) -> None:
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    torch.set_num_threads(max(1, int(config.get("threads", 1))))
+    stage = dict(config["stage"])
+    if stage.get("device", "auto") == "auto":
+        stage["device"] = _device()
+    cfg = StageConfig.model_validate(stage)
+    output_dir = Path(config["output_dir"])
+
+    tracking = None
+    run_id = config.get("mlflow_run_id")
+    if rank == 0 and run_id:
+        from raykd.tracking import Tracking
+
+        tracking = Tracking(config["tracking_uri"], config["experiment"])
+
+    def report(epoch: int, metrics: dict[str, float], last_path: Path | None) -> None:
+        if tracking is not None:
+            tracking.log_metrics(run_id, metrics, step=epoch + 1)
+        if rank == 0 and last_path is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                shutil.copy2(last_path, Path(tmp) / "last.pt")
+                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            trainer = Trainer(
+                cfg, output_dir, callbacks=[report], resume_from=Path(ckpt_dir) / "last.pt"
+            )
+    else:
+        trainer = Trainer(cfg, output_dir, callbacks=[report])
+    result = trainer.fit()
+    if rank != 0:
+        return
+    finish_stage(cfg, trainer, result, tracking, run_id, config.get("eval_splits", ["val"]))
+
+
+def finish_stage(cfg, trainer, result, tracking, run_id, splits) -> dict[str, Any]:
+    """Rank 0: evaluate the best checkpoint per volume, log artifacts, write result.json."""
+    part = "teacher" if cfg.kind in ("teacher", "sft") else "student"
+    model = load_model(result.best_checkpoint, part=part).to(trainer.device)
+    summary: dict[str, Any] = {}
+    for split in splits:
+        if split not in trainer.datasets:
+            continue
+        report = evaluate_model(model, trainer.datasets[split], trainer.device, progress=False)
+        path = write_json(report, result.output_dir / f"eval_{split}.json")
+        summary[split] = {k: v[0] for k, v in report["summary"].items()}
+        if tracking is not None:
+            tracking.log_metrics(run_id, {f"{split}_{k}": v for k, v in summary[split].items()})
+            for vol in report["volumes"]:
+                tracking.log_metrics(
+                    run_id, {f"{split}_{vol['volume']}_{k}": v for k, v in vol["metrics"].items()}
+                )
+            tracking.log_artifact(run_id, path, "eval")
+    record = {
+        "best_checkpoint": str(result.best_checkpoint),
+        "best_val_loss": result.best_val_loss,
+        "best_epoch": result.best_epoch,
+        "metrics": summary,
+        "lineage": result.lineage,
+    }
+    (result.output_dir / RESULT_FILE).write_text(json.dumps(record, indent=1))
+    if tracking is not None:
+        tracking.log_metrics(run_id, {"best_val_loss": result.best_val_loss})
+        tracking.log_artifact(run_id, result.best_checkpoint, "checkpoints")
+        tracking.log_artifact(run_id, result.output_dir / "config.yaml")
+    return record
