@@ -18,6 +18,7 @@ from raykd.orchestration.cluster import TrialResources, say
 from raykd.orchestration.identity import StageRecord, StageStore, stage_identity
 from raykd.orchestration.train_fn import RESULT_FILE, train_fn
 from raykd.tracking import Tracking
+from raykd.tracking import schema as S
 from raykd.train.config import StageConfig
 
 
@@ -49,7 +50,12 @@ def ensure_stage(
     teacher: StageRecord | None = None,
     tune_report: bool = False,
     eval_splits: tuple[str, ...] = ("val", "test"),
+    tags: dict[str, str] | None = None,
 ) -> StageRecord:
+    """The finished record of ``cfg``'s stage: reused if it exists, else trained now.
+
+    ``tags`` (dataset name, acceleration, ...) go on the MLflow run when it is created.
+    """
     if cfg.kind == "kd" and teacher is None:
         raise RaykdError("a kd stage needs the record of its teacher stage")
     stage_id = stage_identity(cfg, teacher.stage_id if teacher else None)
@@ -69,16 +75,7 @@ def ensure_stage(
                 name=stage_id,
                 parent_run_id=ctx.parent_run_id,
                 params=cfg.to_dict(),
-                tags={
-                    "raykd.role": "stage",
-                    "raykd.kind": cfg.kind,
-                    "raykd.stage_id": stage_id,
-                    "raykd.teacher_stage": teacher.stage_id if teacher else "",
-                    "raykd.teacher_run_id": (teacher.mlflow_run_id or "") if teacher else "",
-                    "raykd.kd_method": cfg.kd.method if cfg.kind == "kd" else "",
-                    "raykd.kd_init": cfg.kd.init if cfg.kind == "kd" else "",
-                    "raykd.seed": cfg.seed,
-                },
+                tags=stage_tags(cfg, stage_id, teacher) | (tags or {}),
             )
         say(f"training {stage_id} ({ctx.resources.describe()})")
         t0 = time.perf_counter()
@@ -107,6 +104,25 @@ def ensure_stage(
         ctx.store.put(record)
         say(f"finished {stage_id} in {time.perf_counter() - t0:.0f}s")
         return record
+
+
+def stage_tags(cfg: StageConfig, stage_id: str, teacher: StageRecord | None) -> dict[str, str]:
+    kd = cfg.kind == "kd"
+    return {
+        S.TAG_ROLE: "stage",
+        S.TAG_KIND: cfg.kind,
+        S.TAG_ROW: S.stage_row(cfg.kind, teacher.kind if teacher else None, cfg.kd.init),
+        S.TAG_STAGE_ID: stage_id,
+        S.TAG_TEACHER_STAGE: teacher.stage_id if teacher else "",
+        S.TAG_TEACHER_RUN: (teacher.mlflow_run_id or "") if teacher else "",
+        S.TAG_METHOD: cfg.kd.method if kd else "",
+        S.TAG_INIT: cfg.kd.init if kd else "",
+        S.TAG_SEED: str(cfg.seed),
+        S.TAG_ACCELERATION: f"{cfg.data.mask.acceleration:g}",
+        S.TAG_TEACHER_DEPTH: str(cfg.teacher.depth) if cfg.kind != "student" else "",
+        S.TAG_STUDENT_DEPTH: str(cfg.student.depth) if cfg.kind != "teacher" else "",
+        S.TAG_TASK: "recon",
+    }
 
 
 def _fit(cfg, ctx: StageContext, out: Path, run_id, tune_report: bool, eval_splits) -> None:

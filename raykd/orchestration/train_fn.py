@@ -76,6 +76,25 @@ def train_fn(config: dict[str, Any]) -> None:
     finish_stage(cfg, trainer, result, tracking, run_id, config.get("eval_splits", ["val"]))
 
 
+def save_examples(model, trainer, split: str, out_dir: Path, n: int = 3) -> Path:
+    """A few fixed slices (evenly spaced, first volume) for figures: no retraining later."""
+    import numpy as np
+
+    from raykd.train.evaluate import reconstruct_volume
+
+    dataset = trainer.datasets[split]
+    rec = reconstruct_volume(model, dataset, 0, trainer.device)
+    idx = np.linspace(0, len(rec["target"]) - 1, min(n, len(rec["target"]))).round().astype(int)
+    path = out_dir / f"{split}_examples.npz"
+    np.savez_compressed(
+        path,
+        volume=dataset.volumes[0].key,
+        slices=np.asarray(dataset.volumes[0].slice_ids)[idx],
+        **{k: v[idx] for k, v in rec.items()},
+    )
+    return path
+
+
 def finish_stage(cfg, trainer, result, tracking, run_id, splits) -> dict[str, Any]:
     """Rank 0: evaluate the best checkpoint per volume, log artifacts, write result.json."""
     part = "teacher" if cfg.kind in ("teacher", "sft") else "student"
@@ -94,6 +113,8 @@ def finish_stage(cfg, trainer, result, tracking, run_id, splits) -> dict[str, An
                     run_id, {f"{split}_{vol['volume']}_{k}": v for k, v in vol["metrics"].items()}
                 )
             tracking.log_artifact(run_id, path, "eval")
+            examples = save_examples(model, trainer, split, result.output_dir)
+            tracking.log_artifact(run_id, examples, "examples")
     record = {
         "best_checkpoint": str(result.best_checkpoint),
         "best_val_loss": result.best_val_loss,

@@ -1,0 +1,50 @@
+"""What raykd writes to MLflow, in one place (the report layer reads exactly this).
+
+Runs (all in one experiment per job unless ``--experiment`` says otherwise):
+
+- job run: ``raykd.role=job`` (a grid or search invocation). Artifact ``stages.json``: every
+  stage run id the job used (trained or reused), with its grid row.
+- stage run: ``raykd.role=stage``, child of the job that *trained* it (reused stages are not
+  retrained, so a later job lists them in its ``stages.json`` instead). Tags below; params =
+  the flattened stage config; metrics per epoch (``train_loss``, ``train_<term>``,
+  ``val_loss``, ``val_psnr``, ``lr``, ``epoch_time_s``, step = epoch) and final
+  (``val_psnr``... see METRICS, ``<split>_<volume>_<metric>``, ``best_val_loss``,
+  ``wall_clock_s``). Artifacts: ``eval/eval_<split>.json`` (per-volume and per-slice metrics,
+  the paired data for Wilcoxon tests), ``examples/<split>_examples.npz`` (target, zero-filled,
+  reconstruction of a few fixed slices), ``checkpoints/best.pt``, ``config.yaml``.
+- trial run (searches): ``raykd.role=trial``, child of the search's job run, with the sampled
+  hyperparameters as params and the trial's objective as metrics.
+"""
+
+from __future__ import annotations
+
+TAG_ROLE = "raykd.role"  # job | stage | trial | comparison
+TAG_KIND = "raykd.kind"  # teacher | sft | student | kd
+TAG_ROW = "raykd.row"  # teacher | sft_teacher | student | std_kd | sft_kd | sft_kd_random
+TAG_STAGE_ID = "raykd.stage_id"
+TAG_TEACHER_STAGE = "raykd.teacher_stage"
+TAG_TEACHER_RUN = "raykd.teacher_run_id"  # lineage: the MLflow run of the teacher
+TAG_METHOD = "raykd.kd_method"
+TAG_INIT = "raykd.kd_init"
+TAG_DATASET = "raykd.dataset"
+TAG_ACCELERATION = "raykd.acceleration"
+TAG_STUDENT_DEPTH = "raykd.student_depth"
+TAG_TEACHER_DEPTH = "raykd.teacher_depth"
+TAG_SEED = "raykd.seed"
+TAG_TASK = "raykd.task"  # recon (sr later)
+
+ROWS = ("teacher", "sft_teacher", "student", "std_kd", "sft_kd", "sft_kd_random")
+METRICS = ("psnr", "ssim", "nmse", "hfn", "hfen", "vif")
+
+
+def stage_row(kind: str, teacher_kind: str | None = None, init: str | None = None) -> str:
+    """The Table-1 row a stage belongs to, from what the stage is (not who asked for it)."""
+    if kind == "teacher":
+        return "teacher"
+    if kind == "sft":
+        return "sft_teacher"
+    if kind == "student":
+        return "student"
+    if teacher_kind == "sft":
+        return "sft_kd" if init == "sft" else "sft_kd_random"
+    return "std_kd"
