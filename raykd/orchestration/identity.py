@@ -89,6 +89,19 @@ class StageStore:
         tmp.write_text(record.to_json())
         os.replace(tmp, marker)
 
+    def log_use(self, stage_id: str, trained: bool, job: str | None) -> None:
+        """Append who used which stage, and whether it was trained or reused (job summaries)."""
+        line = json.dumps({"stage_id": stage_id, "trained": trained, "job": job, "t": time.time()})
+        with open(self.root / "stages" / "usage.jsonl", "a") as f:
+            f.write(line + "\n")
+
+    def usage(self, job: str | None = None) -> list[dict[str, Any]]:
+        path = self.root / "stages" / "usage.jsonl"
+        if not path.is_file():
+            return []
+        events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [e for e in events if job is None or e["job"] == job]
+
     @contextlib.contextmanager
     def lock(self, stage_id: str, poll_s: float = 2.0) -> Iterator[None]:
         """Exclusive per-stage lock (advisory, works across processes on one file system)."""

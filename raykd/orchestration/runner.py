@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from raykd.errors import RaykdError
@@ -32,6 +32,31 @@ class StageContext:
     parent_run_id: str | None = None
     max_failures: int = 2
     local: bool = False  # num_workers=0: in-process Ray Train (tests, debugging)
+
+
+def context_to_dict(ctx: StageContext) -> dict:
+    """Plain data to rebuild a StageContext inside a Tune trial (no live clients pickled)."""
+    return {
+        "root": str(ctx.store.root),
+        "tracking_uri": ctx.tracking.uri if ctx.tracking else None,
+        "experiment": ctx.tracking.experiment_name if ctx.tracking else None,
+        "resources": asdict(ctx.resources),
+        "parent_run_id": ctx.parent_run_id,
+        "max_failures": ctx.max_failures,
+        "local": ctx.local,
+    }
+
+
+def context_from_dict(data: dict) -> StageContext:
+    tracking = Tracking(data["tracking_uri"], data["experiment"]) if data["tracking_uri"] else None
+    return StageContext(
+        store=StageStore(data["root"]),
+        tracking=tracking,
+        resources=TrialResources(**data["resources"]),
+        parent_run_id=data["parent_run_id"],
+        max_failures=data["max_failures"],
+        local=data["local"],
+    )
 
 
 def _existing_run(ctx: StageContext, stage_id: str) -> str | None:
@@ -60,9 +85,11 @@ def ensure_stage(
         raise RaykdError("a kd stage needs the record of its teacher stage")
     stage_id = stage_identity(cfg, teacher.stage_id if teacher else None)
     if (record := ctx.store.get(stage_id)) is not None:
+        ctx.store.log_use(stage_id, trained=False, job=ctx.parent_run_id)
         return record
     with ctx.store.lock(stage_id):
         if (record := ctx.store.get(stage_id)) is not None:
+            ctx.store.log_use(stage_id, trained=False, job=ctx.parent_run_id)
             return record
         out = ctx.store.stage_dir(stage_id)
         updates = {"output_dir": str(out), "progress": False, "name": stage_id}
@@ -102,6 +129,7 @@ def ensure_stage(
             ctx.tracking.log_metrics(run_id, {"wall_clock_s": time.perf_counter() - t0})
             ctx.tracking.end_run(run_id, "FINISHED")
         ctx.store.put(record)
+        ctx.store.log_use(stage_id, trained=True, job=ctx.parent_run_id)
         say(f"finished {stage_id} in {time.perf_counter() - t0:.0f}s")
         return record
 

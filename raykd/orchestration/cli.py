@@ -1,0 +1,135 @@
+"""Command lines of the orchestration layer: ``raykd grid`` / ``jobs/full_grid.py`` and
+``raykd search`` / ``jobs/search_kd_weights.py``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from raykd.errors import RaykdError
+
+
+def add_job_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("where and how to run")
+    g.add_argument("--root", help="run directory (default $RAYKD_HOME or ~/raykd-runs)")
+    g.add_argument("--experiment", help="MLflow experiment name (default: the preset name)")
+    g.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite under --root)")
+    g.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else local)")
+    g.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
+    g.add_argument("--workers", type=int, help="Ray Train workers (DDP ranks) per stage")
+    g.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
+    g.add_argument(
+        "--local-train",
+        action="store_true",
+        help="run Train in-process (num_workers=0): debugging, tiny machines",
+    )
+
+
+def add_grid_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--preset",
+        default="smoke",
+        choices=["smoke", "cpu", "paper"],
+        help="grid preset from search_spaces/paper_grid.yaml (default: smoke)",
+    )
+    p.add_argument("--datasets", nargs="+", help="mni152, sunnybrook, or folders of h5")
+    p.add_argument("--data-path", help="where a built-in dataset's volumes are (e.g. Sunnybrook)")
+    p.add_argument("--accelerations", nargs="+", type=float)
+    p.add_argument("--methods", nargs="+", help="KD methods (at fitnets fsp sp cc ...)")
+    p.add_argument("--student-depths", nargs="+", type=int, help="2..4 (D2C5..D4C5)")
+    p.add_argument("--seeds", type=int, help="number of seeds")
+    p.add_argument(
+        "--rows", nargs="+", help="teacher sft_teacher student std_kd sft_kd sft_kd_random"
+    )
+    p.add_argument("--epochs", type=int, help="epochs of every stage")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"))
+    p.add_argument("--max-slices", type=int, help="slices per volume (evenly spaced)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--test", nargs="+", help="held-out test volumes")
+
+
+def grid_overrides(args: argparse.Namespace) -> dict:
+    over = {
+        "datasets": args.datasets,
+        "accelerations": args.accelerations,
+        "methods": args.methods,
+        "student_depths": args.student_depths,
+        "seeds": args.seeds,
+        "rows": args.rows,
+        "size": args.size,
+        "max_slices_per_volume": args.max_slices,
+        "precision": args.precision,
+        "data_path": args.data_path,
+        "test": args.test,
+    }
+    if args.epochs:
+        over["epochs"] = {k: args.epochs for k in ("teacher", "sft", "student", "kd")}
+    return over
+
+
+def run_grid_args(args: argparse.Namespace) -> int:
+    from raykd.orchestration.grid import load_preset, run_grid
+    from raykd.orchestration.job import finish_job, start_job
+
+    spec = load_preset(args.preset, grid_overrides(args))
+    job = start_job(
+        f"grid-{args.preset}",
+        params={"preset": args.preset, **spec.model_dump(mode="json")},
+        root=args.root,
+        experiment=args.experiment or f"raykd-{args.preset}",
+        tracking_uri=args.tracking_uri,
+        address=args.address,
+        workers=args.workers,
+        max_concurrent=args.max_concurrent,
+        local_train=args.local_train,
+        num_cpus=args.num_cpus,
+    )
+    try:
+        rows = run_grid(spec, job)
+    except BaseException:
+        finish_job(job, [], status="FAILED")
+        raise
+    failed = [r for r in rows if r.get("error")]
+    finish_job(job, rows, status="FAILED" if failed else "FINISHED")
+    for r in failed:
+        print(f"FAILED {r['label']}: {r['error']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _guard(fn, args, prog: str) -> int:
+    try:
+        return fn(args)
+    except RaykdError as exc:
+        if os.environ.get("RAYKD_DEBUG"):
+            raise
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"{prog}: interrupted; rerun the same command to resume (finished stages are reused)",
+            file=sys.stderr,
+        )
+        return 130
+
+
+def grid_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="full_grid.py",
+        description="Run the SFT-KD-Recon grid (Table 1) on Ray with MLflow tracking.",
+    )
+    add_grid_args(p)
+    add_job_args(p)
+    args = p.parse_args(argv)
+    return _guard(run_grid_args, args, "full_grid.py")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "grid",
+        help="run the paper's grid on Ray (same as jobs/full_grid.py)",
+        description="Run the SFT-KD-Recon grid (Table 1) on Ray with MLflow.",
+    )
+    add_grid_args(p)
+    add_job_args(p)
+    p.set_defaults(func=run_grid_args)

@@ -1,0 +1,118 @@
+"""What every job (grid, search) does around its Tune run: set up, track, summarise.
+
+- the run directory (absolute: a ``ray job submit`` driver runs from a temp copy of the code),
+- Ray (join ``$RAY_ADDRESS`` or start locally) and trial sizing from the cluster,
+- the MLflow job run (parent of every stage/trial run) and the stage store,
+- the end-of-job summary: where the MLflow store is, stages trained vs reused, best rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from raykd.orchestration.cluster import TrialResources, init_ray, plan_resources, say
+from raykd.orchestration.identity import StageStore
+from raykd.orchestration.runner import StageContext
+from raykd.tracking import Tracking, default_tracking_uri
+from raykd.tracking import schema as S
+
+DEFAULT_ROOT = Path(os.environ.get("RAYKD_HOME", "~/raykd-runs"))
+TRIAL_MEMORY = 512 * 1024**2  # the trial driver itself; its Train workers reserve their own CPUs
+
+
+@dataclass
+class Job:
+    name: str
+    root: Path
+    ctx: StageContext
+    tracking: Tracking
+    run_id: str
+    started: float
+
+    @property
+    def resources(self) -> TrialResources:
+        return self.ctx.resources
+
+
+def start_job(
+    name: str,
+    params: dict[str, Any],
+    root: str | Path | None = None,
+    experiment: str | None = None,
+    tracking_uri: str | None = None,
+    address: str | None = None,
+    workers: int | None = None,
+    max_concurrent: int | None = None,
+    local_train: bool = False,
+    num_cpus: int | None = None,
+) -> Job:
+    root = Path(root or DEFAULT_ROOT).expanduser().resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    init_ray(address, num_cpus=num_cpus)
+    resources = plan_resources(workers, max_concurrent)
+    uri = tracking_uri or default_tracking_uri(root)
+    tracking = Tracking(uri, experiment or "raykd", artifact_root=root / "mlartifacts")
+    run_id = tracking.start_run(name, tags={S.TAG_ROLE: "job"}, params=params)
+    ctx = StageContext(
+        StageStore(root), tracking, resources, parent_run_id=run_id, local=local_train
+    )
+    say(f"job {name}: run directory {root}")
+    say(f"MLflow: {uri} (experiment '{tracking.experiment_name}', job run {run_id})")
+    say(f"resources: {resources.describe()}")
+    return Job(name, root, ctx, tracking, run_id, time.time())
+
+
+def tune_trainable(fn):
+    from ray import tune
+
+    # The trial driver reserves no CPU (its Train workers do); {"cpu": 0} alone raises.
+    return tune.with_resources(fn, {"cpu": 0, "memory": TRIAL_MEMORY})
+
+
+def finish_job(job: Job, rows: list[dict[str, Any]], status: str = "FINISHED") -> dict[str, Any]:
+    """Log stages.json and the summary to the job run, print the summary, close the run."""
+    usage = job.ctx.store.usage(job.run_id)
+    trained = sorted({u["stage_id"] for u in usage if u["trained"]})
+    reused = sorted({u["stage_id"] for u in usage if not u["trained"]} - set(trained))
+    summary = {
+        "job_run_id": job.run_id,
+        "wall_clock_s": round(time.time() - job.started, 1),
+        "stages_trained": len(trained),
+        "stages_reused": len(reused),
+        "rows": rows,
+    }
+    path = job.root / f"{job.name}-{job.run_id[:8]}-stages.json"
+    path.write_text(json.dumps(summary, indent=1, default=str))
+    job.tracking.log_artifact(job.run_id, path)
+    job.tracking.log_metrics(
+        job.run_id,
+        {
+            "wall_clock_s": summary["wall_clock_s"],
+            "stages_trained": len(trained),
+            "stages_reused": len(reused),
+        },
+    )
+    job.tracking.close_unfinished(job.run_id)
+    job.tracking.end_run(job.run_id, status)
+    print(
+        f"\n== {job.name}: {len(rows)} rows in {summary['wall_clock_s']:.0f}s; "
+        f"{len(trained)} stages trained, {len(reused)} reused =="
+    )
+    width = max((len(r.get("label", "")) for r in rows), default=10)
+    for r in rows:
+        psnr, ssim = r.get("val_psnr"), r.get("val_ssim")
+        values = f"PSNR {psnr:6.2f}  SSIM {ssim:.4f}" if psnr is not None else "(failed)"
+        print(f"  {r.get('label', ''):{width}s}  {values}")
+    print(f"\nMLflow store: {job.tracking.uri}  (experiment '{job.tracking.experiment_name}')")
+    print(f"  browse: mlflow ui --backend-store-uri {job.tracking.uri}")
+    print(
+        f"  compare: python jobs/compare_runs.py --parent-run {job.run_id} "
+        f"--tracking-uri {job.tracking.uri}"
+    )
+    print(f"stage summary: {path}")
+    return summary

@@ -1,0 +1,150 @@
+"""``raykd compare``, ``raykd benchmark-inference`` and ``raykd export``.
+
+Registered by :mod:`raykd.cli_ext`; heavy imports (pandas, MLflow, matplotlib) happen only
+when one of these subcommands runs. ``jobs/compare_runs.py`` reuses :func:`add_compare_args`
+and :func:`run_compare`, so the script and the subcommand cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_compare_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--experiment",
+        action="append",
+        metavar="NAME",
+        help="MLflow experiment (name or id) holding stage runs (repeatable)",
+    )
+    p.add_argument("--parent-run", help="a job run id: compare the stages it lists/trained")
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<root>/mlflow.db)",
+    )
+    p.add_argument("--root", default="runs", help="run root holding mlflow.db (default: runs)")
+    p.add_argument("--out", default="comparison", help="output folder (default: comparison)")
+    p.add_argument(
+        "--split", choices=["val", "test"], help="eval split (default: test if all runs have it)"
+    )
+    p.add_argument("--student-depth", type=int, help="Table 1 student depth (default: 3)")
+    p.add_argument("--teacher-depth", type=int, help="teacher depth (default: 5)")
+    p.add_argument("--method", help="KD method for Table 8 and the figures (default: at)")
+    p.add_argument("--optuna-storage", help="Optuna storage URL of a search (search figures)")
+    p.add_argument("--study-name", help="Optuna study name (with --optuna-storage)")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log a comparison run")
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from raykd.errors import RaykdError
+    from raykd.report.compare import compare
+
+    if bool(args.optuna_storage) != bool(args.study_name):
+        raise RaykdError("--optuna-storage and --study-name go together")
+    result = compare(
+        args.experiment,
+        args.parent_run,
+        args.out,
+        args.tracking_uri,
+        root=args.root,
+        split=args.split,
+        student_depth=args.student_depth,
+        teacher_depth=args.teacher_depth,
+        method=args.method,
+        optuna_storage=args.optuna_storage,
+        study_name=args.study_name,
+        log_to_mlflow=not args.no_mlflow,
+    )
+    for line in result.summary:
+        print(line)
+    print(f"wrote {len(result)} files to {result['summary'].parent}")
+    return 0
+
+
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from raykd.report.latency import benchmark_inference, log_benchmark
+
+    results = benchmark_inference(
+        depths=args.depths,
+        cascades=args.cascades,
+        size=args.size,
+        batch=args.batch,
+        device=args.device,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        channels=args.channels,
+    )
+    print(f"device: {results[0]['device']}, {args.size}x{args.size}, batch {args.batch}")
+    print("depth  params   median ms  p10 ms  p90 ms")
+    for r in results:
+        print(
+            f"D{r['depth']}C{r['cascades']}  {r['params']:7d}  {r['median_ms']:9.3f}  "
+            f"{r['p10_ms']:6.3f}  {r['p90_ms']:6.3f}"
+        )
+    if args.tracking_uri or args.experiment:
+        from raykd.tracking import Tracking, default_tracking_uri
+
+        uri = args.tracking_uri or default_tracking_uri(args.root)
+        run_id = log_benchmark(results, Tracking(uri, args.experiment or "raykd-benchmarks"))
+        print(f"logged benchmark run {run_id} to {uri}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from raykd.report.export import export_model
+
+    size = tuple(args.size) if args.size else None
+    path = export_model(args.checkpoint, args.out, args.format, args.part, size)
+    note = " (verified against eager on another batch size)" if args.format == "torchscript" else ""
+    print(f"wrote {path}{note}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="paper-style tables, Wilcoxon tests and figures from MLflow runs",
+        description="Read stage runs from MLflow (experiments or a job run) and write Table 1, "
+        "Table 3, Table 8, the teacher-student gap, Wilcoxon tests and figures; log them as a "
+        "comparison run.",
+    )
+    add_compare_args(p)
+    p.set_defaults(func=run_compare)
+
+    p = sub.add_parser(
+        "benchmark-inference",
+        help="per-slice DC-CNN inference latency per depth (for Table 8)",
+        description="Time DC-CNN inference per depth with warm-up and synchronisation; "
+        "median of repeats. Logged to MLflow (raykd.role=benchmark) when --tracking-uri or "
+        "--experiment is given.",
+    )
+    p.add_argument("--depths", type=int, nargs="+", default=[2, 3, 4, 5])
+    p.add_argument("--cascades", type=int, default=5)
+    p.add_argument("--channels", type=int, default=32)
+    p.add_argument("--size", type=int, default=240, help="square slice size (default 240)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--tracking-uri", help="MLflow store to log to")
+    p.add_argument("--experiment", help="MLflow experiment (default: raykd-benchmarks)")
+    p.add_argument("--root", default="runs", help="run root for the default sqlite store")
+    p.set_defaults(func=_cmd_benchmark)
+
+    p = sub.add_parser(
+        "export",
+        help="export a trained network to TorchScript (or try ONNX)",
+        description="Export a checkpoint's DC-CNN. TorchScript is verified against the eager "
+        "model; ONNX fails clearly because of the complex FFT data-consistency layer.",
+    )
+    p.add_argument("checkpoint", help="a raykd checkpoint (best.pt)")
+    p.add_argument("--out", required=True, help="output file (.pt for TorchScript, .onnx)")
+    p.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
+    p.add_argument(
+        "--part",
+        choices=["auto", "teacher", "student"],
+        default="auto",
+        help="for SFT checkpoints: which network (default: teacher)",
+    )
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="trace size")
+    p.set_defaults(func=_cmd_export)

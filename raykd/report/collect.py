@@ -1,0 +1,604 @@
+"""Find stage runs in MLflow and fetch what the report needs, following ``tracking/schema.py``.
+
+Sources: one or more experiments (every run tagged ``raykd.role=stage``) or a job run (the
+runs its ``stages.json`` artifact lists, which includes reused stages trained by earlier jobs,
+plus its stage descendants). Per-volume and per-slice numbers come from the
+``eval/eval_<split>.json`` artifacts, not from run metrics: they carry the std over volumes and
+the paired per-slice values the Wilcoxon tests need.
+
+The split is chosen once for the whole report (``test`` when every evaluated run has it, else
+``val``), so a table never mixes splits.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from raykd.errors import RaykdError
+from raykd.report import warn
+from raykd.tracking import schema as S
+
+PARENT_TAG = "mlflow.parentRunId"
+SPLITS = ("test", "val")
+METRICS = S.METRICS
+# Tag / param keys under which a search job may record its Optuna study (first match wins).
+STUDY_STORAGE_KEYS = ("raykd.optuna_storage", "optuna_storage", "optuna.storage", "storage")
+STUDY_NAME_KEYS = ("raykd.optuna_study", "optuna_study", "optuna.study", "study_name", "study")
+
+
+@dataclass(frozen=True, order=True)
+class Setting:
+    """One dataset × acceleration (× seed) block of the tables."""
+
+    dataset: str
+    acceleration: str
+    seed: str = ""
+
+    def label(self, with_seed: bool = False) -> str:
+        text = f"{self.dataset} {self.acceleration}x"
+        return f"{text} seed {self.seed}" if with_seed and self.seed else text
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(float(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def _acc_key(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        return float("inf")
+
+
+def resolve_uri(tracking_uri: str | None, root: str | Path = "runs") -> str:
+    """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<root>/mlflow.db``.
+
+    Unlike :func:`raykd.tracking.default_tracking_uri` this never creates a store: reading a
+    store that is not there is a user error, not an empty report.
+    """
+    import os
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        db = Path(root).expanduser().resolve() / "mlflow.db"
+        uri = f"sqlite:///{db}"
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        if not db.is_file():
+            raise RaykdError(
+                f"no MLflow store at {db} (tracking URI {uri}); pass --tracking-uri or set "
+                "MLFLOW_TRACKING_URI to the store the runs were logged to"
+            )
+    return uri
+
+
+def make_client(tracking_uri: str):
+    """An ``MlflowClient`` with unreachable stores turned into a clear RaykdError."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as exc:  # MLflow raises many types for broken stores
+        raise RaykdError(
+            f"MLflow tracking store {tracking_uri} cannot be read ({type(exc).__name__}: "
+            f"{str(exc)[:300]})"
+        ) from exc
+    return client
+
+
+def resolve_experiments(client, experiments: list[str]) -> list[str]:
+    """Experiment names (or numeric ids) → ids; unknown ones are an error listing what exists."""
+    ids = []
+    for name in experiments:
+        exp = client.get_experiment_by_name(name)
+        if exp is None and name.isdigit():
+            try:
+                exp = client.get_experiment(name)
+            except Exception:
+                exp = None
+        if exp is None or exp.lifecycle_stage == "deleted":
+            known = sorted(e.name for e in client.search_experiments())
+            raise RaykdError(f"experiment '{name}' not found in the MLflow store; known: {known}")
+        ids.append(exp.experiment_id)
+    return ids
+
+
+def search_all(client, experiment_ids: list[str], filter_string: str) -> list:
+    """Every matching run (MLflow pages results)."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            experiment_ids, filter_string=filter_string, max_results=1000, page_token=token
+        )
+        runs.extend(page)
+        token = getattr(page, "token", None)
+        if not token:
+            return runs
+
+
+def _descendants(client, run, depth: int = 3) -> list:
+    """Child runs up to ``depth`` levels (search job → trial → stage)."""
+    out, frontier = [], [run]
+    for _ in range(depth):
+        nxt = []
+        for parent in frontier:
+            nxt.extend(
+                search_all(
+                    client,
+                    [parent.info.experiment_id],
+                    f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'",
+                )
+            )
+        out.extend(nxt)
+        frontier = nxt
+        if not frontier:
+            break
+    return out
+
+
+def _stages_json(client, run_id: str, tmp: Path) -> list[dict[str, Any]]:
+    """The ``stages.json`` artifact of a job run ([] when it has none)."""
+    names = {f.path for f in client.list_artifacts(run_id)}
+    if "stages.json" not in names:
+        return []
+    path = Path(client.download_artifacts(run_id, "stages.json", str(tmp)))
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RaykdError(f"run {run_id}: stages.json is not valid JSON ({exc})") from exc
+    if isinstance(data, dict):
+        data = data.get("stages", [])
+    if not isinstance(data, list):
+        raise RaykdError(f"run {run_id}: stages.json must hold a list of {{'run_id': ...}}")
+    return [d for d in data if isinstance(d, dict) and d.get("run_id")]
+
+
+def _row_of(run) -> dict[str, Any]:
+    """One tidy record of a stage run from its tags and params (tags win, params fill in)."""
+    tags, params = run.data.tags, run.data.params
+    kind = tags.get(S.TAG_KIND) or params.get("kind", "")
+    row = tags.get(S.TAG_ROW) or (
+        S.stage_row(kind) if kind in ("teacher", "sft", "student") else ""
+    )
+    dataset = tags.get(S.TAG_DATASET) or Path(params.get("data.source", "unknown")).name
+    acc = tags.get(S.TAG_ACCELERATION) or params.get("data.mask.acceleration", "")
+    acc = f"{float(acc):g}" if _int_or_none(acc) is not None else (acc or "?")
+    t_depth = tags.get(S.TAG_TEACHER_DEPTH) or (
+        params.get("teacher.depth", "") if kind != "student" else ""
+    )
+    s_depth = tags.get(S.TAG_STUDENT_DEPTH) or (
+        params.get("student.depth", "") if kind != "teacher" else ""
+    )
+    return {
+        "run_id": run.info.run_id,
+        "run_name": run.info.run_name,
+        "experiment_id": run.info.experiment_id,
+        "status": run.info.status,
+        "start_time": run.info.start_time,
+        "end_time": run.info.end_time,
+        "parent_run_id": tags.get(PARENT_TAG, ""),
+        "stage_id": tags.get(S.TAG_STAGE_ID, ""),
+        "kind": kind,
+        "row": row,
+        "method": (tags.get(S.TAG_METHOD) or "").lower(),
+        "init": tags.get(S.TAG_INIT, ""),
+        "dataset": dataset,
+        "acceleration": acc,
+        "seed": tags.get(S.TAG_SEED) or params.get("seed", ""),
+        "teacher_depth": _int_or_none(t_depth),
+        "student_depth": _int_or_none(s_depth),
+        "teacher_cascades": _int_or_none(params.get("teacher.cascades")),
+        "teacher_channels": _int_or_none(params.get("teacher.channels")),
+        "student_cascades": _int_or_none(params.get("student.cascades")),
+        "student_channels": _int_or_none(params.get("student.channels")),
+        "teacher_run_id": tags.get(S.TAG_TEACHER_RUN, ""),
+    }
+
+
+def volume_summary(report: dict[str, Any], metric: str) -> tuple[float, float, int]:
+    """Mean ± sample std (ddof=1, as :func:`raykd.metrics.summarise`) over volumes, and n."""
+    vals = np.array([float(v["metrics"][metric]) for v in report["volumes"]], dtype=np.float64)
+    if vals.size == 0:
+        return float("nan"), float("nan"), 0
+    with np.errstate(invalid="ignore"):
+        std = float(np.std(vals, ddof=1)) if vals.size > 1 else 0.0
+    return float(np.mean(vals)), std, int(vals.size)
+
+
+class StageRuns:
+    """Stage runs of one report: a tidy frame plus lazily downloaded artifacts."""
+
+    def __init__(
+        self,
+        client,
+        runs: list,
+        source: str,
+        experiment_ids: list[str],
+        split: str | None = None,
+        job_runs: list | None = None,
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        self.client = client
+        self.source = source
+        self.experiment_ids = experiment_ids
+        self.job_runs = job_runs or []
+        self._tmp = tempfile.TemporaryDirectory(prefix="raykd-report-")
+        self.cache = Path(cache_dir) if cache_dir else Path(self._tmp.name)
+        self.cache.mkdir(parents=True, exist_ok=True)
+        self._evals: dict[tuple[str, str], dict[str, Any] | None] = {}
+        self._zf: dict[tuple[str, str], dict[str, Any] | None] = {}
+        self._warned: set[str] = set()
+        records = [_row_of(r) for r in runs]
+        self.frame = pd.DataFrame.from_records(records)
+        self.available = {r.info.run_id: self._eval_splits(r.info.run_id) for r in runs}
+        self.split = split or self._pick_split()
+        self._add_metrics()
+
+    # ---- construction helpers -------------------------------------------------------------
+    def _eval_splits(self, run_id: str) -> set[str]:
+        try:
+            files = self.client.list_artifacts(run_id, "eval")
+        except Exception:
+            return set()
+        found = set()
+        for f in files:
+            name = Path(f.path).name
+            if name.startswith("eval_") and name.endswith(".json"):
+                found.add(name[len("eval_") : -len(".json")])
+        return found
+
+    def _pick_split(self) -> str:
+        with_eval = [s for s in self.available.values() if s]
+        if with_eval and all("test" in s for s in with_eval):
+            return "test"
+        if any("test" in s for s in with_eval):
+            warn(
+                "some runs have eval_test.json but not all; the tables use the validation "
+                "split (eval_val.json) so that every row is on the same volumes"
+            )
+        return "val"
+
+    def _add_metrics(self) -> None:
+        for metric in METRICS:
+            self.frame[f"{metric}_mean"] = np.nan
+            self.frame[f"{metric}_std"] = np.nan
+        self.frame["n_volumes"] = 0
+        self.frame["split"] = self.split
+        for i, run_id in enumerate(self.frame["run_id"]):
+            report = self.eval(run_id, quiet=True)
+            if report is None:
+                continue
+            self.frame.loc[i, "n_volumes"] = len(report["volumes"])
+            for metric in METRICS:
+                if all(metric in v["metrics"] for v in report["volumes"]):
+                    mean, std, _ = volume_summary(report, metric)
+                    self.frame.loc[i, f"{metric}_mean"] = mean
+                    self.frame.loc[i, f"{metric}_std"] = std
+
+    def warn_once(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            warn(message)
+
+    # ---- artifacts -----------------------------------------------------------------------
+    def _download(self, run_id: str, path: str) -> Path | None:
+        dst = self.cache / run_id
+        local = dst / path
+        if local.is_file():
+            return local
+        dst.mkdir(parents=True, exist_ok=True)
+        try:
+            return Path(self.client.download_artifacts(run_id, path, str(dst)))
+        except Exception:
+            return None
+
+    def eval(self, run_id: str, quiet: bool = False) -> dict[str, Any] | None:
+        """The run's ``eval/eval_<split>.json`` (None, with a warning, when it is missing)."""
+        key = (run_id, self.split)
+        if key not in self._evals:
+            report = None
+            if self.split in self.available.get(run_id, set()):
+                path = self._download(run_id, f"eval/eval_{self.split}.json")
+                if path is not None:
+                    try:
+                        report = json.loads(path.read_text())
+                    except json.JSONDecodeError as exc:
+                        self.warn_once(f"run {run_id}: eval_{self.split}.json unreadable ({exc})")
+                if report is not None and not isinstance(report.get("volumes"), list):
+                    self.warn_once(f"run {run_id}: eval_{self.split}.json has no 'volumes' list")
+                    report = None
+            self._evals[key] = report
+        report = self._evals[key]
+        if report is None and not quiet:
+            self.warn_once(
+                f"run {run_id} ({self.describe(run_id)}): no eval/eval_{self.split}.json "
+                "artifact; its numbers are reported as missing"
+            )
+        return report
+
+    def examples(self, run_id: str) -> dict[str, np.ndarray] | None:
+        """The run's example reconstructions (``examples/<split>_examples.npz``, else val's)."""
+        for split in dict.fromkeys([self.split, "val"]):
+            path = self._download(run_id, f"examples/{split}_examples.npz")
+            if path is not None:
+                with np.load(path, allow_pickle=False) as data:
+                    return {k: data[k] for k in data.files}
+        self.warn_once(f"run {run_id} ({self.describe(run_id)}): no example reconstructions")
+        return None
+
+    def history(self, run_id: str, key: str = "val_loss") -> list[tuple[int, float]]:
+        """Per-epoch values of a metric, sorted by step."""
+        hist = self.client.get_metric_history(run_id, key)
+        return sorted((int(m.step), float(m.value)) for m in hist)
+
+    def run_config(self, run_id: str) -> dict[str, Any] | None:
+        """The stage config: the ``config.yaml`` artifact, else rebuilt from the run params."""
+        from raykd.train.config import yaml_load
+
+        path = self._download(run_id, "config.yaml")
+        if path is not None:
+            data = yaml_load(path.read_text())
+            if isinstance(data, dict):
+                return data
+        params = self.client.get_run(run_id).data.params
+        if not params:
+            return None
+        tree: dict[str, Any] = {}
+        for key, text in params.items():
+            value = None if text == "None" else yaml_load(text)
+            node = tree
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+        return tree
+
+    # ---- lookup -------------------------------------------------------------------------------
+    def describe(self, run_id: str) -> str:
+        hit = self.frame[self.frame["run_id"] == run_id]
+        if hit.empty:
+            return "unknown run"
+        r = hit.iloc[0]
+        method = f" {r['method']}" if r["method"] else ""
+        return f"{r['dataset']} {r['acceleration']}x {r['row']}{method}"
+
+    def settings(self) -> list[Setting]:
+        """Dataset × acceleration (× seed when several seeds were run) blocks, sorted."""
+        seeds = self.frame.groupby(["dataset", "acceleration"])["seed"].nunique()
+        keys = set()
+        for _, r in self.frame.iterrows():
+            multi = seeds.get((r["dataset"], r["acceleration"]), 1) > 1
+            keys.add(Setting(r["dataset"], r["acceleration"], r["seed"] if multi else ""))
+        return sorted(keys, key=lambda s: (s.dataset, _acc_key(s.acceleration), s.seed))
+
+    def in_setting(self, setting: Setting) -> pd.DataFrame:
+        f = self.frame
+        mask = (f["dataset"] == setting.dataset) & (f["acceleration"] == setting.acceleration)
+        if setting.seed:
+            mask &= f["seed"] == setting.seed
+        return f[mask]
+
+    def methods(self) -> list[str]:
+        """Every KD method that appears in any setting (so a gap shows as missing, not absent)."""
+        kd = self.frame[self.frame["row"].isin(["std_kd", "sft_kd", "sft_kd_random"])]
+        return sorted(m for m in kd["method"].unique() if m)
+
+    def teacher_depth(self) -> int | None:
+        """The teacher depth of the tables: 5 (the paper's D5C5) if present, else most common."""
+        return _preferred(self.frame["teacher_depth"], 5)
+
+    def student_depth(self) -> int | None:
+        """Table 1's student depth: 3 (the paper's D3C5) if present, else the most common."""
+        students = self.frame[self.frame["kind"].isin(["student", "kd"])]
+        return _preferred(students["student_depth"], 3)
+
+    def student_depths(self) -> list[int]:
+        students = self.frame[self.frame["kind"].isin(["student", "kd", "sft"])]
+        return sorted({int(d) for d in students["student_depth"].dropna()}, reverse=True)
+
+    def find(
+        self,
+        setting: Setting,
+        row: str,
+        method: str = "",
+        teacher_depth: int | None = None,
+        student_depth: int | None = None,
+        quiet: bool = False,
+    ) -> pd.Series | None:
+        """The finished run for one table cell, or None with a warning (never a silent gap)."""
+        f = self.in_setting(setting)
+        f = f[f["row"] == row]
+        if row in ("std_kd", "sft_kd", "sft_kd_random"):
+            f = f[f["method"] == method]
+        if row != "student" and teacher_depth is not None:
+            f = f[f["teacher_depth"] == teacher_depth]
+        if row != "teacher" and student_depth is not None:
+            f = f[f["student_depth"] == student_depth]
+        what = _cell_name(setting, row, method, teacher_depth, student_depth)
+        finished = f[f["status"] == "FINISHED"]
+        if finished.empty:
+            if not quiet:
+                states = ", ".join(sorted(set(f["status"])))
+                extra = f" (runs exist but are {states})" if states else ""
+                self.warn_once(f"missing run: {what}{extra}; shown as —")
+            return None
+        if len(finished) > 1:
+            finished = finished.sort_values("end_time")
+            self.warn_once(
+                f"{len(finished)} finished runs for {what}; using the latest "
+                f"({finished.iloc[-1]['run_id']})"
+            )
+        return finished.iloc[-1]
+
+    # ---- zero-filled -------------------------------------------------------------------------
+    def zero_filled(self, setting: Setting) -> dict[str, Any] | None:
+        """Zero-filled metrics in the eval-JSON format, recomputed from the volume files.
+
+        Volumes and slices come from an eval JSON of the setting; size, mask and slice subset
+        from that run's logged config. Cached per dataset × acceleration. Missing volume files
+        make zero-filled missing (with a warning), never zero.
+        """
+        key = (setting.dataset, setting.acceleration)
+        if key not in self._zf:
+            self._zf[key] = self._compute_zero_filled(setting)
+        return self._zf[key]
+
+    def _compute_zero_filled(self, setting: Setting) -> dict[str, Any] | None:
+        from raykd.data.dataset import SliceDataset
+        from raykd.data.sources import build_mask
+        from raykd.train.config import DataConfig
+        from raykd.train.evaluate import evaluate_model
+
+        label = setting.label()
+        candidates = self.in_setting(setting)
+        candidates = candidates[candidates["status"] == "FINISHED"]
+        order = {"teacher": 0, "student": 1, "sft_teacher": 2}
+        candidates = candidates.assign(
+            _o=candidates["row"].map(lambda r: order.get(r, 3))
+        ).sort_values("_o")
+        for run_id in candidates["run_id"]:
+            report = self.eval(run_id, quiet=True)
+            if report is None:
+                continue
+            cfg = self.run_config(run_id)
+            if not cfg or "data" not in cfg:
+                continue
+            paths = [Path(v["path"]) for v in report["volumes"]]
+            gone = [str(p) for p in paths if not p.is_file()]
+            if gone:
+                self.warn_once(
+                    f"zero-filled for {label}: volume files no longer exist ({gone[:3]}); "
+                    "zero-filled is reported as missing"
+                )
+                return None
+            try:
+                data = DataConfig.model_validate(cfg["data"])
+                dataset = SliceDataset(
+                    paths, data.size, build_mask(data.mask), max_slices=data.max_slices_per_volume
+                )
+                expected = [list(map(int, v["slices"])) for v in report["volumes"]]
+                got = [list(v.slice_ids) for v in dataset.volumes]
+                if expected != got:
+                    self.warn_once(
+                        f"zero-filled for {label}: the volume files no longer give the "
+                        "evaluated slices; zero-filled is reported as missing"
+                    )
+                    return None
+                return evaluate_model(None, dataset, progress=False)
+            except Exception as exc:  # config of another version, unreadable volume, ...
+                self.warn_once(
+                    f"zero-filled for {label}: cannot be recomputed ({type(exc).__name__}: "
+                    f"{str(exc)[:200]}); reported as missing"
+                )
+                return None
+        self.warn_once(
+            f"zero-filled for {label}: no finished run with an eval JSON and a logged config; "
+            "reported as missing"
+        )
+        return None
+
+    # ---- searches ----------------------------------------------------------------------------
+    def study(self) -> tuple[str, str] | None:
+        """(storage URL, study name) of an Optuna search recorded on a job run, if any."""
+        for run in self.job_runs:
+            meta = {**run.data.params, **run.data.tags}
+            storage = next((meta[k] for k in STUDY_STORAGE_KEYS if meta.get(k)), None)
+            name = next((meta[k] for k in STUDY_NAME_KEYS if meta.get(k)), None)
+            if storage and name:
+                return storage, name
+        return None
+
+    def trial_runs(self) -> list:
+        ids = self.experiment_ids
+        return search_all(self.client, ids, f"tags.`{S.TAG_ROLE}` = 'trial'") if ids else []
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+
+def _preferred(values: pd.Series, default: int) -> int | None:
+    vals = [int(v) for v in values.dropna()]
+    if not vals:
+        return None
+    return default if default in vals else Counter(vals).most_common(1)[0][0]
+
+
+def _cell_name(
+    setting: Setting, row: str, method: str, t_depth: int | None, s_depth: int | None
+) -> str:
+    parts = [setting.label(with_seed=True), row]
+    if method:
+        parts.append(method)
+    if t_depth is not None and row != "student":
+        parts.append(f"teacher D{t_depth}")
+    if s_depth is not None and row != "teacher":
+        parts.append(f"student D{s_depth}")
+    return " ".join(parts)
+
+
+def collect(
+    tracking_uri: str,
+    experiments: list[str] | None = None,
+    parent_run_id: str | None = None,
+    split: str | None = None,
+    cache_dir: str | Path | None = None,
+) -> StageRuns:
+    """Stage runs of ``experiments`` (names or ids) or of the job run ``parent_run_id``."""
+    if not experiments and not parent_run_id:
+        raise RaykdError("compare: give at least one --experiment or a --parent-run")
+    if split is not None and split not in SPLITS:
+        raise RaykdError(f"split '{split}': expected one of {SPLITS}")
+    client = make_client(tracking_uri)
+    runs: dict[str, Any] = {}
+    job_runs = []
+    exp_ids: list[str] = []
+    if experiments:
+        exp_ids = resolve_experiments(client, list(experiments))
+        for run in search_all(client, exp_ids, f"tags.`{S.TAG_ROLE}` = 'stage'"):
+            runs[run.info.run_id] = run
+        job_runs = search_all(client, exp_ids, f"tags.`{S.TAG_ROLE}` = 'job'")
+    if parent_run_id:
+        try:
+            parent = client.get_run(parent_run_id)
+        except Exception as exc:
+            raise RaykdError(f"parent run '{parent_run_id}' not found in {tracking_uri}") from exc
+        job_runs.append(parent)
+        if parent.info.experiment_id not in exp_ids:
+            exp_ids.append(parent.info.experiment_id)
+        with tempfile.TemporaryDirectory() as tmp:
+            listed = _stages_json(client, parent_run_id, Path(tmp))
+        for entry in listed:
+            try:
+                run = client.get_run(entry["run_id"])
+            except Exception:
+                warn(
+                    f"stages.json of {parent_run_id} lists run {entry['run_id']}, which is not "
+                    "in the store; its numbers are reported as missing"
+                )
+                continue
+            runs[run.info.run_id] = run
+        for run in _descendants(client, parent):
+            if run.data.tags.get(S.TAG_ROLE) == "stage":
+                runs[run.info.run_id] = run
+            elif run.data.tags.get(S.TAG_ROLE) == "job":
+                job_runs.append(run)
+    if not runs:
+        where = f"experiments {experiments}" if experiments else f"job run {parent_run_id}"
+        raise RaykdError(
+            f"no stage runs (tag {S.TAG_ROLE}=stage) found in {where}; is this the experiment "
+            "a grid job logged to?"
+        )
+    source = ", ".join(experiments or []) or f"run {parent_run_id}"
+    return StageRuns(client, list(runs.values()), source, exp_ids, split, job_runs, cache_dir)

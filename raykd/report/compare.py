@@ -1,0 +1,234 @@
+"""One call from an MLflow store to the paper's tables, tests and figures (``raykd compare``).
+
+Writes to ``out_dir``: ``table_1.md/.csv``, ``table_3.md/.csv``, ``table_8.md/.csv``,
+``gap.md/.csv``, ``wilcoxon.md/.csv``, ``figures/*.png``, ``warnings.txt`` (every gap the
+report found) and ``summary.md``; then logs all of them as artifacts of a new MLflow run tagged
+``raykd.role=comparison`` (a child of the job run when one was given), so a comparison is
+itself tracked and reproducible from the store alone.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from raykd.errors import RaykdError
+from raykd.report import ReportWarning, warn
+from raykd.report.collect import Setting, StageRuns, collect, resolve_uri
+from raykd.tracking import schema as S
+
+
+class Comparison(dict):
+    """``{name: path}`` of everything written, plus the comparison run id and the summary."""
+
+    run_id: str | None = None
+    summary: list[str]
+    warnings: list[str]
+
+
+def _figure_inputs(runs: StageRuns, method: str, t_depth, s_depth):
+    """Fig. 3 rows, Fig. 4a box data and Fig. 4b curves, one entry per setting."""
+    from raykd.report.figures import GridRow
+
+    grid, boxes, curves = [], [], []
+    multi_seed = any(s.seed for s in runs.settings())
+    for setting in runs.settings():
+        label = setting.label(multi_seed)
+        found = {
+            "teacher": runs.find(setting, "teacher", teacher_depth=t_depth),
+            "sft_teacher": runs.find(setting, "sft_teacher", "", t_depth, s_depth),
+            "student": runs.find(setting, "student", student_depth=s_depth),
+            "std_kd": runs.find(setting, "std_kd", method, t_depth, s_depth) if method else None,
+            "sft_kd": runs.find(setting, "sft_kd", method, t_depth, s_depth) if method else None,
+        }
+        ids = {k: (None if r is None else r["run_id"]) for k, r in found.items()}
+        grid.append(
+            GridRow(
+                label,
+                {
+                    k: runs.examples(ids[k]) if ids[k] else None
+                    for k in ("teacher", "student", "std_kd", "sft_kd")
+                },
+            )
+        )
+        names = {"teacher": "Teacher", "student": "Student", "std_kd": "Std-KD", "sft_kd": "SFT-KD"}
+        boxes.append((label, {n: _per_slice(runs, ids[k], "ssim") for k, n in names.items()}))
+        names = {"teacher": "Teacher", "sft_teacher": "SFT teacher", **names}
+        curves.append(
+            (label, {n: runs.history(ids[k]) if ids[k] else [] for k, n in names.items()})
+        )
+    return grid, boxes, curves
+
+
+def _per_slice(runs: StageRuns, run_id: str | None, metric: str) -> np.ndarray | None:
+    if run_id is None:
+        return None
+    report = runs.eval(run_id)
+    if report is None:
+        return None
+    values = [v for vol in report["volumes"] for v in vol.get("per_slice", {}).get(metric, [])]
+    return np.asarray(values, dtype=np.float64) if values else None
+
+
+def _experiment_name(runs: StageRuns) -> str:
+    return runs.client.get_experiment(runs.experiment_ids[0]).name
+
+
+def compare(
+    experiments: list[str] | None = None,
+    parent_run_id: str | None = None,
+    out_dir: str | Path = "comparison",
+    tracking_uri: str | None = None,
+    *,
+    root: str | Path = "runs",
+    split: str | None = None,
+    student_depth: int | None = None,
+    teacher_depth: int | None = None,
+    method: str | None = None,
+    optuna_storage: str | None = None,
+    study_name: str | None = None,
+    log_to_mlflow: bool = True,
+) -> Comparison:
+    """Build every table and figure from the store and log them as a comparison run.
+
+    ``method`` picks the KD method of Table 8 and the figures (default: AT, the paper's
+    choice, when it was run). ``optuna_storage``/``study_name`` override the study a search
+    job recorded on its run.
+    """
+    from raykd.report import figures, latency, stats, tables
+
+    uri = resolve_uri(tracking_uri, root)
+    out = Path(out_dir).expanduser().resolve()
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    result = Comparison()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ReportWarning)
+        runs = collect(uri, experiments, parent_run_id, split)
+        try:
+            t_depth = teacher_depth or runs.teacher_depth()
+            s_depth = student_depth or runs.student_depth()
+            methods = runs.methods()
+            if method and method not in methods:
+                raise RaykdError(f"KD method '{method}' has no runs; runs exist for {methods}")
+            method = method or ("at" if "at" in methods else (methods[0] if methods else ""))
+            depth_kw = {"student_depth": s_depth, "teacher_depth": t_depth}
+            t1 = tables.table_1(runs, **depth_kw)
+            t3 = tables.table_3(runs, **depth_kw)
+            bench = latency.latest_benchmark(runs.client, runs.experiment_ids)
+            t8 = tables.table_8(runs, bench, method=method or None, teacher_depth=t_depth)
+            gap = tables.gap_table(runs, **depth_kw)
+            wil = stats.wilcoxon_table(runs, **depth_kw)
+            for name, table in (
+                ("table_1", t1),
+                ("table_3", t3),
+                ("table_8", t8),
+                ("gap", gap),
+                ("wilcoxon", wil),
+            ):
+                md, csv = table.write(out, name)
+                result[name] = md
+                result[f"{name}_csv"] = csv
+
+            grid, boxes, curves = _figure_inputs(runs, method, t_depth, s_depth)
+            figs = out / "figures"
+            result["fig_reconstructions"] = figures.reconstruction_grid(
+                grid, figs / "reconstructions.png"
+            )
+            result["fig_ssim_boxplots"] = figures.box_plots(boxes, figs / "ssim_boxplots.png")
+            result["fig_val_loss"] = figures.loss_curves(curves, figs / "val_loss.png")
+            study = (optuna_storage, study_name) if optuna_storage and study_name else None
+            study = study or runs.study()
+            if study is not None:
+                for path in figures.search_figures(study[0], study[1], figs):
+                    result[f"fig_{path.stem}"] = path
+            elif runs.trial_runs():
+                warn(
+                    "trial runs found but no Optuna study recorded on the job run; pass "
+                    "--optuna-storage and --study-name for the search figures"
+                )
+            summary = _summary(runs, t1, gap, wil, method, t_depth, s_depth)
+        finally:
+            runs.close()
+    messages = [str(w.message) for w in caught if issubclass(w.category, ReportWarning)]
+    for w in caught:  # hand every warning on to the caller (tests, logs, the CLI's stderr)
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    result.warnings = list(dict.fromkeys(messages))
+    (out / "warnings.txt").write_text("\n".join(result.warnings) + ("\n" if messages else ""))
+    result["warnings"] = out / "warnings.txt"
+    summary.append(f"{len(result.warnings)} warning(s) (missing runs/values): see warnings.txt")
+    result.summary = summary
+    (out / "summary.md").write_text(
+        "# Comparison summary\n\n" + "\n".join(f"- {s}" for s in summary) + "\n"
+    )
+    result["summary"] = out / "summary.md"
+    if log_to_mlflow:
+        result.run_id = _log(
+            uri,
+            runs,
+            result,
+            split=runs.split,
+            parent_run_id=parent_run_id,
+            experiments=experiments,
+            method=method,
+        )
+        result.summary.append(f"comparison run {result.run_id}")
+    return result
+
+
+def _summary(runs: StageRuns, t1, gap, wil, method: str, t_depth, s_depth) -> list[str]:
+    frame = runs.frame
+    lines = [
+        f"{len(frame)} stage runs from {runs.source}; tables use the {runs.split} split; "
+        f"teacher D{t_depth}, student D{s_depth}; KD methods: {', '.join(runs.methods()) or '-'}",
+        f"settings: {', '.join(s.label(True) for s in runs.settings())}",
+    ]
+    missing = sum(1 for r in t1.records if r["status"] == "missing")
+    lines.append(f"Table 1: {missing} missing cell(s) shown as —")
+    lines += gap.summary
+    for rec in wil.records:
+        if rec.get("metric") == "psnr" and "p_value" in rec:
+            lines.append(
+                f"Wilcoxon {rec['dataset']} {rec['acceleration']}x {rec['method']} PSNR: "
+                f"median Δ {rec['median_diff']:+.3f} dB, p = {rec['p_value']:.3g} "
+                f"→ {rec['verdict']}"
+            )
+    if method:
+        lines.append(f"figures and Table 8 use KD method {method}")
+    return lines
+
+
+def _log(uri: str, runs: StageRuns, result: Comparison, **info) -> str:
+    from raykd.tracking import Tracking
+
+    tracking = Tracking(uri, _experiment_name(runs))
+    sources = info["experiments"] or []
+    run_id = tracking.start_run(
+        name="comparison",
+        parent_run_id=info["parent_run_id"],
+        tags={
+            S.TAG_ROLE: "comparison",
+            "raykd.source": runs.source,
+            "raykd.split": info["split"],
+        },
+        params={
+            "experiments": ",".join(sources),
+            "parent_run": info["parent_run_id"] or "",
+            "split": info["split"],
+            "n_stage_runs": len(runs.frame),
+            "method": info["method"],
+        },
+    )
+    try:
+        for path in result.values():
+            sub = "figures" if path.parent.name == "figures" else None
+            tracking.log_artifact(run_id, path, sub)
+    except Exception as exc:
+        tracking.end_run(run_id, "FAILED")
+        raise RaykdError(f"comparison run {run_id}: logging artifacts failed ({exc})") from exc
+    tracking.end_run(run_id)
+    return run_id
+
+
+__all__ = ["Comparison", "Setting", "compare"]

@@ -1,0 +1,201 @@
+"""Per-slice inference latency of DC-CNN per depth (the paper's Table 8 column).
+
+Timing rules: the model and inputs are on the device before the clock starts, ``warmup``
+untimed passes absorb lazy initialisation (cuDNN autotuning, allocator growth, thread pools),
+every timed pass ends with ``torch.cuda.synchronize()`` on GPU (kernels are asynchronous, so
+without it the clock measures the launch, not the work), and the report is the median of
+``repeats`` passes (robust to the odd scheduler hiccup) with p10/p90 for spread. Times are per
+slice: a batch's time divided by the batch size. Inputs go through the real forward model, so
+the data-consistency FFTs are timed too.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from raykd.errors import RaykdError
+from raykd.tracking import schema as S
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"cpu:{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def _inputs(size: int, batch: int, acceleration: float, device: torch.device):
+    from raykd.data.masks import CartesianMask
+    from raykd.data.transforms import undersample
+
+    gen = torch.Generator().manual_seed(0)  # private generator: global RNG untouched
+    target = torch.rand(batch, 1, size, size, generator=gen)
+    n_keep = int(size / acceleration)
+    num_low = max(0, min(10, n_keep) // 2 * 2)
+    mask = CartesianMask(acceleration, seed=0, num_low=num_low)((size, size))
+    mask_t = torch.from_numpy(mask)[None, None].expand(batch, 1, size, size).contiguous()
+    zero_filled, y = undersample(target, mask_t)
+    return zero_filled.to(device), y.to(device), mask_t.to(device)
+
+
+def benchmark_inference(
+    depths: tuple[int, ...] | list[int] = (2, 3, 4, 5),
+    cascades: int = 5,
+    size: int = 240,
+    batch: int = 1,
+    device: str | torch.device = "auto",
+    repeats: int = 50,
+    warmup: int = 10,
+    channels: int = 32,
+    acceleration: float = 4.0,
+) -> list[dict[str, Any]]:
+    """Median per-slice inference time (ms) of ``DCCNN(depth, cascades, channels)`` per depth.
+
+    Returns one dict per depth: depth, cascades, channels, params, size, batch, device,
+    repeats, warmup, median_ms, p10_ms, p90_ms, mean_ms.
+    """
+    from raykd.models.dccnn import DCCNN, count_parameters
+    from raykd.train.precision import pick_device
+
+    if repeats < 1 or warmup < 0 or batch < 1 or size < 8:
+        raise RaykdError(
+            f"benchmark: need repeats >= 1, warmup >= 0, batch >= 1, size >= 8; got repeats "
+            f"{repeats}, warmup {warmup}, batch {batch}, size {size}"
+        )
+    dev = pick_device(str(device)) if not isinstance(device, torch.device) else device
+    zero_filled, y, mask = _inputs(size, batch, acceleration, dev)
+    results = []
+    for depth in depths:
+        with torch.random.fork_rng(devices=[]):  # weights are irrelevant; RNG stays untouched
+            torch.manual_seed(0)
+            model = DCCNN(int(depth), cascades, channels).to(dev).eval()
+        times = []
+        with torch.inference_mode():
+            for _ in range(warmup):
+                model(zero_filled, y, mask)
+            _sync(dev)
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                model(zero_filled, y, mask)
+                _sync(dev)
+                times.append(time.perf_counter() - t0)
+        per_slice = np.asarray(times) * 1000.0 / batch
+        results.append(
+            {
+                "depth": int(depth),
+                "cascades": cascades,
+                "channels": channels,
+                "params": count_parameters(model),
+                "size": size,
+                "batch": batch,
+                "device": device_name(dev),
+                "repeats": repeats,
+                "warmup": warmup,
+                "median_ms": float(np.median(per_slice)),
+                "p10_ms": float(np.percentile(per_slice, 10)),
+                "p90_ms": float(np.percentile(per_slice, 90)),
+                "mean_ms": float(np.mean(per_slice)),
+            }
+        )
+        del model
+    return results
+
+
+def log_benchmark(results: list[dict[str, Any]], tracking) -> str:
+    """Log results as an MLflow run (``raykd.role=benchmark``); returns its run id."""
+    if not results:
+        raise RaykdError("benchmark: nothing to log (no depths were measured)")
+    first = results[0]
+    params = {k: first[k] for k in ("cascades", "channels", "size", "batch", "device", "repeats")}
+    params |= {"warmup": first["warmup"], "depths": [r["depth"] for r in results]}
+    params["torch"] = torch.__version__
+    run_id = tracking.start_run(
+        name=f"benchmark-{first['device'].split(' ')[0]}",
+        tags={S.TAG_ROLE: "benchmark", "raykd.device": first["device"]},
+        params=params,
+    )
+    metrics: dict[str, float] = {}
+    for r in results:
+        d = r["depth"]
+        metrics |= {
+            f"latency_ms_d{d}": r["median_ms"],
+            f"latency_p10_ms_d{d}": r["p10_ms"],
+            f"latency_p90_ms_d{d}": r["p90_ms"],
+            f"params_d{d}": r["params"],
+        }
+    tracking.log_metrics(run_id, metrics)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "benchmark.json"
+        path.write_text(json.dumps(results, indent=1))
+        tracking.log_artifact(run_id, path)
+    tracking.end_run(run_id)
+    return run_id
+
+
+@dataclass
+class Benchmark:
+    """The numbers of one benchmark run, as Table 8 uses them."""
+
+    run_id: str
+    device: str
+    size: str
+    batch: str
+    repeats: str
+    cascades: str
+    start_time: int
+    by_depth: dict[int, dict[str, float]] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.start_time / 1000))
+        return (
+            f"Latency: median per-slice inference time over {self.repeats} repeats, batch "
+            f"{self.batch}, {self.size}x{self.size}, C{self.cascades}, on {self.device} "
+            f"(benchmark run {self.run_id}, {when})."
+        )
+
+
+def latest_benchmark(client, experiment_ids: list[str] | None = None) -> Benchmark | None:
+    """The newest finished benchmark run, preferring ``experiment_ids``, else any experiment."""
+    from raykd.report.collect import search_all
+
+    flt = f"tags.`{S.TAG_ROLE}` = 'benchmark' and attributes.status = 'FINISHED'"
+    runs = search_all(client, experiment_ids, flt) if experiment_ids else []
+    if not runs:
+        all_ids = [e.experiment_id for e in client.search_experiments()]
+        runs = search_all(client, all_ids, flt) if all_ids else []
+    if not runs:
+        return None
+    run = max(runs, key=lambda r: r.info.start_time or 0)
+    by_depth: dict[int, dict[str, float]] = {}
+    for key, value in run.data.metrics.items():
+        if key.startswith("latency_ms_d"):
+            d = int(key.removeprefix("latency_ms_d"))
+            by_depth[d] = {
+                "median_ms": value,
+                "p10_ms": run.data.metrics.get(f"latency_p10_ms_d{d}", float("nan")),
+                "p90_ms": run.data.metrics.get(f"latency_p90_ms_d{d}", float("nan")),
+            }
+    p = run.data.params
+    return Benchmark(
+        run_id=run.info.run_id,
+        device=p.get("device", "?"),
+        size=p.get("size", "?"),
+        batch=p.get("batch", "?"),
+        repeats=p.get("repeats", "?"),
+        cascades=p.get("cascades", "?"),
+        start_time=run.info.start_time or 0,
+        by_depth=by_depth,
+    )
