@@ -124,7 +124,101 @@ def grid_main(argv: list[str] | None = None) -> int:
     return _guard(run_grid_args, args, "full_grid.py")
 
 
+def add_search_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--space",
+        default="kd_weights",
+        help="search space: a name in search_spaces/ or a YAML file "
+        "(kd_weights, depth_acceleration, pareto)",
+    )
+    p.add_argument("--num-samples", type=int, help="trials to run (extends a resumed study)")
+    p.add_argument("--fresh", action="store_true", help="do not restore a previous Tune run")
+
+
+def run_search_args(args: argparse.Namespace) -> int:
+    import json
+
+    from raykd.orchestration.grid import load_preset
+    from raykd.orchestration.job import finish_job, start_job
+    from raykd.orchestration.search import load_search, run_search
+
+    search = load_search(args.space, {"num_samples": args.num_samples})
+    preset = args.preset if args.preset != "smoke" else search.base_preset
+    base = load_preset(preset, grid_overrides(args))
+    job = start_job(
+        f"search-{search.name}",
+        params={"space": search.model_dump(mode="json"), "preset": preset},
+        root=args.root,
+        experiment=args.experiment or f"raykd-search-{search.name}",
+        tracking_uri=args.tracking_uri,
+        address=args.address,
+        workers=args.workers,
+        max_concurrent=args.max_concurrent,
+        local_train=args.local_train,
+        num_cpus=args.num_cpus,
+    )
+    try:
+        out = run_search(search, base, job, resume=not args.fresh)
+    except BaseException:
+        finish_job(job, [], status="FAILED")
+        raise
+    path = job.root / f"search-{search.name}-{job.run_id[:8]}.json"
+    path.write_text(json.dumps(out, indent=1, default=str))
+    job.tracking.log_artifact(job.run_id, path)
+    job.tracking.set_tags(
+        job.run_id,
+        {
+            "raykd.optuna_storage": out["study"]["storage"],
+            "raykd.optuna_study": out["study"]["name"],
+        },
+    )
+    rows = [
+        {
+            "label": f"{t['trial']} {t['params']}",
+            "val_psnr": t.get("val_psnr"),
+            "val_ssim": t.get("val_ssim"),
+        }
+        for t in out["trials"]
+    ]
+    finish_job(job, rows)
+    if "best" in out:
+        print(
+            f"best trial: {out['best']['params']} -> {search.objectives[0].metric} "
+            f"{out['best'][search.objectives[0].metric]:.3f}"
+        )
+    for t in out.get("pareto", []):
+        print(
+            f"pareto: {t['params']} -> "
+            + ", ".join(f"{o.metric} {t[o.metric]:.4g}" for o in search.objectives)
+        )
+    print(f"Optuna study '{out['study']['name']}' in {out['study']['storage']}")
+    return 0
+
+
+def search_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="search_kd_weights.py",
+        description="Optuna search through Ray Tune over KD method, loss weights, depth, "
+        "acceleration (search_spaces/*.yaml).",
+    )
+    add_search_args(p)
+    add_grid_args(p)
+    add_job_args(p)
+    args = p.parse_args(argv)
+    return _guard(run_search_args, args, "search_kd_weights.py")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "search",
+        help="Optuna search on Ray (same as jobs/search_kd_weights.py)",
+        description="Optuna search through Ray Tune (search_spaces/*.yaml).",
+    )
+    add_search_args(p)
+    add_grid_args(p)
+    add_job_args(p)
+    p.set_defaults(func=run_search_args)
+
     p = sub.add_parser(
         "grid",
         help="run the paper's grid on Ray (same as jobs/full_grid.py)",

@@ -31,7 +31,8 @@ class StageContext:
     resources: TrialResources
     parent_run_id: str | None = None
     max_failures: int = 2
-    local: bool = False  # num_workers=0: in-process Ray Train (tests, debugging)
+    local: bool = False  # train in this process instead of Ray Train workers (tests, debugging)
+    fault_injection: dict | None = None  # tests: {"kill_after_epoch": k, "marker": path}
 
 
 def context_to_dict(ctx: StageContext) -> dict:
@@ -44,6 +45,7 @@ def context_to_dict(ctx: StageContext) -> dict:
         "parent_run_id": ctx.parent_run_id,
         "max_failures": ctx.max_failures,
         "local": ctx.local,
+        "fault_injection": ctx.fault_injection,
     }
 
 
@@ -56,6 +58,7 @@ def context_from_dict(data: dict) -> StageContext:
         parent_run_id=data["parent_run_id"],
         max_failures=data["max_failures"],
         local=data["local"],
+        fault_injection=data.get("fault_injection"),
     )
 
 
@@ -157,35 +160,33 @@ def _fit(cfg, ctx: StageContext, out: Path, run_id, tune_report: bool, eval_spli
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    loop_config = {
+        "stage": cfg.to_dict(),
+        "output_dir": str(out),
+        "threads": ctx.resources.threads,
+        "mlflow_run_id": run_id,
+        "tracking_uri": ctx.tracking.uri if ctx.tracking else None,
+        "experiment": ctx.tracking.experiment_name if ctx.tracking else None,
+        "eval_splits": list(eval_splits),
+        "fault_injection": ctx.fault_injection,
+    }
+    if ctx.local:
+        _fit_in_process(loop_config, tune_report)
+        return
     callbacks = []
     if tune_report:
         from ray.tune.integration.ray_train import TuneReportCallback
 
         callbacks.append(TuneReportCallback())
     res = ctx.resources
-    scaling = (
-        ScalingConfig(num_workers=0)
-        if ctx.local
-        else ScalingConfig(
-            num_workers=res.workers,
-            use_gpu=res.use_gpu,
-            resources_per_worker={
-                "CPU": res.cpus_per_worker,
-                **({"GPU": 1} if res.use_gpu else {}),
-            },
-        )
+    scaling = ScalingConfig(
+        num_workers=res.workers,
+        use_gpu=res.use_gpu,
+        resources_per_worker={"CPU": res.cpus_per_worker} | ({"GPU": 1} if res.use_gpu else {}),
     )
     trainer = TorchTrainer(
         train_fn,
-        train_loop_config={
-            "stage": cfg.to_dict(),
-            "output_dir": str(out),
-            "threads": res.threads,
-            "mlflow_run_id": run_id,
-            "tracking_uri": ctx.tracking.uri if ctx.tracking else None,
-            "experiment": ctx.tracking.experiment_name if ctx.tracking else None,
-            "eval_splits": list(eval_splits),
-        },
+        train_loop_config=loop_config,
         scaling_config=scaling,
         run_config=RunConfig(
             name=f"train-{cfg.name}",  # stable: a rerun resumes from its last checkpoint
@@ -202,3 +203,18 @@ def _fit(cfg, ctx: StageContext, out: Path, run_id, tune_report: bool, eval_spli
             f"stage {cfg.name} failed after {ctx.max_failures} retries: {exc}\n"
             f"logs and checkpoints: {out}"
         ) from exc
+
+
+def _fit_in_process(loop_config: dict, tune_report: bool) -> None:
+    """Train in this process (no Ray Train workers): tests, debugging, tiny machines."""
+    from raykd.orchestration.train_fn import run_training
+
+    report = None
+    if tune_report:
+        from ray import tune
+
+        def report(metrics, _last_path):
+            tune.report(metrics)
+
+    last = Path(loop_config["output_dir"]) / "last.pt"
+    run_training(loop_config, 0, report, last if last.is_file() else None)

@@ -9,8 +9,11 @@ the checkpoint and is the only rank that talks to MLflow. On a restart after a w
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,25 +39,10 @@ def _device() -> str:
 
 
 def train_fn(config: dict[str, Any]) -> None:
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
-    torch.set_num_threads(max(1, int(config.get("threads", 1))))
-    stage = dict(config["stage"])
-    if stage.get("device", "auto") == "auto":
-        stage["device"] = _device()
-    cfg = StageConfig.model_validate(stage)
-    output_dir = Path(config["output_dir"])
+    """Ray Train worker entry point."""
+    rank = ray.train.get_context().get_world_rank()
 
-    tracking = None
-    run_id = config.get("mlflow_run_id")
-    if rank == 0 and run_id:
-        from raykd.tracking import Tracking
-
-        tracking = Tracking(config["tracking_uri"], config["experiment"])
-
-    def report(epoch: int, metrics: dict[str, float], last_path: Path | None) -> None:
-        if tracking is not None:
-            tracking.log_metrics(run_id, metrics, step=epoch + 1)
+    def report(metrics: dict[str, float], last_path: Path | None) -> None:
         if rank == 0 and last_path is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 shutil.copy2(last_path, Path(tmp) / "last.pt")
@@ -65,15 +53,52 @@ def train_fn(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
-            trainer = Trainer(
-                cfg, output_dir, callbacks=[report], resume_from=Path(ckpt_dir) / "last.pt"
-            )
+            run_training(config, rank, report, Path(ckpt_dir) / "last.pt", _device())
     else:
-        trainer = Trainer(cfg, output_dir, callbacks=[report])
+        run_training(config, rank, report, None, _device())
+
+
+def run_training(
+    config: dict[str, Any],
+    rank: int,
+    report: Callable[[dict[str, float], Path | None], None] | None,
+    resume_from: Path | None,
+    device: str = "auto",
+) -> None:
+    """Train one stage on this rank; rank 0 logs to MLflow and finishes the stage.
+
+    Shared by Ray Train workers and in-process runs (``local=True`` in the runner), so both
+    paths train, log and evaluate identically.
+    """
+    torch.set_num_threads(max(1, int(config.get("threads", 1))))
+    stage = dict(config["stage"])
+    if stage.get("device", "auto") == "auto":
+        stage["device"] = device
+    cfg = StageConfig.model_validate(stage)
+    output_dir = Path(config["output_dir"])
+    tracking = None
+    run_id = config.get("mlflow_run_id")
+    if rank == 0 and run_id:
+        from raykd.tracking import Tracking
+
+        tracking = Tracking(config["tracking_uri"], config["experiment"])
+    fault = config.get("fault_injection") or {}
+
+    def on_epoch(epoch: int, metrics: dict[str, float], last_path: Path | None) -> None:
+        if tracking is not None:
+            tracking.log_metrics(run_id, metrics, step=epoch + 1)
+        if report is not None:
+            report(metrics, last_path)
+        if fault.get("kill_after_epoch") == epoch + 1 and rank == fault.get("rank", 0):
+            marker = Path(fault["marker"])
+            if not marker.exists():  # die once, like a preempted node or an OOM-killed worker
+                marker.touch()
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    trainer = Trainer(cfg, output_dir, callbacks=[on_epoch], resume_from=resume_from)
     result = trainer.fit()
-    if rank != 0:
-        return
-    finish_stage(cfg, trainer, result, tracking, run_id, config.get("eval_splits", ["val"]))
+    if rank == 0:
+        finish_stage(cfg, trainer, result, tracking, run_id, config.get("eval_splits", ["val"]))
 
 
 def save_examples(model, trainer, split: str, out_dir: Path, n: int = 3) -> Path:
@@ -107,10 +132,13 @@ def finish_stage(cfg, trainer, result, tracking, run_id, splits) -> dict[str, An
         path = write_json(report, result.output_dir / f"eval_{split}.json")
         summary[split] = {k: v[0] for k, v in report["summary"].items()}
         if tracking is not None:
-            tracking.log_metrics(run_id, {f"{split}_{k}": v for k, v in summary[split].items()})
+            tracking.log_metrics(
+                run_id, {f"final_{split}_{k}": v for k, v in summary[split].items()}
+            )
             for vol in report["volumes"]:
                 tracking.log_metrics(
-                    run_id, {f"{split}_{vol['volume']}_{k}": v for k, v in vol["metrics"].items()}
+                    run_id,
+                    {f"final_{split}_{vol['volume']}_{k}": v for k, v in vol["metrics"].items()},
                 )
             tracking.log_artifact(run_id, path, "eval")
             examples = save_examples(model, trainer, split, result.output_dir)

@@ -97,9 +97,9 @@ def compare(
     choice, when it was run). ``optuna_storage``/``study_name`` override the study a search
     job recorded on its run.
     """
+    uri = resolve_uri(tracking_uri, root)  # fail fast, before the heavy imports below
     from raykd.report import figures, latency, stats, tables
 
-    uri = resolve_uri(tracking_uri, root)
     out = Path(out_dir).expanduser().resolve()
     (out / "figures").mkdir(parents=True, exist_ok=True)
     result = Comparison()

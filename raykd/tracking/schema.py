@@ -7,9 +7,10 @@ Runs (all in one experiment per job unless ``--experiment`` says otherwise):
 - stage run: ``raykd.role=stage``, child of the job that *trained* it (reused stages are not
   retrained, so a later job lists them in its ``stages.json`` instead). Tags below; params =
   the flattened stage config; metrics per epoch (``train_loss``, ``train_<term>``,
-  ``val_loss``, ``val_psnr``, ``lr``, ``epoch_time_s``, step = epoch) and final
-  (``val_psnr``... see METRICS, ``<split>_<volume>_<metric>``, ``best_val_loss``,
-  ``wall_clock_s``). Artifacts: ``eval/eval_<split>.json`` (per-volume and per-slice metrics,
+  ``val_loss``, ``val_psnr`` = mean slice PSNR, ``lr``, ``epoch_time_s``; step = epoch) and
+  final, of the best checkpoint on whole volumes (``final_<split>_<metric>`` for each of
+  METRICS, ``final_<split>_<volume>_<metric>``, ``best_val_loss``, ``wall_clock_s``).
+  Artifacts: ``eval/eval_<split>.json`` (per-volume and per-slice metrics,
   the paired data for Wilcoxon tests), ``examples/<split>_examples.npz`` (target, zero-filled,
   reconstruction of a few fixed slices), ``checkpoints/best.pt``, ``config.yaml``.
 - trial run (searches): ``raykd.role=trial``, child of the search's job run, with the sampled

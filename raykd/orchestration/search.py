@@ -1,0 +1,287 @@
+"""Optuna searches through Ray Tune over the stage graph.
+
+A search file (``search_spaces/*.yaml``) names a base grid preset, the Table-1 row a trial
+trains (e.g. ``sft_kd``), the parameters (KD method, loss weights, student depth,
+acceleration...) and the objective(s). Each trial asks the stage graph for its teacher (reused
+across trials when identical) and trains its KD student with per-epoch reports to Tune, so an
+ASHA scheduler can stop it early. The Optuna study lives in sqlite next to the runs, so a
+search can be extended later, and Tune's experiment folder can be restored after a crash.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from raykd.errors import ConfigError
+from raykd.orchestration.grid import GridSpec, row_label, run_row
+from raykd.train.config import CANONICAL_KD_WEIGHTS, format_validation_error
+
+SEARCH_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+# Objectives a trial can report: validation PSNR/SSIM of the best epoch, and student size.
+OBJECTIVES = {"val_psnr", "val_ssim", "val_loss", "student_params"}
+TUNE_KEYS = {"val_psnr": "val/psnr", "val_loss": "val/loss"}
+PARAMS = {
+    "method",
+    "kd_weight_scale",
+    "output_weight",
+    "w_imit",
+    "w_s",
+    "student_depth",
+    "acceleration",
+}
+
+
+class ParamSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    choices: list[Any] | None = None
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> ParamSpec:
+        given = [k for k in ("choices", "uniform", "loguniform") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of choices / uniform / loguniform")
+        if self.loguniform and min(self.loguniform) <= 0:
+            raise ValueError("loguniform bounds must be > 0")
+        return self
+
+    def distribution(self):
+        import optuna
+
+        if self.choices is not None:
+            return optuna.distributions.CategoricalDistribution(self.choices)
+        if self.uniform is not None:
+            return optuna.distributions.FloatDistribution(*self.uniform)
+        return optuna.distributions.FloatDistribution(*self.loguniform, log=True)
+
+
+class Objective(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    metric: str
+    mode: Literal["max", "min"]
+
+
+class Scheduler(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["asha", "none"] = "asha"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2, gt=1)
+
+
+class SearchSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    base_preset: str = "smoke"
+    row: Literal["std_kd", "sft_kd", "sft_kd_random"] = "sft_kd"
+    num_samples: int = Field(12, ge=1)
+    objectives: list[Objective]
+    scheduler: Scheduler = Scheduler()
+    params: dict[str, ParamSpec]
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchSpec:
+        unknown = set(self.params) - PARAMS
+        if unknown:
+            raise ValueError(f"unknown search parameter(s) {sorted(unknown)}; expected {PARAMS}")
+        bad = {o.metric for o in self.objectives} - OBJECTIVES
+        if bad:
+            raise ValueError(f"unknown objective(s) {sorted(bad)}; expected {OBJECTIVES}")
+        if len(self.objectives) == 1 and self.objectives[0].metric not in TUNE_KEYS:
+            raise ValueError(f"a single objective must be one of {sorted(TUNE_KEYS)}")
+        if len(self.objectives) > 1 and self.scheduler.type != "none":
+            raise ValueError("early stopping (asha) needs a single objective; use type: none")
+        return self
+
+
+def load_search(path_or_name: str, overrides: dict[str, Any] | None = None) -> SearchSpec:
+    path = Path(path_or_name)
+    if not path.is_file():
+        path = SEARCH_DIR / f"{path_or_name}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in SEARCH_DIR.glob("*.yaml") if p.stem != "paper_grid")
+        raise ConfigError(f"search space '{path_or_name}': no such file; built in: {names}")
+    data = yaml.safe_load(path.read_text()) or {}
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return SearchSpec.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path), path)) from None
+
+
+def trial_row_and_spec(
+    search: SearchSpec, base: GridSpec, params: dict[str, Any]
+) -> tuple[GridSpec, dict[str, Any], dict[str, Any]]:
+    """The grid spec, row and extra stage overrides one sampled point stands for."""
+    method = params.get("method", base.methods[0])
+    spec_update: dict[str, Any] = {}
+    if "w_s" in params:
+        spec_update["w_s"] = params["w_s"]
+    if "w_imit" in params:
+        spec_update["w_imit"] = params["w_imit"]
+    if "kd_weight_scale" in params:
+        weight = CANONICAL_KD_WEIGHTS.get(method, 1.0) * params["kd_weight_scale"]
+        spec_update["kd_weights"] = {**base.kd_weights, method: weight}
+    spec = base.model_copy(update=spec_update)
+    row = {
+        "dataset": base.datasets[0],
+        "acceleration": float(params.get("acceleration", base.accelerations[0])),
+        "seed": base.first_seed,
+        "row": search.row,
+        "student_depth": int(params.get("student_depth", base.student_depths[0])),
+        "method": method,
+    }
+    extra = {"kd.output_weight": params["output_weight"]} if "output_weight" in params else {}
+    return spec, row, extra
+
+
+def search_trial(config: dict[str, Any]) -> None:
+    """Ray Tune function trainable: one sampled point → (reused) teacher → KD student."""
+    from ray import tune
+
+    from raykd.models.dccnn import DCCNN, count_parameters
+    from raykd.orchestration.runner import context_from_dict
+    from raykd.tracking import schema as S
+
+    search = SearchSpec.model_validate(config["search"])
+    base = GridSpec.model_validate(config["base"])
+    ctx = context_from_dict(config["ctx"])
+    params = {k: config[k] for k in search.params}
+    spec, row, extra = trial_row_and_spec(search, base, params)
+    trial_id = tune.get_context().get_trial_id()
+    run_id = None
+    if ctx.tracking is not None:
+        run_id = ctx.tracking.start_run(
+            f"trial-{trial_id}",
+            parent_run_id=ctx.parent_run_id,
+            tags={S.TAG_ROLE: "trial", "raykd.trial_id": trial_id, "raykd.search": search.name},
+            params={**params, "row": row_label(row)},
+        )
+    record = run_row(spec, row, ctx, tune_report=True, **extra)
+    history = _history(record.output_dir)
+    best = min(history, key=lambda h: h["val/loss"]) if history else {}
+    student = DCCNN(row["student_depth"], spec.cascades, spec.channels)
+    final = {
+        "val_psnr": best.get("val/psnr", float("nan")),
+        "val_loss": best.get("val/loss", float("nan")),
+        "val_ssim": (record.metrics or {}).get("val", {}).get("ssim", float("nan")),
+        "student_params": count_parameters(student),
+        "stage_id": record.stage_id,
+        "kd_run_id": record.mlflow_run_id or "",
+    }
+    if ctx.tracking is not None and run_id:
+        ctx.tracking.log_metrics(run_id, {k: v for k, v in final.items() if k in OBJECTIVES})
+        ctx.tracking.set_tags(run_id, {"raykd.kd_run_id": final["kd_run_id"]})
+        ctx.tracking.end_run(run_id)
+    # Always report once more: a reused stage sent no per-epoch results. The "/" names are the
+    # per-epoch keys Train reports, which the searcher and scheduler watch.
+    tune.report({**final, "val/psnr": final["val_psnr"], "val/loss": final["val_loss"]})
+
+
+def _history(output_dir: str) -> list[dict[str, float]]:
+    import json
+
+    path = Path(output_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_search(search: SearchSpec, base: GridSpec, job, resume: bool = True) -> dict[str, Any]:
+    """Run (or resume/extend) the search; returns trials and the best / Pareto-optimal ones."""
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from raykd.orchestration.cluster import say
+    from raykd.orchestration.job import tune_trainable
+    from raykd.orchestration.runner import context_to_dict
+
+    storage_url = f"sqlite:///{job.root / 'optuna.db'}"
+    study_name = f"raykd-{search.name}"
+    metrics = [o.metric for o in search.objectives]
+    modes = [o.mode for o in search.objectives]
+    single = len(metrics) == 1
+    # Per-epoch results carry Train's keys; a single objective must be one of them.
+    tune_metrics = [TUNE_KEYS.get(m, m) for m in metrics]
+    searcher = OptunaSearch(
+        space={k: p.distribution() for k, p in search.params.items()},
+        metric=tune_metrics[0] if single else tune_metrics,
+        mode=modes[0] if single else modes,
+        storage=optuna.storages.RDBStorage(storage_url),
+        study_name=study_name,
+        seed=base.first_seed,
+    )
+    scheduler = None
+    if search.scheduler.type == "asha":
+        # Train reports per epoch as "val/psnr"; max_t above the last report (epochs + final)
+        # so the trial driver is never killed before it closes its MLflow run.
+        scheduler = ASHAScheduler(
+            metric=tune_metrics[0],
+            mode=modes[0],
+            max_t=base.epochs.kd + 2,
+            grace_period=search.scheduler.grace_period,
+            reduction_factor=search.scheduler.reduction_factor,
+        )
+    storage = job.root / "tune"
+    path = storage / study_name
+    trainable = tune_trainable(search_trial)
+    if resume and tune.Tuner.can_restore(str(path)):
+        say(f"restoring Tune experiment {path} (Optuna study {study_name} in {storage_url})")
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={
+                "search": search.model_dump(mode="json"),
+                "base": base.model_dump(mode="json"),
+                "ctx": context_to_dict(job.ctx),
+            },
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                scheduler=scheduler,
+                num_samples=search.num_samples,
+                max_concurrent_trials=job.resources.concurrency,
+            ),
+            run_config=tune.RunConfig(name=study_name, storage_path=str(storage)),
+        )
+    results = tuner.fit()
+    trials = []
+    for r in results:
+        m = r.metrics or {}
+        trials.append(
+            {
+                "trial": m.get("trial_id") or (r.path or "?").rsplit("/", 1)[-1][:40],
+                "params": {k: (r.config or {}).get(k) for k in search.params},
+                **{k: m.get(k) for k in (*metrics, "val_ssim", "stage_id", "kd_run_id")},
+                "error": str(r.error)[:300] if r.error else None,
+            }
+        )
+    done = [t for t in trials if t.get(metrics[0]) is not None and not t["error"]]
+    out: dict[str, Any] = {
+        "trials": trials,
+        "study": {"storage": storage_url, "name": study_name},
+    }
+    if single and done:
+        key, sign = metrics[0], (1 if modes[0] == "max" else -1)
+        out["best"] = max(done, key=lambda t: sign * t[key])
+    elif done:
+        out["pareto"] = pareto_front(done, metrics, modes)
+    return out
+
+
+def pareto_front(trials: list[dict], metrics: list[str], modes: list[str]) -> list[dict]:
+    """Non-dominated trials (better or equal in every objective, strictly in one)."""
+    signs = [1 if m == "max" else -1 for m in modes]
+
+    def dominates(a: dict, b: dict) -> bool:
+        ge = all(s * a[k] >= s * b[k] for k, s in zip(metrics, signs, strict=True))
+        gt = any(s * a[k] > s * b[k] for k, s in zip(metrics, signs, strict=True))
+        return ge and gt
+
+    return [t for t in trials if not any(dominates(o, t) for o in trials if o is not t)]
