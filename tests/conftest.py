@@ -82,3 +82,42 @@ def shared_data() -> Path:
     if not (root / "sunnybrook").is_dir():
         pytest.skip(f"shared data not found at {root} (set RAYKD_SHARED_DATA)")
     return root
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One real local Ray instance for the whole test session (started on first use)."""
+    import ray
+
+    repo = str(Path(__file__).resolve().parents[1])
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [repo, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    )
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    os.environ.pop("RAY_ADDRESS", None)
+    ray.init(address="local", num_cpus=2, log_to_driver=False, include_dashboard=None)
+    yield ray
+    ray.shutdown()
+
+
+def tiny_grid(root: Path, **over):
+    """A grid spec over the tiny fixture volumes (32x32, 2 cascades, 4 channels)."""
+    from raykd.orchestration.grid import GridSpec
+
+    base = {
+        "datasets": [str(root)],
+        "accelerations": [3],
+        "methods": ["at"],
+        "student_depths": [2],
+        "teacher_depth": 3,
+        "cascades": 2,
+        "seeds": 1,
+        "size": [32, 32],
+        "channels": 4,
+        "epochs": {"teacher": 1, "sft": 1, "student": 1, "kd": 1},
+        "batch_size": 2,
+        "precision": "fp32",
+    }
+    base.update(over)
+    return GridSpec.model_validate(base)

@@ -1,0 +1,203 @@
+"""Ray/Tune/MLflow layer with a real local Ray (one per session) and real sqlite MLflow.
+
+Most runs train in-process (``local_train``) to keep the suite fast; DDP equivalence and the
+killed-worker resume use real Ray Train workers.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from raykd.orchestration.cluster import TrialResources
+from raykd.orchestration.grid import row_label, stage_config
+from raykd.orchestration.identity import StageStore, stage_identity
+from raykd.orchestration.runner import StageContext, ensure_stage
+from raykd.tracking import Tracking
+from raykd.tracking import schema as S
+from raykd.train.checkpoint import load_checkpoint
+from tests.conftest import tiny_grid
+
+ONE_CPU = TrialResources(workers=1, use_gpu=False, cpus_per_worker=1, concurrency=1, threads=1)
+
+
+def _row(kind="std_kd", method="at", seed=42, dataset="d"):
+    return {
+        "dataset": dataset,
+        "acceleration": 3.0,
+        "seed": seed,
+        "row": kind,
+        "student_depth": 2,
+        "method": method,
+    }
+
+
+def test_stage_identity(tiny_data):
+    spec = tiny_grid(tiny_data)
+    t42 = stage_config(spec, _row(seed=42), "teacher")
+    t43 = stage_config(spec, _row(seed=43), "teacher")
+    assert stage_identity(t42) != stage_identity(t43)  # seed is part of the identity
+    # Where and how it is shown is not.
+    moved = t42.model_copy(update={"output_dir": "/elsewhere", "progress": True})
+    assert stage_identity(moved) == stage_identity(t42)
+    # A teacher does not depend on the student depth; an SFT teacher does.
+    d3 = stage_config(spec, {**_row(), "student_depth": 3}, "teacher")
+    assert stage_identity(d3) == stage_identity(t42)
+    sft2 = stage_config(spec, _row(), "sft")
+    sft3 = stage_config(spec, {**_row(), "student_depth": 3}, "sft")
+    assert stage_identity(sft2) != stage_identity(sft3)
+    kd_at = stage_config(spec, _row(method="at"), "kd")
+    kd_sp = stage_config(spec, _row(method="sp"), "kd")
+    assert stage_identity(kd_at, "teacher-a") != stage_identity(kd_sp, "teacher-a")
+    assert stage_identity(kd_at, "teacher-a") != stage_identity(kd_at, "teacher-b")
+    with pytest.raises(ValueError):
+        stage_identity(kd_at)
+
+
+def _tracking(tmp_path, name="t"):
+    return Tracking(f"sqlite:///{tmp_path / 'mlflow.db'}", name, tmp_path / "artifacts")
+
+
+def _stage_runs(tracking, kind):
+    return tracking.runs(f"tags.`{S.TAG_KIND}` = '{kind}' and tags.`{S.TAG_ROLE}` = 'stage'")
+
+
+@pytest.mark.ray
+def test_grid_trains_teacher_once_and_reuses_it(ray_session, tiny_data, tmp_path):
+    from raykd.orchestration.grid import run_grid
+    from raykd.orchestration.job import finish_job, start_job
+
+    spec = tiny_grid(tiny_data, rows=["std_kd"], methods=["at", "sp"])
+    kwargs = dict(root=tmp_path, experiment="grid", local_train=True)
+    job = start_job("grid-test", {"test": 1}, **kwargs)
+    rows = run_grid(spec, job)
+    summary = finish_job(job, rows)
+    assert [r["label"].split("/")[-1] for r in rows] == ["at", "sp"]
+    assert all(r["val_psnr"] > 0 and not r.get("error") for r in rows)
+    teachers = _stage_runs(job.tracking, "teacher")
+    kds = _stage_runs(job.tracking, "kd")
+    assert len(teachers) == 1 and len(kds) == 2  # trained exactly once, used by both trials
+    teacher_run = teachers[0]
+    assert teacher_run.data.tags[S.TAG_STAGE_ID].startswith("teacher-")
+    for kd in kds:  # lineage: each KD run names its teacher's run
+        assert kd.data.tags[S.TAG_TEACHER_RUN] == teacher_run.info.run_id
+        assert kd.data.tags[S.TAG_ROW] == "std_kd"
+        assert kd.data.tags[S.PARENT_TAG if hasattr(S, "PARENT_TAG") else "mlflow.parentRunId"]
+        assert "final_val_psnr" in kd.data.metrics
+    assert summary["stages_trained"] == 3 and summary["stages_reused"] == 0
+    artifacts = {a.path for a in job.tracking.client.list_artifacts(kds[0].info.run_id)}
+    assert {"eval", "examples", "checkpoints", "config.yaml"} <= artifacts
+    # Running the job again trains nothing: every stage is found by its identity.
+    job2 = start_job("grid-test", {"test": 2}, **kwargs)
+    rows2 = run_grid(spec, job2)
+    summary2 = finish_job(job2, rows2)
+    assert summary2["stages_trained"] == 0 and summary2["stages_reused"] >= 3
+    assert len(_stage_runs(job2.tracking, "teacher")) == 1
+    assert [r["val_psnr"] for r in rows2] == [r["val_psnr"] for r in rows]
+
+
+@pytest.mark.ray
+def test_optuna_search_logs_trials_under_parent(ray_session, tiny_data, tmp_path):
+    import optuna
+
+    from raykd.orchestration.job import finish_job, start_job
+    from raykd.orchestration.search import SearchSpec, run_search
+
+    search = SearchSpec.model_validate(
+        {
+            "name": "t",
+            "row": "std_kd",
+            "num_samples": 3,
+            "objectives": [{"metric": "val_psnr", "mode": "max"}],
+            "scheduler": {"type": "asha"},
+            "params": {
+                "method": {"choices": ["at", "sp"]},
+                "kd_weight_scale": {"loguniform": [0.1, 10.0]},
+            },
+        }
+    )
+    base = tiny_grid(tiny_data)
+    job = start_job("search-test", {}, root=tmp_path, experiment="search", local_train=True)
+    out = run_search(search, base, job, resume=False)
+    finish_job(job, [])
+    assert len(out["trials"]) == 3 and "best" in out
+    trials = job.tracking.runs(f"tags.`{S.TAG_ROLE}` = 'trial'")
+    assert len(trials) == 3
+    finished = [r for r in trials if r.info.status == "FINISHED"]
+    assert finished  # the rest were stopped early by ASHA and closed as KILLED
+    for run in trials:
+        assert run.data.tags["mlflow.parentRunId"] == job.run_id
+        assert "kd_weight_scale" in run.data.params
+        assert run.info.status in ("FINISHED", "KILLED")
+        assert ("val_psnr" in run.data.metrics) == (run.info.status == "FINISHED")
+    # The plain teacher is shared by every trial: trained once.
+    assert len(_stage_runs(job.tracking, "teacher")) == 1
+    study = optuna.load_study(study_name=out["study"]["name"], storage=out["study"]["storage"])
+    assert len(study.trials) == 3
+    # Extending the persisted study: a new search with the same name adds to it.
+    more = search.model_copy(update={"num_samples": 1})
+    run_search(more, base, job, resume=False)
+    assert (
+        len(
+            optuna.load_study(
+                study_name=out["study"]["name"], storage=out["study"]["storage"]
+            ).trials
+        )
+        == 4
+    )
+
+
+@pytest.mark.ray
+def test_ddp_two_workers_match_one_worker(ray_session, tiny_data, tmp_path):
+    """Same global batch and seed: 2-rank DDP (batch 1 each) == 1 rank with batch 2."""
+    spec = tiny_grid(tiny_data, epochs={"teacher": 2, "sft": 1, "student": 1, "kd": 1})
+    records = {}
+    for workers, batch in ((1, 2), (2, 1)):
+        cfg = stage_config(
+            spec, _row(dataset=str(tiny_data)), "teacher", **{"data.batch_size": batch}
+        )
+        ctx = StageContext(
+            StageStore(tmp_path / f"w{workers}"),
+            None,
+            TrialResources(workers, False, 1, 1, 1),
+        )
+        records[workers] = ensure_stage(cfg, ctx)
+    h1 = [json.loads(x) for x in open(f"{records[1].output_dir}/metrics.jsonl")]
+    h2 = [json.loads(x) for x in open(f"{records[2].output_dir}/metrics.jsonl")]
+    for a, b in zip(h1, h2, strict=True):
+        assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-5)
+        assert a["val/loss"] == pytest.approx(b["val/loss"], rel=1e-5)
+    # Weights are not compared: Adam's first steps are ±lr per component, so float noise in
+    # near-zero gradients flips signs; the loss is what must agree.
+    assert len(h1) == 2
+
+
+@pytest.mark.ray
+def test_resume_after_killed_worker(ray_session, tiny_data, tmp_path):
+    spec = tiny_grid(tiny_data, epochs={"teacher": 3, "sft": 1, "student": 1, "kd": 1})
+    cfg = stage_config(spec, _row(dataset=str(tiny_data)), "teacher")
+    marker = tmp_path / "killed"
+    ctx = StageContext(
+        StageStore(tmp_path / "killed_run"),
+        _tracking(tmp_path),
+        ONE_CPU,
+        fault_injection={"kill_after_epoch": 1, "marker": str(marker)},
+    )
+    record = ensure_stage(cfg, ctx)
+    assert marker.exists()  # the worker really was killed once
+    lines = [json.loads(x) for x in open(f"{record.output_dir}/metrics.jsonl")]
+    assert [h["epoch"] for h in lines] == [1, 2, 3]  # resumed at epoch 2, not from scratch
+    # Same result as an uninterrupted run (in-process, same seed and threads).
+    ref_ctx = StageContext(StageStore(tmp_path / "ref"), None, ONE_CPU, local=True)
+    ref = ensure_stage(cfg, ref_ctx)
+    a = load_checkpoint(record.best_checkpoint)["model"]
+    b = load_checkpoint(ref.best_checkpoint)["model"]
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    run = ctx.tracking.client.get_run(record.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+
+
+def test_row_labels(tiny_data):
+    assert row_label(_row()) == "d/3x/s42/std_kd/D2/at"
