@@ -7,6 +7,7 @@ killed-worker resume use real Ray Train workers.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -54,6 +55,11 @@ def test_stage_identity(tiny_data):
     assert stage_identity(kd_at, "teacher-a") != stage_identity(kd_at, "teacher-b")
     with pytest.raises(ValueError):
         stage_identity(kd_at)
+
+
+def _history(record) -> list[dict]:
+    text = (Path(record.output_dir) / "metrics.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines()]
 
 
 def _tracking(tmp_path, name="t"):
@@ -164,8 +170,7 @@ def test_ddp_two_workers_match_one_worker(ray_session, tiny_data, tmp_path):
             TrialResources(workers, False, 1, 1, 1),
         )
         records[workers] = ensure_stage(cfg, ctx)
-    h1 = [json.loads(x) for x in open(f"{records[1].output_dir}/metrics.jsonl")]
-    h2 = [json.loads(x) for x in open(f"{records[2].output_dir}/metrics.jsonl")]
+    h1, h2 = _history(records[1]), _history(records[2])
     for a, b in zip(h1, h2, strict=True):
         assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-5)
         assert a["val/loss"] == pytest.approx(b["val/loss"], rel=1e-5)
@@ -187,7 +192,7 @@ def test_resume_after_killed_worker(ray_session, tiny_data, tmp_path):
     )
     record = ensure_stage(cfg, ctx)
     assert marker.exists()  # the worker really was killed once
-    lines = [json.loads(x) for x in open(f"{record.output_dir}/metrics.jsonl")]
+    lines = _history(record)
     assert [h["epoch"] for h in lines] == [1, 2, 3]  # resumed at epoch 2, not from scratch
     # Same result as an uninterrupted run (in-process, same seed and threads).
     ref_ctx = StageContext(StageStore(tmp_path / "ref"), None, ONE_CPU, local=True)
