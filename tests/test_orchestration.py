@@ -93,6 +93,15 @@ def test_grid_trains_teacher_once_and_reuses_it(ray_session, tiny_data, tmp_path
         assert kd.data.tags[S.PARENT_TAG if hasattr(S, "PARENT_TAG") else "mlflow.parentRunId"]
         assert "final_val_psnr" in kd.data.metrics
     assert summary["stages_trained"] == 3 and summary["stages_reused"] == 0
+    # The best student is in the model registry and loads back as a working model.
+    reg = summary["registered_model"]
+    best = max(rows, key=lambda r: r["val_psnr"])
+    assert reg["run_id"] == best["mlflow_run_id"]
+    import mlflow.pytorch
+
+    mlflow.set_tracking_uri(job.tracking.uri)
+    model = mlflow.pytorch.load_model(f"models:/{reg['name']}/{reg['version']}")
+    assert model.depth == 2 and model.num_cascades == 2
     artifacts = {a.path for a in job.tracking.client.list_artifacts(kds[0].info.run_id)}
     assert {"eval", "examples", "checkpoints", "config.yaml"} <= artifacts
     # Running the job again trains nothing: every stage is found by its identity.

@@ -97,6 +97,9 @@ def finish_job(job: Job, rows: list[dict[str, Any]], status: str = "FINISHED") -
             "stages_reused": len(reused),
         },
     )
+    registered = register_best_student(job, rows)
+    if registered:
+        summary["registered_model"] = registered
     job.tracking.close_unfinished(job.run_id)
     job.tracking.end_run(job.run_id, status)
     print(
@@ -115,4 +118,37 @@ def finish_job(job: Job, rows: list[dict[str, Any]], status: str = "FINISHED") -
         f"--tracking-uri {job.tracking.uri}"
     )
     print(f"stage summary: {path}")
+    if registered:
+        print(
+            f"best student registered as MLflow model '{registered['name']}' "
+            f"version {registered['version']} ({registered['label']})"
+        )
     return summary
+
+
+def register_best_student(job: Job, rows: list[dict[str, Any]], name: str = "raykd-student"):
+    """Register the KD/student row with the best validation PSNR in the model registry."""
+    from raykd.train.stages import load_model
+
+    students = [
+        r
+        for r in rows
+        if r.get("row") in ("student", "std_kd", "sft_kd", "sft_kd_random")
+        and r.get("val_psnr") is not None
+        and r.get("mlflow_run_id")
+        and not r.get("error")
+    ]
+    if not students:
+        return None
+    best = max(students, key=lambda r: r["val_psnr"])
+    record = job.ctx.store.get(best["stage_id"])
+    if record is None:
+        return None
+    model = load_model(record.best_checkpoint, part="student")
+    version = job.tracking.register_model(best["mlflow_run_id"], model, name)
+    return {
+        "name": name,
+        "version": version,
+        "label": best["label"],
+        "run_id": best["mlflow_run_id"],
+    }
