@@ -12,6 +12,7 @@ numbers measured on them are for smoke runs and demos, never for reporting.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -160,10 +161,9 @@ def prepare_mni152(
         _build(tmp, size, n_volumes)
         if target.exists():  # stale, incomplete or made for other settings: move it aside
             stale = Path(tempfile.mkdtemp(dir=base, prefix=f".mni152_{size}.old"))
-            try:
+            # OSError: another process replaced it meanwhile; the rename below decides.
+            with contextlib.suppress(OSError):
                 os.replace(target, stale / "old")
-            except OSError:
-                pass  # another process replaced it meanwhile; the rename below decides
             shutil.rmtree(stale, ignore_errors=True)
         try:
             os.rename(tmp, target)

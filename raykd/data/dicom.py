@@ -231,7 +231,7 @@ def convert_dicom_folder(
             "patient_id": patient,
             "series_uid": series_uid,
             "source": "dicom",
-            "source_folder": str(folder),
+            "source_folder": folder.name,  # a name, not a local absolute path
         }
         spacing = hdr.get("PixelSpacing")
         if spacing is not None and len(spacing) == 2:

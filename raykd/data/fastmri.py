@@ -66,9 +66,10 @@ def convert_fastmri(
         recon_key = next((k for k in RECONSTRUCTION_KEYS if k in f), None)
         has_kspace = KSPACE_KEY in f
         if recon_key is None and not has_kspace:
+            expected = [*RECONSTRUCTION_KEYS, KSPACE_KEY]
             raise DataError(
-                f"{path}: no fastMRI image data; expected one of {[*RECONSTRUCTION_KEYS, KSPACE_KEY]}"
-                f", found keys {sorted(f.keys())}"
+                f"{path}: no fastMRI image data; expected one of {expected}, found keys "
+                f"{sorted(f.keys())}"
             )
         use_kspace = has_kspace and (prefer == "kspace" or recon_key is None)
 

@@ -35,7 +35,7 @@ def undersample(target: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor,
 
 
 def center_crop_or_pad(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Centre-crop or zero-pad the last two axes of ``image`` to ``size`` (each axis independently)."""
+    """Centre-crop or zero-pad the last two axes of ``image`` to ``size``, axis by axis."""
     out_h, out_w = size
     h, w = image.shape[-2:]
     # Crop first (axis by axis), then pad what is still too small.
