@@ -49,6 +49,23 @@ def add_grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test", nargs="+", help="held-out test volumes")
 
 
+def _start_job(args: argparse.Namespace, name: str, experiment: str, params: dict):
+    from raykd.orchestration.job import start_job
+
+    return start_job(
+        name,
+        params=params,
+        root=args.root,
+        experiment=args.experiment or experiment,
+        tracking_uri=args.tracking_uri,
+        address=args.address,
+        workers=args.workers,
+        max_concurrent=args.max_concurrent,
+        local_train=args.local_train,
+        num_cpus=args.num_cpus,
+    )
+
+
 def grid_overrides(args: argparse.Namespace) -> dict:
     over = {
         "datasets": args.datasets,
@@ -70,20 +87,14 @@ def grid_overrides(args: argparse.Namespace) -> dict:
 
 def run_grid_args(args: argparse.Namespace) -> int:
     from raykd.orchestration.grid import load_preset, run_grid
-    from raykd.orchestration.job import finish_job, start_job
+    from raykd.orchestration.job import finish_job
 
     spec = load_preset(args.preset, grid_overrides(args))
-    job = start_job(
+    job = _start_job(
+        args,
         f"grid-{args.preset}",
-        params={"preset": args.preset, **spec.model_dump(mode="json")},
-        root=args.root,
-        experiment=args.experiment or f"raykd-{args.preset}",
-        tracking_uri=args.tracking_uri,
-        address=args.address,
-        workers=args.workers,
-        max_concurrent=args.max_concurrent,
-        local_train=args.local_train,
-        num_cpus=args.num_cpus,
+        f"raykd-{args.preset}",
+        {"preset": args.preset, **spec.model_dump(mode="json")},
     )
     try:
         rows = run_grid(spec, job)
@@ -139,23 +150,17 @@ def run_search_args(args: argparse.Namespace) -> int:
     import json
 
     from raykd.orchestration.grid import load_preset
-    from raykd.orchestration.job import finish_job, start_job
+    from raykd.orchestration.job import finish_job
     from raykd.orchestration.search import load_search, run_search
 
     search = load_search(args.space, {"num_samples": args.num_samples})
     preset = args.preset if args.preset != "smoke" else search.base_preset
     base = load_preset(preset, grid_overrides(args))
-    job = start_job(
+    job = _start_job(
+        args,
         f"search-{search.name}",
-        params={"space": search.model_dump(mode="json"), "preset": preset},
-        root=args.root,
-        experiment=args.experiment or f"raykd-search-{search.name}",
-        tracking_uri=args.tracking_uri,
-        address=args.address,
-        workers=args.workers,
-        max_concurrent=args.max_concurrent,
-        local_train=args.local_train,
-        num_cpus=args.num_cpus,
+        f"raykd-search-{search.name}",
+        {"space": search.model_dump(mode="json"), "preset": preset},
     )
     try:
         out = run_search(search, base, job, resume=not args.fresh)
