@@ -93,7 +93,7 @@ class Trainer:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.precision = resolve_precision(cfg.precision, self.device)
         seed_everything(cfg.seed)  # same init on every rank; DDP also broadcasts rank 0's
-        self.datasets = datasets or build_datasets(cfg.data)
+        self.datasets = datasets if datasets is not None else build_datasets(cfg.data)
         self.stage, self.lineage = build_stage(cfg)
         self.stage.to(self.device)
         if cfg.channels_last:
@@ -200,6 +200,20 @@ class Trainer:
             worker_init_fn=_worker_init if workers else None,
         )
 
+    def step(
+        self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One optimisation step; returns the total loss and its named terms (on device)."""
+        with autocast(self.device, self.precision):
+            terms = self.train_module(x, y, mask, target)
+        weights = self.stage.weights
+        loss = sum(weights[k] * v.float() for k, v in terms.items())
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss, terms
+
     def train_epoch(self, epoch: int, loader: DataLoader) -> dict[str, float]:
         self.train_module.train()
         sums: dict[str, torch.Tensor] = {}
@@ -213,18 +227,10 @@ class Trainer:
             leave=False,
             file=sys.stderr,
         )
-        weights = self.stage.weights
         for sample in loader:
             if steps >= total:
                 break
-            x, y, mask, target = self._batch(sample)
-            with autocast(self.device, self.precision):
-                terms = self.train_module(x, y, mask, target)
-            loss = sum(weights[k] * v.float() for k, v in terms.items())
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            loss, terms = self.step(*self._batch(sample))
             for k, v in {"loss": loss, **terms}.items():
                 v = v.detach().float()
                 sums[k] = sums[k] + v if k in sums else v
