@@ -18,7 +18,9 @@ from raykd.errors import ConfigError
 from raykd.train.config import StageConfig, format_validation_error, validate_config
 
 GRID_FILE = Path(__file__).resolve().parents[2] / "search_spaces" / "paper_grid.yaml"
-RowName = Literal["teacher", "sft_teacher", "student", "std_kd", "sft_kd", "sft_kd_random"]
+RowName = Literal[
+    "teacher", "sft_teacher", "student", "equal_compute", "std_kd", "sft_kd", "sft_kd_random"
+]
 DEFAULT_ROWS: list[str] = ["teacher", "sft_teacher", "student", "std_kd", "sft_kd"]
 
 # Built-in dataset settings: where the volumes are, the split by volume, native size, masks.
@@ -186,6 +188,13 @@ def run_row(spec: GridSpec, row: dict[str, Any], ctx, tune_report: bool = False,
     from raykd.orchestration.runner import ensure_stage
 
     tags = {"raykd.dataset": row["dataset"]}
+    if row["row"] == "equal_compute":
+        # Control for SFT-KD: a plain student trained for as many epochs as an SFT-KD student's
+        # blocks receive (SFT epochs + KD epochs), so extra training is not credited to SFT.
+        epochs = spec.epochs.sft + spec.epochs.kd
+        cfg = stage_config(spec, row, "student", **{"optim.epochs": epochs, **extra})
+        return ensure_stage(cfg, ctx, tags={**tags, "raykd.row": "equal_compute"},
+                            tune_report=tune_report)
     kind = {"teacher": "teacher", "sft_teacher": "sft", "student": "student"}.get(row["row"], "kd")
     if kind != "kd":
         return ensure_stage(

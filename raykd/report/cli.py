@@ -22,7 +22,9 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
         "--tracking-uri",
         help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<root>/mlflow.db)",
     )
-    p.add_argument("--root", default="runs", help="run root holding mlflow.db (default: runs)")
+    p.add_argument(
+        "--root", help="run directory holding mlflow.db (default: $RAYKD_HOME or ~/raykd-runs)"
+    )
     p.add_argument("--out", default="comparison", help="output folder (default: comparison)")
     p.add_argument(
         "--split", choices=["val", "test"], help="eval split (default: test if all runs have it)"
@@ -36,12 +38,32 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_compare(args: argparse.Namespace) -> int:
+    import sys
+    import warnings
+
     from raykd.errors import RaykdError
+    from raykd.report import ReportWarning
     from raykd.report.compare import compare
 
     if bool(args.optuna_storage) != bool(args.study_name):
         raise RaykdError("--optuna-storage and --study-name go together")
-    result = compare(
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ReportWarning)
+        try:
+            result = _compare(compare, args)
+        finally:  # report gaps as one line each, without warnings' source-line noise
+            for msg in dict.fromkeys(
+                str(w.message) for w in caught if issubclass(w.category, ReportWarning)
+            ):
+                print(f"warning: {msg}", file=sys.stderr)
+    for line in result.summary:
+        print(line)
+    print(f"wrote {len(result)} files to {result['summary'].parent}")
+    return 0
+
+
+def _compare(compare, args: argparse.Namespace):
+    return compare(
         args.experiment,
         args.parent_run,
         args.out,
@@ -55,10 +77,6 @@ def run_compare(args: argparse.Namespace) -> int:
         study_name=args.study_name,
         log_to_mlflow=not args.no_mlflow,
     )
-    for line in result.summary:
-        print(line)
-    print(f"wrote {len(result)} files to {result['summary'].parent}")
-    return 0
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
@@ -82,9 +100,10 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
             f"{r['p10_ms']:6.3f}  {r['p90_ms']:6.3f}"
         )
     if args.tracking_uri or args.experiment:
+        from raykd.report.collect import default_root
         from raykd.tracking import Tracking, default_tracking_uri
 
-        uri = args.tracking_uri or default_tracking_uri(args.root)
+        uri = args.tracking_uri or default_tracking_uri(args.root or default_root())
         run_id = log_benchmark(results, Tracking(uri, args.experiment or "raykd-benchmarks"))
         print(f"logged benchmark run {run_id} to {uri}")
     return 0
@@ -128,7 +147,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--tracking-uri", help="MLflow store to log to")
     p.add_argument("--experiment", help="MLflow experiment (default: raykd-benchmarks)")
-    p.add_argument("--root", default="runs", help="run root for the default sqlite store")
+    p.add_argument("--root", help="run directory for the default sqlite store")
     p.set_defaults(func=_cmd_benchmark)
 
     p = sub.add_parser(

@@ -61,7 +61,14 @@ def _acc_key(value: str) -> float:
         return float("inf")
 
 
-def resolve_uri(tracking_uri: str | None, root: str | Path = "runs") -> str:
+def default_root() -> Path:
+    """The jobs' run directory: ``$RAYKD_HOME`` or ``~/raykd-runs`` (as the grid/search jobs)."""
+    import os
+
+    return Path(os.environ.get("RAYKD_HOME", "~/raykd-runs")).expanduser()
+
+
+def resolve_uri(tracking_uri: str | None, root: str | Path | None = None) -> str:
     """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<root>/mlflow.db``.
 
     Unlike :func:`raykd.tracking.default_tracking_uri` this never creates a store: reading a
@@ -71,7 +78,7 @@ def resolve_uri(tracking_uri: str | None, root: str | Path = "runs") -> str:
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
-        db = Path(root).expanduser().resolve() / "mlflow.db"
+        db = Path(root or default_root()).expanduser().resolve() / "mlflow.db"
         uri = f"sqlite:///{db}"
     if uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))
@@ -85,8 +92,12 @@ def resolve_uri(tracking_uri: str | None, root: str | Path = "runs") -> str:
 
 def make_client(tracking_uri: str):
     """An ``MlflowClient`` with unreachable stores turned into a clear RaykdError."""
+    import os
+
     from mlflow.tracking import MlflowClient
 
+    # One progress bar per downloaded JSON would bury the report's own output.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client = MlflowClient(tracking_uri=tracking_uri)
     try:
         client.search_experiments(max_results=1)
@@ -149,20 +160,27 @@ def _descendants(client, run, depth: int = 3) -> list:
 
 
 def _stages_json(client, run_id: str, tmp: Path) -> list[dict[str, Any]]:
-    """The ``stages.json`` artifact of a job run ([] when it has none)."""
-    names = {f.path for f in client.list_artifacts(run_id)}
-    if "stages.json" not in names:
-        return []
-    path = Path(client.download_artifacts(run_id, "stages.json", str(tmp)))
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise RaykdError(f"run {run_id}: stages.json is not valid JSON ({exc})") from exc
-    if isinstance(data, dict):
-        data = data.get("stages", [])
-    if not isinstance(data, list):
-        raise RaykdError(f"run {run_id}: stages.json must hold a list of {{'run_id': ...}}")
-    return [d for d in data if isinstance(d, dict) and d.get("run_id")]
+    """Entries of a job run's stage list: ``stages.json`` (schema) or the job summary
+    ``<job>-<id>-stages.json`` (``{"rows": [{"mlflow_run_id": ...}, ...]}``); [] if none.
+
+    Each entry gets a ``run_id`` (None for a row that failed before it had a run).
+    """
+    names = [f.path for f in client.list_artifacts(run_id) if f.path.endswith("stages.json")]
+    entries: list[dict[str, Any]] = []
+    for name in names:
+        path = Path(client.download_artifacts(run_id, name, str(tmp)))
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise RaykdError(f"run {run_id}: {name} is not valid JSON ({exc})") from exc
+        if isinstance(data, dict):
+            data = data.get("stages", data.get("rows", []))
+        if not isinstance(data, list):
+            raise RaykdError(f"run {run_id}: {name} must hold a list of {{'run_id': ...}}")
+        for d in data:
+            if isinstance(d, dict):
+                entries.append({**d, "run_id": d.get("run_id") or d.get("mlflow_run_id")})
+    return entries
 
 
 def _row_of(run) -> dict[str, Any]:
@@ -405,7 +423,7 @@ class StageRuns:
         return _preferred(students["student_depth"], 3)
 
     def student_depths(self) -> list[int]:
-        students = self.frame[self.frame["kind"].isin(["student", "kd", "sft"])]
+        students = self.frame[self.frame["kind"].isin(["student", "kd"])]
         return sorted({int(d) for d in students["student_depth"].dropna()}, reverse=True)
 
     def find(
@@ -525,7 +543,14 @@ class StageRuns:
         return search_all(self.client, ids, f"tags.`{S.TAG_ROLE}` = 'trial'") if ids else []
 
     def close(self) -> None:
+        """Delete the downloaded artifacts."""
         self._tmp.cleanup()
+
+    def __enter__(self) -> StageRuns:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _preferred(values: pd.Series, default: int) -> int | None:
@@ -556,11 +581,21 @@ def collect(
     cache_dir: str | Path | None = None,
 ) -> StageRuns:
     """Stage runs of ``experiments`` (names or ids) or of the job run ``parent_run_id``."""
-    if not experiments and not parent_run_id:
-        raise RaykdError("compare: give at least one --experiment or a --parent-run")
     if split is not None and split not in SPLITS:
         raise RaykdError(f"split '{split}': expected one of {SPLITS}")
     client = make_client(tracking_uri)
+    if not experiments and not parent_run_id:
+        with_stages = sorted(
+            {
+                e.name
+                for e in client.search_experiments()
+                if search_all(client, [e.experiment_id], f"tags.`{S.TAG_ROLE}` = 'stage'")
+            }
+        )
+        raise RaykdError(
+            "compare: give at least one --experiment or a --parent-run; experiments with "
+            f"stage runs in {tracking_uri}: {with_stages or 'none'}"
+        )
     runs: dict[str, Any] = {}
     job_runs = []
     exp_ids: list[str] = []
@@ -580,6 +615,11 @@ def collect(
         with tempfile.TemporaryDirectory() as tmp:
             listed = _stages_json(client, parent_run_id, Path(tmp))
         for entry in listed:
+            if not entry["run_id"]:
+                label = entry.get("label") or entry.get("row") or "?"
+                why = f": {entry['error'][:200]}" if entry.get("error") else ""
+                warn(f"job {parent_run_id}: row {label} has no stage run (it failed{why})")
+                continue
             try:
                 run = client.get_run(entry["run_id"])
             except Exception:

@@ -4,7 +4,8 @@ Writes to ``out_dir``: ``table_1.md/.csv``, ``table_3.md/.csv``, ``table_8.md/.c
 ``gap.md/.csv``, ``wilcoxon.md/.csv``, ``figures/*.png``, ``warnings.txt`` (every gap the
 report found) and ``summary.md``; then logs all of them as artifacts of a new MLflow run tagged
 ``raykd.role=comparison`` (a child of the job run when one was given), so a comparison is
-itself tracked and reproducible from the store alone.
+itself tracked and reproducible from the store alone. The comparison run goes to the first
+experiment given (or the job run's experiment).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def compare(
     out_dir: str | Path = "comparison",
     tracking_uri: str | None = None,
     *,
-    root: str | Path = "runs",
+    root: str | Path | None = None,
     split: str | None = None,
     student_depth: int | None = None,
     teacher_depth: int | None = None,

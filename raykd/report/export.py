@@ -15,8 +15,12 @@ no complex tensor inputs for most runtimes, so an export failure is reported as 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -98,6 +102,25 @@ def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
         return torch.jit.load(str(path), map_location="cpu")
 
 
+@contextlib.contextmanager
+def _silence_fds() -> Iterator[None]:
+    """Silence C-level stdout/stderr: on failure the TorchScript-based ONNX exporter dumps the
+    whole IR graph from C++ (its log switch is always on), burying the actual reason."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+
+
 def export_onnx(
     checkpoint: str | Path,
     out: str | Path,
@@ -117,7 +140,7 @@ def export_onnx(
     except ImportError:
         dynamo = False  # TorchScript-based exporter: no extra dependency
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _silence_fds():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 model,

@@ -251,15 +251,14 @@ def search_figures(storage: str, study_name: str, out_dir: str | Path) -> list[P
     names = study.metric_names or [f"objective {i}" for i in range(len(study.directions))]
     multi = len(study.directions) > 1
     paths = []
-    with warnings.catch_warnings():
+    # rc_context: Optuna's plots switch the global style to ggplot; keep that local.
+    with warnings.catch_warnings(), matplotlib.rc_context():
         warnings.simplefilter("ignore")  # ExperimentalWarning and target-name chatter
-        if multi:
+        if multi:  # Optuna draws no best-value line for several objectives: draw our own
             fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)
-            for i, name in enumerate(names):
-                ax = ovm.plot_optimization_history(
-                    study, target=lambda t, i=i: t.values[i], target_name=name
-                )
-                _copy_axes(ax, axes[0][i], f"history: {name}")
+            for i, (name, direction) in enumerate(zip(names, study.directions, strict=True)):
+                _history_panel(axes[0][i], done, i, name, direction)
+            fig.tight_layout()
             paths.append(_save(fig, out_dir / "optuna_history.png"))
         else:
             ax = ovm.plot_optimization_history(study, target_name=names[0])
@@ -282,16 +281,17 @@ def search_figures(storage: str, study_name: str, out_dir: str | Path) -> list[P
     return paths
 
 
-def _copy_axes(src, dst, title: str) -> None:
-    """Redraw an Optuna history plot (its own figure) into a panel of a combined figure."""
-    for line in src.get_lines():
-        dst.plot(*line.get_data(), color=line.get_color(), label=line.get_label(), lw=1.2)
-    for coll in src.collections:
-        offsets = coll.get_offsets()
-        if len(offsets):
-            dst.scatter(offsets[:, 0], offsets[:, 1], s=12, label=coll.get_label())
-    dst.set_xlabel(src.get_xlabel())
-    dst.set_ylabel(src.get_ylabel())
-    dst.set_title(title, fontsize=9)
-    dst.legend(fontsize=7)
-    plt.close(src.figure)
+def _history_panel(ax, trials: list, i: int, name: str, direction) -> None:
+    """Objective ``i`` per completed trial and its running best (per its direction)."""
+    import optuna
+
+    numbers = np.array([t.number for t in trials])
+    values = np.array([t.values[i] for t in trials], dtype=np.float64)
+    maximise = direction == optuna.study.StudyDirection.MAXIMIZE
+    best = np.maximum.accumulate(values) if maximise else np.minimum.accumulate(values)
+    ax.scatter(numbers, values, s=14, color="#1f77b4", label=name)
+    ax.step(numbers, best, where="post", color="#d62728", lw=1.2, label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(name)
+    ax.set_title(f"{name} ({'max' if maximise else 'min'}imise)", fontsize=9)
+    ax.legend(fontsize=7)

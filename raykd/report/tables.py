@@ -65,6 +65,8 @@ class Cell:
             return MISSING
         if self.status == "n/a":
             return NOT_APPLICABLE
+        if math.isnan(self.mean):  # e.g. VIF below 41 px: the metric is undefined, not lost
+            return "undefined"
         d = DECIMALS.get(metric, 4)
         body = f"{self.mean:.{d}f} ± {self.std:.{d}f}"
         return f"**{body}**" if self.best else body
@@ -251,8 +253,10 @@ def model_table(
                             row=_schema_row(row, fw, label),
                             method=method,
                             framework=FRAMEWORKS[fw] if row == "kd" else "",
-                            teacher_depth=t_depth,
-                            student_depth=s_depth if row != "teacher" else None,
+                            teacher_depth=t_depth if row != "zero_filled" else None,
+                            student_depth=s_depth
+                            if row not in ("teacher", "zero_filled")
+                            else None,
                         )
                     )
         table.sections.append(Section(setting.label(multi_seed), header, rows))

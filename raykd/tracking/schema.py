@@ -21,7 +21,8 @@ from __future__ import annotations
 
 TAG_ROLE = "raykd.role"  # job | stage | trial | comparison
 TAG_KIND = "raykd.kind"  # teacher | sft | student | kd
-TAG_ROW = "raykd.row"  # teacher | sft_teacher | student | std_kd | sft_kd | sft_kd_random
+# teacher | sft_teacher | student | equal_compute | std_kd | sft_kd | sft_kd_random
+TAG_ROW = "raykd.row"
 TAG_STAGE_ID = "raykd.stage_id"
 TAG_TEACHER_STAGE = "raykd.teacher_stage"
 TAG_TEACHER_RUN = "raykd.teacher_run_id"  # lineage: the MLflow run of the teacher
@@ -34,7 +35,7 @@ TAG_TEACHER_DEPTH = "raykd.teacher_depth"
 TAG_SEED = "raykd.seed"
 TAG_TASK = "raykd.task"  # recon (sr later)
 
-ROWS = ("teacher", "sft_teacher", "student", "std_kd", "sft_kd", "sft_kd_random")
+ROWS = ("teacher", "sft_teacher", "student", "equal_compute", "std_kd", "sft_kd", "sft_kd_random")
 METRICS = ("psnr", "ssim", "nmse", "hfn", "hfen", "vif")
 
 
