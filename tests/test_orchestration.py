@@ -215,3 +215,17 @@ def test_resume_after_killed_worker(ray_session, tiny_data, tmp_path):
 
 def test_row_labels(tiny_data):
     assert row_label(_row()) == "d/3x/s42/std_kd/D2/at"
+
+
+def test_equal_compute_control_epochs(tiny_data, tmp_path):
+    """The control student trains for SFT + KD epochs and is tagged as its own row."""
+    from raykd.orchestration.grid import run_row
+
+    spec = tiny_grid(tiny_data, epochs={"teacher": 1, "sft": 2, "student": 1, "kd": 1})
+    ctx = StageContext(StageStore(tmp_path / "s"), _tracking(tmp_path), ONE_CPU, local=True)
+    record = run_row(spec, _row(kind="equal_compute", method=None, dataset=str(tiny_data)), ctx)
+    assert [h["epoch"] for h in _history(record)] == [1, 2, 3]
+    run = ctx.tracking.client.get_run(record.mlflow_run_id)
+    assert run.data.tags[S.TAG_ROW] == "equal_compute" and run.data.tags[S.TAG_KIND] == "student"
+    plain = run_row(spec, _row(kind="student", method=None, dataset=str(tiny_data)), ctx)
+    assert plain.stage_id != record.stage_id and len(_history(plain)) == 1

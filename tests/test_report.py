@@ -213,6 +213,13 @@ def build_store(root: Path, volume_dir: Path) -> dict:
     stages_json = root / "stages.json"
     stages_json.write_text(json.dumps(listed + [{"run_id": failed, "row": "sft_kd"}]))
     tracking.log_artifact(job, stages_json)
+    # The grid job's own summary format: {"rows": [{"mlflow_run_id": ...}, ...]}, failed rows
+    # without a run.
+    summary = root / f"grid-{job[:8]}-stages.json"
+    rows = [{"label": f"{e['row']} {e['method']}", "mlflow_run_id": e["run_id"]} for e in listed]
+    rows.append({"label": "sft_kd fsp", "mlflow_run_id": None, "error": "RayTaskError: boom"})
+    summary.write_text(json.dumps({"job_run_id": job, "rows": rows}))
+    tracking.log_artifact(job, summary)
     tracking.end_run(job)
     return {
         "uri": uri,
@@ -489,7 +496,8 @@ def test_comparison_run_logged(store, compared):
 def test_parent_run_collects_listed_stages(store):
     from raykd.report.collect import collect
 
-    runs = collect(store["uri"], parent_run_id=store["job"])
+    with pytest.warns(ReportWarning, match="row sft_kd fsp has no stage run .*boom"):
+        runs = collect(store["uri"], parent_run_id=store["job"])
     try:
         assert len(runs.frame) == len(STAGES) + 1  # the FAILED attempt is listed too
         assert runs.study() == store["study"]
@@ -530,6 +538,10 @@ def test_compare_script_and_cli(store, tmp_path, capsys):
 
     assert main(["compare", "--tracking-uri", f"sqlite:///{tmp_path}/none.db"]) == 2
     assert "no MLflow store" in capsys.readouterr().err
+    assert main(["compare", "--tracking-uri", store["uri"]]) == 2
+    assert f"experiments with stage runs in {store['uri']}: ['{EXPERIMENT}']" in (
+        capsys.readouterr().err
+    )
 
 
 # ---- latency and export --------------------------------------------------------------------------
