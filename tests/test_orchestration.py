@@ -229,3 +229,19 @@ def test_equal_compute_control_epochs(tiny_data, tmp_path):
     assert run.data.tags[S.TAG_ROW] == "equal_compute" and run.data.tags[S.TAG_KIND] == "student"
     plain = run_row(spec, _row(kind="student", method=None, dataset=str(tiny_data)), ctx)
     assert plain.stage_id != record.stage_id and len(_history(plain)) == 1
+
+
+def test_unreachable_ray_and_mlflow_fail_fast(monkeypatch):
+    import time
+
+    from raykd.errors import RaykdError
+    from raykd.orchestration.cluster import _probe
+
+    t0 = time.perf_counter()
+    with pytest.raises(RaykdError, match="cannot reach a Ray cluster at 127.0.0.1:9"):
+        _probe("127.0.0.1:9")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    with pytest.raises(RaykdError, match="MLflow tracking store http://127.0.0.1:9 cannot be"):
+        Tracking("http://127.0.0.1:9", "x")
+    assert time.perf_counter() - t0 < 60

@@ -24,6 +24,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if pkg_parent not in paths:
         os.environ["PYTHONPATH"] = os.pathsep.join([pkg_parent, *filter(None, paths)])
     target = address or os.environ.get("RAY_ADDRESS")
+    if target:
+        _probe(target)
     try:
         if target:
             ray.init(address=target, log_to_driver=True)
@@ -33,6 +35,25 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         raise RaykdError(
             f"cannot connect to Ray at {target or 'a new local instance'} ({exc}); start a "
             "cluster with `ray start --head` or unset RAY_ADDRESS to run locally"
+        ) from exc
+
+
+def _probe(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, with the address in the message, when nothing listens there (ray.init
+    itself retries for minutes)."""
+    import socket
+
+    hostport = address.removeprefix("ray://")
+    if hostport in ("auto", "local") or ":" not in hostport:
+        return
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return
+    except (OSError, ValueError) as exc:
+        raise RaykdError(
+            f"cannot reach a Ray cluster at {address} ({exc}); start one with `ray start "
+            "--head`, or unset RAY_ADDRESS / drop --address to run on a local Ray"
         ) from exc
 
 

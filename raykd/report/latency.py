@@ -155,14 +155,24 @@ class Benchmark:
     batch: str
     repeats: str
     cascades: str
+    channels: str
     start_time: int
     by_depth: dict[int, dict[str, float]] = field(default_factory=dict)
+
+    def median_ms(self, depth: int, cascades: int, channels: int) -> float | None:
+        """The measured latency of exactly this architecture, or None if it was not measured
+        (another channel or cascade count is a different network, not a stand-in)."""
+        if (str(cascades), str(channels)) != (str(self.cascades), str(self.channels)):
+            return None
+        rec = self.by_depth.get(int(depth))
+        return float(rec["median_ms"]) if rec else None
 
     def describe(self) -> str:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.start_time / 1000))
         return (
             f"Latency: median per-slice inference time over {self.repeats} repeats, batch "
-            f"{self.batch}, {self.size}x{self.size}, C{self.cascades}, on {self.device} "
+            f"{self.batch}, {self.size}x{self.size}, C{self.cascades}, {self.channels} channels, "
+            f"on {self.device} "
             f"(benchmark run {self.run_id}, {when})."
         )
 
@@ -196,6 +206,7 @@ def latest_benchmark(client, experiment_ids: list[str] | None = None) -> Benchma
         batch=p.get("batch", "?"),
         repeats=p.get("repeats", "?"),
         cascades=p.get("cascades", "?"),
+        channels=p.get("channels", "?"),
         start_time=run.info.start_time or 0,
         by_depth=by_depth,
     )

@@ -189,7 +189,8 @@ def model_table(
     table.notes = [
         f"Split: {runs.split} (mean ± std over volumes); {arch}; source: {runs.source}.",
         "Teacher row: the Std-KD column is the plain teacher, the SFT-KD column the "
-        "student-friendly (SFT) teacher. Bold: best student-sized model per setting and metric.",
+        "student-friendly (SFT) teacher. Bold: best student-sized model per setting and metric "
+        "(by unrounded mean).",
         LEGEND,
     ]
     header = ["Model"] + [f"{FRAMEWORKS[fw]} {m.upper()}" for fw in FRAMEWORKS for m in metrics]
@@ -334,7 +335,10 @@ def table_8(
         )
         warn("Table 8: latency not measured (no benchmark run found in the MLflow store)")
     else:
-        table.notes.append(latency.describe())
+        table.notes.append(
+            latency.describe() + " A model whose depth, cascades or channels were not "
+            "benchmarked shows 'not measured'."
+        )
     table.notes.append(LEGEND)
     for setting in runs.settings():
         teacher = runs.find(setting, "teacher", teacher_depth=t_depth)
@@ -347,7 +351,7 @@ def table_8(
             [
                 f"Teacher (D{t_depth}C{t_casc})",
                 str(t_params),
-                _latency_text(latency, t_depth),
+                _latency_text(latency, t_depth, t_casc, t_ch),
                 *[t_cells[m].text(m) for m in metrics],
                 *blank,
             ]
@@ -363,7 +367,7 @@ def table_8(
                     framework="original",
                     depth=t_depth,
                     params=t_params,
-                    latency_ms=_latency_ms(latency, t_depth),
+                    latency_ms=_latency_ms(latency, t_depth, t_casc, t_ch),
                 )
             )
         for depth in runs.student_depths():
@@ -386,7 +390,7 @@ def table_8(
                 [
                     f"Student (D{depth}C{casc})",
                     f"{params}{ratio}",
-                    _latency_text(latency, depth),
+                    _latency_text(latency, depth, casc, ch),
                     *[cells[fw][m].text(m) for fw in fws for m in metrics],
                 ]
             )
@@ -403,27 +407,23 @@ def table_8(
                             method=method if fw != "orig" else "",
                             depth=depth,
                             params=params,
-                            latency_ms=_latency_ms(latency, depth),
+                            latency_ms=_latency_ms(latency, depth, casc, ch),
                         )
                     )
         table.sections.append(Section(setting.label(multi_seed), header, rows))
     return table
 
 
-def _latency_ms(latency: Any | None, depth: int | None) -> float:
+def _latency_ms(latency: Any | None, depth: int | None, cascades: int, channels: int) -> float:
     if latency is None or depth is None:
         return math.nan
-    rec = latency.by_depth.get(int(depth))
-    return float(rec["median_ms"]) if rec else math.nan
+    ms = latency.median_ms(depth, cascades, channels)
+    return math.nan if ms is None else ms
 
 
-def _latency_text(latency: Any | None, depth: int | None) -> str:
-    if latency is None:
-        return "not measured"
-    ms = _latency_ms(latency, depth)
-    if math.isnan(ms):
-        return "not measured"
-    return f"{ms:.2f}"
+def _latency_text(latency: Any | None, depth: int | None, cascades: int, channels: int) -> str:
+    ms = _latency_ms(latency, depth, cascades, channels)
+    return "not measured" if math.isnan(ms) else f"{ms:.2f}"
 
 
 # ---- teacher–student gap -------------------------------------------------------------------------
