@@ -138,12 +138,21 @@ def _make_study(path: Path) -> tuple[str, str]:
     return storage, "kd_weights"
 
 
-def build_store(root: Path, volume_dir: Path) -> dict:
-    """The MLflow store of a finished (tiny) grid, with every value known to the test."""
+def build_store(
+    root: Path,
+    volume_dir: Path,
+    experiment: str = EXPERIMENT,
+    uri: str | None = None,
+    with_study: bool = True,
+) -> dict:
+    """The MLflow store of a finished (tiny) grid, with every value known to the test.
+
+    ``uri`` adds the grid as another experiment of an existing store (no new sqlite schema).
+    """
     root.mkdir(parents=True, exist_ok=True)
     paths = [volume_dir / f"{name}.h5" for name in VOLUMES]
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    tracking = Tracking(uri, EXPERIMENT, artifact_root=root / "artifacts")
+    uri = uri or f"sqlite:///{root / 'mlflow.db'}"
+    tracking = Tracking(uri, experiment, artifact_root=root / "artifacts")
     cfg = load_config(
         None,
         [
@@ -157,11 +166,11 @@ def build_store(root: Path, volume_dir: Path) -> dict:
     )
     save_config(cfg, root / "config.yaml")
     dataset = SliceDataset(paths, (SIZE, SIZE), build_mask(cfg.data.mask))
-    storage, study = _make_study(root / "optuna.db")
-    job = tracking.start_run(
-        "grid-job",
-        tags={S.TAG_ROLE: "job", "raykd.optuna_storage": storage, "raykd.optuna_study": study},
-    )
+    storage, study = _make_study(root / "optuna.db") if with_study else ("", "")
+    job_tags = {S.TAG_ROLE: "job"}
+    if with_study:
+        job_tags |= {"raykd.optuna_storage": storage, "raykd.optuna_study": study}
+    job = tracking.start_run("grid-job", tags=job_tags)
     values: dict[tuple[str, str, int | None], dict[str, np.ndarray]] = {}
     listed = []
     for i, (row, method, s_depth, psnr) in enumerate(STAGES):
@@ -245,7 +254,7 @@ def store(tmp_path_factory, volume_dir) -> dict:
     from raykd.report.latency import benchmark_inference, log_benchmark
 
     info = build_store(tmp_path_factory.mktemp("store"), volume_dir)
-    bench = benchmark_inference(depths=(2, 5), size=32, repeats=2, warmup=1)
+    bench = benchmark_inference(depths=(2, 5), size=32, repeats=2, warmup=1, threads=1)
     info["benchmark_run"] = log_benchmark(bench, info["tracking"])
     return info
 
@@ -340,7 +349,7 @@ def test_zero_filled_recomputed_from_volumes(store, compared):
     assert _cell(rows, "ZF", "Std-KD PSNR") == f"{mean:.2f} ± {std:.2f}"
 
 
-def test_zero_filled_missing_when_volumes_are_gone(tmp_path, volume_dir):
+def test_zero_filled_missing_when_volumes_are_gone(tmp_path, volume_dir, store):
     from raykd.report.collect import collect
     from raykd.report.tables import table_1
 
@@ -348,10 +357,10 @@ def test_zero_filled_missing_when_volumes_are_gone(tmp_path, volume_dir):
     moved.mkdir()
     for name in VOLUMES:
         (moved / f"{name}.h5").write_bytes((volume_dir / f"{name}.h5").read_bytes())
-    info = build_store(tmp_path / "store", moved)
+    build_store(tmp_path / "store", moved, "moved", uri=store["uri"], with_study=False)
     for name in VOLUMES:
         (moved / f"{name}.h5").unlink()
-    runs = collect(info["uri"], [EXPERIMENT])
+    runs = collect(store["uri"], ["moved"])
     try:
         with pytest.warns(ReportWarning, match="volume files no longer exist"):
             table = table_1(runs)
@@ -509,46 +518,48 @@ def test_parent_run_collects_listed_stages(store):
 def test_compare_script_and_cli(store, tmp_path, capsys):
     from raykd.cli import main
 
-    out = tmp_path / "script"
+    # As a script from the repo root (a fast error path: the store does not exist).
     proc = subprocess.run(
-        [
-            sys.executable,
-            "jobs/compare_runs.py",
-            "--experiment",
-            EXPERIMENT,
-            "--tracking-uri",
-            store["uri"],
-            "--out",
-            str(out),
-            "--no-mlflow",
-        ],
+        [sys.executable, "jobs/compare_runs.py", "--tracking-uri", f"sqlite:///{tmp_path}/x.db"],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "gap (dB)" in proc.stdout and (out / "table_1.md").is_file()
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.startswith("compare_runs: error: no MLflow store at")
+    assert "Traceback" not in proc.stderr
 
+    # The script's main in-process (same code path, without paying the imports twice).
     spec = importlib.util.spec_from_file_location("compare_runs", REPO / "jobs/compare_runs.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    out = tmp_path / "script"
+    args = ["--experiment", EXPERIMENT, "--tracking-uri", store["uri"], "--out", str(out)]
+    assert script.main([*args, "--no-mlflow"]) == 0
+    captured = capsys.readouterr()
+    assert "gap (dB)" in captured.out and (out / "table_1.md").is_file()
+    assert "warning: missing run: phantom 4x sft_kd fsp" in captured.err
     assert script.main(["--experiment", "nope", "--tracking-uri", store["uri"]]) == 2
     assert "compare_runs: error: experiment 'nope' not found" in capsys.readouterr().err
 
     assert main(["compare", "--tracking-uri", f"sqlite:///{tmp_path}/none.db"]) == 2
     assert "no MLflow store" in capsys.readouterr().err
     assert main(["compare", "--tracking-uri", store["uri"]]) == 2
-    assert f"experiments with stage runs in {store['uri']}: ['{EXPERIMENT}']" in (
-        capsys.readouterr().err
-    )
+    err = capsys.readouterr().err
+    assert f"experiments with stage runs in {store['uri']}: [" in err and f"'{EXPERIMENT}'" in err
 
 
 # ---- latency and export --------------------------------------------------------------------------
 def test_benchmark_inference():
     from raykd.report.latency import benchmark_inference
 
-    results = benchmark_inference(depths=(2, 3), cascades=2, size=32, repeats=3, warmup=1)
+    before = torch.get_num_threads()
+    results = benchmark_inference(
+        depths=(2, 3), cascades=2, size=32, repeats=3, warmup=1, threads=1
+    )
+    assert torch.get_num_threads() == before  # restored after timing
+    assert "(1 threads)" in results[0]["device"]
     assert [r["depth"] for r in results] == [2, 3]
     for r in results:
         assert r["median_ms"] > 0 and r["p10_ms"] <= r["median_ms"] <= r["p90_ms"]

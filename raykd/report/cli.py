@@ -91,6 +91,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         warmup=args.warmup,
         channels=args.channels,
+        threads=args.threads,
     )
     print(f"device: {results[0]['device']}, {args.size}x{args.size}, batch {args.batch}")
     print("depth  params   median ms  p10 ms  p90 ms")
@@ -145,6 +146,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, help="torch CPU threads while timing (default: as is)")
     p.add_argument("--tracking-uri", help="MLflow store to log to")
     p.add_argument("--experiment", help="MLflow experiment (default: raykd-benchmarks)")
     p.add_argument("--root", help="run directory for the default sqlite store")

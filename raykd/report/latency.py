@@ -61,13 +61,15 @@ def benchmark_inference(
     warmup: int = 10,
     channels: int = 32,
     acceleration: float = 4.0,
+    threads: int | None = None,
 ) -> list[dict[str, Any]]:
     """Median per-slice inference time (ms) of ``DCCNN(depth, cascades, channels)`` per depth.
 
     Returns one dict per depth: depth, cascades, channels, params, size, batch, device,
-    repeats, warmup, median_ms, p10_ms, p90_ms, mean_ms.
+    repeats, warmup, median_ms, p10_ms, p90_ms, mean_ms. ``threads`` sets torch's CPU threads
+    for the measurement only (on a shared, oversubscribed CPU one thread is often faster and
+    far steadier than several spinning OpenMP threads).
     """
-    from raykd.models.dccnn import DCCNN, count_parameters
     from raykd.train.precision import pick_device
 
     if repeats < 1 or warmup < 0 or batch < 1 or size < 8:
@@ -76,6 +78,31 @@ def benchmark_inference(
             f"{repeats}, warmup {warmup}, batch {batch}, size {size}"
         )
     dev = pick_device(str(device)) if not isinstance(device, torch.device) else device
+    saved_threads = torch.get_num_threads()
+    if threads is not None:
+        if threads < 1:
+            raise RaykdError(f"benchmark: threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    try:
+        return _measure(depths, cascades, channels, size, batch, dev, repeats, warmup, acceleration)
+    finally:
+        torch.set_num_threads(saved_threads)
+
+
+def _measure(
+    depths: tuple[int, ...] | list[int],
+    cascades: int,
+    channels: int,
+    size: int,
+    batch: int,
+    dev: torch.device,
+    repeats: int,
+    warmup: int,
+    acceleration: float,
+) -> list[dict[str, Any]]:
+    """The timing loop of :func:`benchmark_inference` (threads already set)."""
+    from raykd.models.dccnn import DCCNN, count_parameters
+
     zero_filled, y, mask = _inputs(size, batch, acceleration, dev)
     results = []
     for depth in depths:
