@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass
@@ -82,29 +83,22 @@ def plan_resources(workers: int | None = None, max_concurrent: int | None = None
     import ray
 
     res = ray.cluster_resources()
-    cpus = int(res.get("CPU", 1))
+    cpus = max(1, int(res.get("CPU", 1)))
     gpus = int(res.get("GPU", 0))
+    w = workers or 1
     if gpus > 0:
-        w = workers or 1
         concurrency = max(1, gpus // w)
-        cpus_per_worker = max(1, cpus // max(gpus, 1) - 0)
-        threads = max(1, int(cpus_per_worker))
-        res_ = TrialResources(w, True, cpus_per_worker, concurrency, threads)
+        cpus_per_worker = max(1, cpus // gpus)  # feed each GPU's data loading with its share
+        plan = TrialResources(w, True, cpus_per_worker, concurrency, cpus_per_worker)
     else:
-        w = workers or 1
-        per_trial = cpus if cpus <= 4 else max(2, cpus // max(1, cpus // 4))
+        # Up to 4 CPUs go to one trial; bigger boxes run several trials of 4 CPUs at once.
+        per_trial = cpus if cpus <= 4 else 4
         concurrency = max(1, cpus // per_trial)
         cpus_per_worker = max(1, per_trial // w)
-        res_ = TrialResources(w, False, cpus_per_worker, concurrency, int(cpus_per_worker))
+        plan = TrialResources(w, False, cpus_per_worker, concurrency, cpus_per_worker)
     if max_concurrent:
-        res_ = TrialResources(
-            res_.workers,
-            res_.use_gpu,
-            res_.cpus_per_worker,
-            min(res_.concurrency, max_concurrent),
-            res_.threads,
-        )
-    return res_
+        plan = dataclasses.replace(plan, concurrency=min(plan.concurrency, max_concurrent))
+    return plan
 
 
 def say(text: str) -> None:
