@@ -193,8 +193,9 @@ def run_row(spec: GridSpec, row: dict[str, Any], ctx, tune_report: bool = False,
         # blocks receive (SFT epochs + KD epochs), so extra training is not credited to SFT.
         epochs = spec.epochs.sft + spec.epochs.kd
         cfg = stage_config(spec, row, "student", **{"optim.epochs": epochs, **extra})
-        return ensure_stage(cfg, ctx, tags={**tags, "raykd.row": "equal_compute"},
-                            tune_report=tune_report)
+        return ensure_stage(
+            cfg, ctx, tags={**tags, "raykd.row": "equal_compute"}, tune_report=tune_report
+        )
     kind = {"teacher": "teacher", "sft_teacher": "sft", "student": "student"}.get(row["row"], "kd")
     if kind != "kd":
         return ensure_stage(

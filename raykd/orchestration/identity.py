@@ -63,6 +63,8 @@ class StageRecord:
     teacher_stage: str | None = None
     metrics: dict[str, Any] | None = None
     finished_at: float = 0.0
+    wall_clock_s: float | None = None  # ensure_stage's whole call, Ray start/stop included
+    compute_s: float | None = None  # set-up, training and evaluation inside the worker
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)

@@ -79,9 +79,18 @@ def finish_job(job: Job, rows: list[dict[str, Any]], status: str = "FINISHED") -
     usage = job.ctx.store.usage(job.run_id)
     trained = sorted({u["stage_id"] for u in usage if u["trained"]})
     reused = sorted({u["stage_id"] for u in usage if not u["trained"]} - set(trained))
+    wall = time.time() - job.started
+    records = [job.ctx.store.get(sid) for sid in trained]
+    compute = sum(r.compute_s or 0.0 for r in records if r is not None)
+    stage_wall = sum(r.wall_clock_s or 0.0 for r in records if r is not None)
     summary = {
         "job_run_id": job.run_id,
-        "wall_clock_s": round(time.time() - job.started, 1),
+        "wall_clock_s": round(wall, 1),
+        # Everything but the stages' own set-up/training/evaluation: Ray start-up, Tune and
+        # Train scheduling, worker start/stop, MLflow calls.
+        "overhead_s": round(max(0.0, wall - compute), 1),
+        "overhead_fraction": round(max(0.0, wall - compute) / wall, 4) if wall else None,
+        "stage_overhead_s": round(max(0.0, stage_wall - compute), 1),
         "stages_trained": len(trained),
         "stages_reused": len(reused),
         "rows": rows,
@@ -95,6 +104,7 @@ def finish_job(job: Job, rows: list[dict[str, Any]], status: str = "FINISHED") -
             "wall_clock_s": summary["wall_clock_s"],
             "stages_trained": len(trained),
             "stages_reused": len(reused),
+            "overhead_s": summary["overhead_s"],
         },
     )
     registered = register_best_student(job, rows)

@@ -127,6 +127,8 @@ def ensure_stage(
             teacher_stage=teacher.stage_id if teacher else None,
             metrics=result["metrics"],
             finished_at=time.time(),
+            wall_clock_s=time.perf_counter() - t0,
+            compute_s=result.get("compute_s"),
         )
         if ctx.tracking is not None and run_id:
             ctx.tracking.log_metrics(run_id, {"wall_clock_s": time.perf_counter() - t0})

@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -95,10 +96,12 @@ def run_training(
                 marker.touch()
                 os.kill(os.getpid(), signal.SIGKILL)
 
+    t0 = time.perf_counter()
     trainer = Trainer(cfg, output_dir, callbacks=[on_epoch], resume_from=resume_from)
     result = trainer.fit()
     if rank == 0:
-        finish_stage(cfg, trainer, result, tracking, run_id, config.get("eval_splits", ["val"]))
+        splits = config.get("eval_splits", ["val"])
+        finish_stage(cfg, trainer, result, tracking, run_id, splits, started=t0)
 
 
 def save_examples(model, trainer, split: str, out_dir: Path, n: int = 3) -> Path:
@@ -120,7 +123,9 @@ def save_examples(model, trainer, split: str, out_dir: Path, n: int = 3) -> Path
     return path
 
 
-def finish_stage(cfg, trainer, result, tracking, run_id, splits) -> dict[str, Any]:
+def finish_stage(
+    cfg, trainer, result, tracking, run_id, splits, started: float | None = None
+) -> dict[str, Any]:
     """Rank 0: evaluate the best checkpoint per volume, log artifacts, write result.json."""
     part = "teacher" if cfg.kind in ("teacher", "sft") else "student"
     model = load_model(result.best_checkpoint, part=part).to(trainer.device)
@@ -149,6 +154,9 @@ def finish_stage(cfg, trainer, result, tracking, run_id, splits) -> dict[str, An
         "best_epoch": result.best_epoch,
         "metrics": summary,
         "lineage": result.lineage,
+        # Data set-up, training and evaluation inside the worker: the job subtracts it from the
+        # stage's wall-clock to report Ray's start/stop overhead.
+        "compute_s": time.perf_counter() - started if started else None,
     }
     (result.output_dir / RESULT_FILE).write_text(json.dumps(record, indent=1))
     if tracking is not None:
