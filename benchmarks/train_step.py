@@ -100,8 +100,16 @@ def baseline_step(case: dict, device: torch.device):
     return step
 
 
-def raykd_step(case: dict, device: torch.device, precision: str, channels_last: bool, tmp: Path):
+def raykd_step(
+    case: dict,
+    device: torch.device,
+    precision: str,
+    channels_last: bool,
+    tmp: Path,
+    compile_: bool = False,
+):
     over = [
+        f"compile={str(compile_).lower()}",
         f"kind={case['kind']}",
         f"teacher.depth={case['teacher']}",
         f"student.depth={case['student']}",
@@ -167,7 +175,8 @@ def main() -> int:
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--no-channels-last", action="store_true")
+    p.add_argument("--channels-last", action="store_true", help="raykd step in channels-last")
+    p.add_argument("--compile", action="store_true", help="raykd step under torch.compile")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--steps", type=int, default=3, help="steps per timed repeat")
@@ -182,7 +191,9 @@ def main() -> int:
             inputs = batch(case["size"], args.batch, device)
             torch.manual_seed(0)
             base = baseline_step(case, device)
-            fast = raykd_step(case, device, args.precision, not args.no_channels_last, Path(tmp))
+            fast = raykd_step(
+                case, device, args.precision, args.channels_last, Path(tmp), args.compile
+            )
             flops = flops_per_slice(base, inputs)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
@@ -219,7 +230,8 @@ def main() -> int:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "precision": args.precision,
-        "channels_last": not args.no_channels_last,
+        "channels_last": args.channels_last,
+        "compile": args.compile,
         "batch": args.batch,
     }
     out = Path(args.out or Path(__file__).parent / "results" / f"train_step_{device.type}.json")

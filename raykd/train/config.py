@@ -132,7 +132,7 @@ class StageConfig(_Strict):
         None, description="kd: checkpoint of the frozen teacher (plain teacher or SFT run)"
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
-    channels_last: bool = True  # measured faster for 3x3 convs on CPU (AVX2) and GPU
+    channels_last: bool = False  # benchmarks/train_step.py: no gain on AVX2 CPUs, SFT 2x slower
     compile: bool = False
     device: str = "auto"
     output_dir: str = "runs/stage"
