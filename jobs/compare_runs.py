@@ -11,7 +11,6 @@ Errors a user can cause print ``compare_runs: error: ...`` and exit with status 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
 
 
 def main(argv: list[str] | None = None) -> int:
-    from raykd.errors import RaykdError
+    from raykd.errors import run_cli
     from raykd.report.cli import add_compare_args, run_compare
 
     parser = argparse.ArgumentParser(
@@ -32,13 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_compare_args(parser)
     args = parser.parse_args(argv)
-    try:
-        return run_compare(args)
-    except RaykdError as exc:
-        if os.environ.get("RAYKD_DEBUG"):
-            raise
-        print(f"compare_runs: error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli(run_compare, args, "compare_runs")
 
 
 if __name__ == "__main__":

@@ -7,11 +7,10 @@ expected) and exit with status 2; no traceback unless ``RAYKD_DEBUG=1``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from raykd.errors import RaykdError
+from raykd.errors import RaykdError, run_cli
 
 EPILOG = """examples:
   raykd prepare mni152                       # built-in brain data (from the nilearn wheel)
@@ -238,16 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except RaykdError as exc:
-        if os.environ.get("RAYKD_DEBUG"):
-            raise
-        print(f"raykd: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("raykd: interrupted (checkpoints written so far are intact)", file=sys.stderr)
-        return 130
+    return run_cli(args.func, args, "raykd")
 
 
 if __name__ == "__main__":

@@ -22,3 +22,21 @@ class ConfigError(RaykdError):
 
 class CheckpointError(RaykdError):
     """A checkpoint is missing, corrupt or does not match the model it is loaded into."""
+
+
+def run_cli(fn, args, prog: str, interrupted: str = "checkpoints written so far are intact") -> int:
+    """Run a command: user errors print one line and exit 2, Ctrl-C exits 130, never a traceback
+    (``RAYKD_DEBUG=1`` re-raises to show one)."""
+    import os
+    import sys
+
+    try:
+        return int(fn(args) or 0)
+    except RaykdError as exc:
+        if os.environ.get("RAYKD_DEBUG"):
+            raise
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted ({interrupted})", file=sys.stderr)
+        return 130

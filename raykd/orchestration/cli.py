@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from raykd.errors import RaykdError
+from raykd.errors import run_cli
 
 
 def add_job_args(p: argparse.ArgumentParser) -> None:
@@ -109,19 +108,7 @@ def run_grid_args(args: argparse.Namespace) -> int:
 
 
 def _guard(fn, args, prog: str) -> int:
-    try:
-        return fn(args)
-    except RaykdError as exc:
-        if os.environ.get("RAYKD_DEBUG"):
-            raise
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(
-            f"{prog}: interrupted; rerun the same command to resume (finished stages are reused)",
-            file=sys.stderr,
-        )
-        return 130
+    return run_cli(fn, args, prog, "rerun the same command to resume: finished stages are reused")
 
 
 def grid_main(argv: list[str] | None = None) -> int:

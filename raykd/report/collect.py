@@ -7,7 +7,12 @@ plus its stage descendants). Per-volume and per-slice numbers come from the
 the paired per-slice values the Wilcoxon tests need.
 
 The split is chosen once for the whole report (``test`` when every evaluated run has it, else
-``val``), so a table never mixes splits.
+``val``), so a table never mixes splits; :meth:`StageRuns.split_description` names the volumes
+it covers (the tables' headers say whether they are held out).
+
+Seeds are pooled: a setting is one dataset × acceleration block whatever the seeds, and
+:meth:`StageRuns.find_seeds` returns one run per seed, so the tables can report the spread over
+training seeds instead of one seed's luck.
 """
 
 from __future__ import annotations
@@ -32,11 +37,13 @@ METRICS = S.METRICS
 # Tag / param keys under which a search job may record its Optuna study (first match wins).
 STUDY_STORAGE_KEYS = ("raykd.optuna_storage", "optuna_storage", "optuna.storage", "storage")
 STUDY_NAME_KEYS = ("raykd.optuna_study", "optuna_study", "optuna.study", "study_name", "study")
+# Rows trained without a teacher: their teacher depth is not part of their identity.
+NO_TEACHER_ROWS = ("student", "equal_compute")
 
 
 @dataclass(frozen=True, order=True)
 class Setting:
-    """One dataset × acceleration (× seed) block of the tables."""
+    """One dataset × acceleration block of the tables (``seed`` restricts it to one seed)."""
 
     dataset: str
     acceleration: str
@@ -52,6 +59,14 @@ def _int_or_none(value: Any) -> int | None:
         return int(float(value))
     except (TypeError, ValueError):
         return None
+
+
+def seed_key(value: str) -> tuple[float, str]:
+    """Sort key for seed tags: numeric order (9 before 10), untagged/odd ones last."""
+    try:
+        return float(value), value
+    except ValueError:
+        return float("inf"), value
 
 
 def _acc_key(value: str) -> float:
@@ -322,26 +337,33 @@ class StageRuns:
         except Exception:
             return None
 
-    def eval(self, run_id: str, quiet: bool = False) -> dict[str, Any] | None:
-        """The run's ``eval/eval_<split>.json`` (None, with a warning, when it is missing)."""
-        key = (run_id, self.split)
+    def eval(
+        self, run_id: str, quiet: bool = False, split: str | None = None
+    ) -> dict[str, Any] | None:
+        """The run's ``eval/eval_<split>.json`` (None, with a warning, when it is missing).
+
+        ``split`` defaults to the report's split; another one is only read for checks (e.g.
+        that test volumes were not the validation volumes used for model selection).
+        """
+        split = split or self.split
+        key = (run_id, split)
         if key not in self._evals:
             report = None
-            if self.split in self.available.get(run_id, set()):
-                path = self._download(run_id, f"eval/eval_{self.split}.json")
+            if split in self.available.get(run_id, set()):
+                path = self._download(run_id, f"eval/eval_{split}.json")
                 if path is not None:
                     try:
                         report = json.loads(path.read_text())
                     except json.JSONDecodeError as exc:
-                        self.warn_once(f"run {run_id}: eval_{self.split}.json unreadable ({exc})")
+                        self.warn_once(f"run {run_id}: eval_{split}.json unreadable ({exc})")
                 if report is not None and not isinstance(report.get("volumes"), list):
-                    self.warn_once(f"run {run_id}: eval_{self.split}.json has no 'volumes' list")
+                    self.warn_once(f"run {run_id}: eval_{split}.json has no 'volumes' list")
                     report = None
             self._evals[key] = report
         report = self._evals[key]
         if report is None and not quiet:
             self.warn_once(
-                f"run {run_id} ({self.describe(run_id)}): no eval/eval_{self.split}.json "
+                f"run {run_id} ({self.describe(run_id)}): no eval/eval_{split}.json "
                 "artifact; its numbers are reported as missing"
             )
         return report
@@ -393,13 +415,76 @@ class StageRuns:
         return f"{r['dataset']} {r['acceleration']}x {r['row']}{method}"
 
     def settings(self) -> list[Setting]:
-        """Dataset × acceleration (× seed when several seeds were run) blocks, sorted."""
-        seeds = self.frame.groupby(["dataset", "acceleration"])["seed"].nunique()
-        keys = set()
-        for _, r in self.frame.iterrows():
-            multi = seeds.get((r["dataset"], r["acceleration"]), 1) > 1
-            keys.add(Setting(r["dataset"], r["acceleration"], r["seed"] if multi else ""))
-        return sorted(keys, key=lambda s: (s.dataset, _acc_key(s.acceleration), s.seed))
+        """Dataset × acceleration blocks, sorted; seeds are pooled inside a block."""
+        keys = {Setting(r["dataset"], r["acceleration"]) for _, r in self.frame.iterrows()}
+        return sorted(keys, key=lambda s: (s.dataset, _acc_key(s.acceleration)))
+
+    def seeds(self, setting: Setting) -> list[str]:
+        """Seeds with any stage run (finished or not) in the setting, numeric order.
+
+        Failed seeds count: a row that lacks a seed another row has is then reported as
+        incomplete instead of the seed silently vanishing from the pooled numbers.
+        """
+        if setting.seed:
+            return [setting.seed]
+        return sorted(set(self.in_setting(setting)["seed"]), key=seed_key)
+
+    def multi_seed(self, setting: Setting) -> bool:
+        return len(self.seeds(setting)) > 1
+
+    def split_volumes(self, setting: Setting | None = None) -> list[str]:
+        """Volume names of the report's split, from the eval JSONs of the (setting's) runs."""
+        frame = self.frame if setting is None else self.in_setting(setting)
+        names: set[str] = set()
+        for run_id in frame["run_id"]:
+            report = self.eval(run_id, quiet=True)
+            if report is not None:
+                names.update(str(v.get("volume", "?")) for v in report["volumes"])
+        return sorted(names)
+
+    def _selection_overlap(self, setting: Setting | None = None) -> list[str]:
+        """Test volumes that some run also validated on (so they chose its best checkpoint)."""
+        frame = self.frame if setting is None else self.in_setting(setting)
+        test = set(self.split_volumes(setting))
+        overlap: set[str] = set()
+        for run_id in frame["run_id"]:
+            val = self.eval(run_id, quiet=True, split="val")
+            if val is not None:
+                overlap |= test & {str(v.get("volume", "?")) for v in val["volumes"]}
+        return sorted(overlap)
+
+    def split_description(self) -> str:
+        """The sentence a table header uses to say which volumes its numbers come from.
+
+        Test volumes are disjoint from training volumes by construction (the data split refuses
+        an overlap); that they were not validation volumes — used to pick the best checkpoint —
+        is checked here against the runs' ``eval_val.json``, and a violation is said loudly.
+        """
+        per_setting = {s.label(): self.split_volumes(s) for s in self.settings()}
+        groups = {tuple(v) for v in per_setting.values()}
+        if len(groups) <= 1:
+            names = ", ".join(self.split_volumes()) or "none recorded"
+        else:
+            names = "; ".join(f"{k}: {', '.join(v) or 'none'}" for k, v in per_setting.items())
+        if self.split != "test":
+            return (
+                f"Split: validation (eval_val.json), volumes {names}; these volumes also chose "
+                "each run's best checkpoint, so the numbers are not a held-out test."
+            )
+        overlap = self._selection_overlap()
+        if overlap:
+            self.warn_once(
+                f"test volumes {overlap} are also validation volumes of some runs (they chose "
+                "the best checkpoint); the test numbers are not held out"
+            )
+            return (
+                f"Split: test (eval_test.json), volumes {names}; NOT held out: "
+                f"{', '.join(overlap)} also served as validation volumes for model selection."
+            )
+        return (
+            f"Split: test (eval_test.json) — computed on held-out test volumes {names} never "
+            "used for training or model selection."
+        )
 
     def in_setting(self, setting: Setting) -> pd.DataFrame:
         f = self.frame
@@ -434,13 +519,24 @@ class StageRuns:
         teacher_depth: int | None = None,
         student_depth: int | None = None,
         quiet: bool = False,
+        seed: str | None = None,
     ) -> pd.Series | None:
-        """The finished run for one table cell, or None with a warning (never a silent gap)."""
+        """The finished run for one table cell, or None with a warning (never a silent gap).
+
+        ``seed`` picks one seed; without it a setting that spans several seeds gives its first
+        seed's run (a representative, e.g. for figures); tables use :meth:`find_seeds`.
+        """
+        if seed is None and not setting.seed:
+            seeds = self.seeds(setting)
+            seed = seeds[0] if len(seeds) > 1 else None
         f = self.in_setting(setting)
+        if seed is not None:  # filtered here: an untagged seed ("") must not mean "all seeds"
+            f = f[f["seed"] == seed]
+            setting = Setting(setting.dataset, setting.acceleration, seed or "untagged")
         f = f[f["row"] == row]
         if row in ("std_kd", "sft_kd", "sft_kd_random"):
             f = f[f["method"] == method]
-        if row != "student" and teacher_depth is not None:
+        if row not in NO_TEACHER_ROWS and teacher_depth is not None:
             f = f[f["teacher_depth"] == teacher_depth]
         if row != "teacher" and student_depth is not None:
             f = f[f["student_depth"] == student_depth]
@@ -459,6 +555,41 @@ class StageRuns:
                 f"({finished.iloc[-1]['run_id']})"
             )
         return finished.iloc[-1]
+
+    def find_seeds(
+        self,
+        setting: Setting,
+        row: str,
+        method: str = "",
+        teacher_depth: int | None = None,
+        student_depth: int | None = None,
+        quiet: bool = False,
+    ) -> dict[str, pd.Series]:
+        """``{seed: run}`` of one table cell over the setting's seeds.
+
+        A seed without a finished run is left out with a warning naming it (and, when no seed
+        has one, the single-seed "missing run" warning), so pooled numbers say what they omit.
+        """
+        seeds = self.seeds(setting)
+        if len(seeds) <= 1:
+            run = self.find(setting, row, method, teacher_depth, student_depth, quiet)
+            return {} if run is None else {str(run["seed"]): run}
+        found = {}
+        for seed in seeds:
+            run = self.find(setting, row, method, teacher_depth, student_depth, True, seed)
+            if run is not None:
+                found[seed] = run
+        lacking = [s for s in seeds if s not in found]
+        if lacking and not quiet:
+            what = _cell_name(setting, row, method, teacher_depth, student_depth)
+            if not found:
+                self.warn_once(f"missing run: {what} (no finished run for any seed); shown as —")
+            else:
+                self.warn_once(
+                    f"missing run: {what} for seed(s) {', '.join(lacking)} of "
+                    f"{', '.join(seeds)}; its numbers pool the other seeds (marked ‡)"
+                )
+        return found
 
     # ---- zero-filled -------------------------------------------------------------------------
     def zero_filled(self, setting: Setting) -> dict[str, Any] | None:
@@ -566,7 +697,7 @@ def _cell_name(
     parts = [setting.label(with_seed=True), row]
     if method:
         parts.append(method)
-    if t_depth is not None and row != "student":
+    if t_depth is not None and row not in NO_TEACHER_ROWS:
         parts.append(f"teacher D{t_depth}")
     if s_depth is not None and row != "teacher":
         parts.append(f"student D{s_depth}")

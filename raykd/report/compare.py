@@ -2,10 +2,11 @@
 
 Writes to ``out_dir``: ``table_1.md/.csv``, ``table_3.md/.csv``, ``table_8.md/.csv``,
 ``gap.md/.csv``, ``wilcoxon.md/.csv``, ``figures/*.png``, ``warnings.txt`` (every gap the
-report found) and ``summary.md``; then logs all of them as artifacts of a new MLflow run tagged
-``raykd.role=comparison`` (a child of the job run when one was given), so a comparison is
-itself tracked and reproducible from the store alone. The comparison run goes to the first
-experiment given (or the job run's experiment).
+report found) and ``summary.md`` (a plain-language paragraph of which claims hold at
+α = 0.05, from :func:`raykd.report.stats.summary_paragraph`, then the details); then logs all
+of them as artifacts of a new MLflow run tagged ``raykd.role=comparison`` (a child of the job
+run when one was given), so a comparison is itself tracked and reproducible from the store
+alone. The comparison run goes to the first experiment given (or the job run's experiment).
 """
 
 from __future__ import annotations
@@ -22,21 +23,30 @@ from raykd.tracking import schema as S
 
 
 class Comparison(dict):
-    """``{name: path}`` of everything written, plus the comparison run id and the summary."""
+    """``{name: path}`` of everything written, plus the comparison run id and the summary.
+
+    ``paragraph`` is the plain-language verdict; ``summary`` starts with it (the CLI prints
+    ``summary`` line by line).
+    """
 
     run_id: str | None = None
+    paragraph: str = ""
     summary: list[str]
     warnings: list[str]
 
 
 def _figure_inputs(runs: StageRuns, method: str, t_depth, s_depth):
-    """Fig. 3 rows, Fig. 4a box data and Fig. 4b curves, one entry per setting."""
+    """Fig. 3 rows, Fig. 4a box data and Fig. 4b curves, one entry per setting.
+
+    Figures show one training run per model, so a multi-seed setting shows its first seed
+    (named in the label); the tables pool all seeds.
+    """
     from raykd.report.figures import GridRow
 
     grid, boxes, curves = [], [], []
-    multi_seed = any(s.seed for s in runs.settings())
     for setting in runs.settings():
-        label = setting.label(multi_seed)
+        seeds = runs.seeds(setting)
+        label = setting.label() + (f" (seed {seeds[0]})" if len(seeds) > 1 else "")
         found = {
             "teacher": runs.find(setting, "teacher", teacher_depth=t_depth),
             "sft_teacher": runs.find(setting, "sft_teacher", "", t_depth, s_depth),
@@ -149,7 +159,8 @@ def compare(
                     "trial runs found but no Optuna study recorded on the job run; pass "
                     "--optuna-storage and --study-name for the search figures"
                 )
-            summary = _summary(runs, t1, gap, wil, method, t_depth, s_depth)
+            paragraph = stats.summary_paragraph(runs, wil, gap)
+            summary = [paragraph, *_summary(runs, t1, gap, wil, method, t_depth, s_depth)]
         finally:
             runs.close()
     messages = [str(w.message) for w in caught if issubclass(w.category, ReportWarning)]
@@ -160,8 +171,11 @@ def compare(
     result["warnings"] = out / "warnings.txt"
     summary.append(f"{len(result.warnings)} warning(s) (missing runs/values): see warnings.txt")
     result.summary = summary
+    result.paragraph = paragraph
     (out / "summary.md").write_text(
-        "# Comparison summary\n\n" + "\n".join(f"- {s}" for s in summary) + "\n"
+        f"# Comparison summary\n\n{paragraph}\n\n## Details\n\n"
+        + "\n".join(f"- {s}" for s in summary[1:])
+        + "\n"
     )
     result["summary"] = out / "summary.md"
     if log_to_mlflow:
@@ -180,10 +194,15 @@ def compare(
 
 def _summary(runs: StageRuns, t1, gap, wil, method: str, t_depth, s_depth) -> list[str]:
     frame = runs.frame
+    settings = [
+        f"{s.label()} (seed{'s' if len(runs.seeds(s)) != 1 else ''} {', '.join(runs.seeds(s))})"
+        for s in runs.settings()
+    ]
     lines = [
         f"{len(frame)} stage runs from {runs.source}; tables use the {runs.split} split; "
         f"teacher D{t_depth}, student D{s_depth}; KD methods: {', '.join(runs.methods()) or '-'}",
-        f"settings: {', '.join(s.label(True) for s in runs.settings())}",
+        runs.split_description(),
+        f"settings: {', '.join(settings)}",
     ]
     missing = sum(1 for r in t1.records if r["status"] == "missing")
     lines.append(f"Table 1: {missing} missing cell(s) shown as —")
@@ -191,9 +210,15 @@ def _summary(runs: StageRuns, t1, gap, wil, method: str, t_depth, s_depth) -> li
     for rec in wil.records:
         if rec.get("metric") == "psnr" and "p_value" in rec:
             lines.append(
-                f"Wilcoxon {rec['dataset']} {rec['acceleration']}x {rec['method']} PSNR: "
-                f"median Δ {rec['median_diff']:+.3f} dB, p = {rec['p_value']:.3g} "
-                f"→ {rec['verdict']}"
+                f"Wilcoxon {rec['dataset']} {rec['acceleration']}x {rec['label']} "
+                f"{rec['method']} PSNR: median Δ {rec['median_diff']:+.3f} dB, "
+                f"p = {rec['p_value']:.3g}, seeds {rec['seeds'].replace(';', ', ')}, "
+                f"n = {rec['n']} → {rec['verdict']}"
+            )
+        elif rec.get("metric") == "psnr":
+            lines.append(
+                f"Wilcoxon {rec['dataset']} {rec['acceleration']}x {rec['label']} "
+                f"{rec['method']} PSNR: missing (see warnings)"
             )
     if method:
         lines.append(f"figures and Table 8 use KD method {method}")

@@ -1,10 +1,17 @@
 """The paper's tables from collected runs: Table 1 (PSNR/SSIM), Table 3 (HFN/VIF), Table 8
 (depths, parameters, latency) and the teacher–student gap.
 
-Cells are mean ± sample std over volumes of the report's split. A cell whose run is missing
-shows "—" (and a :class:`~raykd.report.ReportWarning` names it); a cell that does not apply
-(the zero-filled image has no SFT-KD variant) is blank. Numbers are never zeroed or dropped.
-Every table is written as Markdown (for reading) and as a tidy CSV (unrounded, for analysis).
+Cells are mean ± sample std over volumes of the report's split. When a setting was run with
+several seeds, a cell pools them: mean over seeds of the per-seed volume means ± the sample std
+of those per-seed means (the training-seed spread, which a single seed hides), followed by the
+sample std over all seed × volume values in brackets. A cell whose run is missing shows "—"
+(and a :class:`~raykd.report.ReportWarning` names it); a cell missing some seeds pools the
+others and is marked ‡; a cell that does not apply (the zero-filled image has no SFT-KD
+variant) is blank. Numbers are never zeroed or dropped. Every table is written as Markdown (for
+reading) and as a tidy CSV (unrounded, for analysis).
+
+The teacher–student gap is a paired per-slice PSNR difference with a 95% bootstrap confidence
+interval (see :func:`paired_gap`).
 """
 
 from __future__ import annotations
@@ -42,7 +49,18 @@ METHOD_NAMES = {
     "ft": "FT",
 }
 FRAMEWORKS = {"std": "Std-KD", "sft": "SFT-KD"}
-LEGEND = f"{MISSING} = run missing (see the warnings); blank = not applicable."
+PARTIAL = "‡"
+LEGEND = (
+    f"{MISSING} = run missing (see the warnings); {PARTIAL} = some seeds missing, the others "
+    "pooled; blank = not applicable."
+)
+SEED_NOTE = (
+    "Several seeds: mean over seeds of the per-seed volume means ± sample std over seeds "
+    "(± sample std over all seed × volume values, 'vol.')."
+)
+EQUAL_COMPUTE = "Student, equal compute"
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0
 
 
 def method_name(method: str) -> str:
@@ -51,7 +69,12 @@ def method_name(method: str) -> str:
 
 @dataclass
 class Cell:
-    """One table value: mean ± std over ``n`` volumes of run ``run_id``."""
+    """One table value: mean ± std over ``n`` volumes of run ``run_id``.
+
+    Pooled over seeds (``pooled``): ``mean`` is the mean of the per-seed volume means, ``std``
+    their sample std over seeds (``std_seeds``) and ``std_volumes`` the sample std over all
+    seed × volume values; ``partial`` when some of the setting's seeds have no run.
+    """
 
     mean: float = math.nan
     std: float = math.nan
@@ -59,6 +82,15 @@ class Cell:
     run_id: str = ""
     status: str = "ok"  # ok | missing | n/a
     best: bool = False
+    pooled: bool = False
+    seeds: tuple[str, ...] = ()
+    std_seeds: float = math.nan
+    std_volumes: float = math.nan
+    partial: bool = False
+
+    @property
+    def std_over(self) -> str:
+        return "seeds" if self.pooled else "volumes"
 
     def text(self, metric: str) -> str:
         if self.status == "missing":
@@ -68,8 +100,14 @@ class Cell:
         if math.isnan(self.mean):  # e.g. VIF below 41 px: the metric is undefined, not lost
             return "undefined"
         d = DECIMALS.get(metric, 4)
-        body = f"{self.mean:.{d}f} ± {self.std:.{d}f}"
-        return f"**{body}**" if self.best else body
+        if not self.pooled:
+            body = f"{self.mean:.{d}f} ± {self.std:.{d}f}"
+            return f"**{body}**" if self.best else body
+        spread = "n/a" if math.isnan(self.std_seeds) else f"{self.std_seeds:.{d}f}"
+        body = f"{self.mean:.{d}f} ± {spread}"
+        body = f"**{body}**" if self.best else body
+        mark = PARTIAL if self.partial else ""
+        return f"{body} (vol. ± {self.std_volumes:.{d}f}){mark}"
 
 
 @dataclass
@@ -137,6 +175,54 @@ def run_cell(runs: StageRuns, run: pd.Series | None, metric: str) -> Cell:
     return report_cell(runs, runs.eval(run["run_id"]), metric, run["run_id"])
 
 
+def seed_cell(runs: StageRuns, found: dict[str, pd.Series], metric: str, seeds: list[str]) -> Cell:
+    """One cell from ``{seed: run}`` (:meth:`StageRuns.find_seeds`) of a setting with ``seeds``.
+
+    One seed: exactly :func:`run_cell` (mean ± std over volumes). Several: pooled as described
+    in the module docstring; a seed whose eval JSON lacks the metric is left out like a missing
+    run (its warning names it), never counted as zero.
+    """
+    if len(seeds) <= 1:
+        cell = run_cell(runs, next(iter(found.values()), None), metric)
+        cell.seeds = tuple(found) if cell.status == "ok" else ()
+        return cell
+    per_seed: dict[str, np.ndarray] = {}
+    for seed, run in found.items():
+        cell = run_cell(runs, run, metric)
+        if cell.status == "ok":
+            report = runs.eval(run["run_id"])
+            per_seed[seed] = np.array(
+                [float(v["metrics"][metric]) for v in report["volumes"]], dtype=np.float64
+            )
+    run_ids = ";".join(str(found[s]["run_id"]) for s in per_seed)
+    if not per_seed:
+        return Cell(status="missing", pooled=True, run_id=run_ids)
+    means = np.array([v.mean() for v in per_seed.values()])
+    pooled = np.concatenate(list(per_seed.values()))
+    with np.errstate(invalid="ignore"):
+        std_seeds = float(np.std(means, ddof=1)) if means.size > 1 else math.nan
+        std_volumes = float(np.std(pooled, ddof=1)) if pooled.size > 1 else 0.0
+    return Cell(
+        mean=float(means.mean()),
+        std=std_seeds,
+        n=max(v.size for v in per_seed.values()),
+        run_id=run_ids,
+        pooled=True,
+        seeds=tuple(per_seed),
+        std_seeds=std_seeds,
+        std_volumes=std_volumes,
+        partial=len(per_seed) < len(seeds),
+    )
+
+
+def section_lead(runs: StageRuns, setting: Setting) -> str:
+    """A multi-seed section's first line: which seeds its numbers pool."""
+    seeds = runs.seeds(setting)
+    if len(seeds) <= 1:
+        return ""
+    return f"Seeds pooled ({len(seeds)}): {', '.join(seeds)}."
+
+
 def mark_best(cells: list[Cell], metric: str) -> None:
     """Bold the best defined mean (ties all bold)."""
     vals = [c.mean for c in cells if c.status == "ok" and np.isfinite(c.mean)]
@@ -157,7 +243,13 @@ def _record(setting: Setting, split: str, cell: Cell, metric: str, **extra: Any)
         "metric": metric,
         "mean": cell.mean,
         "std": cell.std,
+        "std_over": cell.std_over,
+        "std_seeds": cell.std_seeds,
+        "std_volumes": cell.std if not cell.pooled else cell.std_volumes,
         "n_volumes": cell.n,
+        "n_seeds": len(cell.seeds),
+        "seeds": ";".join(cell.seeds),
+        "partial": cell.partial,
         "best": cell.best,
         "status": cell.status,
         "run_id": cell.run_id,
@@ -166,6 +258,14 @@ def _record(setting: Setting, split: str, cell: Cell, metric: str, **extra: Any)
 
 
 # ---- Table 1 / Table 3 ---------------------------------------------------------------------------
+def table_notes(runs: StageRuns, *extra: str) -> list[str]:
+    """Header lines every table shares: which split/volumes, how seeds are pooled, legend."""
+    notes = [runs.split_description()]
+    if any(runs.multi_seed(s) for s in runs.settings()):
+        notes.append(SEED_NOTE)
+    return [*notes, *extra, LEGEND]
+
+
 def model_table(
     runs: StageRuns,
     metrics: tuple[str, ...],
@@ -176,61 +276,62 @@ def model_table(
     """Table 1 / 3 layout: rows ZF, Teacher, Student, each KD method; columns Std-KD and
     SFT-KD per metric (the Teacher row's SFT-KD column is the SFT teacher, as in the paper).
 
-    Bold marks the best student-sized model per setting and metric (student, Std-KD, SFT-KD):
-    the teachers and the zero-filled input are references, not contenders.
+    When the store has them, two more rows: the equal-compute student (a plain student trained
+    for SFT + KD epochs, in the SFT-KD columns since it matches SFT-KD's training budget) and,
+    per method, SFT-KD with a random student initialisation (the paper's Table 5).
+
+    Bold marks the best student-sized model per setting and metric (student, Std-KD, SFT-KD and
+    the controls): the teachers and the zero-filled input are references, not contenders.
     """
     t_depth = teacher_depth or runs.teacher_depth()
     s_depth = student_depth or runs.student_depth()
     methods = runs.methods()
     with_random = (runs.frame["row"] == "sft_kd_random").any()
-    multi_seed = any(s.seed for s in runs.settings())
+    with_equal = (runs.frame["row"] == "equal_compute").any()
     table = ReportTable(title)
     arch = f"teacher D{t_depth}, student D{s_depth}"
-    table.notes = [
-        f"Split: {runs.split} (mean ± std over volumes); {arch}; source: {runs.source}.",
+    table.notes = table_notes(
+        runs,
+        f"Mean ± std over volumes unless pooled over seeds; {arch}; source: {runs.source}.",
         "Teacher row: the Std-KD column is the plain teacher, the SFT-KD column the "
         "student-friendly (SFT) teacher. Bold: best student-sized model per setting and metric "
         "(by unrounded mean).",
-        LEGEND,
-    ]
+        *(
+            [
+                f"{EQUAL_COMPUTE}: a plain student trained for SFT + KD epochs (the training "
+                "budget of an SFT-KD student), the control for SFT-KD's extra training."
+            ]
+            if with_equal
+            else []
+        ),
+    )
     header = ["Model"] + [f"{FRAMEWORKS[fw]} {m.upper()}" for fw in FRAMEWORKS for m in metrics]
     for setting in runs.settings():
         zf = runs.zero_filled(setting)
+        seeds = runs.seeds(setting)
 
-        def find(row: str, method: str = "", _s: Setting = setting) -> pd.Series | None:
-            return runs.find(_s, row, method, t_depth, s_depth)
+        def cells_of(
+            row: str, method: str = "", _s: Setting = setting, _seeds: list[str] = seeds
+        ) -> dict[str, Cell]:
+            found = runs.find_seeds(_s, row, method, t_depth, s_depth)
+            return {m: seed_cell(runs, found, m, _seeds) for m in metrics}
 
         na = {m: Cell(status="n/a") for m in metrics}
         entries: list[tuple[str, str, str, dict[str, dict[str, Cell]], bool]] = []
         zf_cells = {m: report_cell(runs, zf, m, "") for m in metrics}
         entries.append(("ZF", "zero_filled", "", {"std": zf_cells, "sft": dict(na)}, False))
-        teacher, sft_teacher = find("teacher"), find("sft_teacher")
-        entries.append(
-            (
-                "Teacher",
-                "teacher",
-                "",
-                {
-                    "std": {m: run_cell(runs, teacher, m) for m in metrics},
-                    "sft": {m: run_cell(runs, sft_teacher, m) for m in metrics},
-                },
-                False,
-            )
-        )
-        student = find("student")
-        student_cells = {m: run_cell(runs, student, m) for m in metrics}
-        entries.append(("Student", "student", "", {"std": student_cells, "sft": dict(na)}, True))
+        teacher = {"std": cells_of("teacher"), "sft": cells_of("sft_teacher")}
+        entries.append(("Teacher", "teacher", "", teacher, False))
+        entries.append(("Student", "student", "", {"std": cells_of("student"), "sft": na}, True))
+        if with_equal:
+            cells = {"std": dict(na), "sft": cells_of("equal_compute")}
+            entries.append((EQUAL_COMPUTE, "equal_compute", "", cells, True))
         for method in methods:
-            std_run, sft_run = find("std_kd", method), find("sft_kd", method)
-            cells = {
-                "std": {m: run_cell(runs, std_run, m) for m in metrics},
-                "sft": {m: run_cell(runs, sft_run, m) for m in metrics},
-            }
+            cells = {"std": cells_of("std_kd", method), "sft": cells_of("sft_kd", method)}
             entries.append((method_name(method), "kd", method, cells, True))
         if with_random:
             for method in methods:
-                rnd = find("sft_kd_random", method)
-                cells = {"std": dict(na), "sft": {m: run_cell(runs, rnd, m) for m in metrics}}
+                cells = {"std": dict(na), "sft": cells_of("sft_kd_random", method)}
                 entries.append(
                     (f"{method_name(method)} (SFT-KD, random init)", "kd", method, cells, True)
                 )
@@ -260,7 +361,8 @@ def model_table(
                             else None,
                         )
                     )
-        table.sections.append(Section(setting.label(multi_seed), header, rows))
+        lead = section_lead(runs, setting)
+        table.sections.append(Section(setting.label(), header, rows, lead=lead))
     return table
 
 
@@ -316,14 +418,13 @@ def table_8(
     t_depth = teacher_depth or runs.teacher_depth()
     methods = runs.methods()
     method = method or ("at" if "at" in methods else (methods[0] if methods else ""))
-    multi_seed = any(s.seed for s in runs.settings())
     table = ReportTable("Table 8: compression (student depth), parameters, latency, quality")
     fws = {"orig": "Original", "std": "KD", "sft": "SFT-KD"}
     header = ["Model", "Parameters", "Latency (ms)"] + [
         f"{fws[fw]} {m.upper()}" for fw in fws for m in metrics
     ]
     table.notes = [
-        f"Split: {runs.split} (mean ± std over volumes); KD method: "
+        f"Mean ± std over volumes unless pooled over seeds; KD method: "
         f"{method_name(method) if method else 'none run'}; source: {runs.source}.",
         "Parameters: DC-CNN count with the runs' cascades/channels; % = compression vs teacher. "
         "Bold: best of Original/KD/SFT-KD per depth and metric.",
@@ -339,13 +440,14 @@ def table_8(
             latency.describe() + " A model whose depth, cascades or channels were not "
             "benchmarked shows 'not measured'."
         )
-    table.notes.append(LEGEND)
+    table.notes = table_notes(runs, *table.notes)
     for setting in runs.settings():
-        teacher = runs.find(setting, "teacher", teacher_depth=t_depth)
-        t_casc, t_ch = _arch_of(teacher, "teacher")
+        seeds = runs.seeds(setting)
+        teachers = runs.find_seeds(setting, "teacher", teacher_depth=t_depth)
+        t_casc, t_ch = _arch_of(next(iter(teachers.values()), None), "teacher")
         t_params = _params(t_depth, t_casc, t_ch) if t_depth else 0
         rows = []
-        t_cells = {m: run_cell(runs, teacher, m) for m in metrics}
+        t_cells = {m: seed_cell(runs, teachers, m, seeds) for m in metrics}
         blank = [NOT_APPLICABLE] * (2 * len(metrics))
         rows.append(
             [
@@ -371,18 +473,17 @@ def table_8(
                 )
             )
         for depth in runs.student_depths():
-            student = runs.find(setting, "student", student_depth=depth)
-            std_run = runs.find(setting, "std_kd", method, t_depth, depth) if method else None
-            sft_run = runs.find(setting, "sft_kd", method, t_depth, depth) if method else None
-            casc, ch = _arch_of(
-                next((r for r in (student, std_run, sft_run) if r is not None), None), "student"
-            )
+            found = {
+                "orig": runs.find_seeds(setting, "student", student_depth=depth),
+                "std": runs.find_seeds(setting, "std_kd", method, t_depth, depth) if method else {},
+                "sft": runs.find_seeds(setting, "sft_kd", method, t_depth, depth) if method else {},
+            }
+            any_run = next((r for f in found.values() for r in f.values()), None)
+            casc, ch = _arch_of(any_run, "student")
             params = _params(depth, casc, ch)
             ratio = f" ({100 * (1 - params / t_params):.1f}%)" if t_params else ""
             cells = {
-                "orig": {m: run_cell(runs, student, m) for m in metrics},
-                "std": {m: run_cell(runs, std_run, m) for m in metrics},
-                "sft": {m: run_cell(runs, sft_run, m) for m in metrics},
+                fw: {m: seed_cell(runs, f, m, seeds) for m in metrics} for fw, f in found.items()
             }
             for m in metrics:
                 mark_best([cells[fw][m] for fw in fws], m)
@@ -410,7 +511,8 @@ def table_8(
                             latency_ms=_latency_ms(latency, depth, casc, ch),
                         )
                     )
-        table.sections.append(Section(setting.label(multi_seed), header, rows))
+        lead = section_lead(runs, setting)
+        table.sections.append(Section(setting.label(), header, rows, lead=lead))
     return table
 
 
@@ -427,12 +529,74 @@ def _latency_text(latency: Any | None, depth: int | None, cascades: int, channel
 
 
 # ---- teacher–student gap -------------------------------------------------------------------------
+@dataclass
+class Gap:
+    """Teacher − student PSNR (dB) with its 95% CI (NaN bounds: no per-slice pairs, no CI)."""
+
+    gap: float = math.nan
+    low: float = math.nan
+    high: float = math.nan
+    n_pairs: int = 0
+    seeds: tuple[str, ...] = ()
+    paired: bool = True
+
+    def text(self) -> str:
+        if math.isnan(self.gap):
+            return MISSING
+        if math.isnan(self.low):
+            return f"{self.gap:.2f} [no CI]"
+        return f"{self.gap:.2f} [{self.low:.2f}, {self.high:.2f}]"
+
+
+def paired_gap(
+    runs: StageRuns,
+    teacher: dict[str, pd.Series],
+    student: dict[str, pd.Series],
+    what: str,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+) -> Gap:
+    """Teacher − student PSNR from ``{seed: run}`` of each, paired per (seed, volume, slice).
+
+    Per seed the gap is the mean paired slice difference; the reported gap is the mean over
+    seeds, and its 95% CI a percentile bootstrap that resamples paired slices within each seed
+    (seeded RNG, so reruns agree). Chosen over a t-interval over seeds because it is defined
+    for one or two seeds too; it is conditional on the trained models, so the spread over
+    seeds is read from Table 1, not from this interval. Runs whose slices cannot be paired
+    fall back to the difference of volume means, without a CI and with a warning.
+    """
+    from raykd.errors import RaykdError
+    from raykd.report.stats import bootstrap_ci, seed_pairs
+
+    try:
+        pairs = seed_pairs(runs, student, teacher, "psnr")
+    except RaykdError as exc:
+        runs.warn_once(
+            f"gap {what}: per-slice PSNR cannot be paired ({exc}); gap from volume means, no CI"
+        )
+        common = [s for s in teacher if s in student]
+        diffs = [
+            run_cell(runs, teacher[s], "psnr").mean - run_cell(runs, student[s], "psnr").mean
+            for s in common
+        ]
+        diffs = [d for d in diffs if not math.isnan(d)]
+        if not diffs:
+            return Gap()
+        return Gap(float(np.mean(diffs)), seeds=tuple(common), paired=False)
+    groups = [g for g in pairs.differences() if g.size]
+    if not groups:
+        return Gap()
+    gap, low, high = bootstrap_ci(groups, resamples=resamples)
+    return Gap(gap, low, high, pairs.n, tuple(pairs.seeds))
+
+
 def gap_table(
     runs: StageRuns, student_depth: int | None = None, teacher_depth: int | None = None
 ) -> ReportTable:
-    """Teacher PSNR − student PSNR (dB) with no KD, Std-KD and SFT-KD, per method and setting.
+    """Teacher PSNR − student PSNR (dB) with no KD, Std-KD and SFT-KD (and, when run, the
+    equal-compute student and SFT-KD with random init), per method and setting, each with a
+    95% bootstrap CI (:func:`paired_gap`).
 
-    The reference is the plain teacher in all three columns (as in the paper's 0.56 → 0.53 →
+    The reference is the plain teacher in every column (as in the paper's 0.56 → 0.53 →
     0.03 dB), so the columns are comparable; negative means the student beats the teacher.
     The headline per setting takes the best (smallest-gap) method of each framework and
     names it; the table lists every method and the mean over methods.
@@ -440,47 +604,69 @@ def gap_table(
     t_depth = teacher_depth or runs.teacher_depth()
     s_depth = student_depth or runs.student_depth()
     methods = runs.methods()
-    multi_seed = any(s.seed for s in runs.settings())
+    with_equal = (runs.frame["row"] == "equal_compute").any()
+    with_random = (runs.frame["row"] == "sft_kd_random").any()
     table = ReportTable("Teacher–student PSNR gap (dB)")
-    table.notes = [
-        f"gap = PSNR(teacher D{t_depth}) − PSNR(student D{s_depth}), means over volumes of the "
-        f"{runs.split} split; reference: the plain teacher in every column; negative = the "
-        "student beats the teacher.",
+    table.notes = table_notes(
+        runs,
+        f"gap = PSNR(teacher D{t_depth}) − PSNR(student D{s_depth}) on paired slices (same seed, "
+        "volume and slice), mean over slices per seed, then over seeds; reference: the plain "
+        "teacher in every column; negative = the student beats the teacher.",
+        f"[low, high] = 95% percentile bootstrap CI ({BOOTSTRAP_RESAMPLES} resamples of the "
+        f"paired slices within each seed, RNG seed {BOOTSTRAP_SEED}); per-slice PSNR, so it can "
+        "differ by a few hundredths from Table 1's volume PSNR differences. 'no CI' = slices "
+        "could not be paired (difference of volume means).",
         "Headline: the best (smallest-gap) method of each framework, named in brackets.",
-        LEGEND,
-    ]
-    header = ["Method", "no KD", "Std-KD", "SFT-KD"]
-
-    def psnr(run: pd.Series | None) -> float:
-        cell = run_cell(runs, run, "psnr")
-        return cell.mean if cell.status == "ok" else math.nan
+    )
+    cols = [("none", "no KD")]
+    cols += [("equal", "equal compute")] if with_equal else []
+    cols += [("std", "Std-KD"), ("sft", "SFT-KD")]
+    cols += [("random", "SFT-KD random init")] if with_random else []
+    header = ["Method"] + [name for _, name in cols]
+    rows_of = {"std": "std_kd", "sft": "sft_kd", "random": "sft_kd_random"}
 
     def fmt(g: float) -> str:
         return MISSING if math.isnan(g) else f"{g:.2f}"
 
     for setting in runs.settings():
-        t = psnr(runs.find(setting, "teacher", teacher_depth=t_depth))
-        no_kd = t - psnr(runs.find(setting, "student", student_depth=s_depth))
-        gaps: dict[str, dict[str, float]] = {}
+        seeds = runs.seeds(setting)
+        teacher = runs.find_seeds(setting, "teacher", teacher_depth=t_depth)
+        t_psnr = seed_cell(runs, teacher, "psnr", seeds)
+        label = setting.label()
+
+        def gap_of(row: str, method: str = "", _s: Setting = setting, _t=teacher) -> Gap:
+            student = runs.find_seeds(_s, row, method, t_depth, s_depth)
+            what = f"{_s.label()} teacher vs {row}{' ' + method if method else ''}"
+            return paired_gap(runs, _t, student, what)
+
+        shared = {"none": gap_of("student")}
+        if with_equal:
+            shared["equal"] = gap_of("equal_compute")
+        gaps: dict[str, dict[str, Gap]] = {}
         for method in methods:
-            gaps[method] = {
-                fw: t - psnr(runs.find(setting, row, method, t_depth, s_depth))
-                for fw, row in (("std", "std_kd"), ("sft", "sft_kd"))
-            }
-        rows = [[method_name(m), fmt(no_kd), fmt(g["std"]), fmt(g["sft"])] for m, g in gaps.items()]
-        means = {fw: _nanmean([g[fw] for g in gaps.values()]) for fw in ("std", "sft")}
-        rows.append(["mean over methods", fmt(no_kd), fmt(means["std"]), fmt(means["sft"])])
-        best = {fw: _best_gap(gaps, fw) for fw in ("std", "sft")}
-        label = setting.label(multi_seed)
+            gaps[method] = {**shared}
+            for fw in ("std", "sft", "random"):
+                if fw != "random" or with_random:
+                    gaps[method][fw] = gap_of(rows_of[fw], method)
+        rows = [[method_name(m)] + [g[k].text() for k, _ in cols] for m, g in gaps.items()]
+        means = {
+            k: _nanmean([g[k].gap for g in gaps.values()]) if k in rows_of else shared[k].gap
+            for k, _ in cols
+        }
+        rows.append(["mean over methods"] + [fmt(means[k]) for k, _ in cols])
+        points = {m: {k: g.gap for k, g in gm.items()} for m, gm in gaps.items()}
+        best = {fw: _best_gap(points, fw) for fw in ("std", "sft")}
+        no_kd = shared["none"]
         headline = (
-            f"{label}: gap (dB) no KD {fmt(no_kd)} → Std-KD {fmt(best['std'][1])} "
+            f"{label}: gap (dB) no KD {fmt(no_kd.gap)} → Std-KD {fmt(best['std'][1])} "
             f"({best['std'][0]}) → SFT-KD {fmt(best['sft'][1])} ({best['sft'][0]})"
         )
         table.summary.append(headline)
-        table.sections.append(Section(label, header, rows, lead=f"**{headline}**"))
+        lead = " ".join(x for x in (section_lead(runs, setting), f"**{headline}**") if x)
+        table.sections.append(Section(label, header, rows, lead=lead))
         for method, g in gaps.items():
-            for fw, name in (("none", "no KD"), ("std", "Std-KD"), ("sft", "SFT-KD")):
-                value = no_kd if fw == "none" else g[fw]
+            for fw, name in cols:
+                item = g[fw]
                 table.records.append(
                     {
                         "dataset": setting.dataset,
@@ -488,8 +674,14 @@ def gap_table(
                         "seed": setting.seed,
                         "method": method,
                         "framework": name,
-                        "gap_db": value,
-                        "teacher_psnr": t,
+                        "gap_db": item.gap,
+                        "ci_low": item.low,
+                        "ci_high": item.high,
+                        "ci": "bootstrap95" if not math.isnan(item.low) else "",
+                        "n_pairs": item.n_pairs,
+                        "n_seeds": len(item.seeds),
+                        "seeds": ";".join(item.seeds),
+                        "teacher_psnr": t_psnr.mean if t_psnr.status == "ok" else math.nan,
                         "split": runs.split,
                     }
                 )
