@@ -133,7 +133,7 @@ def test_optuna_search_logs_trials_under_parent(ray_session, tiny_data, tmp_path
             },
         }
     )
-    base = tiny_grid(tiny_data)
+    base = tiny_grid(tiny_data, seeds=2)  # each trial: both seeds, objective = their mean
     job = start_job("search-test", {}, root=tmp_path, experiment="search", local_train=True)
     out = run_search(search, base, job, resume=False)
     finish_job(job, [])
@@ -147,8 +147,12 @@ def test_optuna_search_logs_trials_under_parent(ray_session, tiny_data, tmp_path
         assert "kd_weight_scale" in run.data.params
         assert run.info.status in ("FINISHED", "KILLED")
         assert ("val_psnr" in run.data.metrics) == (run.info.status == "FINISHED")
-    # The plain teacher is shared by every trial: trained once.
-    assert len(_stage_runs(job.tracking, "teacher")) == 1
+    # The plain teacher is shared by every trial: trained once per seed.
+    teachers = _stage_runs(job.tracking, "teacher")
+    assert sorted(r.data.tags[S.TAG_SEED] for r in teachers) == ["42", "43"]
+    for t in out["trials"]:
+        if not t["error"] and t.get("stage_id"):
+            assert len(t["stage_id"].split(",")) == 2
     study = optuna.load_study(study_name=out["study"]["name"], storage=out["study"]["storage"])
     assert len(study.trials) == 3
     # Extending the persisted study: a new search with the same name adds to it.

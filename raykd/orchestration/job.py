@@ -116,6 +116,11 @@ def finish_job(job: Job, rows: list[dict[str, Any]], status: str = "FINISHED") -
         f"\n== {job.name}: {len(rows)} rows in {summary['wall_clock_s']:.0f}s; "
         f"{len(trained)} stages trained, {len(reused)} reused =="
     )
+    print(
+        f"Ray/orchestration overhead: {summary['overhead_s']:.0f}s "
+        f"({100 * (summary['overhead_fraction'] or 0):.1f}% of the wall-clock; the rest is data "
+        "set-up, training and evaluation inside the workers)"
+    )
     width = max((len(r.get("label", "")) for r in rows), default=10)
     for r in rows:
         psnr, ssim = r.get("val_psnr"), r.get("val_ssim")

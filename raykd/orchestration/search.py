@@ -161,17 +161,29 @@ def search_trial(config: dict[str, Any]) -> None:
             tags={S.TAG_ROLE: "trial", "raykd.trial_id": trial_id, "raykd.search": search.name},
             params={**params, "row": row_label(row)},
         )
-    record = run_row(spec, row, ctx, tune_report=True, **extra)
-    history = _history(record.output_dir)
-    best = min(history, key=lambda h: h["val/loss"]) if history else {}
+    # Seeds: the first streams per-epoch results (what ASHA judges); the objective is the mean
+    # over all seeds, so a lucky seed cannot win the search.
+    per_seed = []
+    for i, seed in enumerate(base.seed_list()):
+        record = run_row(spec, {**row, "seed": seed}, ctx, tune_report=i == 0, **extra)
+        history = _history(record.output_dir)
+        best = min(history, key=lambda h: h["val/loss"]) if history else {}
+        per_seed.append((record, best))
     student = DCCNN(row["student_depth"], spec.cascades, spec.channels)
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values) if values else float("nan")
+
     final = {
-        "val_psnr": best.get("val/psnr", float("nan")),
-        "val_loss": best.get("val/loss", float("nan")),
-        "val_ssim": (record.metrics or {}).get("val", {}).get("ssim", float("nan")),
+        "val_psnr": mean([b.get("val/psnr", float("nan")) for _, b in per_seed]),
+        "val_loss": mean([b.get("val/loss", float("nan")) for _, b in per_seed]),
+        "val_ssim": mean(
+            [(r.metrics or {}).get("val", {}).get("ssim", float("nan")) for r, _ in per_seed]
+        ),
         "student_params": count_parameters(student),
-        "stage_id": record.stage_id,
-        "kd_run_id": record.mlflow_run_id or "",
+        "seeds": len(per_seed),
+        "stage_id": ",".join(r.stage_id for r, _ in per_seed),
+        "kd_run_id": ",".join(r.mlflow_run_id or "" for r, _ in per_seed),
     }
     if ctx.tracking is not None and run_id:
         ctx.tracking.log_metrics(run_id, {k: v for k, v in final.items() if k in OBJECTIVES})
