@@ -106,7 +106,7 @@ def test_grid_trains_teacher_once_and_reuses_it(ray_session, tiny_data, tmp_path
     assert {"eval", "examples", "checkpoints", "config.yaml"} <= artifacts
     # Running the job again trains nothing: every stage is found by its identity.
     job2 = start_job("grid-test", {"test": 2}, **kwargs)
-    rows2 = run_grid(spec, job2)
+    rows2 = run_grid(spec.model_copy(update={"trial_unit": "seed"}), job2)  # one trial, 2 rows
     summary2 = finish_job(job2, rows2)
     assert summary2["stages_trained"] == 0 and summary2["stages_reused"] >= 3
     assert len(_stage_runs(job2.tracking, "teacher")) == 1

@@ -66,6 +66,7 @@ class GridSpec(BaseModel):
     w_imit: float = 1.0
     data_path: str | None = None  # overrides the source of a built-in dataset (e.g. Sunnybrook)
     test: list[str] | None = None  # held-out test volumes of the (single) dataset
+    trial_unit: Literal["row", "seed"] = "row"  # Tune trial = one row, or all rows of a seed
 
     def seed_list(self) -> list[int]:
         return [self.first_seed + i for i in range(self.seeds)]
@@ -213,28 +214,59 @@ def run_row(spec: GridSpec, row: dict[str, Any], ctx, tune_report: bool = False,
 
 
 def grid_trial(config: dict[str, Any]) -> None:
-    """Ray Tune function trainable: one grid row."""
+    """Ray Tune function trainable: one grid row, or all rows of one setting and seed.
+
+    Reports each row's result (label, stage, MLflow run, validation metrics) as JSON so a
+    multi-row trial still yields one table row per grid row.
+    """
+    import json
+
     from ray import tune
 
     from raykd.orchestration.runner import context_from_dict
 
     spec = GridSpec.model_validate(config["spec"])
     ctx = context_from_dict(config["ctx"])
-    record = run_row(spec, config["row"], ctx)
-    val = (record.metrics or {}).get("val", {})
+    entries = []
+    for row in config["rows"]:
+        record = run_row(spec, row, ctx)
+        val = (record.metrics or {}).get("val", {})
+        entries.append(
+            {
+                **row,
+                "label": row_label(row),
+                **{f"val_{k}": v for k, v in val.items()},
+                "stage_id": record.stage_id,
+                "mlflow_run_id": record.mlflow_run_id or "",
+            }
+        )
+    last = entries[-1]
     tune.report(
         {
-            **{f"val_{k}": v for k, v in val.items()},
-            "stage_id": record.stage_id,
-            "mlflow_run_id": record.mlflow_run_id or "",
-            "label": row_label(config["row"]),
+            **{k: v for k, v in last.items() if k.startswith("val_")},
+            "rows_json": json.dumps(entries),
         }
     )
 
 
+def trial_groups(spec: GridSpec, rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Rows per Tune trial: one each, or every row of a (dataset, acceleration, seed) together.
+
+    One trial per row lets a GPU cluster run KD rows in parallel; one per seed saves a trial
+    start per row where trials run one at a time anyway (a small CPU box).
+    """
+    if spec.trial_unit == "row":
+        return [[r] for r in rows]
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["acceleration"], r["seed"]), []).append(r)
+    return list(groups.values())
+
+
 def run_grid(spec: GridSpec, job) -> list[dict[str, Any]]:
-    """Run every row of ``spec`` as a Tune trial; returns one result dict per row."""
+    """Run every row of ``spec`` through Tune trials; returns one result dict per row."""
     import hashlib
+    import json
 
     from ray import tune
 
@@ -242,6 +274,7 @@ def run_grid(spec: GridSpec, job) -> list[dict[str, Any]]:
     from raykd.orchestration.runner import context_to_dict
 
     rows = grid_rows(spec)
+    groups = trial_groups(spec, rows)
     spec_d = spec.model_dump(mode="json")
     name = "grid-" + hashlib.sha256(json_dumps(spec_d).encode()).hexdigest()[:10]
     storage = job.root / "tune"
@@ -252,23 +285,27 @@ def run_grid(spec: GridSpec, job) -> list[dict[str, Any]]:
         param_space={
             "spec": spec_d,
             "ctx": context_to_dict(job.ctx),
-            "row": tune.grid_search(rows),
+            "rows": tune.grid_search(groups),
         },
         tune_config=tune.TuneConfig(max_concurrent_trials=job.resources.concurrency),
         run_config=tune.RunConfig(name=f"{name}-{job.run_id[:8]}", storage_path=str(storage)),
     )
     results = tuner.fit()
-    out = []
+    out: list[dict[str, Any]] = []
     for result in results:
-        row = dict(result.config["row"]) if result.config else {}
         metrics = dict(result.metrics or {})
-        entry = {**row, "label": row_label(row) if row else metrics.get("label", "?")}
-        entry.update({k: v for k, v in metrics.items() if k.startswith("val_")})
-        entry["stage_id"] = metrics.get("stage_id")
-        entry["mlflow_run_id"] = metrics.get("mlflow_run_id")
-        if result.error:
-            entry["error"] = str(result.error)[:500]
-        out.append(entry)
+        if "rows_json" in metrics:
+            out.extend(json.loads(metrics["rows_json"]))
+            continue
+        # The trial failed before reporting: one failed entry per row it owned.
+        for row in (result.config or {}).get("rows", []):
+            out.append(
+                {
+                    **row,
+                    "label": row_label(row),
+                    "error": str(result.error)[:500] if result.error else "no result",
+                }
+            )
     order = {row_label(r): i for i, r in enumerate(rows)}
     return sorted(out, key=lambda e: order.get(e["label"], len(order)))
 
