@@ -178,7 +178,9 @@ class Trainer:
     # ---- loops ---------------------------------------------------------------------------
     def _log(self, text: str) -> None:
         if self.rank == 0:
-            print(f"[raykd {self.cfg.kind}] {text}", file=sys.stderr, flush=True)
+            # Written, not print()ed: Ray Train patches print() and echoed each line twice.
+            sys.stderr.write(f"[raykd {self.cfg.kind}] {text}\n")
+            sys.stderr.flush()
 
     def _batch(self, sample) -> tuple[torch.Tensor, ...]:
         target = sample.target.to(self.device, non_blocking=True)
