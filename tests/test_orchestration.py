@@ -193,28 +193,41 @@ def test_ddp_two_workers_match_one_worker(ray_session, tiny_data, tmp_path):
 
 
 @pytest.mark.ray
-def test_resume_after_killed_worker(ray_session, tiny_data, tmp_path):
-    spec = tiny_grid(tiny_data, epochs={"teacher": 3, "sft": 1, "student": 1, "kd": 1})
-    cfg = stage_config(spec, _row(dataset=str(tiny_data)), "teacher")
+def test_chain_resumes_after_killed_worker(ray_session, tiny_data, tmp_path):
+    """Teacher -> KD in one Ray Train run; a worker dies mid-KD; nothing is retrained."""
+    from raykd.orchestration.runner import StageRequest, ensure_stages
+
+    spec = tiny_grid(tiny_data, epochs={"teacher": 2, "sft": 1, "student": 1, "kd": 3})
+    row = _row(dataset=str(tiny_data))
+    teacher = StageRequest(stage_config(spec, row, "teacher"))
+    kd = StageRequest(stage_config(spec, row, "kd"), teacher.stage_id)
     marker = tmp_path / "killed"
     ctx = StageContext(
         StageStore(tmp_path / "killed_run"),
         _tracking(tmp_path),
         ONE_CPU,
-        fault_injection={"kill_after_epoch": 1, "marker": str(marker)},
+        fault_injection={"kill_after_epoch": 1, "marker": str(marker), "kind": "kd"},
     )
-    record = ensure_stage(cfg, ctx)
-    assert marker.exists()  # the worker really was killed once
-    lines = _history(record)
-    assert [h["epoch"] for h in lines] == [1, 2, 3]  # resumed at epoch 2, not from scratch
+    records = ensure_stages([teacher, kd], ctx)
+    assert marker.exists()  # the worker really was killed once, during the KD stage
+    t_rec, kd_rec = records[teacher.stage_id], records[kd.stage_id]
+    assert [h["epoch"] for h in _history(kd_rec)] == [1, 2, 3]  # resumed at epoch 2
+    client = ctx.tracking.client
+    # The teacher finished before the failure and was not trained again after the restart.
+    assert len(client.get_metric_history(t_rec.mlflow_run_id, "train_loss")) == 2
+    kd_run = client.get_run(kd_rec.mlflow_run_id)
+    assert kd_run.info.status == "FINISHED"
+    assert kd_run.data.tags[S.TAG_TEACHER_RUN] == t_rec.mlflow_run_id  # lineage inside a chain
+    assert kd_rec.teacher_stage == t_rec.stage_id
     # Same result as an uninterrupted run (in-process, same seed and threads).
     ref_ctx = StageContext(StageStore(tmp_path / "ref"), None, ONE_CPU, local=True)
-    ref = ensure_stage(cfg, ref_ctx)
-    a = load_checkpoint(record.best_checkpoint)["model"]
+    ref = ensure_stages([teacher, kd], ref_ctx)[kd.stage_id]
+    a = load_checkpoint(kd_rec.best_checkpoint)["model"]
     b = load_checkpoint(ref.best_checkpoint)["model"]
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
-    run = ctx.tracking.client.get_run(record.mlflow_run_id)
-    assert run.info.status == "FINISHED"
+    # Asking again trains nothing.
+    again = ensure_stages([teacher, kd], ctx)
+    assert again[kd.stage_id].finished_at == kd_rec.finished_at
 
 
 def test_row_labels(tiny_data):

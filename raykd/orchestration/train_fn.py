@@ -1,4 +1,4 @@
-"""The Ray Train worker function: one rank of a (possibly 1-rank) DDP run of one stage.
+"""The Ray Train worker function: one rank of a (possibly 1-rank) DDP run of a stage chain.
 
 Ray starts the process group (gloo on CPU, NCCL on GPU); :class:`raykd.train.loop.Trainer`
 reads it. Every rank calls ``ray.train.report`` once per epoch (it is a barrier); rank 0 attaches
@@ -39,14 +39,18 @@ def _device() -> str:
         return "cpu"
 
 
+CHAIN_STATE = "chain.json"
+
+
 def train_fn(config: dict[str, Any]) -> None:
-    """Ray Train worker entry point."""
+    """Ray Train worker entry point: train the chain of stages in ``config["stages"]``."""
     rank = ray.train.get_context().get_world_rank()
 
-    def report(metrics: dict[str, float], last_path: Path | None) -> None:
+    def report(metrics: dict[str, float], last_path: Path | None, stage: str) -> None:
         if rank == 0 and last_path is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 shutil.copy2(last_path, Path(tmp) / "last.pt")
+                (Path(tmp) / CHAIN_STATE).write_text(json.dumps({"stage": stage}))
                 ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
@@ -54,9 +58,58 @@ def train_fn(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
-            run_training(config, rank, report, Path(ckpt_dir) / "last.pt", _device())
+            run_chain(config, rank, report, Path(ckpt_dir), _device())
     else:
-        run_training(config, rank, report, None, _device())
+        run_chain(config, rank, report, None, _device())
+
+
+def _agree(values: list[bool]) -> list[bool]:
+    """Rank 0's view, on every rank: all ranks must skip and train the same stages."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        box = [values]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    return values
+
+
+def run_chain(
+    config: dict[str, Any],
+    rank: int,
+    report: Callable[[dict[str, float], Path | None, str], None] | None,
+    ray_checkpoint: Path | None,
+    device: str = "auto",
+) -> None:
+    """Train each stage of the chain that has not finished, in order.
+
+    After a worker failure (or a killed driver) the chain starts again: finished stages (their
+    ``result.json`` exists) are skipped and the interrupted one resumes from Ray's checkpoint or
+    from its own ``last.pt``.
+    """
+    stages = config["stages"]
+    done = _agree([(Path(s["output_dir"]) / RESULT_FILE).is_file() for s in stages])
+    state = {}
+    if ray_checkpoint is not None and (ray_checkpoint / CHAIN_STATE).is_file():
+        state = json.loads((ray_checkpoint / CHAIN_STATE).read_text())
+    for stage, finished in zip(stages, done, strict=True):
+        if finished:
+            continue
+        name = stage["stage"].get("name", "")
+        out = Path(stage["output_dir"])
+        if state.get("stage") == name:
+            resume = ray_checkpoint / "last.pt"
+        else:
+            resume = out / "last.pt" if (out / "last.pt").is_file() else None
+        if rank == 0:
+            print(f"[raykd] stage {name}: {'resuming' if resume else 'starting'}", flush=True)
+        stage_report = None
+        if report is not None:
+
+            def stage_report(metrics, last_path, _name=name):
+                report(metrics, last_path, _name)
+
+        run_training({**config, **stage}, rank, stage_report, resume, device)
 
 
 def run_training(
@@ -84,13 +137,14 @@ def run_training(
 
         tracking = Tracking(config["tracking_uri"], config["experiment"])
     fault = config.get("fault_injection") or {}
+    inject = fault.get("kind") in (None, cfg.kind)
 
     def on_epoch(epoch: int, metrics: dict[str, float], last_path: Path | None) -> None:
         if tracking is not None:
             tracking.log_metrics(run_id, metrics, step=epoch + 1)
         if report is not None:
             report(metrics, last_path)
-        if fault.get("kill_after_epoch") == epoch + 1 and rank == fault.get("rank", 0):
+        if inject and fault.get("kill_after_epoch") == epoch + 1 and rank == fault.get("rank", 0):
             marker = Path(fault["marker"])
             if not marker.exists():  # die once, like a preempted node or an OOM-killed worker
                 marker.touch()
