@@ -68,7 +68,7 @@ def test_sft_then_kd_with_sft_init(tiny_config):
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
 
 
-@pytest.mark.parametrize("method", ["at", "fitnets", "fsp", "sp", "cc"])
+@pytest.mark.parametrize("method", ["at", "fitnets", "fsp", "sp", "cc", "pkt", "nst", "ft"])
 def test_kd_methods_train(tiny_config, tmp_path, method):
     teacher = train_stage(tiny_config("teacher", **{"optim.epochs": "1"}))
     cfg = tiny_config(
@@ -79,9 +79,13 @@ def test_kd_methods_train(tiny_config, tmp_path, method):
             "kd.method": method,
             "kd.output_weight": "0.5",
             "optim.epochs": "1",
+            **({"kd.options": "{pretrain_steps: 12}"} if method == "ft" else {}),
         },
     )
     result = train_stage(cfg)
+    if method == "ft":  # the paraphraser was pre-trained on teacher features first
+        stats = result.lineage["kd_pretrain"]
+        assert stats["ft_paraphraser_loss_last"] < stats["ft_paraphraser_loss_first"]
     h = result.history[-1]
     assert h["train/kd"] >= 0 and h["train/out"] > 0
     assert h["train/loss"] == pytest.approx(

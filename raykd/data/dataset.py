@@ -50,8 +50,10 @@ class SliceDataset(Dataset[Sample]):
         mask_func: MaskFunc,
         key: str = IMAGE_KEY,
         max_slices: int | None = None,
+        sr=None,
     ) -> None:
         self.key = key
+        self.sr = sr  # SRConfig for super-resolution: how inputs are made (transforms.degrade)
         self.size = (int(size[0]), int(size[1]))
         self.mask_func = mask_func
         self.volumes: list[VolumeInfo] = [inspect_volume(p, key) for p in find_volumes(volumes)]

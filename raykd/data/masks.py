@@ -22,16 +22,20 @@ from raykd.errors import DataError
 class MaskFunc:
     """Produces the mask for one volume. Same ``(shape, volume_key)`` → same mask, every epoch."""
 
+    allow_empty = False  # only EmptyMask: image-domain SR measures no k-space at all
+
     def __call__(self, shape: tuple[int, int], volume_key: str = "") -> np.ndarray:
         mask = self.make(shape, volume_key)
-        validate_mask(mask, shape, source=repr(self))
+        validate_mask(mask, shape, source=repr(self), allow_empty=self.allow_empty)
         return mask
 
     def make(self, shape: tuple[int, int], volume_key: str) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
 
 
-def validate_mask(mask: np.ndarray, shape: tuple[int, int], source: str) -> None:
+def validate_mask(
+    mask: np.ndarray, shape: tuple[int, int], source: str, allow_empty: bool = False
+) -> None:
     """Check a mask's shape, values and that it samples something; raise a clear DataError."""
     if mask.ndim != 2:
         raise DataError(f"mask {source}: expected a 2D [H, W] array, got shape {mask.shape}")
@@ -44,7 +48,7 @@ def validate_mask(mask: np.ndarray, shape: tuple[int, int], source: str) -> None
         raise DataError(f"mask {source}: contains NaN or Inf values")
     if not np.all((mask == 0) | (mask == 1)):
         raise DataError(f"mask {source}: values must be 0 or 1")
-    if not mask.any():
+    if not allow_empty and not mask.any():
         raise DataError(f"mask {source}: all zeros (nothing sampled); expected at least one 1")
 
 
@@ -109,3 +113,40 @@ class CartesianMask(MaskFunc):
         mask[low] = 1.0
         mask[chosen] = 1.0
         return mask
+
+
+@dataclass(frozen=True)
+class LowPassMask(MaskFunc):
+    """Super-resolution by k-space truncation: keep the central ``N // scale`` frequencies per
+    axis (uncentred layout: the lowest frequencies sit at both ends of each axis).
+
+    The zero-filled image of this mask is the sinc-interpolated low-resolution image, which is
+    what a scanner acquiring ``scale``x fewer lines and columns would give.
+    """
+
+    scale: int
+
+    def __post_init__(self) -> None:
+        if self.scale < 1:
+            raise DataError(f"super-resolution scale must be >= 1, got {self.scale}")
+
+    def make(self, shape: tuple[int, int], volume_key: str) -> np.ndarray:
+        axes = []
+        for n in shape:
+            keep = max(1, n // self.scale)
+            freq = np.abs(np.fft.fftfreq(n) * n)  # |frequency index| of each uncentred bin
+            order = np.argsort(freq, kind="stable")
+            line = np.zeros(n, dtype=np.float32)
+            line[order[:keep]] = 1.0
+            axes.append(line)
+        return np.outer(axes[0], axes[1]).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class EmptyMask(MaskFunc):
+    """No measured k-space: data consistency becomes the identity (image-domain SR)."""
+
+    allow_empty = True
+
+    def make(self, shape: tuple[int, int], volume_key: str) -> np.ndarray:
+        return np.zeros(shape, dtype=np.float32)

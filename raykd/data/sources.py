@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from raykd.data.dataset import SliceDataset
-from raykd.data.masks import CartesianMask, FixedMask, MaskFunc
+from raykd.data.masks import CartesianMask, EmptyMask, FixedMask, LowPassMask, MaskFunc
 from raykd.data.volumes import find_volumes
 from raykd.errors import DataError
 from raykd.paths import shared_data_dir
@@ -83,9 +83,14 @@ def split_volumes(cfg) -> dict[str, list[Path]]:
     return splits
 
 
+def build_sr_mask(sr) -> MaskFunc:
+    """Super-resolution replaces the undersampling mask: low-pass, or nothing measured."""
+    return LowPassMask(sr.scale) if sr.degradation == "kspace" else EmptyMask()
+
+
 def build_datasets(cfg) -> dict[str, SliceDataset]:
-    mask = build_mask(cfg.mask)
+    mask = build_mask(cfg.mask) if cfg.sr is None else build_sr_mask(cfg.sr)
     return {
-        split: SliceDataset(paths, cfg.size, mask, max_slices=cfg.max_slices_per_volume)
+        split: SliceDataset(paths, cfg.size, mask, max_slices=cfg.max_slices_per_volume, sr=cfg.sr)
         for split, paths in split_volumes(cfg).items()
     }

@@ -34,6 +34,28 @@ def undersample(target: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor,
     return zero_filled, y
 
 
+def degrade(target: torch.Tensor, mask: torch.Tensor, sr=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The network input and measured k-space for a batch of targets [B, 1, H, W].
+
+    Reconstruction, and super-resolution by k-space truncation (``mask`` is then the low-pass
+    mask): :func:`undersample`. Image-domain super-resolution (``sr.degradation == 'image'``):
+    area-downsample by ``sr.scale``, bicubic back to H×W; nothing is measured in k-space
+    (``mask`` is all zeros), so data-consistency layers pass their input through.
+    """
+    if sr is None or sr.degradation == "kspace":
+        return undersample(target, mask)
+    import torch.nn.functional as F
+
+    with torch.autocast(device_type=target.device.type, enabled=False):
+        h, w = target.shape[-2:]
+        low = F.interpolate(
+            target.float(), size=(max(1, h // sr.scale), max(1, w // sr.scale)), mode="area"
+        )
+        up = F.interpolate(low, size=(h, w), mode="bicubic", align_corners=False).clamp_min(0)
+        y = fft2(up) * mask.to(torch.float32)
+    return up, y
+
+
 def center_crop_or_pad(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Centre-crop or zero-pad the last two axes of ``image`` to ``size``, axis by axis."""
     out_h, out_w = size

@@ -15,18 +15,19 @@ import torch
 from torch import nn
 
 from raykd.errors import ConfigError
-from raykd.models.dccnn import DCCNN
+from raykd.models.base import BlockNet
 
 
-def expand_taps(patterns: list[str], model: DCCNN) -> list[str]:
-    """Expand ``{c}`` over cascades and ``{last}``/``{hidden}`` to the last / last hidden conv."""
+def expand_taps(patterns: list[str], model: BlockNet) -> list[str]:
+    """Expand ``{c}`` over blocks (cascades) and ``{last}``/``{hidden}`` to the index of the last /
+    last hidden layer of that block (DC-CNN: ``cascades.{c}.conv.{hidden}``)."""
+    groups = model.tap_groups()
     out: list[str] = []
     for pattern in patterns:
-        fields = {"last": model.depth - 1, "hidden": model.depth - 2}
-        if "{c}" in pattern:
-            out += [pattern.format(c=c, **fields) for c in range(model.num_cascades)]
-        else:
-            out.append(pattern.format(**fields))
+        blocks = range(model.num_blocks) if "{c}" in pattern else [0]
+        for c in blocks:
+            n = len(groups[c])
+            out.append(pattern.format(c=c, last=n - 1, hidden=max(0, n - 2)))
     return out
 
 
@@ -34,19 +35,27 @@ def tap_channels(model: nn.Module, name: str) -> int:
     """Output channels of the conv behind a tap name."""
     module = dict(model.named_modules()).get(name)
     if module is None:
-        raise ConfigError(f"unknown feature tap '{name}' for {type(model).__name__}")
+        raise ConfigError(
+            f"unknown feature tap '{name}' for {type(model).__name__}; its taps per block: "
+            f"{model.tap_groups()[:1]} ..."
+        )
     conv = module[0] if isinstance(module, nn.Sequential) else module
+    if not isinstance(conv, nn.Conv2d):
+        raise ConfigError(f"feature tap '{name}' is not a conv layer of {type(model).__name__}")
     return int(conv.out_channels)
 
 
 class KDMethod(nn.Module):
     name: ClassVar[str] = ""
     citation: ClassVar[str] = ""
+    # Methods with a step before distillation (factor transfer's paraphraser) set this and
+    # implement ``pretrain(teacher_features, steps)``; the trainer runs it once, rank 0 first.
+    needs_pretraining: ClassVar[bool] = False
 
     def __init__(
         self,
-        teacher: DCCNN,
-        student: DCCNN,
+        teacher: BlockNet,
+        student: BlockNet,
         teacher_taps: list[str] | None = None,
         student_taps: list[str] | None = None,
     ) -> None:
@@ -67,13 +76,21 @@ class KDMethod(nn.Module):
             tap_channels(student, name)
 
     @classmethod
-    def default_taps(cls, teacher: DCCNN, student: DCCNN) -> tuple[list[str], list[str]]:
-        """Reference taps: teacher conv3 vs student conv2 of every cascade (the middle layers)."""
-        t = min(2, teacher.depth - 2)
-        s = min(1, student.depth - 2)
+    def default_taps(cls, teacher: BlockNet, student: BlockNet) -> tuple[list[str], list[str]]:
+        """Reference taps: teacher conv3 vs student conv2 of every cascade (the middle layers).
+
+        In general: per block, the teacher's 3rd and the student's 2nd tap of ``tap_groups``
+        (capped at the block's last hidden tap), pairing blocks one to one.
+        """
+        t_groups, s_groups = teacher.tap_groups(), student.tap_groups()
+        if len(t_groups) != len(s_groups):
+            raise ConfigError(
+                f"default taps pair blocks one to one, but the teacher has {len(t_groups)} and "
+                f"the student {len(s_groups)}; set kd.teacher_taps and kd.student_taps"
+            )
         return (
-            [f"cascades.{c}.conv.{t}" for c in range(teacher.num_cascades)],
-            [f"cascades.{c}.conv.{s}" for c in range(student.num_cascades)],
+            [g[max(0, min(2, len(g) - 2))] for g in t_groups],
+            [g[max(0, min(1, len(g) - 2))] for g in s_groups],
         )
 
     def forward(
@@ -92,8 +109,8 @@ class KDMethod(nn.Module):
 
 def build_kd_method(
     name: str,
-    teacher: DCCNN,
-    student: DCCNN,
+    teacher: BlockNet,
+    student: BlockNet,
     teacher_taps: list[str] | None = None,
     student_taps: list[str] | None = None,
     **options,

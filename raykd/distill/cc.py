@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from raykd.distill.base import KDMethod
 from raykd.distill.registry import register_kd_method
 from raykd.errors import ConfigError
-from raykd.models.dccnn import DCCNN
+from raykd.models.base import BlockNet
 
 
 def embed(feature: torch.Tensor) -> torch.Tensor:
@@ -49,8 +49,8 @@ class CorrelationCongruence(KDMethod):
 
     def __init__(
         self,
-        teacher: DCCNN,
-        student: DCCNN,
+        teacher: BlockNet,
+        student: BlockNet,
         teacher_taps: list[str] | None = None,
         student_taps: list[str] | None = None,
         *,

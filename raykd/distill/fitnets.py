@@ -11,7 +11,7 @@ from torch import nn
 from raykd.distill.base import KDMethod, tap_channels
 from raykd.distill.registry import register_kd_method
 from raykd.errors import ConfigError
-from raykd.models.dccnn import DCCNN
+from raykd.models.base import BlockNet
 
 
 @register_kd_method("fitnets")
@@ -31,8 +31,8 @@ class FitNets(KDMethod):
 
     def __init__(
         self,
-        teacher: DCCNN,
-        student: DCCNN,
+        teacher: BlockNet,
+        student: BlockNet,
         teacher_taps: list[str] | None = None,
         student_taps: list[str] | None = None,
     ) -> None:
@@ -44,12 +44,12 @@ class FitNets(KDMethod):
         self.regressors = nn.ModuleList(regressors)
 
     @classmethod
-    def default_taps(cls, teacher: DCCNN, student: DCCNN) -> tuple[list[str], list[str]]:
+    def default_taps(cls, teacher: BlockNet, student: BlockNet) -> tuple[list[str], list[str]]:
         """Reference: the last conv of cascade index 2 (of the last cascade if there are fewer)."""
-        t_c, s_c = min(2, teacher.num_cascades - 1), min(2, student.num_cascades - 1)
+        t_groups, s_groups = teacher.tap_groups(), student.tap_groups()
         return (
-            [f"cascades.{t_c}.conv.{teacher.depth - 1}"],
-            [f"cascades.{s_c}.conv.{student.depth - 1}"],
+            [t_groups[min(2, len(t_groups) - 1)][-1]],
+            [s_groups[min(2, len(s_groups) - 1)][-1]],
         )
 
     def loss(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:

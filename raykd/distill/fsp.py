@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from raykd.distill.base import KDMethod, tap_channels
 from raykd.distill.registry import register_kd_method
 from raykd.errors import ConfigError
-from raykd.models.dccnn import DCCNN
+from raykd.models.base import BlockNet
 
 
 def fsp_gram(f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
@@ -41,8 +41,8 @@ class FSP(KDMethod):
 
     def __init__(
         self,
-        teacher: DCCNN,
-        student: DCCNN,
+        teacher: BlockNet,
+        student: BlockNet,
         teacher_taps: list[str] | None = None,
         student_taps: list[str] | None = None,
     ) -> None:
@@ -64,11 +64,11 @@ class FSP(KDMethod):
                 )
 
     @classmethod
-    def default_taps(cls, teacher: DCCNN, student: DCCNN) -> tuple[list[str], list[str]]:
+    def default_taps(cls, teacher: BlockNet, student: BlockNet) -> tuple[list[str], list[str]]:
         """The last hidden activation (``conv.{depth-2}``) of every cascade, for both models."""
         return (
-            [f"cascades.{c}.conv.{teacher.depth - 2}" for c in range(teacher.num_cascades)],
-            [f"cascades.{c}.conv.{student.depth - 2}" for c in range(student.num_cascades)],
+            [g[max(0, len(g) - 2)] for g in teacher.tap_groups()],
+            [g[max(0, len(g) - 2)] for g in student.tap_groups()],
         )
 
     def loss(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:

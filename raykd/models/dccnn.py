@@ -11,6 +11,7 @@ from torch import nn
 
 from raykd.data.transforms import fft2, ifft2
 from raykd.errors import ConfigError
+from raykd.models.base import BlockNet, ConvAct
 
 
 class DataConsistency(nn.Module):
@@ -26,16 +27,6 @@ class DataConsistency(nn.Module):
             k = fft2(x.float())
             k_dc = mask * y + (1.0 - mask) * k
             return ifft2(k_dc).real
-
-
-class ConvAct(nn.Sequential):
-    """conv3x3 (+ ReLU): one tap point. The output is the activation KD methods read."""
-
-    def __init__(self, c_in: int, c_out: int, relu: bool) -> None:
-        layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=True)]
-        if relu:
-            layers.append(nn.ReLU(inplace=False))
-        super().__init__(*layers)
 
 
 class Cascade(nn.Module):
@@ -57,7 +48,7 @@ class Cascade(nn.Module):
         return self.dc(out, y, mask)
 
 
-class DCCNN(nn.Module):
+class DCCNN(BlockNet):
     """DnCm. ``forward(zero_filled, y, mask) -> reconstruction`` (all [B, 1, H, W]).
 
     ``residual=True`` (the raykd default) adds the block input to the CNN output; it costs no
@@ -87,23 +78,21 @@ class DCCNN(nn.Module):
             "residual": self.residual,
         }
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        for cascade in self.cascades:
-            x = cascade(x, y, mask)
-        return x
-
     def run_cascades(
         self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, start: int
     ) -> torch.Tensor:
         """Apply cascades ``start..m-1`` (used by the SFT student branches)."""
-        for cascade in self.cascades[start:]:
-            x = cascade(x, y, mask)
-        return x
+        return self.run_blocks(x, y, mask, start)
+
+    def tap_groups(self) -> list[list[str]]:
+        return [
+            [f"cascades.{c}.conv.{k}" for k in range(self.depth)] for c in range(self.num_cascades)
+        ]
 
 
-def tap_names(model: DCCNN) -> list[str]:
-    """All feature-tap names of a DC-CNN, in forward order."""
-    return [f"cascades.{c}.conv.{k}" for c in range(model.num_cascades) for k in range(model.depth)]
+def tap_names(model: BlockNet) -> list[str]:
+    """All feature-tap names of a block network, in forward order."""
+    return [name for group in model.tap_groups() for name in group]
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -38,7 +38,8 @@ class FeatureTaps:
         modules = dict(self.model.named_modules())
         missing = [n for n in self.names if n not in modules]
         if missing:
-            valid = [n for n in modules if ".conv." in n and n.count(".") == 3]
+            groups = getattr(self.model, "tap_groups", None)
+            valid = [n for g in groups() for n in g] if callable(groups) else list(modules)[1:]
             raise ConfigError(
                 f"unknown feature tap(s) {missing} for {type(self.model).__name__}; "
                 f"valid taps look like {valid[:3]} ... {valid[-1:] if valid else ''}"

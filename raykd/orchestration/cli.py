@@ -25,21 +25,33 @@ def add_job_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _preset_names() -> list[str]:
+    import yaml
+
+    from raykd.orchestration.grid import GRID_FILE
+
+    return list(yaml.safe_load(GRID_FILE.read_text())["presets"])
+
+
 def add_grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--preset",
         default="smoke",
-        choices=["smoke", "cpu", "paper"],
-        help="grid preset from search_spaces/paper_grid.yaml (default: smoke)",
+        choices=_preset_names(),
+        help="grid preset from search_spaces/paper_grid.yaml (default: smoke; sr_* = "
+        "super-resolution, dcunet* = heterogeneous teacher)",
     )
     p.add_argument("--datasets", nargs="+", help="mni152, sunnybrook, or folders of h5")
     p.add_argument("--data-path", help="where a built-in dataset's volumes are (e.g. Sunnybrook)")
-    p.add_argument("--accelerations", nargs="+", type=float)
+    p.add_argument("--accelerations", nargs="+", type=float, help="(SR presets: scales)")
+    p.add_argument("--sr-degradation", choices=["kspace", "image"], help="SR input degradation")
     p.add_argument("--methods", nargs="+", help="KD methods (at fitnets fsp sp cc ...)")
     p.add_argument("--student-depths", nargs="+", type=int, help="2..4 (D2C5..D4C5)")
     p.add_argument("--seeds", type=int, help="number of seeds")
     p.add_argument(
-        "--rows", nargs="+", help="teacher sft_teacher student std_kd sft_kd sft_kd_random"
+        "--rows",
+        nargs="+",
+        help="teacher sft_teacher student equal_compute std_kd sft_kd sft_kd_random",
     )
     p.add_argument("--epochs", type=int, help="epochs of every stage")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"))
@@ -78,6 +90,7 @@ def grid_overrides(args: argparse.Namespace) -> dict:
         "precision": args.precision,
         "data_path": args.data_path,
         "test": args.test,
+        "sr_degradation": args.sr_degradation,
     }
     if args.epochs:
         over["epochs"] = {k: args.epochs for k in ("teacher", "sft", "student", "kd")}

@@ -69,6 +69,14 @@ class GridSpec(BaseModel):
     data_path: str | None = None  # overrides the source of a built-in dataset (e.g. Sunnybrook)
     test: list[str] | None = None  # held-out test volumes of the (single) dataset
     trial_unit: Literal["row", "seed"] = "row"  # Tune trial = one row, or all rows of a seed
+    # Task and architectures (paper Appendix B / Table 6). For task 'sr', ``accelerations`` are
+    # the super-resolution scales (2, 4) and inputs are made by ``sr_degradation``.
+    task: Literal["recon", "sr"] = "recon"
+    sr_degradation: Literal["kspace", "image"] = "kspace"
+    teacher_arch: Literal["dccnn", "dcunet", "vdsr"] = "dccnn"
+    student_arch: Literal["dccnn", "dcunet", "vdsr"] = "dccnn"
+    teacher_taps: list[str] | None = None  # KD tap mapping ('{c}' = every block); None: defaults
+    student_taps: list[str] | None = None
 
     def seed_list(self) -> list[int]:
         return [self.first_seed + i for i in range(self.seeds)]
@@ -93,6 +101,13 @@ def load_preset(name: str, overrides: dict[str, Any] | None = None) -> GridSpec:
     unknown = sorted(set(spec.methods) - set(available_kd_methods()))
     if unknown:
         raise ConfigError(f"unknown KD method(s) {unknown}; expected {available_kd_methods()}")
+    if spec.task == "sr":
+        bad = [a for a in spec.accelerations if a != int(a) or a < 2]
+        if bad:
+            raise ConfigError(
+                f"preset '{name}': task 'sr' reads accelerations as super-resolution scales; "
+                f"expected integers >= 2, got {bad}"
+            )
     return spec
 
 
@@ -137,7 +152,8 @@ def stage_config(spec: GridSpec, row: dict[str, Any], kind: str, **extra: Any) -
     size = list(spec.size) if spec.size else ds.get("size", [240, 240])
     acc = row["acceleration"]
     mask: dict[str, Any] = {"kind": "cartesian", "acceleration": acc, "seed": 0}
-    if "mask_dir" in ds and size == ds["size"] and float(acc) in (4.0, 5.0):
+    sr = spec.task == "sr"
+    if not sr and "mask_dir" in ds and size == ds["size"] and float(acc) in (4.0, 5.0):
         from raykd.paths import shared_data_dir
 
         rel = f"masks/{ds['mask_dir']}/mask_{int(acc)}x.npy"
@@ -157,13 +173,16 @@ def stage_config(spec: GridSpec, row: dict[str, Any], kind: str, **extra: Any) -
             data[split] = ds[split]
     if spec.test:
         data["test"] = spec.test
+    if sr:
+        data["sr"] = {"scale": int(acc), "degradation": spec.sr_degradation}
+        data["mask"] = {"kind": "cartesian", "acceleration": 1.0}  # unused: the SR mask replaces it
     model = {"cascades": spec.cascades, "channels": spec.channels}
     cfg: dict[str, Any] = {
         "kind": kind,
         "seed": row["seed"],
         "data": data,
-        "teacher": {**model, "depth": spec.teacher_depth},
-        "student": {**model, "depth": row["student_depth"]},
+        "teacher": {**model, "arch": spec.teacher_arch, "depth": spec.teacher_depth},
+        "student": {**model, "arch": spec.student_arch, "depth": row["student_depth"]},
         "optim": {"epochs": getattr(spec.epochs, kind)},
         "sft": {"w_s": spec.w_s, "w_imit": spec.w_imit},
         "precision": spec.precision,
@@ -175,6 +194,8 @@ def stage_config(spec: GridSpec, row: dict[str, Any], kind: str, **extra: Any) -
             "method": method,
             "init": "sft" if row["row"] == "sft_kd" else "random",
             **({"weight": spec.kd_weights[method]} if method in spec.kd_weights else {}),
+            "teacher_taps": spec.teacher_taps,
+            "student_taps": spec.student_taps,
         }
         cfg["teacher_checkpoint"] = "resolved-by-the-stage-graph"
     for key, value in extra.items():

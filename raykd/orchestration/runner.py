@@ -247,10 +247,13 @@ def stage_tags(
         S.TAG_METHOD: cfg.kd.method if kd else "",
         S.TAG_INIT: cfg.kd.init if kd else "",
         S.TAG_SEED: str(cfg.seed),
-        S.TAG_ACCELERATION: f"{cfg.data.mask.acceleration:g}",
+        # Super-resolution settings are told apart from accelerations: 'sr2', 'sr4'.
+        S.TAG_ACCELERATION: (
+            f"sr{cfg.data.sr.scale}" if cfg.data.sr else f"{cfg.data.mask.acceleration:g}"
+        ),
         S.TAG_TEACHER_DEPTH: str(cfg.teacher.depth) if cfg.kind != "student" else "",
         S.TAG_STUDENT_DEPTH: str(cfg.student.depth) if cfg.kind != "teacher" else "",
-        S.TAG_TASK: "recon",
+        S.TAG_TASK: cfg.task,
     }
 
 

@@ -143,7 +143,8 @@ def search_trial(config: dict[str, Any]) -> None:
     """Ray Tune function trainable: one sampled point → (reused) teacher → KD student."""
     from ray import tune
 
-    from raykd.models.dccnn import DCCNN, count_parameters
+    from raykd.models.dccnn import count_parameters
+    from raykd.models.registry import build_model
     from raykd.orchestration.runner import context_from_dict
     from raykd.tracking import schema as S
 
@@ -169,7 +170,7 @@ def search_trial(config: dict[str, Any]) -> None:
         history = _history(record.output_dir)
         best = min(history, key=lambda h: h["val/loss"]) if history else {}
         per_seed.append((record, best))
-    student = DCCNN(row["student_depth"], spec.cascades, spec.channels)
+    student = build_model(spec.student_arch, row["student_depth"], spec.cascades, spec.channels)
 
     def mean(values: list[float]) -> float:
         return sum(values) / len(values) if values else float("nan")

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -102,7 +103,9 @@ def run_chain(
         else:
             resume = out / "last.pt" if (out / "last.pt").is_file() else None
         if rank == 0:
-            print(f"[raykd] stage {name}: {'resuming' if resume else 'starting'}", flush=True)
+            # Written, not print()ed: Ray Train patches print() and echoed each line twice.
+            sys.stderr.write(f"[raykd] stage {name}: {'resuming' if resume else 'starting'}\n")
+            sys.stderr.flush()
         stage_report = None
         if report is not None:
 

@@ -50,7 +50,9 @@ class Setting:
     seed: str = ""
 
     def label(self, with_seed: bool = False) -> str:
-        text = f"{self.dataset} {self.acceleration}x"
+        acc = self.acceleration
+        # Super-resolution settings are tagged 'sr<scale>' ('sr2' → "SR x2").
+        text = f"{self.dataset} SR x{acc[2:]}" if acc.startswith("sr") else f"{self.dataset} {acc}x"
         return f"{text} seed {self.seed}" if with_seed and self.seed else text
 
 
@@ -71,7 +73,7 @@ def seed_key(value: str) -> tuple[float, str]:
 
 def _acc_key(value: str) -> float:
     try:
-        return float(value)
+        return 100 + float(value[2:]) if value.startswith("sr") else float(value)
     except ValueError:
         return float("inf")
 
@@ -606,7 +608,7 @@ class StageRuns:
 
     def _compute_zero_filled(self, setting: Setting) -> dict[str, Any] | None:
         from raykd.data.dataset import SliceDataset
-        from raykd.data.sources import build_mask
+        from raykd.data.sources import build_mask, build_sr_mask
         from raykd.train.config import DataConfig
         from raykd.train.evaluate import evaluate_model
 
@@ -634,8 +636,9 @@ class StageRuns:
                 return None
             try:
                 data = DataConfig.model_validate(cfg["data"])
+                mask = build_mask(data.mask) if data.sr is None else build_sr_mask(data.sr)
                 dataset = SliceDataset(
-                    paths, data.size, build_mask(data.mask), max_slices=data.max_slices_per_volume
+                    paths, data.size, mask, max_slices=data.max_slices_per_volume, sr=data.sr
                 )
                 expected = [list(map(int, v["slices"])) for v in report["volumes"]]
                 got = [list(v.slice_ids) for v in dataset.volumes]

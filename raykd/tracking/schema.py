@@ -35,7 +35,7 @@ TAG_ACCELERATION = "raykd.acceleration"
 TAG_STUDENT_DEPTH = "raykd.student_depth"
 TAG_TEACHER_DEPTH = "raykd.teacher_depth"
 TAG_SEED = "raykd.seed"
-TAG_TASK = "raykd.task"  # recon (sr later)
+TAG_TASK = "raykd.task"  # recon | sr
 
 ROWS = ("teacher", "sft_teacher", "student", "equal_compute", "std_kd", "sft_kd", "sft_kd_random")
 METRICS = ("psnr", "ssim", "nmse", "hfn", "hfen", "vif")

@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from raykd.data.dataset import SliceDataset
-from raykd.data.transforms import undersample
+from raykd.data.transforms import degrade
 from raykd.metrics import evaluate_volume, summarise
 from raykd.train.precision import autocast
 
@@ -39,7 +39,7 @@ def reconstruct_volume(
         samples = [dataset[i] for i in indices[start : start + batch_size]]
         target = torch.stack([s.target for s in samples]).to(device)
         mask = torch.stack([s.mask for s in samples]).to(device)
-        zero_filled, y = undersample(target, mask)
+        zero_filled, y = degrade(target, mask, dataset.sr)
         if model is None:
             recon = zero_filled
         else:

@@ -28,8 +28,9 @@ from tqdm import tqdm
 from raykd.data.dataset import SliceDataset
 from raykd.data.sampling import ShardedSampler, validation_shard
 from raykd.data.sources import build_datasets
-from raykd.data.transforms import undersample
+from raykd.data.transforms import degrade
 from raykd.errors import CheckpointError
+from raykd.models.taps import FeatureTaps
 from raykd.train.checkpoint import (
     check_arch,
     load_checkpoint,
@@ -96,6 +97,7 @@ class Trainer:
         self.datasets = datasets if datasets is not None else build_datasets(cfg.data)
         self.stage, self.lineage = build_stage(cfg)
         self.stage.to(self.device)
+        self._pretrain_method(resume_from)
         if cfg.channels_last:
             self.stage.to(memory_format=torch.channels_last)
         params = [p for p in self.stage.parameters() if p.requires_grad]
@@ -175,6 +177,34 @@ class Trainer:
         self.history = json.loads(ckpt["history"])
         self._log(f"resumed from {path} at epoch {self.start_epoch}")
 
+    def _pretrain_method(self, resume_from: str | Path | None) -> None:
+        """A KD method's step before distillation (factor transfer's paraphraser).
+
+        Runs before the optimiser and DDP exist, so the parts it freezes are neither optimised
+        nor expected to get gradients. Every rank runs it on the same unshuffled training data;
+        DDP then broadcasts rank 0's result anyway. A resumed run takes the pre-trained state
+        from its checkpoint instead (``steps=0`` only freezes).
+        """
+        method = getattr(self.stage, "method", None)
+        if method is None or not method.needs_pretraining:
+            return
+        resuming = resume_from is not None or (self.cfg.resume and self.last_path.is_file())
+        steps = 0 if resuming else int(getattr(method, "pretrain_steps", 0))
+        teacher = self.stage.teacher
+        loader = self._loader(self.datasets["train"])
+
+        def features():
+            for sample in loader:
+                x, y, mask, _ = self._batch(sample)
+                with torch.no_grad(), FeatureTaps(teacher, method.teacher_taps) as taps:
+                    teacher(x, y, mask)
+                yield {k: v.float() for k, v in taps.features.items()}
+
+        stats = method.pretrain(features, steps=steps)
+        if steps:
+            self.lineage["kd_pretrain"] = stats
+            self._log(f"{method.name}: pre-trained for {steps} steps {stats}")
+
     # ---- loops ---------------------------------------------------------------------------
     def _log(self, text: str) -> None:
         if self.rank == 0:
@@ -185,7 +215,7 @@ class Trainer:
     def _batch(self, sample) -> tuple[torch.Tensor, ...]:
         target = sample.target.to(self.device, non_blocking=True)
         mask = sample.mask.to(self.device, non_blocking=True)
-        zero_filled, y = undersample(target, mask)
+        zero_filled, y = degrade(target, mask, self.cfg.data.sr)
         if self.cfg.channels_last:
             zero_filled = zero_filled.contiguous(memory_format=torch.channels_last)
         return zero_filled, y, mask, target

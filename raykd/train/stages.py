@@ -16,26 +16,20 @@ from torch import nn
 
 from raykd.distill import KDMethod, build_kd_method
 from raykd.errors import CheckpointError
-from raykd.models.dccnn import DCCNN
+from raykd.models.base import BlockNet
+from raykd.models.registry import build_model, model_from_arch
 from raykd.models.sft import SFTModel, load_student_blocks
 from raykd.models.taps import FeatureTaps
 from raykd.train.checkpoint import check_arch, load_checkpoint
 from raykd.train.config import ModelConfig, StageConfig
 
 
-def build_dccnn(cfg: ModelConfig) -> DCCNN:
-    return DCCNN(cfg.depth, cfg.cascades, cfg.channels, cfg.residual)
+def build_dccnn(cfg: ModelConfig) -> BlockNet:
+    """The network of a model config section (any architecture; the name is historical)."""
+    return build_model(cfg.arch, cfg.depth, cfg.cascades, cfg.channels, cfg.residual)
 
 
-def model_from_arch(arch: dict) -> nn.Module:
-    if arch.get("type") == "dccnn":
-        return DCCNN(arch["depth"], arch["cascades"], arch["channels"], arch["residual"])
-    if arch.get("type") == "sft":
-        return SFTModel(model_from_arch(arch["teacher"]), model_from_arch(arch["student"]))
-    raise CheckpointError(f"unknown architecture {arch}")
-
-
-def load_model(path: str | Path, part: str = "auto") -> DCCNN:
+def load_model(path: str | Path, part: str = "auto") -> BlockNet:
     """A DC-CNN from a checkpoint. For an SFT checkpoint, ``part`` picks teacher or student."""
     ckpt = load_checkpoint(path)
     try:
@@ -70,7 +64,7 @@ class StageModule(nn.Module):
 class PlainStage(StageModule):
     """``teacher`` and ``student`` runs: one DC-CNN, L1 to the target."""
 
-    def __init__(self, model: DCCNN) -> None:
+    def __init__(self, model: BlockNet) -> None:
         super().__init__()
         self.model = model
         self.weights = {"rec": 1.0}
@@ -116,7 +110,7 @@ class KDStage(StageModule):
     """L1(x̂_S, x) + w_kd·L_method(feats_T, feats_S) + w_out·L1(x̂_S, x̂_T)."""
 
     def __init__(
-        self, student: DCCNN, teacher: DCCNN, method: KDMethod, w_kd: float, w_out: float
+        self, student: BlockNet, teacher: BlockNet, method: KDMethod, w_kd: float, w_out: float
     ) -> None:
         super().__init__()
         self.model = student
