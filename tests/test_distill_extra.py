@@ -14,7 +14,7 @@ from raykd.distill.nst import channel_maps, poly_mmd2
 from raykd.distill.pkt import similarity_distribution
 from raykd.errors import ConfigError
 from raykd.models.dccnn import DCCNN
-from raykd.models.taps import FeatureTaps
+from tests.test_distill import features
 
 NEW_METHODS = ["pkt", "nst", "ft"]
 B, H, W = 3, 8, 8
@@ -42,12 +42,6 @@ def batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     mask = (torch.rand(1, 1, H, W, generator=gen) > 0.5).float()
     zero_filled, y = undersample(target, mask)
     return zero_filled, y, mask
-
-
-def features(model: DCCNN, taps: list[str], batch, detach: bool = False) -> dict[str, torch.Tensor]:
-    with FeatureTaps(model, taps, detach=detach) as t:
-        model(*batch)
-    return dict(t.features)
 
 
 def rand(*shape: int, seed: int) -> torch.Tensor:

@@ -262,3 +262,81 @@ def test_unreachable_ray_and_mlflow_fail_fast(monkeypatch):
     with pytest.raises(RaykdError, match="MLflow tracking store http://127.0.0.1:9 cannot be"):
         Tracking("http://127.0.0.1:9", "x")
     assert time.perf_counter() - t0 < 60
+
+
+KILLED_SEARCH = """
+import sys
+from raykd.orchestration.job import start_job
+from raykd.orchestration.search import SearchSpec, run_search
+from tests.conftest import tiny_grid
+
+address, root, data, spec = sys.argv[1:5]
+job = start_job("search-kill", {}, root=root, experiment="search", local_train=True,
+                address=address)
+run_search(SearchSpec.model_validate_json(spec), tiny_grid(data), job, resume=False)
+"""
+
+
+@pytest.mark.ray
+def test_search_restores_after_driver_is_killed(ray_session, tiny_data, tmp_path):
+    """SIGKILL the search driver after its first trial; the next run restores the Tune
+    experiment (Tuner.restore) and finishes the search instead of starting over."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from raykd.orchestration.job import finish_job, start_job
+    from raykd.orchestration.search import SearchSpec, run_search
+
+    search = SearchSpec.model_validate(
+        {
+            "name": "killed",
+            "row": "std_kd",
+            "num_samples": 3,
+            "objectives": [{"metric": "val_psnr", "mode": "max"}],
+            "scheduler": {"type": "none"},
+            "params": {"kd_weight_scale": {"loguniform": [0.1, 10.0]}},
+        }
+    )
+    address = ray_session.get_runtime_context().gcs_address
+    repo = Path(__file__).resolve().parents[1]
+    driver = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            KILLED_SEARCH,
+            address,
+            str(tmp_path),
+            str(tiny_data),
+            search.model_dump_json(),
+        ],
+        cwd=repo,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+        start_new_session=True,
+    )
+    experiment = tmp_path / "tune" / "raykd-killed"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:  # wait for one finished trial in the saved state
+            done = [p for p in experiment.glob("*/result.json") if "val_psnr" in p.read_text()]
+            if done and list(experiment.glob("experiment_state-*.json")):
+                time.sleep(2)
+                break
+            assert driver.poll() is None, "the search driver exited before it was killed"
+            time.sleep(0.5)
+        else:
+            pytest.fail("no trial finished within 240 s")
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    job = start_job("search-kill", {}, root=tmp_path, experiment="search", local_train=True)
+    out = run_search(search, tiny_grid(tiny_data), job, resume=True)
+    finish_job(job, [])
+    assert len(out["trials"]) == 3  # the restored experiment, not a new one of 3 more
+    assert sum(1 for t in out["trials"] if t.get("val_psnr") is not None) == 3
+    # One MLflow run per stage: nothing finished before the kill was trained again.
+    kds = _stage_runs(job.tracking, "kd")
+    assert len({r.data.tags[S.TAG_STAGE_ID] for r in kds}) == len(kds) == 3
+    assert len(_stage_runs(job.tracking, "teacher")) == 1
