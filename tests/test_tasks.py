@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -196,3 +198,13 @@ def test_task_presets_build_valid_stage_configs():
     t = stage_config(cpu, grid_rows(cpu)[0], "teacher")
     explicit = t.model_copy(update={"teacher": t.teacher.model_copy(update={"arch": "dccnn"})})
     assert stage_identity(explicit) == stage_identity(t) == "teacher-4c3dc0394260"
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")), ids=str
+)
+def test_shipped_configs_validate(path):
+    from raykd.train.config import load_config
+
+    cfg = load_config(path)
+    assert cfg.kind in ("teacher", "sft", "student", "kd")
