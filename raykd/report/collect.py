@@ -238,6 +238,8 @@ def _row_of(run) -> dict[str, Any]:
         "teacher_channels": _int_or_none(params.get("teacher.channels")),
         "student_cascades": _int_or_none(params.get("student.cascades")),
         "student_channels": _int_or_none(params.get("student.channels")),
+        "teacher_arch": params.get("teacher.arch") or "dccnn",
+        "student_arch": params.get("student.arch") or "dccnn",
         "teacher_run_id": tags.get(S.TAG_TEACHER_RUN, ""),
     }
 

@@ -396,10 +396,25 @@ def _arch_of(run: pd.Series | None, part: str) -> tuple[int, int]:
     return c, ch
 
 
-def _params(depth: int, cascades: int, channels: int) -> int:
-    from raykd.models.dccnn import DCCNN, count_parameters
+def _arch_name(run: pd.Series | None, part: str) -> str:
+    name = run.get(f"{part}_arch") if run is not None else None
+    return name if isinstance(name, str) and name else "dccnn"
 
-    return count_parameters(DCCNN(depth, cascades, channels))
+
+def model_label(arch: str, depth: int | None, cascades: int) -> str:
+    """DnCm for DC-CNN (the paper's notation), VDSR-L, DC-UNet-L-Cm."""
+    if arch == "vdsr":
+        return f"VDSR-{depth}"
+    if arch == "dcunet":
+        return f"DC-UNet L{depth}C{cascades}"
+    return f"D{depth}C{cascades}"
+
+
+def _params(depth: int, cascades: int, channels: int, arch: str = "dccnn") -> int:
+    from raykd.models.dccnn import count_parameters
+    from raykd.models.registry import build_model
+
+    return count_parameters(build_model(arch, depth, cascades, channels))
 
 
 def table_8(
@@ -444,14 +459,16 @@ def table_8(
     for setting in runs.settings():
         seeds = runs.seeds(setting)
         teachers = runs.find_seeds(setting, "teacher", teacher_depth=t_depth)
-        t_casc, t_ch = _arch_of(next(iter(teachers.values()), None), "teacher")
-        t_params = _params(t_depth, t_casc, t_ch) if t_depth else 0
+        t_run = next(iter(teachers.values()), None)
+        t_casc, t_ch = _arch_of(t_run, "teacher")
+        t_arch = _arch_name(t_run, "teacher")
+        t_params = _params(t_depth, t_casc, t_ch, t_arch) if t_depth else 0
         rows = []
         t_cells = {m: seed_cell(runs, teachers, m, seeds) for m in metrics}
         blank = [NOT_APPLICABLE] * (2 * len(metrics))
         rows.append(
             [
-                f"Teacher (D{t_depth}C{t_casc})",
+                f"Teacher ({model_label(t_arch, t_depth, t_casc)})",
                 str(t_params),
                 _latency_text(latency, t_depth, t_casc, t_ch),
                 *[t_cells[m].text(m) for m in metrics],
@@ -480,7 +497,8 @@ def table_8(
             }
             any_run = next((r for f in found.values() for r in f.values()), None)
             casc, ch = _arch_of(any_run, "student")
-            params = _params(depth, casc, ch)
+            s_arch = _arch_name(any_run, "student")
+            params = _params(depth, casc, ch, s_arch)
             ratio = f" ({100 * (1 - params / t_params):.1f}%)" if t_params else ""
             cells = {
                 fw: {m: seed_cell(runs, f, m, seeds) for m in metrics} for fw, f in found.items()
@@ -489,7 +507,7 @@ def table_8(
                 mark_best([cells[fw][m] for fw in fws], m)
             rows.append(
                 [
-                    f"Student (D{depth}C{casc})",
+                    f"Student ({model_label(s_arch, depth, casc)})",
                     f"{params}{ratio}",
                     _latency_text(latency, depth, casc, ch),
                     *[cells[fw][m].text(m) for fw in fws for m in metrics],
