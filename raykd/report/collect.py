@@ -416,7 +416,7 @@ class StageRuns:
             return "unknown run"
         r = hit.iloc[0]
         method = f" {r['method']}" if r["method"] else ""
-        return f"{r['dataset']} {r['acceleration']}x {r['row']}{method}"
+        return f"{Setting(r['dataset'], r['acceleration']).label()} {r['row']}{method}"
 
     def settings(self) -> list[Setting]:
         """Dataset × acceleration blocks, sorted; seeds are pooled inside a block."""

@@ -210,14 +210,14 @@ def _summary(runs: StageRuns, t1, gap, wil, method: str, t_depth, s_depth) -> li
     for rec in wil.records:
         if rec.get("metric") == "psnr" and "p_value" in rec:
             lines.append(
-                f"Wilcoxon {rec['dataset']} {rec['acceleration']}x {rec['label']} "
+                f"Wilcoxon {Setting(rec['dataset'], rec['acceleration']).label()} {rec['label']} "
                 f"{rec['method']} PSNR: median Δ {rec['median_diff']:+.3f} dB, "
                 f"p = {rec['p_value']:.3g}, seeds {rec['seeds'].replace(';', ', ')}, "
                 f"n = {rec['n']} → {rec['verdict']}"
             )
         elif rec.get("metric") == "psnr":
             lines.append(
-                f"Wilcoxon {rec['dataset']} {rec['acceleration']}x {rec['label']} "
+                f"Wilcoxon {Setting(rec['dataset'], rec['acceleration']).label()} {rec['label']} "
                 f"{rec['method']} PSNR: missing (see warnings)"
             )
     if method:

@@ -319,7 +319,9 @@ def model_table(
         na = {m: Cell(status="n/a") for m in metrics}
         entries: list[tuple[str, str, str, dict[str, dict[str, Cell]], bool]] = []
         zf_cells = {m: report_cell(runs, zf, m, "") for m in metrics}
-        entries.append(("ZF", "zero_filled", "", {"std": zf_cells, "sft": dict(na)}, False))
+        # Super-resolution: the network input is the interpolated low-resolution image.
+        zf_name = "LR input" if setting.acceleration.startswith("sr") else "ZF"
+        entries.append((zf_name, "zero_filled", "", {"std": zf_cells, "sft": dict(na)}, False))
         teacher = {"std": cells_of("teacher"), "sft": cells_of("sft_teacher")}
         entries.append(("Teacher", "teacher", "", teacher, False))
         entries.append(("Student", "student", "", {"std": cells_of("student"), "sft": na}, True))
