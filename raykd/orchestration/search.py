@@ -10,17 +10,40 @@ search can be extended later, and Tune's experiment folder can be restored after
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from optuna.exceptions import UpdateFinishedTrialError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from ray.tune.search.optuna import OptunaSearch
 
 from raykd.errors import ConfigError
 from raykd.orchestration.grid import GridSpec, row_label, run_row
 from raykd.train.config import CANONICAL_KD_WEIGHTS, format_validation_error
 
 SEARCH_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+
+
+class ResumableOptunaSearch(OptunaSearch):
+    """OptunaSearch whose study outlives a killed driver.
+
+    The study is in sqlite and is written at once; Tune's experiment state is saved every few
+    seconds. After a kill, the restored experiment may run again a trial whose result the
+    study already holds (its stages are reused, not retrained); that trial's results must not
+    be written to the study a second time, which Optuna refuses with UpdateFinishedTrialError.
+    """
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        with contextlib.suppress(UpdateFinishedTrialError):
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        with contextlib.suppress(UpdateFinishedTrialError):
+            super().on_trial_complete(trial_id, result, error)
+
+
 # Objectives a trial can report: validation PSNR/SSIM of the best epoch, and student size.
 OBJECTIVES = {"val_psnr", "val_ssim", "val_loss", "student_params"}
 TUNE_KEYS = {"val_psnr": "val/psnr", "val_loss": "val/loss"}
@@ -209,7 +232,6 @@ def run_search(search: SearchSpec, base: GridSpec, job, resume: bool = True) -> 
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     from raykd.orchestration.cluster import say
     from raykd.orchestration.job import tune_trainable
@@ -222,7 +244,7 @@ def run_search(search: SearchSpec, base: GridSpec, job, resume: bool = True) -> 
     single = len(metrics) == 1
     # Per-epoch results carry Train's keys; a single objective must be one of them.
     tune_metrics = [TUNE_KEYS.get(m, m) for m in metrics]
-    searcher = OptunaSearch(
+    searcher = ResumableOptunaSearch(
         space={k: p.distribution() for k, p in search.params.items()},
         metric=tune_metrics[0] if single else tune_metrics,
         mode=modes[0] if single else modes,
