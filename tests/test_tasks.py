@@ -208,3 +208,19 @@ def test_shipped_configs_validate(path):
 
     cfg = load_config(path)
     assert cfg.kind in ("teacher", "sft", "student", "kd")
+
+
+def test_extra_methods_selectable_in_searches():
+    from raykd.orchestration.grid import load_preset, stage_config
+    from raykd.orchestration.search import load_search, trial_row_and_spec
+
+    search = load_search("kd_weights_extended")
+    assert {"pkt", "nst", "ft"} <= set(search.params["method"].choices)
+    spec, row, extra = trial_row_and_spec(
+        search, load_preset("sr_smoke"), {"method": "nst", "kd_weight_scale": 2.0}
+    )
+    cfg = stage_config(spec, row, "kd", **extra)
+    assert cfg.kd.method == "nst" and cfg.kd.resolved_weight == pytest.approx(100.0)
+    assert cfg.task == "sr"
+    with pytest.raises(ConfigError, match="unknown KD method"):
+        load_search("kd_weights", {"params": {"method": {"choices": ["at", "dark"]}}})

@@ -118,6 +118,16 @@ class SearchSpec(BaseModel):
             raise ValueError(f"a single objective must be one of {sorted(TUNE_KEYS)}")
         if len(self.objectives) > 1 and self.scheduler.type != "none":
             raise ValueError("early stopping (asha) needs a single objective; use type: none")
+        method = self.params.get("method")
+        if method is not None and method.choices is not None:
+            from raykd.distill import available_kd_methods
+
+            unknown_methods = sorted(set(method.choices) - set(available_kd_methods()))
+            if unknown_methods:
+                raise ValueError(
+                    f"params.method: unknown KD method(s) {unknown_methods}; expected some of "
+                    f"{available_kd_methods()}"
+                )
         return self
 
 
