@@ -273,7 +273,8 @@ from tests.conftest import tiny_grid
 address, root, data, spec = sys.argv[1:5]
 job = start_job("search-kill", {}, root=root, experiment="search", local_train=True,
                 address=address)
-run_search(SearchSpec.model_validate_json(spec), tiny_grid(data), job, resume=False)
+base = tiny_grid(data, epochs={"teacher": 1, "sft": 1, "student": 1, "kd": 4})
+run_search(SearchSpec.model_validate_json(spec), base, job, resume=False)
 """
 
 
@@ -322,7 +323,6 @@ def test_search_restores_after_driver_is_killed(ray_session, tiny_data, tmp_path
         while time.time() < deadline:  # wait for one finished trial in the saved state
             done = [p for p in experiment.glob("*/result.json") if "val_psnr" in p.read_text()]
             if done and list(experiment.glob("experiment_state-*.json")):
-                time.sleep(2)
                 break
             assert driver.poll() is None, "the search driver exited before it was killed"
             time.sleep(0.5)
@@ -332,11 +332,14 @@ def test_search_restores_after_driver_is_killed(ray_session, tiny_data, tmp_path
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
     job = start_job("search-kill", {}, root=tmp_path, experiment="search", local_train=True)
-    out = run_search(search, tiny_grid(tiny_data), job, resume=True)
+    base = tiny_grid(tiny_data, epochs={"teacher": 1, "sft": 1, "student": 1, "kd": 4})
+    out = run_search(search, base, job, resume=True)
     finish_job(job, [])
     assert len(out["trials"]) == 3  # the restored experiment, not a new one of 3 more
-    assert sum(1 for t in out["trials"] if t.get("val_psnr") is not None) == 3
-    # One MLflow run per stage: nothing finished before the kill was trained again.
+    assert all(t.get("val_psnr") is not None and not t["error"] for t in out["trials"])
+    # One MLflow run per stage: nothing finished before the kill was trained again. (How
+    # many KD stages there are depends on where the kill fell relative to Tune's periodic
+    # experiment snapshot: a trial the snapshot missed is sampled anew.)
     kds = _stage_runs(job.tracking, "kd")
-    assert len({r.data.tags[S.TAG_STAGE_ID] for r in kds}) == len(kds) == 3
+    assert len({r.data.tags[S.TAG_STAGE_ID] for r in kds}) == len(kds) >= 3
     assert len(_stage_runs(job.tracking, "teacher")) == 1
