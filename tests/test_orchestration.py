@@ -71,7 +71,7 @@ def _stage_runs(tracking, kind):
 
 
 @pytest.mark.ray
-def test_grid_trains_teacher_once_and_reuses_it(ray_session, tiny_data, tmp_path):
+def test_grid_trains_teacher_once_and_reuses_it(ray_session, tiny_data, tmp_path, monkeypatch):
     from raykd.orchestration.grid import run_grid
     from raykd.orchestration.job import finish_job, start_job
 
@@ -99,6 +99,9 @@ def test_grid_trains_teacher_once_and_reuses_it(ray_session, tiny_data, tmp_path
     assert reg["run_id"] == best["mlflow_run_id"]
     import mlflow.pytorch
 
+    # mlflow.set_tracking_uri also exports $MLFLOW_TRACKING_URI, which every later job of the
+    # session (and its subprocesses) would then log into: scope it to this test.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", job.tracking.uri)
     mlflow.set_tracking_uri(job.tracking.uri)
     model = mlflow.pytorch.load_model(f"models:/{reg['name']}/{reg['version']}")
     assert model.depth == 2 and model.num_cascades == 2
@@ -342,4 +345,21 @@ def test_search_restores_after_driver_is_killed(ray_session, tiny_data, tmp_path
     # experiment snapshot: a trial the snapshot missed is sampled anew.)
     kds = _stage_runs(job.tracking, "kd")
     assert len({r.data.tags[S.TAG_STAGE_ID] for r in kds}) == len(kds) >= 3
-    assert len(_stage_runs(job.tracking, "teacher")) == 1
+    teachers = [
+        (r.data.tags[S.TAG_STAGE_ID], r.info.status, r.data.tags.get("mlflow.parentRunId"))
+        for r in _stage_runs(job.tracking, "teacher")
+    ]
+    assert len(teachers) == 1, teachers
+
+
+def test_registering_a_model_leaves_the_tracking_uri_alone(tmp_path, monkeypatch):
+    """A finished job must not redirect the next job of the process to its store."""
+    import os
+
+    from raykd.models.dccnn import DCCNN
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracking = _tracking(tmp_path)
+    run_id = tracking.start_run("r")
+    assert tracking.register_model(run_id, DCCNN(2, 1, 2), "m") == "1"
+    assert "MLFLOW_TRACKING_URI" not in os.environ

@@ -154,8 +154,20 @@ class Tracking:
         import mlflow
         import mlflow.pytorch
 
+        # mlflow's fluent API needs the global URI, and set_tracking_uri also exports
+        # $MLFLOW_TRACKING_URI: restore both, or the next job of this process (and its
+        # subprocesses) would silently log into this store.
+        previous_env = os.environ.get("MLFLOW_TRACKING_URI")
+        previous_uri = mlflow.get_tracking_uri()
         mlflow.set_tracking_uri(self.uri)
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pytorch.log_model(model, name="model", serialization_format="pickle")
-        version = mlflow.register_model(info.model_uri, name)
+        try:
+            with mlflow.start_run(run_id=run_id):
+                info = mlflow.pytorch.log_model(model, name="model", serialization_format="pickle")
+            version = mlflow.register_model(info.model_uri, name)
+        finally:
+            mlflow.set_tracking_uri(previous_uri)
+            if previous_env is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = previous_env
         return str(version.version)
