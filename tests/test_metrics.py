@@ -196,3 +196,37 @@ def test_vif_undefined_below_41_pixels_other_metrics_defined() -> None:
     vol = volume_metrics(x, y)
     assert np.isnan(vol["vif"])
     assert np.isfinite(vol["psnr"]) and 0 < vol["ssim"] < 1
+
+
+def test_validation_psnr_is_the_final_volume_psnr(tiny_config):
+    """Per-epoch ``val/psnr`` equals the final evaluation's volume PSNR on the same model.
+
+    Two validation volumes, so both the per-volume PSNR and the mean over volumes matter; the
+    old definition (mean of per-slice PSNRs) is computed too and must differ measurably.
+    """
+    from raykd.train.evaluate import evaluate_model
+    from raykd.train.loop import train_stage
+    from raykd.train.stages import load_model
+
+    cfg = tiny_config(
+        "teacher",
+        **{
+            "data.train": "[vol0, vol1]",
+            "data.val": "[vol2, vol3]",
+            "optim.epochs": "1",
+            "precision": "fp32",
+            "data.batch_size": "4",  # a batch spans both volumes: the per-volume split is tested
+        },
+    )
+    result = train_stage(cfg)
+    val_psnr = result.history[-1]["val/psnr"]
+    from raykd.data.sources import build_datasets
+
+    dataset = build_datasets(cfg.data)["val"]
+    report = evaluate_model(load_model(result.best_checkpoint), dataset, progress=False)
+    final = report["summary"]["psnr"][0]
+    per_volume = [v["metrics"]["psnr"] for v in report["volumes"]]
+    assert len(per_volume) == 2 and abs(per_volume[0] - per_volume[1]) > 1e-3
+    assert val_psnr == pytest.approx(final, abs=1e-4, rel=1e-6)
+    slice_mean = float(np.mean([p for v in report["volumes"] for p in v["per_slice"]["psnr"]]))
+    assert abs(slice_mean - final) > 1e-3  # the two definitions are not the same number

@@ -9,7 +9,8 @@ Runs (all in one experiment per job unless ``--experiment`` says otherwise):
 - stage run: ``raykd.role=stage``, child of the job that *trained* it (reused stages are not
   retrained, so a later job lists them in its ``stages.json`` instead). Tags below; params =
   the flattened stage config; metrics per epoch (``train_loss``, ``train_<term>``,
-  ``val_loss``, ``val_psnr`` = mean slice PSNR, ``lr``, ``epoch_time_s``; step = epoch) and
+  ``val_loss``, ``val_psnr`` = mean over volumes of the volume PSNR (the same definition
+  as ``final_val_psnr``), ``lr``, ``epoch_time_s``; step = epoch) and
   final, of the best checkpoint on whole volumes (``final_<split>_<metric>`` for each of
   METRICS, ``final_<split>_<volume>_<metric>``, ``best_val_loss``, ``wall_clock_s``).
   Artifacts: ``eval/eval_<split>.json`` (per-volume and per-slice metrics,

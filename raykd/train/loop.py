@@ -279,15 +279,25 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Mean L1 and slice PSNR over the validation set, reduced over equal-length shards."""
+        """Mean slice L1 and volume PSNR over the validation set (equal-length shards, reduced).
+
+        ``val/psnr`` is the fastMRI volume PSNR (peak = the volume's target max, MSE over all
+        its voxels) averaged over volumes: the same number as the final evaluation's
+        ``final_val_psnr`` (:mod:`raykd.metrics`), so model selection, searches and tables use
+        one PSNR. Per-volume sums are accumulated, so any sharding gives the same value.
+        """
         self.stage.eval()
         dataset = self.datasets["val"]
         idx, w = validation_shard(len(dataset), self.rank, self.world)
         loader = self._loader(Subset(dataset, idx))
         weights = torch.tensor(w, device=self.device)
-        acc = torch.zeros(3, device=self.device)  # sum L1, sum PSNR, count
+        acc = torch.zeros(2, device=self.device)  # sum L1, count
+        # Per volume: squared-error sum, voxel count, target peak (float64 where supported).
+        dt = torch.float32 if self.device.type == "mps" else torch.float64
+        vol = torch.zeros(3, len(dataset.volumes), dtype=dt, device=self.device)
         pos = 0
         for sample in loader:
+            v = sample.volume.to(self.device)
             x, y, mask, target = self._batch(sample)
             with autocast(self.device, self.precision):
                 pred = self.stage.predict(x, y, mask)
@@ -295,14 +305,21 @@ class Trainer:
             wb = weights[pos : pos + len(target)]
             pos += len(target)
             l1 = (pred - target).abs().mean(dim=(1, 2, 3))
-            mse = ((pred - target) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-12)
-            peak = target.amax(dim=(1, 2, 3)).clamp_min(1e-12)
-            psnr = 10 * torch.log10(peak**2 / mse)
-            acc += torch.stack([(l1 * wb).sum(), (psnr * wb).sum(), wb.sum()])
+            acc += torch.stack([(l1 * wb).sum(), wb.sum()])
+            sse = ((pred - target).to(dt) ** 2).sum(dim=(1, 2, 3))
+            vol[0].index_add_(0, v, sse * wb.to(dt))
+            vol[1].index_add_(0, v, wb.to(dt) * target[0].numel())
+            peak = target.amax(dim=(1, 2, 3)).to(dt)
+            vol[2].scatter_reduce_(0, v, peak, reduce="amax")
         if self.world > 1:
             dist.all_reduce(acc)
-        l1_sum, psnr_sum, count = acc.tolist()
-        return {"val/loss": l1_sum / max(count, 1), "val/psnr": psnr_sum / max(count, 1)}
+            dist.all_reduce(vol[:2])
+            dist.all_reduce(vol[2], op=dist.ReduceOp.MAX)
+        l1_sum, count = acc.tolist()
+        seen = vol[1] > 0
+        psnr = 10 * torch.log10(vol[2][seen] ** 2 / (vol[0][seen] / vol[1][seen]))
+        val_psnr = psnr.mean().item() if psnr.numel() else math.nan
+        return {"val/loss": l1_sum / max(count, 1), "val/psnr": val_psnr}
 
     def fit(self) -> StageResult:
         cfg = self.cfg
