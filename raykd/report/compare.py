@@ -1,9 +1,11 @@
 """One call from an MLflow store to the paper's tables, tests and figures (``raykd compare``).
 
 Writes to ``out_dir``: ``table_1.md/.csv``, ``table_3.md/.csv``, ``table_8.md/.csv``,
-``gap.md/.csv``, ``wilcoxon.md/.csv``, ``figures/*.png``, ``warnings.txt`` (every gap the
-report found) and ``summary.md`` (a plain-language paragraph of which claims hold at
-α = 0.05, from :func:`raykd.report.stats.summary_paragraph`, then the details); then logs all
+``gap.md/.csv``, ``wilcoxon.md/.csv`` (paired tests over (seed, volume) units, per-slice test
+descriptive), ``balance.md/.csv`` (loss-term ratios per KD row), ``figures/*.png``,
+``warnings.txt`` (every gap or imbalance the report found) and ``summary.md`` (a plain-language
+paragraph of which claims hold at α = 0.05 and on how many independent units, from
+:func:`raykd.report.summary.summary_paragraph`, then the details); then logs all
 of them as artifacts of a new MLflow run tagged ``raykd.role=comparison`` (a child of the job
 run when one was given), so a comparison is itself tracked and reproducible from the store
 alone. The comparison run goes to the first experiment given (or the job run's experiment).
@@ -109,7 +111,7 @@ def compare(
     job recorded on its run.
     """
     uri = resolve_uri(tracking_uri, root)  # fail fast, before the heavy imports below
-    from raykd.report import figures, latency, stats, tables
+    from raykd.report import balance, figures, latency, stats, summary, tables
 
     out = Path(out_dir).expanduser().resolve()
     (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -130,13 +132,15 @@ def compare(
             bench = latency.latest_benchmark(runs.client, runs.experiment_ids)
             t8 = tables.table_8(runs, bench, method=method or None, teacher_depth=t_depth)
             gap = tables.gap_table(runs, **depth_kw)
-            wil = stats.wilcoxon_table(runs, **depth_kw)
+            wil = stats.paired_table(runs, **depth_kw)
+            bal = balance.balance_table(runs, **depth_kw)
             for name, table in (
                 ("table_1", t1),
                 ("table_3", t3),
                 ("table_8", t8),
                 ("gap", gap),
                 ("wilcoxon", wil),
+                ("balance", bal),
             ):
                 md, csv = table.write(out, name)
                 result[name] = md
@@ -159,8 +163,9 @@ def compare(
                     "trial runs found but no Optuna study recorded on the job run; pass "
                     "--optuna-storage and --study-name for the search figures"
                 )
-            paragraph = stats.summary_paragraph(runs, wil, gap)
-            summary = [paragraph, *_summary(runs, t1, gap, wil, method, t_depth, s_depth)]
+            paragraph = summary.summary_paragraph(runs, wil, gap, balance.balance_sentence(bal))
+            details = _summary(runs, t1, gap, wil, method, t_depth, s_depth)
+            lines = [paragraph, *details, *(f"loss balance {s}" for s in bal.summary)]
         finally:
             runs.close()
     messages = [str(w.message) for w in caught if issubclass(w.category, ReportWarning)]
@@ -169,12 +174,14 @@ def compare(
     result.warnings = list(dict.fromkeys(messages))
     (out / "warnings.txt").write_text("\n".join(result.warnings) + ("\n" if messages else ""))
     result["warnings"] = out / "warnings.txt"
-    summary.append(f"{len(result.warnings)} warning(s) (missing runs/values): see warnings.txt")
-    result.summary = summary
+    lines.append(
+        f"{len(result.warnings)} warning(s) (missing runs/values, loss balance): see warnings.txt"
+    )
+    result.summary = lines
     result.paragraph = paragraph
     (out / "summary.md").write_text(
         f"# Comparison summary\n\n{paragraph}\n\n## Details\n\n"
-        + "\n".join(f"- {s}" for s in summary[1:])
+        + "\n".join(f"- {s}" for s in lines[1:])
         + "\n"
     )
     result["summary"] = out / "summary.md"
@@ -208,18 +215,21 @@ def _summary(runs: StageRuns, t1, gap, wil, method: str, t_depth, s_depth) -> li
     lines.append(f"Table 1: {missing} missing cell(s) shown as —")
     lines += gap.summary
     for rec in wil.records:
-        if rec.get("metric") == "psnr" and "p_value" in rec:
-            lines.append(
-                f"Wilcoxon {Setting(rec['dataset'], rec['acceleration']).label()} {rec['label']} "
-                f"{rec['method']} PSNR: median Δ {rec['median_diff']:+.3f} dB, "
-                f"p = {rec['p_value']:.3g}, seeds {rec['seeds'].replace(';', ', ')}, "
-                f"n = {rec['n']} → {rec['verdict']}"
-            )
-        elif rec.get("metric") == "psnr":
-            lines.append(
-                f"Wilcoxon {Setting(rec['dataset'], rec['acceleration']).label()} {rec['label']} "
-                f"{rec['method']} PSNR: missing (see warnings)"
-            )
+        if rec.get("metric") != "psnr":
+            continue
+        what = f"{Setting(rec['dataset'], rec['acceleration']).label()} {rec['label']} "
+        what += f"{rec['method']} PSNR"
+        if "n_units" not in rec:
+            lines.append(f"Paired test {what}: missing (see warnings)")
+            continue
+        ci = "" if np.isnan(rec["ci_low"]) else f" [{rec['ci_low']:+.3f}, {rec['ci_high']:+.3f}]"
+        p = "" if np.isnan(rec["p_value"]) else f", p = {rec['p_value']:.3g}"
+        lines.append(
+            f"Paired test {what}: mean Δ {rec['mean_diff']:+.3f} dB{ci}{p}, n = {rec['n_units']} "
+            f"units ({rec['units']}) → {rec['verdict']}; per-slice Wilcoxon (descriptive, slices "
+            f"are not independent): median Δ {rec['slice_median_diff']:+.3f} dB, "
+            f"p = {rec['slice_p_value']:.3g}, {rec['slice_n']} slices"
+        )
     if method:
         lines.append(f"figures and Table 8 use KD method {method}")
     return lines

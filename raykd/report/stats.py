@@ -1,16 +1,19 @@
-"""Paired statistics on per-slice metrics: Wilcoxon signed-rank tests (α = 0.05), a bootstrap
-CI for mean paired differences, and the plain-language summary of which claims hold.
+"""Paired comparisons of rows per KD method: unit-level tests (the evidence) and a per-slice
+Wilcoxon test (descriptive only).
 
 Three contrasts per KD method (:data:`CONTRASTS`): SFT-KD vs Std-KD, SFT-KD vs the
 equal-compute control (a plain student trained for SFT + KD epochs: is SFT-KD's gain more than
 its extra training?) and SFT initialisation vs random initialisation of the SFT-KD student.
 
-Pairs are matched by (seed, volume, slice index) from the two runs' eval JSONs and pooled over
-seeds into one test, so several seeds add evidence instead of giving separate, weaker tests.
+The evidence is :mod:`raykd.report.inference`: pairs of (seed, volume) units, a Wilcoxon test
+on their differences plus a seed-clustered bootstrap CI, and no verdict below
+:data:`~raykd.report.inference.MIN_UNITS` units. The per-slice test pairs (seed, volume, slice)
+and pools seeds; its p-value treats correlated slices as independent, so it is reported as a
+description of how consistent the per-slice differences are, never as a verdict.
+
 Runs of one seed evaluated on different volumes or slices are an error, not a silently smaller
-test; a seed that only one side has is left out with a warning. Slices where either value is
-undefined (NaN, or an infinite PSNR) are left out and counted. The effect size is the median
-paired difference candidate − baseline (dB for PSNR). A contrast whose runs are missing is
+test; a seed that only one side has is left out with a warning. Values that are undefined
+(NaN, or an infinite PSNR) are left out and counted. A contrast whose runs are missing is
 listed as missing, with a warning, never dropped.
 """
 
@@ -25,6 +28,7 @@ from scipy import stats
 
 from raykd.errors import RaykdError
 from raykd.report.collect import Setting, StageRuns, seed_key
+from raykd.report.inference import ALPHA, MIN_UNITS, unit_pairs, unit_test
 from raykd.report.tables import (
     HIGHER_IS_BETTER,
     MISSING,
@@ -34,8 +38,6 @@ from raykd.report.tables import (
     section_lead,
     table_notes,
 )
-
-ALPHA = 0.05
 
 
 @dataclass(frozen=True)
@@ -184,13 +186,6 @@ class SeedPairs:
     def n(self) -> int:
         return len(self.keys)
 
-    def differences(self) -> list[np.ndarray]:
-        """Finite candidate − baseline differences, one array per seed (bootstrap strata)."""
-        seed_of = np.array([k[0] for k in self.keys], dtype=object)
-        diff = self.candidate - self.baseline
-        keep = np.isfinite(diff)
-        return [diff[(seed_of == s) & keep] for s in self.seeds]
-
 
 def seed_pairs(
     runs: StageRuns,
@@ -219,34 +214,7 @@ def seed_pairs(
     return SeedPairs(seeds, keys, cat(va), cat(vb), unpaired)
 
 
-def bootstrap_ci(
-    groups: list[np.ndarray],
-    resamples: int = 10_000,
-    seed: int = 0,
-    level: float = 0.95,
-) -> tuple[float, float, float]:
-    """Mean over groups of the group means, with a percentile bootstrap CI.
-
-    Resamples within each group (stratified: every seed keeps its weight), with a seeded RNG
-    so a report is reproducible. Resamples run in chunks to bound memory on big test sets.
-    """
-    if not groups or any(g.size == 0 for g in groups):
-        raise RaykdError("bootstrap_ci: every group needs at least one value")
-    rng = np.random.default_rng(seed)
-    estimate = float(np.mean([g.mean() for g in groups]))
-    boot = np.zeros(resamples)
-    for g in groups:
-        chunk = max(1, 2_000_000 // g.size)
-        for start in range(0, resamples, chunk):
-            k = min(chunk, resamples - start)
-            boot[start : start + k] += g[rng.integers(0, g.size, (k, g.size))].mean(axis=1)
-    boot /= len(groups)
-    tail = 100 * (1 - level) / 2
-    low, high = np.percentile(boot, [tail, 100 - tail])
-    return estimate, float(low), float(high)
-
-
-def pooled_test(
+def contrast_test(
     runs: StageRuns,
     setting: Setting,
     contrast: Contrast,
@@ -256,7 +224,11 @@ def pooled_test(
     s_depth: int | None,
     alpha: float = ALPHA,
 ) -> dict[str, Any]:
-    """One contrast × method × metric: the tidy record (``verdict`` 'missing run' if untestable)."""
+    """One contrast × method × metric: the tidy record (``verdict`` 'missing run' if untestable).
+
+    Unit-level fields (``n_units``, ``mean_diff``, ``ci_low``/``ci_high``, ``p_value``,
+    ``verdict``) carry the evidence; ``slice_*`` fields the descriptive per-slice test.
+    """
     find = runs.find_seeds
     cand = find(setting, contrast.candidate, method, t_depth, s_depth)
     base_method = "" if contrast.baseline == "equal_compute" else method
@@ -273,172 +245,100 @@ def pooled_test(
         "candidate_runs": ";".join(str(r["run_id"]) for r in cand.values()),
         "split": runs.split,
     }
-    pairs = seed_pairs(runs, base, cand, metric) if base and cand else None
-    if pairs is None or pairs.n == 0:
+    units = unit_pairs(runs, base, cand, metric) if base and cand else None
+    if units is None or units.n == 0:
         lacking = [n for n, f in ((contrast.baseline, base), (contrast.candidate, cand)) if not f]
         why = f"no {' / '.join(lacking)} run" if lacking else "no seed has both runs evaluated"
         runs.warn_once(
             f"comparison missing: {setting.label()} {contrast.label} for "
             f"{method_name(method)} cannot be tested ({why}); reported as missing"
         )
-        return {**record, "seeds": "", "n_seeds": 0, "pairs_per_seed": "", "verdict": "missing run"}
-    if pairs.unpaired:
+        return {**record, "seeds": "", "n_seeds": 0, "verdict": "missing run"}
+    if units.unpaired:
         runs.warn_once(
             f"{setting.label()} {contrast.label} for {method_name(method)}: seed(s) "
-            f"{', '.join(pairs.unpaired)} lack one of the runs; tested on seeds "
-            f"{', '.join(pairs.seeds)}"
+            f"{', '.join(units.unpaired)} lack one of the runs; tested on seeds "
+            f"{', '.join(units.seeds)}"
         )
     names = (contrast.baseline_name, contrast.candidate_name)
-    res = wilcoxon_test(
-        pairs.baseline, pairs.candidate, HIGHER_IS_BETTER.get(metric, True), alpha, names
-    )
-    per_seed = ";".join(str(sum(k[0] == seed for k in pairs.keys)) for seed in pairs.seeds)
+    higher = HIGHER_IS_BETTER.get(metric, True)
+    res = unit_test(units, higher, alpha, names)
+    slices = seed_pairs(runs, base, cand, metric)
+    desc = wilcoxon_test(slices.baseline, slices.candidate, higher, alpha, names)
     return {
         **record,
-        "seeds": ";".join(pairs.seeds),
-        "n_seeds": len(pairs.seeds),
-        "pairs_per_seed": per_seed,
+        "seeds": ";".join(units.seeds),
         **res.to_dict(),
+        "units": res.units,
+        "min_units": MIN_UNITS,
+        "slice_n": desc.n,
+        "slice_dropped": desc.n_dropped,
+        "slice_median_diff": desc.median_diff,
+        "slice_p_value": desc.p_value,
     }
 
 
-def wilcoxon_table(
+def paired_table(
     runs: StageRuns,
     metrics: tuple[str, ...] = ("psnr", "ssim", "hfn", "vif"),
     student_depth: int | None = None,
     teacher_depth: int | None = None,
     alpha: float = ALPHA,
 ) -> ReportTable:
-    """Every contrast of :data:`CONTRASTS` per setting, method and metric, pooled over seeds."""
+    """Every contrast of :data:`CONTRASTS` per setting, method and metric."""
     t_depth = teacher_depth or runs.teacher_depth()
     s_depth = student_depth or runs.student_depth()
-    table = ReportTable(f"Wilcoxon signed-rank tests on paired per-slice metrics (α = {alpha:g})")
+    table = ReportTable(f"Paired tests over independent (seed, volume) units (α = {alpha:g})")
     table.notes = table_notes(
         runs,
-        "Pairs matched by (seed, volume, slice) and pooled over seeds into one two-sided test; "
-        "Δ = median paired difference candidate − baseline (dB for PSNR; for HFN lower is "
-        "better); slices with an undefined value are left out (column 'dropped').",
+        "Unit = one trained model pair (seed) on one volume, value = the volume's metric (volume "
+        "PSNR as in Table 1). Δ = candidate − baseline (dB for PSNR; for HFN lower is better); "
+        "mean Δ over seeds of the per-seed mean over volumes, [95% CI] a hierarchical bootstrap "
+        "(seeds, then volumes within each seed); p = two-sided Wilcoxon signed-rank test on the "
+        f"unit differences. Verdict: p < {alpha:g} and a CI that excludes 0; none below "
+        f"{MIN_UNITS} units (an exact two-sided signed-rank test cannot reach p < 0.05 there).",
+        "Per-slice columns are descriptive only: (seed, volume, slice) pairs pooled over seeds; "
+        "slices of one volume are not independent, so that p-value overstates the evidence.",
         "Contrasts: SFT-KD vs Std-KD; SFT-KD vs the equal-compute control (a plain student "
         "trained for SFT + KD epochs); SFT init vs random init (SFT-KD student initialisation).",
     )
-    header = ["Comparison", "Method", "Metric", "seeds", "n", "dropped", "median Δ", "p-value"]
-    header.append("verdict")
+    header = ["Comparison", "Method", "Metric", "units", "n", "mean Δ [95% CI]", "p (units)"]
+    header += ["verdict", "slices", "slice median Δ", "slice p (descriptive)"]
     for setting in runs.settings():
         rows = []
         for contrast in CONTRASTS:
             for method in runs.methods():
                 for metric in metrics:
-                    rec = pooled_test(runs, setting, contrast, method, metric, t_depth, s_depth)
+                    rec = contrast_test(runs, setting, contrast, method, metric, t_depth, s_depth)
                     table.records.append(rec)
                     row = [contrast.label, method_name(method), metric.upper()]
-                    if "p_value" not in rec:
-                        rows.append(row + [MISSING] * 5 + ["missing run"])
+                    if "n_units" not in rec:
+                        rows.append(row + [MISSING] * 4 + ["missing run"] + [MISSING] * 3)
                         continue
-                    d = 3 if metric == "psnr" else 5
-                    med, p = rec["median_diff"], rec["p_value"]
-                    rows.append(
-                        row
-                        + [
-                            str(rec["n_seeds"]),
-                            str(rec["n"]),
-                            str(rec["n_dropped"]),
-                            "—" if math.isnan(med) else f"{med:+.{d}f}",
-                            "—" if math.isnan(p) else f"{p:.3g}",
-                            rec["verdict"],
-                        ]
-                    )
+                    rows.append(row + _cells(rec, 3 if metric == "psnr" else 5))
         lead = section_lead(runs, setting)
         table.sections.append(Section(setting.label(), header, rows, lead=lead))
     return table
 
 
-# ---- plain-language summary ------------------------------------------------------------------
+def _cells(rec: dict[str, Any], d: int) -> list[str]:
+    def num(x: float, fmt: str) -> str:
+        return "—" if math.isnan(x) else format(x, fmt)
+
+    mean = num(rec["mean_diff"], f"+.{d}f")
+    if not math.isnan(rec["ci_low"]):
+        mean += f" [{rec['ci_low']:+.{d}f}, {rec['ci_high']:+.{d}f}]"
+    return [
+        rec["units"],
+        str(rec["n_units"]),
+        mean,
+        num(rec["p_value"], ".3g"),
+        rec["verdict"],
+        str(rec["slice_n"]),
+        num(rec["slice_median_diff"], f"+.{d}f"),
+        num(rec["slice_p_value"], ".3g"),
+    ]
+
+
 def format_p(p: float) -> str:
     return "p < 0.001" if p < 0.001 else f"p = {p:.3g}"
-
-
-def _evidence(rec: dict[str, Any]) -> str:
-    counts = [int(c) for c in str(rec["pairs_per_seed"]).split(";")]
-    k = len(counts)
-    if len(set(counts)) == 1:
-        size = f"{k} seed{'s' if k != 1 else ''} × {counts[0]} slices"
-    else:
-        size = f"{sum(counts)} slice pairs over {k} seeds"
-    if rec["n_dropped"]:
-        size += f", {rec['n_dropped']} undefined left out"
-    return f"median {rec['median_diff']:+.2f} dB, {format_p(rec['p_value'])}, {size}"
-
-
-def claim_sentence(rec: dict[str, Any], alpha: float = ALPHA) -> str:
-    """One PSNR record of :func:`pooled_test` as a plain claim ("X beats Y for AT (...)")."""
-    contrast = next(c for c in CONTRASTS if c.key == rec["comparison"])
-    who, whom, method = contrast.subject, contrast.object, method_name(rec["method"])
-    if "p_value" not in rec:
-        return f"{who} vs {whom} for {method} could not be tested (missing runs)"
-    p, med = rec["p_value"], rec["median_diff"]
-    if math.isnan(p):
-        return f"{who} vs {whom} for {method} could not be tested (no defined slice pairs)"
-    direction = med if med != 0 else rec["mean_diff"]  # as wilcoxon_test's verdict
-    if p < alpha and direction > 0:
-        verb = "beats"
-    elif p < alpha and direction < 0:
-        verb = "is worse than"
-    else:
-        verb = "does not beat"
-    return f"{who} {verb} {whom} for {method} ({_evidence(rec)})"
-
-
-def summary_paragraph(
-    runs: StageRuns,
-    wilcoxon: ReportTable,
-    gap: ReportTable | None = None,
-    alpha: float = ALPHA,
-) -> str:
-    """One paragraph stating which claims hold at ``alpha`` (PSNR), per setting.
-
-    Built from the Wilcoxon table's records, so the paragraph cannot disagree with the table.
-    """
-    parts = []
-    for setting in runs.settings():
-        recs = [
-            r
-            for r in wilcoxon.records
-            if r["metric"] == "psnr"
-            and (r["dataset"], r["acceleration"]) == (setting.dataset, setting.acceleration)
-        ]
-        seeds = runs.seeds(setting)
-        split = "held-out test" if runs.split == "test" else "validation"
-        seed_text = f"seed{'s' if len(seeds) != 1 else ''} {', '.join(seeds) or '?'}"
-        head = (
-            f"On {setting.label()} ({split} volumes, {seed_text}; two-sided Wilcoxon "
-            f"signed-rank tests on per-slice PSNR pooled over seeds, α = {alpha:g})"
-        )
-        claims = [claim_sentence(r, alpha) for r in recs if "p_value" in r]
-        untested: dict[str, list[str]] = {}
-        for r in recs:
-            if "p_value" not in r:
-                c = next(c for c in CONTRASTS if c.key == r["comparison"])
-                untested.setdefault(f"{c.subject} vs {c.object}", []).append(
-                    method_name(r["method"])
-                )
-        claims += [
-            f"{what} for {', '.join(methods)} could not be tested (missing runs)"
-            for what, methods in untested.items()
-        ]
-        text = f"{head}: {'; '.join(claims) if claims else 'no KD runs to compare'}."
-        gaps = [
-            r
-            for r in (gap.records if gap is not None else [])
-            if r["framework"] == "no KD"
-            and (r["dataset"], r["acceleration"]) == (setting.dataset, setting.acceleration)
-        ]
-        if gaps and not math.isnan(gaps[0]["gap_db"]):
-            g = gaps[0]
-            ci = (
-                f" (95% CI {g['ci_low']:.2f} to {g['ci_high']:.2f})"
-                if not math.isnan(g["ci_low"])
-                else ""
-            )
-            text += f" Without KD the teacher–student gap is {g['gap_db']:.2f} dB{ci}."
-        parts.append(text)
-    return " ".join(parts)

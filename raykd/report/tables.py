@@ -10,8 +10,8 @@ others and is marked ‡; a cell that does not apply (the zero-filled image has 
 variant) is blank. Numbers are never zeroed or dropped. Every table is written as Markdown (for
 reading) and as a tidy CSV (unrounded, for analysis).
 
-The teacher–student gap is a paired per-slice PSNR difference with a 95% bootstrap confidence
-interval (see :func:`paired_gap`).
+The teacher–student gap is a paired per-(seed, volume) PSNR difference with a 95% hierarchical
+bootstrap confidence interval (see :func:`paired_gap`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,13 @@ import pandas as pd
 
 from raykd.report import warn
 from raykd.report.collect import Setting, StageRuns, volume_summary
+from raykd.report.inference import (
+    BOOTSTRAP_SEED,
+    MIN_UNITS,
+    RESAMPLES,
+    hierarchical_bootstrap,
+    unit_pairs,
+)
 
 MISSING = "—"
 NOT_APPLICABLE = ""
@@ -59,8 +66,6 @@ SEED_NOTE = (
     "(± sample std over all seed × volume values, 'vol.')."
 )
 EQUAL_COMPUTE = "Student, equal compute"
-BOOTSTRAP_RESAMPLES = 10_000
-BOOTSTRAP_SEED = 0
 
 
 def method_name(method: str) -> str:
@@ -551,62 +556,46 @@ def _latency_text(latency: Any | None, depth: int | None, cascades: int, channel
 # ---- teacher–student gap -------------------------------------------------------------------------
 @dataclass
 class Gap:
-    """Teacher − student PSNR (dB) with its 95% CI (NaN bounds: no per-slice pairs, no CI)."""
+    """Teacher − student PSNR (dB) with its 95% CI (NaN bounds: too few units for a CI)."""
 
     gap: float = math.nan
     low: float = math.nan
     high: float = math.nan
-    n_pairs: int = 0
+    n_units: int = 0
     seeds: tuple[str, ...] = ()
-    paired: bool = True
 
     def text(self) -> str:
         if math.isnan(self.gap):
             return MISSING
         if math.isnan(self.low):
-            return f"{self.gap:.2f} [no CI]"
+            return f"{self.gap:.2f} [n={self.n_units}, no CI]"
         return f"{self.gap:.2f} [{self.low:.2f}, {self.high:.2f}]"
 
 
 def paired_gap(
-    runs: StageRuns,
-    teacher: dict[str, pd.Series],
-    student: dict[str, pd.Series],
-    what: str,
-    resamples: int = BOOTSTRAP_RESAMPLES,
+    runs: StageRuns, teacher: dict[str, pd.Series], student: dict[str, pd.Series], what: str
 ) -> Gap:
-    """Teacher − student PSNR from ``{seed: run}`` of each, paired per (seed, volume, slice).
+    """Teacher − student volume PSNR from ``{seed: run}`` of each, paired per (seed, volume).
 
-    Per seed the gap is the mean paired slice difference; the reported gap is the mean over
-    seeds, and its 95% CI a percentile bootstrap that resamples paired slices within each seed
-    (seeded RNG, so reruns agree). Chosen over a t-interval over seeds because it is defined
-    for one or two seeds too; it is conditional on the trained models, so the spread over
-    seeds is read from Table 1, not from this interval. Runs whose slices cannot be paired
-    fall back to the difference of volume means, without a CI and with a warning.
+    The gap is the mean over seeds of the per-seed mean over volumes; its 95% CI the
+    hierarchical bootstrap of :mod:`raykd.report.inference` (seeds, then volumes), given only
+    from ``MIN_UNITS`` units on: slices are not resampled, they are not independent.
     """
     from raykd.errors import RaykdError
-    from raykd.report.stats import bootstrap_ci, seed_pairs
 
     try:
-        pairs = seed_pairs(runs, student, teacher, "psnr")
+        pairs = unit_pairs(runs, student, teacher, "psnr")
     except RaykdError as exc:
-        runs.warn_once(
-            f"gap {what}: per-slice PSNR cannot be paired ({exc}); gap from volume means, no CI"
-        )
-        common = [s for s in teacher if s in student]
-        diffs = [
-            run_cell(runs, teacher[s], "psnr").mean - run_cell(runs, student[s], "psnr").mean
-            for s in common
-        ]
-        diffs = [d for d in diffs if not math.isnan(d)]
-        if not diffs:
-            return Gap()
-        return Gap(float(np.mean(diffs)), seeds=tuple(common), paired=False)
-    groups = [g for g in pairs.differences() if g.size]
+        runs.warn_once(f"gap {what}: volumes cannot be paired ({exc}); gap missing")
+        return Gap()
+    groups = pairs.by_seed()
     if not groups:
         return Gap()
-    gap, low, high = bootstrap_ci(groups, resamples=resamples)
-    return Gap(gap, low, high, pairs.n, tuple(pairs.seeds))
+    n = sum(g.size for g in groups)
+    if n < MIN_UNITS:
+        return Gap(float(np.mean([g.mean() for g in groups])), n_units=n, seeds=tuple(pairs.seeds))
+    gap, low, high = hierarchical_bootstrap(groups)
+    return Gap(gap, low, high, n, tuple(pairs.seeds))
 
 
 def gap_table(
@@ -629,13 +618,12 @@ def gap_table(
     table = ReportTable("Teacher–student PSNR gap (dB)")
     table.notes = table_notes(
         runs,
-        f"gap = PSNR(teacher D{t_depth}) − PSNR(student D{s_depth}) on paired slices (same seed, "
-        "volume and slice), mean over slices per seed, then over seeds; reference: the plain "
-        "teacher in every column; negative = the student beats the teacher.",
-        f"[low, high] = 95% percentile bootstrap CI ({BOOTSTRAP_RESAMPLES} resamples of the "
-        f"paired slices within each seed, RNG seed {BOOTSTRAP_SEED}); per-slice PSNR, so it can "
-        "differ by a few hundredths from Table 1's volume PSNR differences. 'no CI' = slices "
-        "could not be paired (difference of volume means).",
+        f"gap = volume PSNR(teacher D{t_depth}) − PSNR(student D{s_depth}) paired per (seed, "
+        "volume), mean over volumes per seed, then over seeds; reference: the plain teacher in "
+        "every column; negative = the student beats the teacher.",
+        f"[low, high] = 95% hierarchical bootstrap CI ({RESAMPLES} resamples of seeds, then of "
+        f"volumes within each seed, RNG seed {BOOTSTRAP_SEED}); 'n=…, no CI' = fewer than "
+        f"{MIN_UNITS} (seed, volume) units, too few for a CI.",
         "Headline: the best (smallest-gap) method of each framework, named in brackets.",
     )
     cols = [("none", "no KD")]
@@ -697,8 +685,8 @@ def gap_table(
                         "gap_db": item.gap,
                         "ci_low": item.low,
                         "ci_high": item.high,
-                        "ci": "bootstrap95" if not math.isnan(item.low) else "",
-                        "n_pairs": item.n_pairs,
+                        "ci": "hierarchical_bootstrap95" if not math.isnan(item.low) else "",
+                        "n_units": item.n_units,
                         "n_seeds": len(item.seeds),
                         "seeds": ";".join(item.seeds),
                         "teacher_psnr": t_psnr.mean if t_psnr.status == "ok" else math.nan,

@@ -1,0 +1,113 @@
+"""The comparison's plain-language paragraph: which claims hold, on how many independent units.
+
+Built from the records of :func:`raykd.report.stats.paired_table` (PSNR), the gap table and the
+balance table, so the paragraph cannot disagree with them. Every verdict names its units
+(seeds × volumes); a contrast with fewer than :data:`~raykd.report.inference.MIN_UNITS` units
+gets no verdict, and the paragraph says so instead of quoting a per-slice p-value.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from raykd.report.collect import StageRuns
+from raykd.report.inference import ALPHA, MIN_UNITS, refusal
+from raykd.report.stats import CONTRASTS, format_p
+from raykd.report.tables import ReportTable, method_name
+
+
+def _contrast(rec: dict[str, Any]):
+    return next(c for c in CONTRASTS if c.key == rec["comparison"])
+
+
+def claim_sentence(rec: dict[str, Any]) -> str:
+    """One testable PSNR record as a plain claim ("X beats Y for AT (...)")."""
+    c = _contrast(rec)
+    who, whom, method = c.subject, c.object, method_name(rec["method"])
+    if rec["better"] == "candidate":
+        verb = "beats"
+    elif rec["better"] == "baseline":
+        verb = "is worse than"
+    else:
+        verb = "does not beat"
+    evidence = (
+        f"mean {rec['mean_diff']:+.2f} dB, 95% CI [{rec['ci_low']:+.2f}, {rec['ci_high']:+.2f}], "
+        f"{format_p(rec['p_value'])}, n = {rec['n_units']} units: {rec['units']}"
+    )
+    if rec["n_dropped"]:
+        evidence += f", {rec['n_dropped']} undefined left out"
+    return f"{who} {verb} {whom} for {method} ({evidence})"
+
+
+def _grouped(recs: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """``{"SFT-KD vs Std-KD": [methods]}`` of records, in contrast order."""
+    out: dict[str, list[str]] = {}
+    for r in recs:
+        c = _contrast(r)
+        out.setdefault(f"{c.subject} vs {c.object}", []).append(method_name(r["method"]))
+    return out
+
+
+def summary_paragraph(
+    runs: StageRuns,
+    paired: ReportTable,
+    gap: ReportTable | None = None,
+    balance: str = "",
+    alpha: float = ALPHA,
+) -> str:
+    """One paragraph stating which claims hold at ``alpha`` (PSNR), per setting."""
+    parts = []
+    for setting in runs.settings():
+        recs = [
+            r
+            for r in paired.records
+            if r["metric"] == "psnr"
+            and (r["dataset"], r["acceleration"]) == (setting.dataset, setting.acceleration)
+        ]
+        seeds = runs.seeds(setting)
+        split = "held-out test" if runs.split == "test" else "validation"
+        seed_text = f"seed{'s' if len(seeds) != 1 else ''} {', '.join(seeds) or '?'}"
+        head = (
+            f"On {setting.label()} ({split} volumes, {seed_text}; unit of inference: one trained "
+            "model pair (seed) on one volume; two-sided Wilcoxon signed-rank test on per-unit "
+            f"volume-PSNR differences and a seed-clustered 95% bootstrap CI, α = {alpha:g}; "
+            f"a verdict needs ≥ {MIN_UNITS} units, p < {alpha:g} and a CI excluding 0)"
+        )
+        tested = [r for r in recs if r.get("testable")]
+        claims = [claim_sentence(r) for r in tested]
+        few: dict[tuple[int, str], list[dict[str, Any]]] = {}
+        for r in recs:
+            if "n_units" in r and not r.get("testable"):
+                few.setdefault((r["n_units"], r["units"]), []).append(r)
+        for (n, units), group in few.items():
+            what = "; ".join(f"{k} for {', '.join(m)}" for k, m in _grouped(group).items())
+            claims.append(f"no verdict on {what}: {refusal(n)} ({units})")
+        missing = [r for r in recs if "n_units" not in r]
+        claims += [
+            f"{what} for {', '.join(methods)} could not be tested (missing runs)"
+            for what, methods in _grouped(missing).items()
+        ]
+        text = f"{head}: {'; '.join(claims) if claims else 'no KD runs to compare'}."
+        text += _gap_sentence(gap, setting)
+        parts.append(text)
+    if balance:
+        parts.append(balance)
+    return " ".join(parts)
+
+
+def _gap_sentence(gap: ReportTable | None, setting) -> str:
+    gaps = [
+        r
+        for r in (gap.records if gap is not None else [])
+        if r["framework"] == "no KD"
+        and (r["dataset"], r["acceleration"]) == (setting.dataset, setting.acceleration)
+    ]
+    if not gaps or math.isnan(gaps[0]["gap_db"]):
+        return ""
+    g = gaps[0]
+    if not math.isnan(g["ci_low"]):
+        ci = f" (95% CI {g['ci_low']:.2f} to {g['ci_high']:.2f}, {g['n_units']} units)"
+    else:
+        ci = f" (no CI: {refusal(g['n_units'])})" if g["n_units"] else ""
+    return f" Without KD the teacher–student gap is {g['gap_db']:.2f} dB{ci}."
