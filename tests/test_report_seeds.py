@@ -202,7 +202,14 @@ def test_held_out_header(compared, store):
     assert "NOT held out" in text and "held-out test volumes" not in text
 
 
-def test_pooled_wilcoxon_matches_scipy(compared):
+def _unit_diffs(baseline: str, candidate: str, method: str = "at") -> np.ndarray:
+    """Per-(seed, volume) differences of the volume values (seed-major, volumes sorted)."""
+    return np.concatenate(
+        [(_psnr(candidate, method, s) - _psnr(baseline, method, s)).mean(axis=1) for s in SEEDS]
+    )
+
+
+def test_unit_level_tests_match_scipy(compared):
     csv = pd.read_csv(compared["out"] / "wilcoxon.csv")
     psnr = csv[(csv["metric"] == "psnr") & (csv["method"] == "at")].set_index("comparison")
     for key, baseline in [
@@ -210,20 +217,34 @@ def test_pooled_wilcoxon_matches_scipy(compared):
         ("sft_vs_equal_compute", "equal_compute"),
         ("sft_init_vs_random_init", "sft_kd_random"),
     ]:
+        d = _unit_diffs(baseline, "sft_kd")
         a, b = _pairs(baseline, "sft_kd")
         rec = psnr.loc[key]
-        assert rec["n"] == len(SEEDS) * len(TEST_VOLUMES) * N_SLICES
-        assert rec["seeds"] == "42;43;44"
-        assert rec["p_value"] == pytest.approx(sps.wilcoxon(b, a).pvalue, rel=1e-12), key
-        assert rec["median_diff"] == pytest.approx(np.median(b - a), abs=1e-12), key
-    assert psnr.loc["sft_vs_std", "p_value"] < 1e-6
-    assert psnr.loc["sft_vs_std", "verdict"] == "SFT-KD better (p < 0.05)"
-    assert psnr.loc["sft_vs_equal_compute", "p_value"] > 0.5
+        assert rec["n_units"] == len(SEEDS) * len(TEST_VOLUMES) == 6 and rec["testable"]
+        assert rec["units"] == "3 seeds × 2 volumes" and rec["seeds"] == "42;43;44"
+        assert rec["mean_diff"] == pytest.approx(d.mean(), abs=1e-12), key
+        assert rec["p_value"] == pytest.approx(sps.wilcoxon(d).pvalue, rel=1e-12), key
+        assert rec["ci_low"] < rec["mean_diff"] < rec["ci_high"], key
+        # The per-slice test is still reported, as a description.
+        assert rec["slice_n"] == len(SEEDS) * len(TEST_VOLUMES) * N_SLICES
+        assert rec["slice_p_value"] == pytest.approx(sps.wilcoxon(b, a).pvalue, rel=1e-12)
+        assert rec["slice_median_diff"] == pytest.approx(np.median(b - a), abs=1e-12)
+    # Six units, all positive: the exact two-sided signed-rank p is 2 / 2**6.
+    assert psnr.loc["sft_vs_std", "p_value"] == pytest.approx(2 / 64, rel=1e-9)
+    assert psnr.loc["sft_vs_std", "ci_low"] > 0
+    assert psnr.loc["sft_vs_std", "verdict"] == "SFT-KD better (p < 0.05, CI excludes 0)"
     assert not psnr.loc["sft_vs_equal_compute", "significant"]
-    assert psnr.loc["sft_init_vs_random_init", "verdict"] == "SFT init better (p < 0.05)"
-    # FitNets: Std-KD exists for two seeds only, so the pooled test uses those (and says so).
+    assert (
+        psnr.loc["sft_vs_equal_compute", "ci_low"] < 0 < psnr.loc["sft_vs_equal_compute", "ci_high"]
+    )
+    assert psnr.loc["sft_init_vs_random_init", "verdict"].startswith("SFT init better")
+    # FitNets: Std-KD exists for two seeds only → 4 units: no verdict, although the 24
+    # correlated slice pairs give a "significant" per-slice p-value.
     fit = csv[(csv["metric"] == "psnr") & (csv["method"] == "fitnets")].set_index("comparison")
-    assert fit.loc["sft_vs_std", "seeds"] == "42;43"
+    rec = fit.loc["sft_vs_std"]
+    assert rec["seeds"] == "42;43" and rec["n_units"] == 4 and not rec["testable"]
+    assert rec["slice_p_value"] < 0.05 and not rec["significant"] and np.isnan(rec["p_value"])
+    assert rec["verdict"] == "no verdict: not enough independent units: n=4, need ≥ 6"
     assert any("seed(s) 44 lack one of the runs" in w for w in compared["warnings"])
 
 
@@ -249,20 +270,24 @@ def test_summary_paragraph_states_claims(compared):
 
     result = compared["result"]
     text = result.paragraph
-    n = f"3 seeds × {len(TEST_VOLUMES) * N_SLICES} slices"
-    a, b = _pairs("std_kd", "sft_kd")
+    units = "n = 6 units: 3 seeds × 2 volumes"
+    csv = pd.read_csv(compared["out"] / "wilcoxon.csv")
+    at = csv[(csv["metric"] == "psnr") & (csv["method"] == "at")].set_index("comparison")
+    d = _unit_diffs("std_kd", "sft_kd")
+    rec = at.loc["sft_vs_std"]
     expected = (
-        f"SFT-KD beats Std-KD for AT (median {np.median(b - a):+.2f} dB, "
-        f"{format_p(sps.wilcoxon(b, a).pvalue)}, {n})"
+        f"SFT-KD beats Std-KD for AT (mean {d.mean():+.2f} dB, 95% CI [{rec['ci_low']:+.2f}, "
+        f"{rec['ci_high']:+.2f}], {format_p(sps.wilcoxon(d).pvalue)}, {units})"
     )
     assert expected in text
-    a, b = _pairs("equal_compute", "sft_kd")
-    expected = (
-        f"SFT-KD does not beat the equal-compute control for AT (median "
-        f"{np.median(b - a):+.2f} dB, {format_p(sps.wilcoxon(b, a).pvalue)}, {n})"
-    )
-    assert expected in text
+    d = _unit_diffs("equal_compute", "sft_kd")
+    assert f"SFT-KD does not beat the equal-compute control for AT (mean {d.mean():+.2f} dB" in text
     assert "SFT-KD with SFT initialisation beats random initialisation for AT" in text
+    assert (
+        "no verdict on SFT-KD vs Std-KD for FitNets: not enough independent units: n=4, "
+        "need ≥ 6 (2 seeds × 2 volumes)" in text
+    )
+    assert "per-slice" not in text  # slice-level p-values are never quoted as evidence
     assert "\n" not in text and text.startswith("On phantom 4x (held-out test volumes, seeds 42")
     summary_md = (compared["out"] / "summary.md").read_text()
     assert text in summary_md and result.summary[0] == text  # the CLI prints result.summary
@@ -278,22 +303,78 @@ def test_gap_ci_contains_true_gap(compared):
     csv = pd.read_csv(compared["out"] / "gap.csv")
     rec = csv[(csv["method"] == "at") & (csv["framework"] == "no KD")].iloc[0]
     assert rec["gap_db"] == pytest.approx(TRUE_GAP, abs=1e-9)
-    assert rec["n_seeds"] == 3 and rec["n_pairs"] == 3 * len(TEST_VOLUMES) * N_SLICES
+    assert rec["n_seeds"] == 3 and rec["n_units"] == 3 * len(TEST_VOLUMES)
     assert "equal compute" in rows[0] and "SFT-KD random init" in rows[0]
     assert "Without KD the teacher–student gap is 1.00 dB (95% CI" in compared["result"].paragraph
+    assert "6 units)." in compared["result"].paragraph
 
 
-def test_bootstrap_ci_coverage():
-    """The stratified percentile bootstrap covers the true mean about 95% of the time."""
-    from raykd.report.stats import bootstrap_ci
+def test_hierarchical_bootstrap_coverage():
+    """Seed and volume effects: the two-stage bootstrap covers the true mean most of the time,
+    while a bootstrap that treats every (seed, volume) unit as independent covers less."""
+    from scipy.stats import bootstrap
+
+    from raykd.report.inference import hierarchical_bootstrap
 
     rng = np.random.default_rng(1)
-    hits = 0
-    trials = 200
+    trials, hits, naive_hits = 150, 0, 0
     for t in range(trials):
-        groups = [rng.normal(0.5 + 0.2 * k, 1.0, 30) for k in range(3)]  # true mean 0.7
-        _, low, high = bootstrap_ci(groups, resamples=1000, seed=t)
-        hits += low < 0.7 < high
-    assert 0.88 <= hits / trials <= 0.99
-    est, low, high = bootstrap_ci([np.array([1.0, 2.0, 3.0])], resamples=500)
-    assert est == 2.0 and low < 2.0 < high and not math.isnan(low)
+        seed_effect = rng.normal(0, 0.3, (6, 1))  # a training seed shifts all its volumes
+        groups = list(0.5 + seed_effect + rng.normal(0, 0.1, (6, 4)))
+        _, low, high = hierarchical_bootstrap(groups, resamples=1000, seed=t)
+        hits += low < 0.5 < high
+        flat = np.concatenate(groups)
+        ci = bootstrap((flat,), np.mean, n_resamples=1000, method="percentile", random_state=t)
+        naive_hits += ci.confidence_interval.low < 0.5 < ci.confidence_interval.high
+    assert 0.8 <= hits / trials <= 0.99
+    assert naive_hits < hits  # resampling units as if independent is overconfident here
+    # One seed: volumes are resampled; one volume per seed: seeds are.
+    est, low, high = hierarchical_bootstrap([np.array([1.0, 2.0, 3.0])], resamples=500)
+    assert est == 2.0 and low < 2.0 < high
+    est, low, high = hierarchical_bootstrap([np.array([v]) for v in (1.0, 2.0, 3.0)], 500)
+    assert est == 2.0 and low < 2.0 < high
+
+
+def test_correlated_slices_of_few_units_give_no_verdict():
+    """120 slices of one volume × 2 seeds: per-slice p ≈ 1e-16, but only 2 independent units."""
+    from raykd.report.inference import UnitPairs, unit_test
+    from raykd.report.stats import wilcoxon_test
+
+    rng = np.random.default_rng(0)
+    base = 30 + rng.normal(0, 1, (2, 120))
+    cand = base + 0.2 + rng.normal(0, 0.05, (2, 120))
+    sliced = wilcoxon_test(base.ravel(), cand.ravel())
+    assert sliced.p_value < 1e-15 and sliced.significant  # what the old summary reported
+    pairs = UnitPairs([("1", "v"), ("2", "v")], base.mean(axis=1), cand.mean(axis=1), [])
+    res = unit_test(pairs)
+    assert not res.testable and not res.significant and res.better == ""
+    assert res.verdict == "no verdict: not enough independent units: n=2, need ≥ 6"
+    assert math.isnan(res.p_value) and res.mean_diff == pytest.approx(0.2, abs=0.02)
+
+
+def test_enough_units_with_a_clear_effect_give_a_verdict():
+    from raykd.report.inference import UnitPairs, unit_test
+
+    rng = np.random.default_rng(3)
+    keys = [(str(s), f"v{v}") for s in range(4) for v in range(2)]  # 8 units
+    base = 30 + rng.normal(0, 1, 8)
+    pairs = UnitPairs(keys, base, base + 0.5 + rng.normal(0, 0.1, 8), [])
+    res = unit_test(pairs, names=("Std-KD", "SFT-KD"))
+    assert res.testable and res.significant and res.better == "candidate"
+    assert res.p_value == pytest.approx(sps.wilcoxon(pairs.candidate - pairs.baseline).pvalue)
+    assert res.p_value == pytest.approx(2 / 2**8) and res.ci_low > 0.3
+    assert res.verdict == "SFT-KD better (p < 0.05, CI excludes 0)" and res.units == (
+        "4 seeds × 2 volumes"
+    )
+    worse = unit_test(UnitPairs(keys, base, base - 0.5, []), names=("Std-KD", "SFT-KD"))
+    assert worse.better == "baseline" and worse.verdict.startswith("Std-KD better")
+    hfn = unit_test(UnitPairs(keys, base, base - 0.5, []), higher_is_better=False)
+    assert hfn.better == "candidate"  # lower is better (e.g. HFN)
+    noise = unit_test(UnitPairs(keys, base, base + rng.normal(0, 0.1, 8), []))
+    assert noise.testable and not noise.significant
+    # Exactly 6 units is the minimum: every difference positive reaches p = 1/32 < 0.05.
+    six = UnitPairs(keys[:6], base[:6], base[:6] + 1.0, [])
+    assert (
+        unit_test(six).significant
+        and not unit_test(UnitPairs(keys[:5], base[:5], base[:5] + 1.0, [])).testable
+    )
