@@ -378,3 +378,22 @@ def test_enough_units_with_a_clear_effect_give_a_verdict():
         unit_test(six).significant
         and not unit_test(UnitPairs(keys[:5], base[:5], base[:5] + 1.0, [])).testable
     )
+
+
+def test_one_good_seed_does_not_carry_a_verdict():
+    """2 seeds × 10 volumes: one seed +1 dB everywhere, the other ≈ 0. The unit Wilcoxon test
+    alone says p < 0.05, but the seed-clustered CI includes 0, so there is no verdict."""
+    from raykd.report.inference import UnitPairs, unit_test
+
+    keys = [(s, f"v{v}") for s in ("1", "2") for v in range(10)]
+    rng = np.random.default_rng(5)
+    base = 30 + rng.normal(0, 1, 20)
+    other = np.array([-0.01, -0.02, -0.03, -0.01, -0.02, -0.015, -0.025, -0.005, 0.01, 0.02])
+    diff = np.concatenate([1.0 + rng.normal(0, 0.05, 10), other])
+    res = unit_test(UnitPairs(keys, base, base + diff, []))
+    assert res.testable and res.p_value == pytest.approx(sps.wilcoxon(diff).pvalue)
+    assert res.p_value < 0.05 and res.ci_low < 0 < res.ci_high
+    assert not res.significant and res.better == ""
+    assert res.verdict == (
+        "no significant difference (p < 0.05 but the seed-clustered CI includes 0)"
+    )
