@@ -449,8 +449,10 @@ def test_one_seed_two_volumes_give_no_verdict(store, compared):
     fsp = csv[(csv["method"] == "fsp") & (csv["metric"] == "psnr")].iloc[0]
     assert fsp["verdict"] == "missing run"
     text = compared["result"].paragraph
-    assert "no verdict on SFT-KD vs Std-KD for AT, SP" in text
-    assert "not enough independent units: n=2, need ≥ 6 (1 seed × 2 volumes)" in text
+    assert (
+        "no verdict (not enough independent units: n=2, need ≥ 6; 1 seed × 2 volumes) on "
+        "SFT-KD vs Std-KD for AT, SP" in text
+    )
     assert " beats " not in text and "is worse than" not in text
     assert "(no CI: not enough independent units: n=2, need ≥ 6)" in text
 

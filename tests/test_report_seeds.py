@@ -284,8 +284,8 @@ def test_summary_paragraph_states_claims(compared):
     assert f"SFT-KD does not beat the equal-compute control for AT (mean {d.mean():+.2f} dB" in text
     assert "SFT-KD with SFT initialisation beats random initialisation for AT" in text
     assert (
-        "no verdict on SFT-KD vs Std-KD for FitNets: not enough independent units: n=4, "
-        "need ≥ 6 (2 seeds × 2 volumes)" in text
+        "no verdict (not enough independent units: n=4, need ≥ 6; 2 seeds × 2 volumes) on "
+        "SFT-KD vs Std-KD for FitNets" in text
     )
     assert "per-slice" not in text  # slice-level p-values are never quoted as evidence
     assert "\n" not in text and text.startswith("On phantom 4x (held-out test volumes, seeds 42")

@@ -81,8 +81,8 @@ def summary_paragraph(
             if "n_units" in r and not r.get("testable"):
                 few.setdefault((r["n_units"], r["units"]), []).append(r)
         for (n, units), group in few.items():
-            what = "; ".join(f"{k} for {', '.join(m)}" for k, m in _grouped(group).items())
-            claims.append(f"no verdict on {what}: {refusal(n)} ({units})")
+            what = " and on ".join(f"{k} for {', '.join(m)}" for k, m in _grouped(group).items())
+            claims.append(f"no verdict ({refusal(n)}; {units}) on {what}")
         missing = [r for r in recs if "n_units" not in r]
         claims += [
             f"{what} for {', '.join(methods)} could not be tested (missing runs)"
