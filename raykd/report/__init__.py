@@ -1,8 +1,10 @@
 """Paper-style comparison of finished runs, read from MLflow (never retrains anything).
 
 ``collect`` finds stage runs and their artifacts, ``tables``/``stats``/``figures`` turn them into
-the paper's tables, Wilcoxon tests and figures, ``latency`` measures inference time, ``export``
-writes deployable models and ``compare`` ties it together (``raykd compare``).
+the paper's tables, paired tests and figures (``inference``: tests over independent (seed, volume)
+units; ``balance``: loss-term ratios of KD runs; ``summary``: the plain-language verdicts),
+``latency`` measures inference time, ``export`` writes deployable models and ``compare`` ties it
+together (``raykd compare``).
 
 This module stays import-light: the CLI imports it to register subcommands, so pandas, MLflow
 and matplotlib are only imported by the submodules that need them.
