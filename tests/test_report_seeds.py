@@ -397,3 +397,20 @@ def test_one_good_seed_does_not_carry_a_verdict():
     assert res.verdict == (
         "no significant difference (p < 0.05 but the seed-clustered CI includes 0)"
     )
+
+
+def test_volume_values_null_is_undefined_and_missing_is_an_error():
+    from raykd.errors import RaykdError
+    from raykd.report.inference import UnitPairs, unit_test, volume_values
+
+    report = {"volumes": [{"volume": "a", "metrics": {"vif": None, "psnr": 30.0}}]}
+    assert math.isnan(volume_values(report, "vif")["a"])
+    assert volume_values(report, "psnr") == {"a": 30.0}
+    with pytest.raises(RaykdError, match="no per-volume 'ssim' value"):
+        volume_values(report, "ssim")
+    keys = [(str(s), "v") for s in range(7)]
+    base = np.arange(7, dtype=float)
+    cand = base + 1.0
+    cand[0] = np.inf  # an exact reconstruction: undefined, left out and counted
+    res = unit_test(UnitPairs(keys, base, cand, []))
+    assert res.n_units == 6 and res.n_dropped == 1 and res.significant

@@ -42,16 +42,20 @@ BOOTSTRAP_SEED = 0
 
 
 def volume_values(report: dict[str, Any], metric: str) -> dict[str, float]:
-    """``{volume: value}`` of one metric from an eval JSON's per-volume ``metrics``."""
+    """``{volume: value}`` of one metric from an eval JSON's per-volume ``metrics``.
+
+    A ``null`` value (strict-JSON writers store NaN/inf so) is undefined: NaN, left out later.
+    """
     out: dict[str, float] = {}
     for vol in report["volumes"]:
-        value = vol.get("metrics", {}).get(metric)
-        if value is None:
+        metrics = vol.get("metrics", {})
+        if metric not in metrics:
             raise RaykdError(
                 f"eval JSON volume {vol.get('volume')}: no per-volume '{metric}' value; "
                 "re-evaluate the run"
             )
-        out[str(vol["volume"])] = float(value)
+        value = metrics[metric]
+        out[str(vol["volume"])] = math.nan if value is None else float(value)
     return out
 
 
