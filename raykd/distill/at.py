@@ -30,6 +30,7 @@ class AttentionTransfer(KDMethod):
     than silent interpolation. Channel counts may differ: the channel axis is summed out.
     """
 
+    per_sample_mean: ClassVar[bool] = True  # DDP: no feature gather needed
     citation: ClassVar[str] = (
         "Zagoruyko, S. & Komodakis, N. Paying More Attention to Attention: Improving the "
         "Performance of Convolutional Neural Networks via Attention Transfer. ICLR 2017."

@@ -51,6 +51,10 @@ class KDMethod(nn.Module):
     # Methods with a step before distillation (factor transfer's paraphraser) set this and
     # implement ``pretrain(teacher_features, steps)``; the trainer runs it once, rank 0 first.
     needs_pretraining: ClassVar[bool] = False
+    # True when the loss is a mean over samples of per-sample terms: DDP ranks may then compute
+    # it on their local batch (gradient averaging gives the global-batch loss). False, the safe
+    # default, makes the KD stage gather the features of all ranks first (batch-coupled losses).
+    per_sample_mean: ClassVar[bool] = False
 
     def __init__(
         self,

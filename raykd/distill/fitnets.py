@@ -24,6 +24,7 @@ class FitNets(KDMethod):
     exists to bridge a width mismatch) and keeps the method parameter-free in the default case.
     """
 
+    per_sample_mean: ClassVar[bool] = True  # DDP: no feature gather needed
     citation: ClassVar[str] = (
         "Romero, A., Ballas, N., Kahou, S. E., Chassang, A., Gatta, C. & Bengio, Y. "
         "FitNets: Hints for Thin Deep Nets. ICLR 2015."

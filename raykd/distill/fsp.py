@@ -34,6 +34,7 @@ class FSP(KDMethod):
     Gram shapes are checked at construction: teacher and student channel pairs must agree.
     """
 
+    per_sample_mean: ClassVar[bool] = True  # DDP: no feature gather needed
     citation: ClassVar[str] = (
         "Yim, J., Joo, D., Bae, J. & Kim, J. A Gift from Knowledge Distillation: Fast "
         "Optimization, Network Minimization and Transfer Learning. CVPR 2017."

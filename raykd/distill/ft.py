@@ -87,6 +87,7 @@ class FactorTransfer(KDMethod):
     share spatial size; channel counts may differ.
     """
 
+    per_sample_mean: ClassVar[bool] = True  # DDP: no feature gather needed
     citation: ClassVar[str] = (
         "Kim, J., Park, S. & Kwak, N. Paraphrasing Complex Network: Network Compression via "
         "Factor Transfer. NeurIPS 2018."

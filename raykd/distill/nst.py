@@ -43,6 +43,7 @@ class NeuronSelectivityTransfer(KDMethod):
     trainable parameters.
     """
 
+    per_sample_mean: ClassVar[bool] = True  # DDP: no feature gather needed
     citation: ClassVar[str] = (
         "Huang, Z. & Wang, N. Like What You Like: Knowledge Distill via Neuron Selectivity "
         "Transfer. arXiv:1707.01219, 2017."

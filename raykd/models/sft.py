@@ -55,6 +55,17 @@ class SFTModel(nn.Module):
                 branches.append(self.student.end(self.student.run_blocks(state, y, mask, i + 1)))
         return SFTOutput(self.teacher.end(state), branches)
 
+    def untrained_student_parameters(self) -> list[nn.Parameter]:
+        """Student parameters that no branch uses: S1 (branches start at S2), and anything of
+        the student outside its blocks. SFT-KD-Recon leaves them at their initialisation (Fig. 2:
+        "all the blocks of the student learn initial weights except the first block"); they are
+        exactly the tensors :func:`load_student_blocks` does not load."""
+        return [
+            p
+            for name, p in self.student.named_parameters()
+            if (_block_index(name, self.student.block_attr) or 0) < 1
+        ]
+
 
 def _block_index(key: str, prefix: str) -> int | None:
     """Block number of a state-dict key under ``prefix`` ('cascades.3.conv...' → 3)."""

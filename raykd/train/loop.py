@@ -181,9 +181,10 @@ class Trainer:
         """A KD method's step before distillation (factor transfer's paraphraser).
 
         Runs before the optimiser and DDP exist, so the parts it freezes are neither optimised
-        nor expected to get gradients. Every rank runs it on the same unshuffled training data;
-        DDP then broadcasts rank 0's result anyway. A resumed run takes the pre-trained state
-        from its checkpoint instead (``steps=0`` only freezes).
+        nor expected to get gradients. Every rank runs it on the same unshuffled training data in
+        batches of the *global* batch size, so the result is the one a single rank would get
+        (DDP then broadcasts rank 0's anyway). A resumed run takes the pre-trained state from
+        its checkpoint instead (``steps=0`` only freezes).
         """
         method = getattr(self.stage, "method", None)
         if method is None or not method.needs_pretraining:
@@ -191,7 +192,8 @@ class Trainer:
         resuming = resume_from is not None or (self.cfg.resume and self.last_path.is_file())
         steps = 0 if resuming else int(getattr(method, "pretrain_steps", 0))
         teacher = self.stage.teacher
-        loader = self._loader(self.datasets["train"])
+        global_batch = self.cfg.data.batch_size * self.world
+        loader = self._loader(self.datasets["train"], batch_size=global_batch)
 
         def features():
             for sample in loader:

@@ -22,6 +22,7 @@ from raykd.models.sft import SFTModel, load_student_blocks
 from raykd.models.taps import FeatureTaps
 from raykd.train.checkpoint import check_arch, load_checkpoint
 from raykd.train.config import ModelConfig, StageConfig
+from raykd.train.distributed import gather_batch, world_size
 
 
 def build_dccnn(cfg: ModelConfig) -> BlockNet:
@@ -87,6 +88,14 @@ class SFTStage(StageModule):
         super().__init__()
         self.model = model
         self.weights = {"rec_t": 1.0, "rec_s": w_s, "imit": w_imit}
+        # S1 is outside every branch, so it never gets a gradient; the paper means it to stay
+        # untrained (SFT-KD loads only S2..SN). Freezing it keeps it out of the optimiser and out
+        # of DDP's reducer, which otherwise waits for its gradients and fails on the next step
+        # ("parameters that were not used in producing loss"). find_unused_parameters=True would
+        # also run, but walks the autograd graph every step and would hide a parameter that is
+        # disconnected by mistake; here the unused set is known exactly and stays fixed.
+        for p in model.untrained_student_parameters():
+            p.requires_grad_(False)
 
     def forward(self, x, y, mask, target):
         out = self.model(x, y, mask)
@@ -130,10 +139,12 @@ class KDStage(StageModule):
             t_out = self.teacher(x, y, mask)
         with FeatureTaps(self.model, self.method.student_taps) as s_taps:
             s_out = self.model(x, y, mask)
-        terms = {
-            "rec": F.l1_loss(s_out, target),
-            "kd": self.method(t_taps.features, s_taps.features),
-        }
+        t_feats, s_feats = t_taps.features, s_taps.features
+        if not getattr(self.method, "per_sample_mean", False) and world_size() > 1:
+            # A batch-coupled loss (SP, PKT, CC) over the global batch, as one rank would see it.
+            t_feats = {k: gather_batch(v) for k, v in t_feats.items()}
+            s_feats = {k: gather_batch(v) for k, v in s_feats.items()}
+        terms = {"rec": F.l1_loss(s_out, target), "kd": self.method(t_feats, s_feats)}
         if "out" in self.weights:
             terms["out"] = F.l1_loss(s_out, t_out)
         return terms
