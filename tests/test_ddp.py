@@ -92,12 +92,14 @@ FITNETS_TAPS = {
 
 def _cfg(data: Path, kind: str, batch: int, **extra: str):
     over = {"data.batch_size": str(batch), "optim.epochs": "1", "optim.max_steps_per_epoch": "3"}
-    return load_config(None, tiny_overrides(data, Path("unused"), kind, **over, **extra))
+    return load_config(None, tiny_overrides(data, Path("unused"), kind, **(over | extra)))
 
 
 def _requests(data: Path, batch: int, teachers: dict[str, str] | None = None):
     """teacher, sft, student and the KD stages; KD teachers from ``teachers`` if given."""
-    reqs = {k: StageRequest(_cfg(data, k, batch)) for k in ("teacher", "sft", "student")}
+    reqs = {k: StageRequest(_cfg(data, k, batch)) for k in ("sft", "student")}
+    # Two teacher epochs: the per-epoch reshuffle must deal the same global batches too.
+    reqs = {"teacher": StageRequest(_cfg(data, "teacher", batch, **{"optim.epochs": "2"}))} | reqs
     teachers = teachers or {"teacher": reqs["teacher"].stage_id, "sft": reqs["sft"].stage_id}
     for method, row in KD_FEATURE + KD_TRAINABLE:
         extra = {"kd.method": method, "kd.init": "sft" if row == "sft" else "random"}
@@ -142,13 +144,14 @@ def _lineage(record) -> dict:
 
 def _assert_same_result(chain, label: str) -> None:
     h1, h2 = _history(chain[1][label]), _history(chain[2][label])
-    assert len(h1) == len(h2) == 1, label
-    compared = [k for k in h1[0] if k.startswith(("train/", "val/"))]
-    assert "train/loss" in compared and "val/loss" in compared
-    for key in compared:
-        a, b = h1[0][key], h2[0][key]
-        # Float noise from batch-size-dependent kernels and reduction order is ~1e-7 relative.
-        assert b == pytest.approx(a, rel=1e-4, abs=1e-7), f"{label} {key}: {a} vs {b}"
+    assert len(h1) == len(h2) == (2 if label == "teacher" else 1), label
+    for e1, e2 in zip(h1, h2, strict=True):
+        compared = [k for k in e1 if k.startswith(("train/", "val/"))]
+        assert "train/loss" in compared and "val/loss" in compared
+        for key in compared:
+            a, b = e1[key], e2[key]
+            # Noise from batch-size-dependent kernels and reduction order: ~1e-7 relative.
+            assert b == pytest.approx(a, rel=1e-4, abs=1e-7), f"{label} {key}: {a} vs {b}"
     assert chain[2][label].metrics["val"]["psnr"] == pytest.approx(
         chain[1][label].metrics["val"]["psnr"], rel=1e-4
     )
