@@ -110,6 +110,10 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.train_module: torch.nn.Module = self.stage
         if self.world > 1:
+            # DDP reduces only parameters with requires_grad, exactly the optimised set above: a
+            # stage's parameters without a gradient (SFT's S1, FT's pre-trained paraphrasers) are
+            # frozen by the stage, so every step gives every reduced parameter a gradient and
+            # find_unused_parameters (a graph walk per step) is not needed.
             self.train_module = DistributedDataParallel(
                 self.stage, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
