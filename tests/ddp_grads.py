@@ -6,6 +6,8 @@ Kept apart from the test module so that spawned ranks import torch and the stage
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import torch
 import torch.distributed as dist
 
@@ -61,7 +63,13 @@ def grads(stage: torch.nn.Module, data, rows=slice(None)) -> dict[str, torch.Ten
 
 def worker(rank: int, world: int, init_file: str, out: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=120),  # a rank that died fails the test, not the CI timeout
+    )
     try:
         data = batch()
         # Rank r gets global rows r, r + world, ... (as ShardedSampler deals them).
