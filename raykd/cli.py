@@ -28,8 +28,10 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         paths = prepare_mni152(size=args.size)
     elif args.what == "dicom":
         from raykd.data.dicom import convert_dicom_folder
+        from raykd.outputs import guard_output_dir
 
-        paths = convert_dicom_folder(_need(args.src, "SRC"), _need(args.out, "OUT"))
+        out = str(guard_output_dir(_need(args.out, "OUT"), "OUT"))
+        paths = convert_dicom_folder(_need(args.src, "SRC"), out)
     elif args.what == "nifti":
         from raykd.data.nifti import convert_nifti
 
@@ -40,19 +42,29 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         for f in files:
             name = f.name.removesuffix(".gz").removesuffix(".nii") + ".h5"
             target = out / name if (src.is_dir() or out.suffix != ".h5") else out
+            _guard_volume(target, f, args.force)
             paths.append(convert_nifti(f, target, axis=args.axis))
     else:  # fastmri
         from raykd.data.fastmri import convert_fastmri
 
         src, out = Path(_need(args.src, "SRC")), Path(_need(args.out, "OUT"))
         files = sorted(src.glob("*.h5")) if src.is_dir() else [src]
+        targets = [out / f.name if out.suffix != ".h5" else out for f in files]
+        for f, target in zip(files, targets, strict=True):  # check all before converting any
+            _guard_volume(target, f, args.force)
         paths = [
-            convert_fastmri(f, out / f.name if out.suffix != ".h5" else out, prefer=args.prefer)
-            for f in files
+            convert_fastmri(f, target, prefer=args.prefer)
+            for f, target in zip(files, targets, strict=True)
         ]
     for p in paths:
         print(p)
     return 0
+
+
+def _guard_volume(target: Path, src: Path, force: bool) -> None:
+    from raykd.outputs import guard_output
+
+    guard_output(target, {"SRC": src}, "volume", force, flag="OUT")
 
 
 def _need(value: str | None, name: str) -> str:
@@ -71,6 +83,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
     cfg = load_config(args.config, overrides)
+    if args.restart:
+        from raykd.train.rundir import move_aside
+
+        moved = move_aside(cfg.output_dir)
+        if moved is not None:
+            print(f"--restart: moved the previous run in {cfg.output_dir} to {moved}")
     trainer = Trainer(cfg)
     result = trainer.fit()
     part = "teacher" if cfg.kind in ("teacher", "sft") else "student"
@@ -102,10 +120,17 @@ def _eval_dataset(args: argparse.Namespace, ckpt_path: str):
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from raykd.outputs import guard_output
     from raykd.train.evaluate import evaluate_model, write_json
     from raykd.train.precision import pick_device
     from raykd.train.stages import load_model
 
+    guard_output(
+        args.out,
+        {"checkpoint": args.checkpoint, "--data": args.data, "--mask": args.mask},
+        "metrics",
+        args.force,
+    )
     device = pick_device(args.device)
     dataset = _eval_dataset(args, args.checkpoint)
     model = load_model(args.checkpoint, part=args.part).to(device)
@@ -122,10 +147,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
     from raykd.data.volumes import write_volume
+    from raykd.outputs import guard_output
     from raykd.train.evaluate import reconstruct_volume
     from raykd.train.precision import pick_device
     from raykd.train.stages import load_model
 
+    guard_output(
+        args.out,
+        {"checkpoint": args.checkpoint, "--input": args.input, "--mask": args.mask},
+        "reconstruction",
+        args.force,
+    )
     device = pick_device(args.device)
     dataset = _eval_dataset(args, args.checkpoint)
     model = load_model(args.checkpoint, part=args.part).to(device)
@@ -159,6 +191,12 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--acceleration", type=float, help="use a seeded Cartesian mask instead")
     p.add_argument("--mask-seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite --out even if it exists and is not this command's kind of output "
+        "(an input is never overwritten)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,6 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="reconstruction",
         help="fastmri: image source when both are present",
     )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite existing output files that are not raykd volumes (never an input)",
+    )
     p.set_defaults(func=_cmd_prepare)
 
     p = sub.add_parser(
@@ -203,6 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config key, e.g. --set optim.epochs=10 (repeatable)",
     )
     p.add_argument("--output-dir", help="where checkpoints and metrics go")
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="start over even if the output dir holds a run (of any config): the old run is "
+        "moved to <dir>.replaced-<time>; without it a run of the same config resumes and one "
+        "of another config is refused",
+    )
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(

@@ -7,6 +7,8 @@ message and exit non-zero instead of showing a traceback.
 
 from __future__ import annotations
 
+import errno
+
 
 class RaykdError(Exception):
     """An error caused by input (files, configs, arguments), with a message meant for users."""
@@ -24,6 +26,13 @@ class CheckpointError(RaykdError):
     """A checkpoint is missing, corrupt or does not match the model it is loaded into."""
 
 
+_OS_CAUSES = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+}
+
+
 def run_cli(fn, args, prog: str, interrupted: str = "checkpoints written so far are intact") -> int:
     """Run a command: user errors print one line and exit 2, Ctrl-C exits 130, never a traceback
     (``RAYKD_DEBUG=1`` re-raises to show one)."""
@@ -36,6 +45,13 @@ def run_cli(fn, args, prog: str, interrupted: str = "checkpoints written so far 
         if os.environ.get("RAYKD_DEBUG"):
             raise
         print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # Disk full, read-only file system, permissions: one line naming the path and cause.
+        if os.environ.get("RAYKD_DEBUG") or exc.errno not in _OS_CAUSES:
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"{prog}: error: cannot write{where}: {_OS_CAUSES[exc.errno]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted ({interrupted})", file=sys.stderr)

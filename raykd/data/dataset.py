@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -22,7 +23,14 @@ from torch.utils.data import Dataset
 
 from raykd.data.masks import MaskFunc
 from raykd.data.transforms import center_crop_or_pad, normalise_max
-from raykd.data.volumes import IMAGE_KEY, VolumeInfo, find_volumes, inspect_volume, open_h5
+from raykd.data.volumes import (
+    IMAGE_KEY,
+    VolumeInfo,
+    find_volumes,
+    inspect_volume,
+    open_h5,
+    scan_volume,
+)
 from raykd.errors import DataError
 
 
@@ -34,10 +42,10 @@ class Sample(NamedTuple):
 
 
 def _subsample(info: VolumeInfo, n: int) -> VolumeInfo:
-    ids = np.unique(
-        np.linspace(0, info.num_slices - 1, min(n, info.num_slices)).round().astype(int)
-    )
-    return dataclasses.replace(info, slice_ids=tuple(int(i) for i in ids))
+    """Evenly spaced ``n`` of the volume's usable slices (constant ones already dropped)."""
+    usable = info.slice_ids
+    pos = np.unique(np.linspace(0, len(usable) - 1, min(n, len(usable))).round().astype(int))
+    return dataclasses.replace(info, slice_ids=tuple(int(usable[i]) for i in pos))
 
 
 class SliceDataset(Dataset[Sample]):
@@ -56,7 +64,13 @@ class SliceDataset(Dataset[Sample]):
         self.sr = sr  # SRConfig for super-resolution: how inputs are made (transforms.degrade)
         self.size = (int(size[0]), int(size[1]))
         self.mask_func = mask_func
-        self.volumes: list[VolumeInfo] = [inspect_volume(p, key) for p in find_volumes(volumes)]
+        self.volumes: list[VolumeInfo] = []
+        for p in find_volumes(volumes):
+            info, note = scan_volume(inspect_volume(p, key), self.size, key)
+            if note:
+                # Written, not print()ed or warned: one line, also from Ray workers.
+                sys.stderr.write(f"raykd: {note}\n")
+            self.volumes.append(info)
         if max_slices is not None:  # evenly spaced subset per volume (smoke runs, tests)
             self.volumes = [_subsample(v, max_slices) for v in self.volumes]
         self.index: list[tuple[int, int]] = [

@@ -23,10 +23,17 @@ class MaskFunc:
     """Produces the mask for one volume. Same ``(shape, volume_key)`` → same mask, every epoch."""
 
     allow_empty = False  # only EmptyMask: image-domain SR measures no k-space at all
+    allow_full = False  # a mask sampling everything makes the task trivial (identity)
 
     def __call__(self, shape: tuple[int, int], volume_key: str = "") -> np.ndarray:
         mask = self.make(shape, volume_key)
-        validate_mask(mask, shape, source=repr(self), allow_empty=self.allow_empty)
+        validate_mask(
+            mask,
+            shape,
+            source=repr(self),
+            allow_empty=self.allow_empty,
+            allow_full=self.allow_full,
+        )
         return mask
 
     def make(self, shape: tuple[int, int], volume_key: str) -> np.ndarray:  # pragma: no cover
@@ -34,7 +41,11 @@ class MaskFunc:
 
 
 def validate_mask(
-    mask: np.ndarray, shape: tuple[int, int], source: str, allow_empty: bool = False
+    mask: np.ndarray,
+    shape: tuple[int, int],
+    source: str,
+    allow_empty: bool = False,
+    allow_full: bool = False,
 ) -> None:
     """Check a mask's shape, values and that it samples something; raise a clear DataError."""
     if mask.ndim != 2:
@@ -50,6 +61,12 @@ def validate_mask(
         raise DataError(f"mask {source}: values must be 0 or 1")
     if not allow_empty and not mask.any():
         raise DataError(f"mask {source}: all zeros (nothing sampled); expected at least one 1")
+    if not allow_full and mask.size and mask.all():
+        raise DataError(
+            f"mask {source}: all ones (every k-space point sampled), so reconstruction is the "
+            "identity and scores are meaningless; use an undersampling mask (acceleration > 1) "
+            "or set data.mask.allow_full=true to allow it deliberately"
+        )
 
 
 @dataclass(frozen=True)
@@ -57,12 +74,15 @@ class FixedMask(MaskFunc):
     """A mask read from an ``.npy`` file, identical for every volume."""
 
     path: Path
+    allow_full: bool = False
 
     def make(self, shape: tuple[int, int], volume_key: str) -> np.ndarray:
-        return load_mask_file(self.path, expected_shape=shape)
+        return load_mask_file(self.path, expected_shape=shape, allow_full=self.allow_full)
 
 
-def load_mask_file(path: str | Path, expected_shape: tuple[int, int] | None = None) -> np.ndarray:
+def load_mask_file(
+    path: str | Path, expected_shape: tuple[int, int] | None = None, allow_full: bool = False
+) -> np.ndarray:
     """Load and validate a fixed mask file (float [H, W] of 0/1)."""
     path = Path(path)
     if not path.is_file():
@@ -72,7 +92,7 @@ def load_mask_file(path: str | Path, expected_shape: tuple[int, int] | None = No
     except Exception as exc:  # numpy raises several types for truncated/garbage files
         raise DataError(f"mask file {path}: cannot be read as .npy ({exc})") from exc
     mask = np.asarray(mask, dtype=np.float32)
-    validate_mask(mask, expected_shape or mask.shape, source=str(path))
+    validate_mask(mask, expected_shape or mask.shape, source=str(path), allow_full=allow_full)
     return mask
 
 
@@ -88,6 +108,7 @@ class CartesianMask(MaskFunc):
     seed: int = 0
     num_low: int = 10
     per_volume: bool = False
+    allow_full: bool = False
 
     def __post_init__(self) -> None:
         if self.acceleration < 1:

@@ -21,10 +21,15 @@ def resolve_path(text: str) -> Path:
 
 
 def build_mask(cfg) -> MaskFunc:
+    allow_full = bool(getattr(cfg, "allow_full", False))
     if cfg.kind == "file":
-        return FixedMask(resolve_path(cfg.path))
+        return FixedMask(resolve_path(cfg.path), allow_full=allow_full)
     return CartesianMask(
-        acceleration=cfg.acceleration, seed=cfg.seed, num_low=cfg.num_low, per_volume=cfg.per_volume
+        acceleration=cfg.acceleration,
+        seed=cfg.seed,
+        num_low=cfg.num_low,
+        per_volume=cfg.per_volume,
+        allow_full=allow_full,
     )
 
 

@@ -78,6 +78,80 @@ def inspect_volume(path: str | Path, key: str = IMAGE_KEY) -> VolumeInfo:
         return VolumeInfo(path=path, num_slices=int(ds.shape[0]), shape=tuple(ds.shape[1:]))
 
 
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _nonfinite_cause(path: Path, key: str, raw: np.ndarray) -> str | None:
+    """Why a volume is not finite as float32, naming the first bad slice; None when finite.
+
+    Checked on the values as they will be used (float32), but the cause is taken from the
+    stored values: a finite float64 1e300 overflows float32, which is not 'NaN or Inf'.
+    """
+    if np.iscomplexobj(raw):
+        raw = np.abs(raw)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is what we look for
+        as_f32 = raw.astype(np.float32) if raw.dtype != np.float32 else raw
+    bad = ~np.isfinite(as_f32)
+    if not bad.any():
+        return None
+    s = int(np.argwhere(bad.reshape(bad.shape[0], -1).any(axis=1))[0, 0])
+    stored = raw[s]
+    if np.isnan(stored).any():
+        what = "NaN"
+    elif np.isinf(stored).any():
+        what = "Inf"
+    else:
+        peak = float(np.abs(stored.astype(np.float64)).max())
+        return (
+            f"{path}: slice {s} of '{key}' holds {peak:.3g} ({raw.dtype}), which overflows "
+            f"float32 (max {F32_MAX:.3g}); rescale the volume"
+        )
+    return f"{path}: slice {s} of '{key}' contains {what}; expected finite magnitude values"
+
+
+def scan_volume(
+    info: VolumeInfo, size: tuple[int, int], key: str = IMAGE_KEY
+) -> tuple[VolumeInfo, str | None]:
+    """Whole-volume value checks at load time; returns the usable slices and a note.
+
+    Refused (DataError naming the file): non-finite values or float32 overflow in any slice
+    (not only the ones a run samples), a constant volume (all zeros included: nothing to
+    reconstruct, every metric undefined), slices smaller than the crop size (zero padding
+    would be trained on and inflate PSNR). Constant slices inside a non-constant volume are
+    skipped, and the returned note says which.
+    """
+    path = info.path
+    h, w = info.shape
+    if h < size[0] or w < size[1]:
+        raise DataError(
+            f"{path}: slices are {h}x{w}, smaller than the crop size {size[0]}x{size[1]}; "
+            "use a smaller data.size / --size (padding would be scored as image)"
+        )
+    with open_h5(path) as f:
+        raw = np.asarray(f[key][()])
+    cause = _nonfinite_cause(path, key, raw)
+    if cause:
+        raise DataError(cause)
+    image = np.abs(raw.astype(np.float32))
+    top, left = (h - size[0]) // 2, (w - size[1]) // 2
+    crop = image[:, top : top + size[0], left : left + size[1]]
+    lo, hi = crop.reshape(crop.shape[0], -1).min(axis=1), crop.reshape(crop.shape[0], -1).max(1)
+    if hi.max() == lo.min():
+        raise DataError(
+            f"{path}: '{key}' is constant (every value {float(hi.max()):g} in the "
+            f"{size[0]}x{size[1]} crop); nothing to reconstruct or score"
+        )
+    constant = [i for i in info.slice_ids if hi[i] == lo[i]]
+    if not constant:
+        return info, None
+    keep = tuple(i for i in info.slice_ids if hi[i] != lo[i])
+    note = (
+        f"{path}: skipping {len(constant)} constant slice(s) {constant[:10]}"
+        f"{'...' if len(constant) > 10 else ''} (nothing to reconstruct or score)"
+    )
+    return VolumeInfo(path, info.num_slices, info.shape, keep), note
+
+
 def find_volumes(source: str | Path | list[str | Path]) -> list[Path]:
     """Resolve a folder (all ``*.h5`` inside, sorted) or an explicit list of files."""
     if isinstance(source, list | tuple):

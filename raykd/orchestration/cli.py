@@ -92,16 +92,18 @@ def grid_overrides(args: argparse.Namespace) -> dict:
         "test": args.test,
         "sr_degradation": args.sr_degradation,
     }
-    if args.epochs:
+    if args.epochs is not None:  # 0 is a value to refuse, not "no flag"
         over["epochs"] = {k: args.epochs for k in ("teacher", "sft", "student", "kd")}
     return over
 
 
 def run_grid_args(args: argparse.Namespace) -> int:
-    from raykd.orchestration.grid import load_preset, run_grid
+    from raykd.orchestration.grid import run_grid
     from raykd.orchestration.job import finish_job
+    from raykd.orchestration.preflight import load_checked_preset, preflight_grid
 
-    spec = load_preset(args.preset, grid_overrides(args))
+    spec, problems = load_checked_preset(args.preset, grid_overrides(args), args)
+    preflight_grid(spec, problems)  # before Ray starts: one line per problem, in seconds
     job = _start_job(
         args,
         f"grid-{args.preset}",
@@ -149,13 +151,14 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
 def run_search_args(args: argparse.Namespace) -> int:
     import json
 
-    from raykd.orchestration.grid import load_preset
     from raykd.orchestration.job import finish_job
+    from raykd.orchestration.preflight import load_checked_preset, preflight_search
     from raykd.orchestration.search import load_search, run_search
 
     search = load_search(args.space, {"num_samples": args.num_samples})
     preset = args.preset if args.preset != "smoke" else search.base_preset
-    base = load_preset(preset, grid_overrides(args))
+    base, problems = load_checked_preset(preset, grid_overrides(args), args)
+    preflight_search(search, base, problems)  # before Ray starts
     job = _start_job(
         args,
         f"search-{search.name}",

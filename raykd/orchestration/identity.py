@@ -28,7 +28,12 @@ NON_IDENTITY = {"name", "output_dir", "progress", "resume", "device", "teacher_c
 NON_IDENTITY_DATA = {"num_workers"}
 # Fields added after stages were first stored: at these defaults they are left out of the hash,
 # so stages trained before the field existed keep their identity (and are reused).
-LATER_DEFAULTS = {("data", "sr"): None, ("teacher", "arch"): "dccnn", ("student", "arch"): "dccnn"}
+LATER_DEFAULTS = {
+    ("data", "sr"): None,
+    ("teacher", "arch"): "dccnn",
+    ("student", "arch"): "dccnn",
+    ("data", "mask", "allow_full"): False,
+}
 
 
 def stage_identity(cfg: StageConfig, teacher_id: str | None = None) -> str:
@@ -37,9 +42,12 @@ def stage_identity(cfg: StageConfig, teacher_id: str | None = None) -> str:
         data.pop(key, None)
     for key in NON_IDENTITY_DATA:
         data["data"].pop(key, None)
-    for (section, key), default in LATER_DEFAULTS.items():
-        if section in data and data[section].get(key, default) == default:
-            data[section].pop(key, None)
+    for (*sections, key), default in LATER_DEFAULTS.items():
+        node = data
+        for section in sections:
+            node = node.get(section) if isinstance(node, dict) else None
+        if isinstance(node, dict) and node.get(key, default) == default:
+            node.pop(key, None)
     # Sections a kind does not use do not change its result.
     if cfg.kind != "kd":
         data.pop("kd")

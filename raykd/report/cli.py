@@ -47,6 +47,9 @@ def run_compare(args: argparse.Namespace) -> int:
 
     if bool(args.optuna_storage) != bool(args.study_name):
         raise RaykdError("--optuna-storage and --study-name go together")
+    from raykd.outputs import guard_output_dir
+
+    guard_output_dir(args.out)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ReportWarning)
         try:
@@ -111,8 +114,11 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from raykd.outputs import guard_output
     from raykd.report.export import export_model
 
+    kind = "onnx" if args.format == "onnx" else "torchscript"
+    guard_output(args.out, {"checkpoint": args.checkpoint}, kind, args.force)
     size = tuple(args.size) if args.size else None
     path = export_model(args.checkpoint, args.out, args.format, args.part, size)
     note = " (verified against eager on another batch size)" if args.format == "torchscript" else ""
@@ -168,4 +174,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="for SFT checkpoints: which network (default: teacher)",
     )
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="trace size")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite --out even if it is not a previous export (never the checkpoint)",
+    )
     p.set_defaults(func=_cmd_export)

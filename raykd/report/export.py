@@ -133,6 +133,8 @@ def export_onnx(
     inputs = example_inputs(2, size or stored_size)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    # Written next to ``out`` and renamed: a failed export never deletes an existing file.
+    tmp = out.with_name(f".{out.name}.tmp")
     try:
         import onnxscript  # noqa: F401  (the dynamo exporter needs it)
 
@@ -145,22 +147,23 @@ def export_onnx(
             torch.onnx.export(
                 model,
                 inputs,
-                str(out),
+                str(tmp),
                 input_names=["zero_filled", "y", "mask"],
                 output_names=["reconstruction"],
                 opset_version=opset,
                 dynamo=dynamo,
             )
     except Exception as exc:
-        out.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise RaykdError(
             "ONNX export failed: ONNX cannot represent the complex FFT data-consistency layer "
             "(torch.fft.fft2/ifft2 on complex64 k-space, and complex64 graph inputs); "
             f"TorchScript is the supported deployment format (--format torchscript). "
             f"Exporter said: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
         ) from exc
-    if not out.is_file():
+    if not tmp.is_file():
         raise RaykdError(f"ONNX export reported success but wrote no file at {out}")
+    os.replace(tmp, out)
     return out
 
 

@@ -103,7 +103,7 @@ def slice_values(report: dict[str, Any], metric: str) -> dict[tuple[str, int], f
                 f"for {len(slices)} slices"
             )
         for s, v in zip(slices, values, strict=True):
-            out[(str(vol["volume"]), int(s))] = float(v)
+            out[(str(vol["volume"]), int(s))] = math.nan if v is None else float(v)
     return out
 
 

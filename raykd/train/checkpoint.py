@@ -7,6 +7,9 @@ RNG states, best validation value and the resolved config (as JSON text).
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import io
 import json
 import os
 import random
@@ -51,22 +54,78 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+OS_CAUSES = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large for this file system or process limit",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EIO: "I/O error",
+}
+
+
+def os_cause(exc: OSError) -> str:
+    """A short human cause for an OS error ('disk full' for ENOSPC)."""
+    return OS_CAUSES.get(exc.errno, exc.strerror or type(exc).__name__)
+
+
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write atomically: a crash mid-write leaves the previous file intact."""
+    """Write atomically: a crash mid-write leaves the previous file intact.
+
+    The checkpoint is serialised in memory first and written with plain file writes, so a
+    full disk surfaces as the OS error it is ("disk full") rather than torch's zip writer
+    complaining about stream positions.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format_version": FORMAT_VERSION, **payload}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        raise CheckpointError(
+            f"cannot write checkpoint {path}: {os_cause(exc)} ({len(buffer.getbuffer())} "
+            f"bytes; errno {errno.errorcode.get(exc.errno or 0, exc.errno)}); the previous "
+            "checkpoint there is intact"
+        ) from exc
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def clean_stale_temp(folder: str | Path) -> list[Path]:
+    """Remove temporary files a killed save left behind (``.best.pt.*.tmp``...)."""
+    removed = []
+    for pattern in (".*.pt.*.tmp", "*.json.tmp", "*.h5.tmp"):
+        for tmp in Path(folder).glob(pattern):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
+def check_resume_config(ckpt: dict[str, Any], config: dict[str, Any], path: str | Path) -> None:
+    """Refuse to resume from a checkpoint trained with another configuration."""
+    from raykd.errors import ConfigError
+    from raykd.train.rundir import identity_diff, run_identity
+
+    if "config" not in ckpt:
+        return
+    diff = identity_diff(run_identity(checkpoint_config(ckpt)), run_identity(config))
+    if diff:
+        shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
+        raise ConfigError(
+            f"checkpoint {path}: trained with another configuration ({shown}); resuming "
+            "would mix the two runs: use the same config, or --restart to start over"
+        )
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

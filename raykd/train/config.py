@@ -10,10 +10,17 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from raykd.errors import ConfigError
 
@@ -32,6 +39,17 @@ CANONICAL_KD_WEIGHTS = {
     "nst": 50.0,
     "ft": 200.0,
 }
+
+
+def _no_bool(value: Any) -> Any:
+    # pydantic's lax mode reads true as 1: `optim.epochs=true` would train one epoch.
+    if isinstance(value, bool):
+        raise ValueError(f"expected an integer, got the boolean {value}")
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_no_bool)]
+MAX_DEPTH = 64  # deeper than any published cascade; beyond it the network would not fit anyway
 
 
 class _Loader(yaml.SafeLoader):
@@ -59,9 +77,12 @@ class MaskConfig(_Strict):
     kind: Literal["file", "cartesian"] = "cartesian"
     path: str | None = None
     acceleration: float = Field(4.0, ge=1.0)
-    seed: int = 0
-    num_low: int = Field(10, ge=0)
+    seed: Count = 0
+    num_low: Count = Field(10, ge=0)
     per_volume: bool = False
+    allow_full: bool = Field(
+        False, description="allow a mask sampling every point (a trivial task; off by default)"
+    )
 
     @model_validator(mode="after")
     def _path_for_file(self) -> MaskConfig:
@@ -92,9 +113,9 @@ class DataConfig(_Strict):
     test: list[str] | None = None
     size: tuple[int, int] = (240, 240)
     mask: MaskConfig = MaskConfig()
-    batch_size: int = Field(4, ge=1)
-    num_workers: int = Field(0, ge=0)
-    max_slices_per_volume: int | None = Field(None, ge=1)
+    batch_size: Count = Field(4, ge=1)
+    num_workers: Count = Field(0, ge=0)
+    max_slices_per_volume: Count | None = Field(None, ge=1)
     sr: SRConfig | None = Field(None, description="set for the super-resolution task")
 
     @model_validator(mode="after")
@@ -106,26 +127,30 @@ class DataConfig(_Strict):
 
 class ModelConfig(_Strict):
     arch: Literal["dccnn", "dcunet", "vdsr"] = "dccnn"
-    depth: int = Field(
+    depth: Count = Field(
         5,
         ge=2,
+        le=MAX_DEPTH,
         description="dccnn: conv layers per cascade (n in DnCm); dcunet: U-Net levels; "
         "vdsr: conv layers in total",
     )
-    cascades: int = Field(
-        5, ge=1, description="dccnn/dcunet: cascades (m in DnCm); vdsr: SFT blocks of layers"
+    cascades: Count = Field(
+        5,
+        ge=1,
+        le=MAX_DEPTH,
+        description="dccnn/dcunet: cascades (m in DnCm); vdsr: SFT blocks of layers",
     )
-    channels: int = Field(32, ge=1)
+    channels: Count = Field(32, ge=1, le=4096)
     residual: bool = True
 
 
 class OptimConfig(_Strict):
-    epochs: int = Field(150, ge=1)
+    epochs: Count = Field(150, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    step_size: int = Field(40, ge=1)
+    step_size: Count = Field(40, ge=1)
     gamma: float = Field(0.1, gt=0, le=1)
-    max_steps_per_epoch: int | None = Field(None, ge=1)
+    max_steps_per_epoch: Count | None = Field(None, ge=1)
 
 
 class SFTConfig(_Strict):
@@ -152,7 +177,7 @@ class KDConfig(_Strict):
 class StageConfig(_Strict):
     kind: StageKind
     name: str | None = None
-    seed: int = 42
+    seed: Count = 42
     data: DataConfig = DataConfig()
     teacher: ModelConfig = ModelConfig(depth=5)
     student: ModelConfig = ModelConfig(depth=3)

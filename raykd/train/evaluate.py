@@ -82,11 +82,46 @@ def evaluate_model(
     return {"volumes": volumes, "summary": {k: list(v) for k, v in summary.items()}}
 
 
+NULL_REASONS = {
+    "nan": "undefined (e.g. an all-zero target slice: no PSNR peak, no NMSE denominator)",
+    "inf": "infinite (the prediction equals the target exactly)",
+    "-inf": "minus infinity",
+}
+
+
+def json_safe(data: Any) -> tuple[Any, dict[str, str]]:
+    """``data`` with every non-finite float replaced by ``None``, and why, by JSON path.
+
+    Strict JSON has no NaN/Infinity (Python writes them as bare ``NaN``, which other readers
+    reject), so metrics files carry ``null`` plus a ``null_reasons`` entry instead.
+    """
+    reasons: dict[str, str] = {}
+
+    def walk(node: Any, where: str) -> Any:
+        if isinstance(node, dict):
+            return {k: walk(v, f"{where}.{k}" if where else str(k)) for k, v in node.items()}
+        if isinstance(node, list | tuple):
+            return [walk(v, f"{where}[{i}]") for i, v in enumerate(node)]
+        if isinstance(node, np.generic):
+            node = node.item()
+        if isinstance(node, float) and not np.isfinite(node):
+            kind = "nan" if node != node else ("inf" if node > 0 else "-inf")
+            reasons[where] = NULL_REASONS[kind]
+            return None
+        return node
+
+    return walk(data, ""), reasons
+
+
 def write_json(data: dict[str, Any], path: str | Path) -> Path:
-    """Atomic JSON write (NaN/inf kept as JSON-compatible strings by json's defaults)."""
+    """Atomic, strictly valid JSON write: non-finite values become ``null`` with a reason."""
     path = Path(path)
+    clean, reasons = json_safe(data)
+    if reasons:
+        clean["null_reasons"] = reasons
+    text = json.dumps(clean, indent=1, allow_nan=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=float))
+    tmp.write_text(text)
     tmp.replace(path)
     return path

@@ -33,6 +33,8 @@ from raykd.errors import CheckpointError
 from raykd.models.taps import FeatureTaps
 from raykd.train.checkpoint import (
     check_arch,
+    check_resume_config,
+    clean_stale_temp,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -40,6 +42,7 @@ from raykd.train.checkpoint import (
 )
 from raykd.train.config import StageConfig, save_config
 from raykd.train.precision import autocast, pick_device, resolve_precision
+from raykd.train.rundir import check_run_dir, write_identity
 from raykd.train.stages import build_stage
 
 # Called after every epoch with (epoch, metrics, path of last.pt or None off rank 0).
@@ -89,6 +92,8 @@ class Trainer:
         self.output_dir = Path(output_dir or cfg.output_dir)
         self.callbacks = callbacks or []
         self.rank, self.world = dist_info()
+        if resume_from is not None or (cfg.resume and self.last_path.is_file()):
+            check_run_dir(cfg.to_dict(), self.output_dir)  # never resume another config's run
         self.device = pick_device(cfg.device)
         if self.device.type == "cuda" and self.world > 1:
             self.device = torch.device("cuda", torch.cuda.current_device())
@@ -165,6 +170,7 @@ class Trainer:
             return
         ckpt = load_checkpoint(path, map_location="cpu")
         check_arch(ckpt, self.stage.saved_model.arch, path)
+        check_resume_config(ckpt, self.cfg.to_dict(), path)
         if "optimizer" not in ckpt or ckpt.get("kind") != self.cfg.kind:
             raise CheckpointError(
                 f"checkpoint {path}: cannot resume a '{self.cfg.kind}' run from it (kind "
@@ -331,7 +337,11 @@ class Trainer:
         cfg = self.cfg
         if self.rank == 0:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+            clean_stale_temp(self.output_dir)
             save_config(cfg, self.output_dir / "config.yaml")
+            write_identity(cfg.to_dict(), self.output_dir)
+            if self.start_epoch == 0:  # a fresh run starts a fresh history
+                (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
         train_set = self.datasets["train"]
         sampler = ShardedSampler(len(train_set), self.rank, self.world, shuffle=True, seed=cfg.seed)
         loader = self._loader(train_set, sampler)

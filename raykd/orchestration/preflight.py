@@ -1,0 +1,242 @@
+"""Check everything a grid or search will need before Ray starts.
+
+A bad flag used to surface after ~35 s inside Ray as a 155-line traceback per trial (or a
+hang, for an unreachable tracking server). Here every stage config the job will build is
+constructed and validated, the student/teacher depths compared, masks generated, every data
+and test volume opened and scanned, and the tracking URI checked, in seconds. Problems are
+collected, so one run lists all of them: one line each, then exit status 2.
+
+This module does not import Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from raykd.errors import ConfigError, RaykdError
+from raykd.orchestration.grid import GridSpec, grid_rows, row_label, stage_config
+
+TRACKING_SCHEMES = {"", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https"}
+TRACKING_TIMEOUT_S = 3.0
+# Stage kinds one row trains (dependencies first), as grid.row_requests builds them.
+ROW_KINDS = {
+    "teacher": ("teacher",),
+    "sft_teacher": ("sft",),
+    "student": ("student",),
+    "equal_compute": ("student",),
+    "std_kd": ("teacher", "kd"),
+    "sft_kd": ("sft", "kd"),
+    "sft_kd_random": ("sft", "kd"),
+}
+
+
+def _first_line(exc: BaseException) -> str:
+    """A pydantic-formatted ConfigError is a header plus '  - key: msg' lines: keep the keys."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if len(lines) > 1 and lines[1].startswith("- "):
+        return f"{lines[0].split(':')[0]}: " + "; ".join(ln[2:] for ln in lines[1:])
+    return lines[0] if lines else type(exc).__name__
+
+
+def check_spec_flags(spec: GridSpec) -> list[str]:
+    """Grid-level values, named by the flag that sets them."""
+    problems = []
+    if spec.task == "recon":
+        bad = [a for a in spec.accelerations if not a > 1]
+        if bad:
+            problems.append(
+                f"--accelerations {' '.join(f'{a:g}' for a in bad)}: an acceleration must be "
+                "> 1 (1 samples all of k-space, below 1 is meaningless)"
+            )
+    low = [d for d in spec.student_depths if d < 2]
+    if low:
+        problems.append(f"--student-depths {low}: a student needs depth >= 2 (D2Cm is smallest)")
+    if spec.teacher_arch == spec.student_arch:
+        deep = [d for d in spec.student_depths if d >= spec.teacher_depth]
+        students = [r for r in spec.rows if r != "teacher"]
+        if deep and students:
+            problems.append(
+                f"--student-depths {deep}: not below the teacher depth {spec.teacher_depth} "
+                f"({spec.teacher_arch}); a distilled student must be smaller than its teacher"
+            )
+    if spec.max_slices_per_volume is not None and spec.max_slices_per_volume < 1:
+        problems.append(f"--max-slices {spec.max_slices_per_volume}: expected >= 1")
+    if spec.size is not None and min(spec.size) < 8:
+        problems.append(f"--size {spec.size[0]} {spec.size[1]}: expected at least 8 8")
+    if spec.data_path and not Path(spec.data_path).expanduser().is_dir():
+        problems.append(f"--data-path {spec.data_path}: not a folder")
+    return problems
+
+
+def check_stages(spec: GridSpec, rows: list[dict[str, Any]]) -> list[str]:
+    """Build and validate every stage config the rows need; generate their masks; scan data."""
+    from raykd.data.sources import build_datasets
+
+    problems: list[str] = []
+    seen_data: set[str] = set()
+    for row in rows:
+        for kind in ROW_KINDS[row["row"]]:
+            extra = {}
+            if row["row"] == "equal_compute":
+                extra["optim.epochs"] = spec.epochs.sft + spec.epochs.kd
+            try:
+                cfg = stage_config(spec, row, kind, **extra)
+            except RaykdError as exc:
+                problems.append(f"{row_label(row)} ({kind}): {_first_line(exc)}")
+                continue
+            key = cfg.data.model_dump_json()
+            if key in seen_data:
+                continue
+            seen_data.add(key)
+            try:
+                build_datasets(cfg.data)  # opens and scans every volume, makes every mask
+            except RaykdError as exc:
+                problems.append(f"{row['dataset']}: {_first_line(exc)}")
+    return list(dict.fromkeys(problems))
+
+
+def check_tracking_uri(uri: str | None, flag: str = "--tracking-uri") -> list[str]:
+    """Known scheme; an http(s) server must answer within a few seconds."""
+    if not uri:
+        return []
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.split("+")[0].lower()
+    if len(scheme) == 1:  # a Windows drive letter, i.e. a plain path
+        scheme = ""
+    if scheme.startswith("databricks"):
+        return []
+    if scheme not in TRACKING_SCHEMES:
+        return [
+            f"{flag} {uri}: unknown scheme '{parsed.scheme}'; expected sqlite:///path, "
+            "file:///path, http(s)://host:port or a database URI (postgresql, mysql, mssql)"
+        ]
+    if scheme in ("http", "https"):
+        try:
+            urllib.request.urlopen(  # noqa: S310 - the user's own tracking server
+                uri.rstrip("/") + "/health", timeout=TRACKING_TIMEOUT_S
+            ).close()
+        except urllib.error.HTTPError:
+            return []  # something answered; MLflow itself reports a wrong endpoint clearly
+        except OSError as exc:  # URLError and timeouts are OSErrors
+            reason = getattr(exc, "reason", exc)
+            return [
+                f"{flag} {uri}: no tracking server reachable within {TRACKING_TIMEOUT_S:g}s "
+                f"({reason}); start it (mlflow server ...) or use a local sqlite:/// store"
+            ]
+    if scheme == "sqlite":
+        path = parsed.path[1:] if parsed.path.startswith("//") else parsed.path
+        folder = Path(path).expanduser().parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if path and not os.access(folder, os.W_OK):
+            return [f"{flag} {uri}: cannot create the database under {folder} (not writable)"]
+    return []
+
+
+def check_job_flags(args) -> list[str]:
+    problems = []
+    for flag, name in (
+        ("--workers", "workers"),
+        ("--max-concurrent", "max_concurrent"),
+        ("--num-cpus", "num_cpus"),
+    ):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            problems.append(f"{flag} {value}: expected >= 1")
+    if getattr(args, "epochs", None) is not None and args.epochs < 1:
+        problems.append(f"--epochs {args.epochs}: expected >= 1")
+    if getattr(args, "tracking_uri", None):
+        problems += check_tracking_uri(args.tracking_uri)
+    elif os.environ.get("MLFLOW_TRACKING_URI"):
+        problems += check_tracking_uri(os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI")
+    return problems
+
+
+def load_checked_preset(name: str, overrides: dict[str, Any], args) -> tuple[GridSpec, list[str]]:
+    """The preset with the command line's overrides, and the job-flag problems found so far.
+
+    Raises (all problems, one line each) when the preset itself does not validate.
+    """
+    from raykd.orchestration.grid import load_preset
+
+    problems = check_job_flags(args)
+    if getattr(args, "epochs", None) is not None and args.epochs < 1:
+        overrides = {**overrides, "epochs": None}  # reported above, once, by its flag
+    try:
+        return load_preset(name, overrides), problems
+    except RaykdError as exc:
+        raise_problems([*problems, _first_line(exc)])
+        raise
+
+
+def raise_problems(problems: list[str]) -> None:
+    if problems:
+        raise ConfigError("\n".join(dict.fromkeys(problems)))
+
+
+def preflight_grid(spec: GridSpec, problems: list[str] | None = None) -> None:
+    """Everything ``raykd grid`` needs, before Ray starts; one line per problem."""
+    problems = list(problems or [])
+    flag_problems = check_spec_flags(spec)
+    problems += flag_problems
+    if not flag_problems:  # the stage checks would repeat each flag problem per row
+        problems += check_stages(spec, grid_rows(spec))
+    raise_problems(problems)
+
+
+def search_rows(search, base: GridSpec) -> list[dict[str, Any]]:
+    """One row per combination of the categorical values a search can sample."""
+
+    def values(name: str, default: Any) -> list[Any]:
+        p = search.params.get(name)
+        if p is None:
+            return [default]
+        if p.choices is not None:
+            return list(p.choices)
+        return list(p.uniform or p.loguniform)  # both bounds of a continuous range
+
+    return [
+        {
+            "dataset": base.datasets[0],
+            "acceleration": float(acc),
+            "seed": base.first_seed,
+            "row": search.row,
+            "student_depth": int(depth),
+            "method": method,
+        }
+        for acc in values("acceleration", base.accelerations[0])
+        for depth in values("student_depth", base.student_depths[0])
+        for method in values("method", base.methods[0])
+    ]
+
+
+def preflight_search(search, base: GridSpec, problems: list[str] | None = None) -> None:
+    """Everything ``raykd search`` needs, before Ray starts; one line per problem."""
+    problems = list(problems or [])
+    rows = search_rows(search, base)
+    flag_problems = check_spec_flags(base.model_copy(update={"rows": [search.row]}))
+    sampled: dict[str, Any] = {}
+    if "acceleration" in search.params:
+        sampled["accelerations"] = sorted({r["acceleration"] for r in rows})
+    if "student_depth" in search.params:
+        sampled["student_depths"] = sorted({r["student_depth"] for r in rows})
+    if sampled:  # values the search space samples, named as search parameters
+        probe = base.model_copy(
+            update={**sampled, "rows": [search.row], "size": None, "data_path": None}
+        )
+        flag_problems += [
+            p.replace("--accelerations", "search parameter acceleration").replace(
+                "--student-depths", "search parameter student_depth"
+            )
+            for p in check_spec_flags(probe)
+            if p.startswith(("--accelerations", "--student-depths"))
+        ]
+    problems += flag_problems
+    if not flag_problems:
+        problems += check_stages(base, rows)
+    raise_problems(problems)

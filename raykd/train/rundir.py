@@ -1,0 +1,140 @@
+"""A stage's output directory remembers what it trains, so a resume never mixes two runs.
+
+``identity.json`` holds the run's *identity*: the resolved config minus what does not change
+the result (where it is written, progress bars, device, loader workers, compile/channels_last,
+``optim.epochs`` which a resume may extend), with the teacher checkpoint replaced by a digest
+of its content (a moved run directory is still the same teacher). Directories written before
+this file existed are identified from the config inside their ``last.pt``.
+
+Resuming into a directory of another identity is refused with one line naming the keys that
+differ; ``raykd train --restart`` moves the old run aside first (:func:`move_aside`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from raykd.errors import ConfigError
+
+IDENTITY_FILE = "identity.json"
+NOT_IDENTITY = {
+    "name",
+    "output_dir",
+    "progress",
+    "resume",
+    "device",
+    "compile",
+    "channels_last",
+    "data.num_workers",
+    "optim.epochs",
+}
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def _file_digest(path: str) -> str:
+    p = Path(path)
+    if not p.is_file():
+        return f"missing:{path}"
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return f"sha256:{h.hexdigest()[:16]}"
+
+
+def run_identity(config: dict[str, Any]) -> dict[str, Any]:
+    """Flat ``{dotted key: value}`` of everything in a resolved config that shapes the result."""
+    flat = {k: v for k, v in _flatten(config).items() if k not in NOT_IDENTITY}
+    if flat.get("teacher_checkpoint"):
+        flat["teacher_checkpoint"] = _file_digest(flat["teacher_checkpoint"])
+    return flat
+
+
+def _stored_identity(out: Path) -> dict[str, Any] | None:
+    path = out / IDENTITY_FILE
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            raise ConfigError(
+                f"{path}: unreadable run identity; delete the file if the run in {out} is "
+                "known to match, or use --restart"
+            ) from None
+    last = out / "last.pt"
+    if last.is_file():  # a run from before identity.json: its checkpoint holds the config
+        from raykd.train.checkpoint import checkpoint_config, load_checkpoint
+
+        return run_identity(checkpoint_config(load_checkpoint(last)))
+    return None
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def identity_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key old -> new`` for every key whose value differs (missing keys included)."""
+    keys = sorted(set(old) | set(new))
+    missing = object()
+    return [
+        f"{k} {_short(old.get(k))} -> {_short(new.get(k))}"
+        for k in keys
+        if old.get(k, missing) != new.get(k, missing)
+    ]
+
+
+def check_run_dir(config: dict[str, Any], out: str | Path) -> None:
+    """Refuse to resume into ``out`` when it holds a run of another identity (read only)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir {out}: exists and is not a directory")
+    if not out.is_dir():
+        return
+    stored = _stored_identity(out)
+    if stored is None:
+        return
+    diff = identity_diff(stored, run_identity(config))
+    if diff:
+        shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
+        raise ConfigError(
+            f"output_dir {out} holds a run of another configuration ({shown}); resume it with "
+            "the same config, choose another --output-dir, or pass --restart to start over "
+            "(the old run is moved aside)"
+        )
+
+
+def write_identity(config: dict[str, Any], out: str | Path) -> None:
+    path = Path(out) / IDENTITY_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(run_identity(config), indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
+def move_aside(out: str | Path) -> Path | None:
+    """``--restart``: rename a non-empty run directory to ``<name>.replaced-<UTC time>``."""
+    out = Path(out)
+    if not out.is_dir() or not any(out.iterdir()):
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    target = out.with_name(f"{out.name}.replaced-{stamp}")
+    n = 1
+    while target.exists():
+        target = out.with_name(f"{out.name}.replaced-{stamp}-{n}")
+        n += 1
+    out.rename(target)
+    return target
