@@ -88,7 +88,9 @@ def _fails(args, capsys, *needles):
 def test_bad_inputs_give_clear_errors(trained, tiny_data, tmp_path, capsys):
     ckpt = str(trained / "best.pt")
     out = tmp_path / "keep.json"
-    out.write_text('{"old": 1}')
+    # A previous metrics file: its kind may be overwritten, so each case below fails for the
+    # reason it tests, not because of the output guard.
+    out.write_text('{"summary": {}, "volumes": [], "old": 1}')
     # Missing file.
     _fails(
         ["evaluate", ckpt, "--data", str(tmp_path / "none.h5"), "--out", str(out)],
@@ -161,7 +163,7 @@ def test_bad_inputs_give_clear_errors(trained, tiny_data, tmp_path, capsys):
         capsys,
         "nan.h5",
         "slice 1",
-        "NaN or Inf",
+        "contains NaN",
     )
     # Checkpoint from another architecture.
     _fails(
@@ -173,6 +175,10 @@ def test_bad_inputs_give_clear_errors(trained, tiny_data, tmp_path, capsys):
             f"teacher_checkpoint={ckpt}",
             "--set",
             f"data.source={tiny_data}",
+            "--set",
+            "data.size=[32,32]",
+            "--set",
+            "data.mask.num_low=4",
             "--set",
             "teacher.depth=4",
             "--set",
@@ -211,7 +217,7 @@ def test_bad_inputs_give_clear_errors(trained, tiny_data, tmp_path, capsys):
         "greater than or equal to 2",
     )
     # Nothing already written was touched by any of the failures.
-    assert json.loads(out.read_text()) == {"old": 1}
+    assert json.loads(out.read_text()) == {"summary": {}, "volumes": [], "old": 1}
 
 
 def test_nan_mid_training_leaves_checkpoints_intact(trained, tiny_data, tmp_path, capsys):
@@ -280,7 +286,8 @@ def test_nan_mid_training_leaves_checkpoints_intact(trained, tiny_data, tmp_path
         ],
         capsys,
         "vol2.h5",
-        "NaN or Inf",
+        "slice 5",
+        "contains Inf",
     )
     assert (out / "last.pt").read_bytes() == before
 

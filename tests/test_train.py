@@ -110,7 +110,7 @@ def test_checkpoint_from_other_architecture(tiny_config):
     with pytest.raises(CheckpointError, match="teacher is .*'depth': 3.*config says.*'depth': 4"):
         Trainer(cfg)
     # Resuming a run whose checkpoint has another architecture fails before any training.
-    other = tiny_config("teacher", **{"teacher.channels": "6"})
+    other = tiny_config("teacher", name="other", **{"teacher.channels": "6"})
     with pytest.raises(CheckpointError, match="does not match the model"):
         Trainer(other, resume_from=teacher.last_checkpoint)
 
