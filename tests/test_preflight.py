@@ -107,7 +107,7 @@ def test_grid_flags_fail_in_seconds_before_ray(tiny_data, bad_data, tmp_path):
     t0 = time.perf_counter()
     results = _run([grid + argv for argv, _ in cases.values()], tmp_path)
     wall = time.perf_counter() - t0
-    for (name, (_, needles)), r in zip(cases.items(), results, strict=True):
+    for i, ((name, (_, needles)), r) in enumerate(zip(cases.items(), results, strict=True)):
         assert r["rc"] == 2, (name, r)
         assert not r["ray"], f"{name}: Ray was started"
         lines = r["err"].strip().splitlines()
@@ -115,9 +115,9 @@ def test_grid_flags_fail_in_seconds_before_ray(tiny_data, bad_data, tmp_path):
         assert "Traceback" not in r["err"], (name, r["err"])
         for needle in needles:
             assert needle in r["err"], (name, r["err"])
-        # Seconds, not a minute inside Ray (the http probe waits at most 3 s); generous for a
-        # loaded 2-core CI box.
-        assert r["s"] < 20, (name, r["s"])
+        # Seconds, not a minute inside Ray (the http probe waits at most 3 s). The first case
+        # also pays the imports (torch, pydantic models): generous for a loaded 2-core box.
+        assert r["s"] < (60 if i == 0 else 15), (name, r["s"])
     two = results[-1]["err"].strip().splitlines()
     assert len(two) == 2, two  # one line per problem
     assert wall < 200
