@@ -44,9 +44,11 @@ def _err(capsys, argv: list[str]) -> str:
     rc = main(argv)
     err = capsys.readouterr().err
     assert rc == 2, err
-    lines = err.strip().splitlines()
-    # One line, or the config format: a header and one '  - key: problem' line per problem.
-    assert "Traceback" not in err and all(ln.startswith("  - ") for ln in lines[1:]), err
+    assert "Traceback" not in err and "raykd: error: " in err, err
+    # After progress lines (if any): one line, or the config format (a header and one
+    # '  - key: problem' line per problem).
+    lines = err[err.index("raykd: error: ") :].strip().splitlines()
+    assert all(ln.startswith("  - ") for ln in lines[1:]), err
     return err
 
 
@@ -280,13 +282,13 @@ except CheckpointError as exc:
 def _tmpfs(path: Path) -> bool:
     path.mkdir()
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(path)], capture_output=True
+        ["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(path)], capture_output=True
     )
     return done.returncode == 0
 
 
-def test_disk_full_is_one_line_naming_path_and_cause(tmp_path):
-    """A real OS error: a 64 KiB tmpfs where we may mount one (root), else RLIMIT_FSIZE."""
+def test_disk_full_is_one_line_naming_path_and_cause(tiny_data, tmp_path, capsys):
+    """A real OS error: a 32 KiB tmpfs where we may mount one (root), else RLIMIT_FSIZE."""
     mnt = tmp_path / "small"
     mode = "tmpfs" if _tmpfs(mnt) else "rlimit"
     try:
@@ -306,6 +308,12 @@ def test_disk_full_is_one_line_naming_path_and_cause(tmp_path):
         cause = "disk full" if mode == "tmpfs" else "file too large"
         assert cause in msg and "unexpected pos" not in msg, msg
         assert not list(target.parent.glob(".best.pt.*.tmp"))  # no temp file left
+        if mode == "tmpfs":  # the whole CLI: one line, exit 2, no traceback
+            target.unlink(missing_ok=True)
+            capsys.readouterr()
+            err = _err(capsys, _train_args(tiny_data, mnt / "run"))
+            assert "disk full" in err and str(mnt / "run") in err, err
+            assert not list((mnt / "run").glob(".*.tmp"))
     finally:
         if mode == "tmpfs":
             subprocess.run(["umount", str(mnt)], check=False)

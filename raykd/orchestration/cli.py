@@ -171,7 +171,9 @@ def run_search_args(args: argparse.Namespace) -> int:
         finish_job(job, [], status="FAILED")
         raise
     path = job.root / f"search-{search.name}-{job.run_id[:8]}.json"
-    path.write_text(json.dumps(out, indent=1, default=str))
+    from raykd.train.evaluate import json_safe  # strict JSON: a NaN objective becomes null
+
+    path.write_text(json.dumps(json_safe(out)[0], indent=1, default=str, allow_nan=False))
     job.tracking.log_artifact(job.run_id, path)
     job.tracking.set_tags(
         job.run_id,

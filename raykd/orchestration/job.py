@@ -96,7 +96,9 @@ def finish_job(job: Job, rows: list[dict[str, Any]], status: str = "FINISHED") -
         "rows": rows,
     }
     path = job.root / f"{job.name}-{job.run_id[:8]}-stages.json"
-    path.write_text(json.dumps(summary, indent=1, default=str))
+    from raykd.train.evaluate import json_safe  # strict JSON: a NaN metric becomes null
+
+    path.write_text(json.dumps(json_safe(summary)[0], indent=1, default=str, allow_nan=False))
     job.tracking.log_artifact(job.run_id, path)
     job.tracking.log_metrics(
         job.run_id,

@@ -93,7 +93,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
         raise CheckpointError(
             f"cannot write checkpoint {path}: {os_cause(exc)} ({len(buffer.getbuffer())} "
             f"bytes; errno {errno.errorcode.get(exc.errno or 0, exc.errno)}); the previous "
-            "checkpoint there is intact"
+            "checkpoint there, if any, is intact"
         ) from exc
     finally:
         if tmp is not None and os.path.exists(tmp):

@@ -92,8 +92,8 @@ class Trainer:
         self.output_dir = Path(output_dir or cfg.output_dir)
         self.callbacks = callbacks or []
         self.rank, self.world = dist_info()
-        if resume_from is not None or (cfg.resume and self.last_path.is_file()):
-            check_run_dir(cfg.to_dict(), self.output_dir)  # never resume another config's run
+        resuming = resume_from is not None or (cfg.resume and self.last_path.is_file())
+        check_run_dir(cfg.to_dict(), self.output_dir, resuming)  # never mix two configs' runs
         self.device = pick_device(cfg.device)
         if self.device.type == "cuda" and self.world > 1:
             self.device = torch.device("cuda", torch.cuda.current_device())

@@ -98,12 +98,12 @@ def identity_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     ]
 
 
-def check_run_dir(config: dict[str, Any], out: str | Path) -> None:
+def check_run_dir(config: dict[str, Any], out: str | Path, resuming: bool = True) -> None:
     """Refuse to resume into ``out`` when it holds a run of another identity (read only)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output_dir {out}: exists and is not a directory")
-    if not out.is_dir():
+    if not resuming or not out.is_dir():
         return
     stored = _stored_identity(out)
     if stored is None:
