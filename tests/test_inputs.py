@@ -219,6 +219,17 @@ def test_resume_with_changed_config_is_refused_or_restarted(tiny_data, tmp_path,
     err = _err(capsys, _train_args(tiny_data, out, **{"optim.lr": "0.5", "seed": "7"}))
     assert "optim.lr 0.001 -> 0.5" in err and "seed 42 -> 7" in err and "--restart" in err
     assert (out / "last.pt").read_bytes() == last
+    # A field added to the config since the run started counts as its default.
+    ident = json.loads((out / "identity.json").read_text())
+    del ident["data.mask.allow_full"]
+    (out / "identity.json").write_text(json.dumps(ident))
+    from raykd.train.config import load_config
+    from raykd.train.rundir import check_run_dir
+
+    same = load_config(
+        None, [a for a in _train_args(tiny_data, out) if a not in ("train", "--set")]
+    )
+    check_run_dir(same.to_dict(), out)
     # A run from before identity.json existed is identified by its last.pt's config.
     (out / "identity.json").unlink()
     err = _err(capsys, _train_args(tiny_data, out, **{"data.size": "[24, 24]"}))

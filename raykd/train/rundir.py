@@ -87,15 +87,25 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def _defaults() -> dict[str, Any]:
+    from raykd.train.config import StageConfig
+
+    return _flatten(StageConfig.model_construct(kind="teacher").model_dump(mode="json"))
+
+
 def identity_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``key old -> new`` for every key whose value differs (missing keys included)."""
-    keys = sorted(set(old) | set(new))
-    missing = object()
-    return [
-        f"{k} {_short(old.get(k))} -> {_short(new.get(k))}"
-        for k in keys
-        if old.get(k, missing) != new.get(k, missing)
-    ]
+    """``key old -> new`` for every key whose value differs.
+
+    A key only one side has (a config field added or removed since the run started) counts
+    as its default value, so upgrading raykd does not make every earlier run un-resumable.
+    """
+    defaults = _defaults()
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k, defaults.get(k)), new.get(k, defaults.get(k))
+        if a != b:
+            out.append(f"{k} {_short(a)} -> {_short(b)}")
+    return out
 
 
 def check_run_dir(config: dict[str, Any], out: str | Path, resuming: bool = True) -> None:
