@@ -279,9 +279,8 @@ import torch
 from raykd.errors import CheckpointError
 from raykd.train.checkpoint import save_checkpoint
 path = sys.argv[1]
-if sys.argv[2] == "rlimit":
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
-    resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384))
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384))
 try:
     save_checkpoint(path, {"model": {"w": torch.randn(100_000)}, "arch": {"type": "x"}})
 except CheckpointError as exc:
@@ -301,30 +300,28 @@ def _tmpfs(path: Path) -> bool:
 def test_disk_full_is_one_line_naming_path_and_cause(tiny_data, tmp_path, capsys):
     """A real OS error: a 32 KiB tmpfs where we may mount one (root), else RLIMIT_FSIZE."""
     mnt = tmp_path / "small"
-    mode = "tmpfs" if _tmpfs(mnt) else "rlimit"
-    try:
-        target = (mnt if mode == "tmpfs" else tmp_path) / "best.pt"
-        repo = str(Path(__file__).resolve().parents[1])
-        env = {**os.environ, "PYTHONPATH": repo}
-        done = subprocess.run(
-            [sys.executable, "-c", DISK_FULL_SCRIPT, str(target), mode],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=120,
-        )
-        assert done.returncode == 2, done.stderr
-        msg = done.stdout.strip()
-        assert "\n" not in msg and str(target) in msg, msg
-        cause = "disk full" if mode == "tmpfs" else "file too large"
-        assert cause in msg and "unexpected pos" not in msg, msg
-        assert not list(target.parent.glob(".best.pt.*.tmp"))  # no temp file left
-        if mode == "tmpfs":  # the whole CLI: one line, exit 2, no traceback
-            target.unlink(missing_ok=True)
-            capsys.readouterr()
+    if _tmpfs(mnt):
+        try:  # the whole CLI: one line, exit 2, no traceback, no temp file left
             err = _err(capsys, _train_args(tiny_data, mnt / "run"))
-            assert "disk full" in err and str(mnt / "run") in err, err
+            assert "disk full" in err and str(mnt / "run") in err and "ENOSPC" in err, err
+            assert "unexpected pos" not in err
             assert not list((mnt / "run").glob(".*.tmp"))
-    finally:
-        if mode == "tmpfs":
+        finally:
             subprocess.run(["umount", str(mnt)], check=False)
+        return
+    # No tmpfs (not root): a per-process file size limit is an OS error of the same family.
+    target = tmp_path / "best.pt"
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": repo}
+    done = subprocess.run(
+        [sys.executable, "-c", DISK_FULL_SCRIPT, str(target)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    msg = done.stdout.strip()
+    assert "\n" not in msg and str(target) in msg, msg
+    assert "file too large" in msg and "unexpected pos" not in msg, msg
+    assert not list(target.parent.glob(".best.pt.*.tmp"))  # no temp file left

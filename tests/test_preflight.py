@@ -22,7 +22,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 RUNNER = """
-import contextlib, io, json, sys, time
+import contextlib, io, json, runpy, sys, time
 from raykd.cli import main
 out = []
 for argv in json.loads(sys.argv[1]):
@@ -30,7 +30,12 @@ for argv in json.loads(sys.argv[1]):
     t0 = time.perf_counter()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         try:
-            rc = main(argv)
+            if argv[0].endswith(".py"):  # a job script, run as `python jobs/x.py ...` runs it
+                sys.argv = argv
+                runpy.run_path(argv[0], run_name="__main__")
+                rc = 0
+            else:
+                rc = main(argv)
         except SystemExit as exc:
             rc = exc.code
     ray = sys.modules.get("ray")
@@ -67,8 +72,15 @@ def bad_data(tiny_data, tmp_path_factory) -> Path:
     return root
 
 
-def test_grid_flags_fail_in_seconds_before_ray(tiny_data, bad_data, tmp_path):
+def test_grid_search_and_job_flags_fail_in_seconds_before_ray(tiny_data, bad_data, tmp_path):
     (tmp_path / "empty").mkdir()
+    space = tmp_path / "deep.yaml"
+    space.write_text(
+        "name: deep\nbase_preset: smoke\nrow: sft_kd\nnum_samples: 2\n"
+        "objectives: [{metric: val_psnr, mode: max}]\n"
+        "params: {student_depth: {choices: [3, 6]}, acceleration: {choices: [4.0, 1.0]}}\n"
+    )
+    base = ["--datasets", str(tiny_data), "--size", "32", "32", "--root", str(tmp_path / "r")]
     grid = [
         "grid",
         "--datasets",
@@ -104,8 +116,39 @@ def test_grid_flags_fail_in_seconds_before_ray(tiny_data, bad_data, tmp_path):
             ["--workers 0", "--student-depths [7]"],
         ),
     }
+    argvs = [grid + argv for argv, _ in cases.values()]
+    # Searches: their base grid's flags, and every value their space can sample.
+    search_cases = {
+        "search --accelerations 1": (
+            ["search", "--space", "kd_weights", "--accelerations", "1", *base],
+            ["--accelerations 1", "> 1"],
+        ),
+        "search space": (
+            ["search", "--space", str(space), *base],
+            [
+                "search parameter student_depth [6]",
+                "teacher depth 5",
+                "search parameter acceleration 1",
+            ],
+        ),
+        "search --epochs 0": (
+            ["search", "--space", "kd_weights", "--epochs", "0", *base],
+            ["--epochs 0: expected >= 1"],
+        ),
+        # The job scripts are the same entry points.
+        "jobs/full_grid.py": (
+            [str(REPO / "jobs" / "full_grid.py"), "--workers", "0", *base],
+            ["full_grid.py: error: --workers 0: expected >= 1"],
+        ),
+        "jobs/search_kd_weights.py": (
+            [str(REPO / "jobs" / "search_kd_weights.py"), "--max-concurrent", "0", *base],
+            ["--max-concurrent 0: expected >= 1"],
+        ),
+    }
+    cases.update(search_cases)
+    argvs += [argv for argv, _ in search_cases.values()]
     t0 = time.perf_counter()
-    results = _run([grid + argv for argv, _ in cases.values()], tmp_path)
+    results = _run(argvs, tmp_path)
     wall = time.perf_counter() - t0
     for i, ((name, (_, needles)), r) in enumerate(zip(cases.items(), results, strict=True)):
         assert r["rc"] == 2, (name, r)
@@ -118,45 +161,10 @@ def test_grid_flags_fail_in_seconds_before_ray(tiny_data, bad_data, tmp_path):
         # Seconds, not a minute inside Ray (the http probe waits at most 3 s). The first case
         # also pays the imports (torch, pydantic models): generous for a loaded 2-core box.
         assert r["s"] < (60 if i == 0 else 15), (name, r["s"])
-    two = results[-1]["err"].strip().splitlines()
+    two = results[list(cases).index("two at once")]["err"].strip().splitlines()
     assert len(two) == 2, two  # one line per problem
     assert wall < 200
     assert not (tmp_path / "root" / "stages").exists()  # no job was started
-
-
-def test_search_and_job_script_fail_before_ray(tiny_data, tmp_path):
-    base = ["--datasets", str(tiny_data), "--size", "32", "32", "--root", str(tmp_path / "r")]
-    space = tmp_path / "deep.yaml"
-    space.write_text(
-        "name: deep\nbase_preset: smoke\nrow: sft_kd\nnum_samples: 2\n"
-        "objectives: [{metric: val_psnr, mode: max}]\n"
-        "params: {student_depth: {choices: [3, 6]}, acceleration: {choices: [4.0, 1.0]}}\n"
-    )
-    results = _run(
-        [
-            ["search", "--space", "kd_weights", "--accelerations", "1", *base],
-            ["search", "--space", str(space), *base],
-            ["search", "--space", "kd_weights", "--epochs", "0", *base],
-        ],
-        tmp_path,
-    )
-    for r in results:
-        assert r["rc"] == 2 and not r["ray"] and "Traceback" not in r["err"], r
-    assert "--accelerations 1" in results[0]["err"]
-    err = results[1]["err"]
-    assert "search parameter student_depth [6]" in err and "teacher depth 5" in err, err
-    assert "search parameter acceleration 1" in err, err
-    assert "--epochs 0: expected >= 1" in results[2]["err"]
-    # The job script is the same entry point.
-    done = subprocess.run(
-        [sys.executable, str(REPO / "jobs" / "full_grid.py"), "--workers", "0", *base],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        timeout=120,
-    )
-    assert done.returncode == 2 and "--workers 0: expected >= 1" in done.stderr, done.stderr
-    assert "Traceback" not in done.stderr
 
 
 def test_valid_grid_passes_preflight(tiny_data, tmp_path):
