@@ -14,6 +14,7 @@ truncated file, missing key, wrong rank) into one clear :class:`~raykd.errors.Da
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from dataclasses import dataclass
@@ -79,9 +80,10 @@ def inspect_volume(path: str | Path, key: str = IMAGE_KEY) -> VolumeInfo:
 
 
 F32_MAX = float(np.finfo(np.float32).max)
+SCAN_CHUNK = 16  # slices read at a time by scan_volume
 
 
-def _nonfinite_cause(path: Path, key: str, raw: np.ndarray) -> str | None:
+def _nonfinite_cause(path: Path, key: str, raw: np.ndarray, offset: int = 0) -> str | None:
     """Why a volume is not finite as float32, naming the first bad slice; None when finite.
 
     Checked on the values as they will be used (float32), but the cause is taken from the
@@ -94,8 +96,8 @@ def _nonfinite_cause(path: Path, key: str, raw: np.ndarray) -> str | None:
     bad = ~np.isfinite(as_f32)
     if not bad.any():
         return None
-    s = int(np.argwhere(bad.reshape(bad.shape[0], -1).any(axis=1))[0, 0])
-    stored = raw[s]
+    i = int(np.argwhere(bad.reshape(bad.shape[0], -1).any(axis=1))[0, 0])
+    stored, s = raw[i], offset + i
     if np.isnan(stored).any():
         what = "NaN"
     elif np.isinf(stored).any():
@@ -120,6 +122,19 @@ def scan_volume(
     would be trained on and inflate PSNR). Constant slices inside a non-constant volume are
     skipped, and the returned note says which.
     """
+    stat = info.path.stat()
+    memo = (str(info.path.resolve()), stat.st_mtime_ns, stat.st_size, key, tuple(size))
+    if memo not in _SCANNED:  # a chain's stages and splits rebuild datasets of the same files
+        _SCANNED[memo] = _scan(info, size, key)
+    keep, note = _SCANNED[memo]
+    kept = tuple(i for i in info.slice_ids if i in keep)
+    return dataclasses.replace(info, slice_ids=kept), note
+
+
+_SCANNED: dict[tuple, tuple[frozenset[int], str | None]] = {}
+
+
+def _scan(info: VolumeInfo, size: tuple[int, int], key: str) -> tuple[frozenset[int], str | None]:
     path = info.path
     h, w = info.shape
     if h < size[0] or w < size[1]:
@@ -127,29 +142,32 @@ def scan_volume(
             f"{path}: slices are {h}x{w}, smaller than the crop size {size[0]}x{size[1]}; "
             "use a smaller data.size / --size (padding would be scored as image)"
         )
-    with open_h5(path) as f:
-        raw = np.asarray(f[key][()])
-    cause = _nonfinite_cause(path, key, raw)
-    if cause:
-        raise DataError(cause)
-    image = np.abs(raw.astype(np.float32))
     top, left = (h - size[0]) // 2, (w - size[1]) // 2
-    crop = image[:, top : top + size[0], left : left + size[1]]
-    lo, hi = crop.reshape(crop.shape[0], -1).min(axis=1), crop.reshape(crop.shape[0], -1).max(1)
+    lo, hi = np.empty(info.num_slices), np.empty(info.num_slices)
+    with open_h5(path) as f:
+        ds = f[key]
+        for start in range(0, info.num_slices, SCAN_CHUNK):  # bounded memory for big volumes
+            raw = np.asarray(ds[start : start + SCAN_CHUNK])
+            cause = _nonfinite_cause(path, key, raw, offset=start)
+            if cause:
+                raise DataError(cause)
+            crop = np.abs(raw[:, top : top + size[0], left : left + size[1]].astype(np.float32))
+            flat = crop.reshape(crop.shape[0], -1)
+            lo[start : start + len(flat)], hi[start : start + len(flat)] = flat.min(1), flat.max(1)
     if hi.max() == lo.min():
         raise DataError(
             f"{path}: '{key}' is constant (every value {float(hi.max()):g} in the "
             f"{size[0]}x{size[1]} crop); nothing to reconstruct or score"
         )
-    constant = [i for i in info.slice_ids if hi[i] == lo[i]]
+    constant = [i for i in range(info.num_slices) if hi[i] == lo[i]]
+    keep = frozenset(i for i in range(info.num_slices) if hi[i] != lo[i])
     if not constant:
-        return info, None
-    keep = tuple(i for i in info.slice_ids if hi[i] != lo[i])
+        return keep, None
     note = (
         f"{path}: skipping {len(constant)} constant slice(s) {constant[:10]}"
         f"{'...' if len(constant) > 10 else ''} (nothing to reconstruct or score)"
     )
-    return VolumeInfo(path, info.num_slices, info.shape, keep), note
+    return keep, note
 
 
 def find_volumes(source: str | Path | list[str | Path]) -> list[Path]:
