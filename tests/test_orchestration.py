@@ -103,8 +103,10 @@ def test_grid_trains_teacher_once_and_reuses_it(ray_session, tiny_data, tmp_path
     # session (and its subprocesses) would then log into: scope it to this test.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", job.tracking.uri)
     mlflow.set_tracking_uri(job.tracking.uri)
-    model = mlflow.pytorch.load_model(f"models:/{reg['name']}/{reg['version']}")
-    assert model.depth == 2 and model.num_cascades == 2
+    # TorchScript (nothing unpickled) with one packed [B, 4, H, W] input, any batch size.
+    model = mlflow.pytorch.load_model(f"models:/{reg['name']}@champion")
+    assert isinstance(model, torch.jit.ScriptModule)
+    assert model(torch.rand(3, 4, 32, 32)).shape == (3, 1, 32, 32)
     artifacts = {a.path for a in job.tracking.client.list_artifacts(kds[0].info.run_id)}
     assert {"eval", "examples", "checkpoints", "config.yaml"} <= artifacts
     # Running the job again trains nothing: every stage is found by its identity.
@@ -338,4 +340,5 @@ def test_registering_a_model_leaves_the_tracking_uri_alone(tmp_path, monkeypatch
     tracking = _tracking(tmp_path)
     run_id = tracking.start_run("r")
     assert tracking.register_model(run_id, DCCNN(2, 1, 2), "m") == "1"
+    assert tracking.register_model(run_id, DCCNN(2, 1, 2), "m") == "1"  # once per run
     assert "MLFLOW_TRACKING_URI" not in os.environ

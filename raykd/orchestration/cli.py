@@ -60,11 +60,12 @@ def add_grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test", nargs="+", help="held-out test volumes")
 
 
-def _start_job(args: argparse.Namespace, name: str, experiment: str, params: dict):
+def _start_job(args: argparse.Namespace, name: str, experiment: str, params: dict, run_name: str):
     from raykd.orchestration.job import start_job
 
     return start_job(
         name,
+        run_name=run_name,
         params=params,
         root=args.root,
         experiment=args.experiment or experiment,
@@ -109,6 +110,7 @@ def run_grid_args(args: argparse.Namespace) -> int:
         f"grid-{args.preset}",
         f"raykd-{args.preset}",
         {"preset": args.preset, **spec.model_dump(mode="json")},
+        run_name=args.preset,
     )
     try:
         rows = run_grid(spec, job)
@@ -164,6 +166,7 @@ def run_search_args(args: argparse.Namespace) -> int:
         f"search-{search.name}",
         f"raykd-search-{search.name}",
         {"space": search.model_dump(mode="json"), "preset": preset},
+        run_name=f"search-{search.name}",
     )
     try:
         out = run_search(search, base, job, resume=not args.fresh)
@@ -187,6 +190,9 @@ def run_search_args(args: argparse.Namespace) -> int:
             "label": f"{t['trial']} {t['params']}",
             "val_psnr": t.get("val_psnr"),
             "val_ssim": t.get("val_ssim"),
+            "stopped": t.get("stopped"),
+            "error": t.get("error"),
+            "mlflow_run_id": t.get("run_id") or "",
         }
         for t in out["trials"]
     ]

@@ -20,6 +20,7 @@ from raykd.orchestration.identity import StageStore
 from raykd.orchestration.runner import StageContext
 from raykd.tracking import Tracking, default_tracking_uri
 from raykd.tracking import schema as S
+from raykd.tracking.mlflow_store import NOTE_TAG
 
 DEFAULT_ROOT = Path(os.environ.get("RAYKD_HOME", "~/raykd-runs"))
 TRIAL_MEMORY = 512 * 1024**2  # the trial driver itself; its Train workers reserve their own CPUs
@@ -50,14 +51,17 @@ def start_job(
     max_concurrent: int | None = None,
     local_train: bool = False,
     num_cpus: int | None = None,
+    run_name: str | None = None,
 ) -> Job:
+    """``run_name``: the job run's title in MLflow (default ``name``); the start time is added."""
     root = Path(root or DEFAULT_ROOT).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
     init_ray(address, num_cpus=num_cpus)
     resources = plan_resources(workers, max_concurrent)
     uri = tracking_uri or default_tracking_uri(root)
     tracking = Tracking(uri, experiment or "raykd", artifact_root=root / "mlartifacts")
-    run_id = tracking.start_run(name, tags={S.TAG_ROLE: "job"}, params=params)
+    title = f"{run_name or name}-{time.strftime('%Y-%m-%d %H:%M:%S')}"
+    run_id = tracking.start_run(title, tags={S.TAG_ROLE: "job"}, params=params)
     ctx = StageContext(
         StageStore(root), tracking, resources, parent_run_id=run_id, local=local_train
     )
@@ -109,6 +113,16 @@ def finish_job(job: Job, rows: list[dict[str, Any]], status: str = "FINISHED") -
             "overhead_s": summary["overhead_s"],
         },
     )
+    best = best_row(rows)
+    if best is not None:
+        job.tracking.log_metrics(
+            job.run_id,
+            {f"best_{k}": best[k] for k in best if k.startswith("val_") and best[k] is not None},
+        )
+        job.tracking.set_tags(
+            job.run_id, {"raykd.best_label": best["label"], "raykd.best_run_id": best["run"]}
+        )
+    job.tracking.set_tags(job.run_id, {NOTE_TAG: results_markdown(job, rows, summary, best)})
     registered = register_best_student(job, rows)
     if registered:
         summary["registered_model"] = registered
@@ -125,9 +139,8 @@ def finish_job(job: Job, rows: list[dict[str, Any]], status: str = "FINISHED") -
     )
     width = max((len(r.get("label", "")) for r in rows), default=10)
     for r in rows:
-        psnr, ssim = r.get("val_psnr"), r.get("val_ssim")
-        values = f"PSNR {psnr:6.2f}  SSIM {ssim:.4f}" if psnr is not None else "(failed)"
-        print(f"  {r.get('label', ''):{width}s}  {values}")
+        mark = "  <- best" if best is not None and r.get("label") == best["label"] else ""
+        print(f"  {r.get('label', ''):{width}s}  {row_outcome(r)}{mark}")
     print(f"\nMLflow store: {job.tracking.uri}  (experiment '{job.tracking.experiment_name}')")
     print(f"  browse: mlflow ui --backend-store-uri {job.tracking.uri}")
     print(
@@ -143,29 +156,72 @@ def finish_job(job: Job, rows: list[dict[str, Any]], status: str = "FINISHED") -
     return summary
 
 
-def register_best_student(job: Job, rows: list[dict[str, Any]], name: str = "raykd-student"):
-    """Register the KD/student row with the best validation PSNR in the model registry."""
+STUDENT_ROWS = ("student", "equal_compute", "std_kd", "sft_kd", "sft_kd_random")
+
+
+def row_outcome(r: dict[str, Any]) -> str:
+    """How a row ended, in words: its metrics, or why it has none."""
+    psnr, ssim = r.get("val_psnr"), r.get("val_ssim")
+    if psnr is not None and not r.get("error"):
+        return f"PSNR {psnr:6.2f}  SSIM {ssim:.4f}" if ssim is not None else f"PSNR {psnr:6.2f}"
+    if r.get("stopped"):
+        return str(r["stopped"])
+    return "(failed)"
+
+
+def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The student row (else any row) with the best validation PSNR, with its run id."""
+    ok = [r for r in rows if r.get("val_psnr") is not None and not r.get("error")]
+    pool = [r for r in ok if r.get("row") in STUDENT_ROWS] or ok
+    if not pool:
+        return None
+    best = max(pool, key=lambda r: r["val_psnr"])
+    return {**best, "run": best.get("mlflow_run_id") or ""}
+
+
+def results_markdown(job: Job, rows: list[dict[str, Any]], summary: dict, best) -> str:
+    """The job run's description: the rows it printed, best marked."""
+    lines = [
+        f"**{job.name}**: {len(rows)} rows, {summary['stages_trained']} stages trained, "
+        f"{summary['stages_reused']} reused, {summary['wall_clock_s']:.0f} s.",
+        "",
+        "| row | val PSNR (dB) | val SSIM | |",
+        "|---|---:|---:|---|",
+    ]
+    for r in rows:
+        psnr, ssim = r.get("val_psnr"), r.get("val_ssim")
+        ok = psnr is not None and not r.get("error")
+        cells = (f"{psnr:.2f}", f"{ssim:.4f}" if ssim is not None else "") if ok else ("—", "—")
+        note = "**best**" if best is not None and r.get("label") == best["label"] else ""
+        if not ok:
+            note = str(r.get("stopped") or "failed")
+        lines.append(f"| {r.get('label', '')} | {cells[0]} | {cells[1]} | {note} |")
+    if best is not None:
+        lines += ["", f"Best: **{best['label']}** (run `{best['run']}`)."]
+    return "\n".join(lines)[:5000]
+
+
+def register_best_student(job: Job, rows: list[dict[str, Any]], name: str | None = None):
+    """Register the student row with the best validation PSNR (once per run; the
+    ``champion`` alias follows the best version). Name: ``<experiment>-student``."""
+    from raykd.train.checkpoint import checkpoint_config, load_checkpoint
     from raykd.train.stages import load_model
 
-    students = [
-        r
-        for r in rows
-        if r.get("row") in ("student", "std_kd", "sft_kd", "sft_kd_random")
-        and r.get("val_psnr") is not None
-        and r.get("mlflow_run_id")
-        and not r.get("error")
-    ]
-    if not students:
+    name = name or f"{job.tracking.experiment_name}-student"
+    best = best_row([r for r in rows if r.get("row") in STUDENT_ROWS])
+    if best is None or not best["run"] or not best.get("stage_id"):
         return None
-    best = max(students, key=lambda r: r["val_psnr"])
     record = job.ctx.store.get(best["stage_id"])
     if record is None:
         return None
     model = load_model(record.best_checkpoint, part="student")
-    version = job.tracking.register_model(best["mlflow_run_id"], model, name)
-    return {
-        "name": name,
-        "version": version,
-        "label": best["label"],
-        "run_id": best["mlflow_run_id"],
-    }
+    size = checkpoint_config(load_checkpoint(record.best_checkpoint))["data"]["size"]
+    version = job.tracking.register_model(
+        best["run"],
+        model,
+        name,
+        score=best["val_psnr"],
+        size=(int(size[0]), int(size[1])),
+        label=best["label"],
+    )
+    return {"name": name, "version": version, "label": best["label"], "run_id": best["run"]}

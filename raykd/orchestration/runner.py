@@ -12,6 +12,7 @@ here before ``fit`` so workers log into it and a KD run can name its teacher's r
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,6 +21,13 @@ from pathlib import Path
 from raykd.errors import RaykdError
 from raykd.orchestration.cluster import TrialResources, say
 from raykd.orchestration.identity import StageRecord, StageStore, stage_identity
+from raykd.orchestration.stage_runs import (
+    TAGS_FILE,
+    known_runs,
+    link_reuse,
+    resolve_run,
+    stage_run_name,
+)
 from raykd.orchestration.train_fn import RESULT_FILE, train_fn
 from raykd.tracking import Tracking
 from raykd.tracking import schema as S
@@ -125,7 +133,7 @@ def ensure_stages(
     def reuse(sid: str) -> bool:
         if (record := ctx.store.get(sid)) is None:
             return False
-        records[sid] = record
+        records[sid] = in_this_store(record, ctx)
         ctx.store.log_use(sid, trained=False, job=ctx.parent_run_id)
         return True
 
@@ -141,6 +149,17 @@ def ensure_stages(
                 [(sid, unique[sid]) for sid in pending], records, ctx, tune_report, eval_splits
             )
     return records
+
+
+def in_this_store(record: StageRecord, ctx: StageContext) -> StageRecord:
+    """``record`` with the id of its run in the current tracking store (re-registered there if
+    that store never saw it), linked into the current job's tree."""
+    if ctx.tracking is None:
+        return record
+    run_id = resolve_run(record, ctx.store, ctx.tracking, ctx.parent_run_id)
+    if ctx.parent_run_id:
+        link_reuse(ctx.tracking, ctx.parent_run_id, record.stage_id, run_id, ctx.store)
+    return dataclasses.replace(record, mlflow_run_id=run_id)
 
 
 def _train_chain(chain, records, ctx: StageContext, tune_report: bool, eval_splits) -> None:
@@ -165,16 +184,25 @@ def _train_chain(chain, records, ctx: StageContext, tune_report: bool, eval_spli
                     "requested before it"
                 )
         cfg = req.cfg.model_copy(update=updates)
-        run_id = None
+        run_id, run_spec = None, None
         if ctx.tracking is not None:
             tags = stage_tags(cfg, sid, req.teacher_id, teacher_kind, teacher_run) | req.tags
-            run_id = _existing_run(ctx, sid) or ctx.tracking.start_run(
-                name=sid, parent_run_id=ctx.parent_run_id, params=cfg.to_dict(), tags=tags
-            )
+            out.mkdir(parents=True, exist_ok=True)
+            (out / TAGS_FILE).write_text(json.dumps(tags, indent=1))
+            # Rank 0 opens the run when the stage starts (true start time) unless one exists.
+            run_id = known_runs(out).get(ctx.tracking.uri) or _existing_run(ctx, sid)
+            run_spec = {
+                "name": stage_run_name(cfg, tags),
+                "tags": tags,
+                "params": cfg.to_dict(),
+                "parent_run_id": ctx.parent_run_id,
+                "teacher_stage": req.teacher_id,
+            }
         planned[sid] = {
             "cfg": cfg,
             "output_dir": str(out),
             "run_id": run_id,
+            "run_spec": run_spec,
             "teacher": req.teacher_id,
         }
     names = ", ".join(planned)
@@ -198,6 +226,8 @@ def _train_chain(chain, records, ctx: StageContext, tune_report: bool, eval_spli
     overhead_each = max(0.0, wall - compute) / max(1, len(results))
     for sid, p in planned.items():
         run_id = p["run_id"]
+        if ctx.tracking is not None:
+            run_id = known_runs(p["output_dir"]).get(ctx.tracking.uri) or run_id
         if sid not in results:
             if ctx.tracking is not None and run_id:
                 ctx.tracking.end_run(run_id, "FAILED")
@@ -219,8 +249,8 @@ def _train_chain(chain, records, ctx: StageContext, tune_report: bool, eval_spli
             compute_s=result.get("compute_s"),
         )
         if ctx.tracking is not None and run_id:
+            # Rank 0 ended the run when the stage finished; this does not move its end time.
             ctx.tracking.log_metrics(run_id, {"wall_clock_s": stage_wall})
-            ctx.tracking.end_run(run_id, "FINISHED")
         ctx.store.put(record)
         ctx.store.log_use(sid, trained=True, job=ctx.parent_run_id)
         records[sid] = record
@@ -267,6 +297,7 @@ def _fit(planned: list[dict], ctx: StageContext, tune_report: bool, eval_splits)
                 "stage": p["cfg"].to_dict(),
                 "output_dir": p["output_dir"],
                 "mlflow_run_id": p["run_id"],
+                "run_spec": p["run_spec"],
             }
             for p in planned
         ],

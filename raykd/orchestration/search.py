@@ -190,7 +190,7 @@ def search_trial(config: dict[str, Any]) -> None:
     run_id = None
     if ctx.tracking is not None:
         run_id = ctx.tracking.start_run(
-            f"trial-{trial_id}",
+            trial_name(params),
             parent_run_id=ctx.parent_run_id,
             tags={S.TAG_ROLE: "trial", "raykd.trial_id": trial_id, "raykd.search": search.name},
             params={**params, "row": row_label(row)},
@@ -226,6 +226,15 @@ def search_trial(config: dict[str, Any]) -> None:
     # Always report once more: a reused stage sent no per-epoch results. The "/" names are the
     # per-epoch keys Train reports, which the searcher and scheduler watch.
     tune.report({**final, "val/psnr": final["val_psnr"], "val/loss": final["val_loss"]})
+
+
+def trial_name(params: dict[str, Any]) -> str:
+    """A trial's run name: its sampled parameters, e.g. ``method=at kd_weight_scale=0.53``."""
+
+    def fmt(v: Any) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    return " ".join(f"{k}={fmt(v)}" for k, v in params.items()) or "trial"
 
 
 def _history(output_dir: str) -> list[dict[str, float]]:
@@ -299,14 +308,20 @@ def run_search(search: SearchSpec, base: GridSpec, job, resume: bool = True) -> 
     trials = []
     for r in results:
         m = r.metrics or {}
-        trials.append(
-            {
-                "trial": m.get("trial_id") or (r.path or "?").rsplit("/", 1)[-1][:40],
-                "params": {k: (r.config or {}).get(k) for k in search.params},
-                **{k: m.get(k) for k in (*metrics, "val_ssim", "stage_id", "kd_run_id")},
-                "error": str(r.error)[:300] if r.error else None,
-            }
-        )
+        trial = {
+            "trial": m.get("trial_id") or (r.path or "?").rsplit("/", 1)[-1][:40],
+            "params": {k: (r.config or {}).get(k) for k in search.params},
+            **{k: m.get(k) for k in (*metrics, "val_ssim", "stage_id", "kd_run_id")},
+            "error": str(r.error)[:300] if r.error else None,
+            "stopped": None,
+            "run_id": None,
+        }
+        if not trial["error"] and trial.get(metrics[0]) is None and scheduler is not None:
+            # No final report and no error: the scheduler stopped it after an epoch report.
+            epoch = m.get("epoch") or m.get("training_iteration")
+            trial["stopped"] = f"stopped at epoch {epoch} by ASHA"
+        trial["run_id"] = _close_trial_run(job, m.get("trial_id"), trial["stopped"])
+        trials.append(trial)
     done = [t for t in trials if t.get(metrics[0]) is not None and not t["error"]]
     out: dict[str, Any] = {
         "trials": trials,
@@ -318,6 +333,26 @@ def run_search(search: SearchSpec, base: GridSpec, job, resume: bool = True) -> 
     elif done:
         out["pareto"] = pareto_front(done, metrics, modes)
     return out
+
+
+def _close_trial_run(job, trial_id: str | None, stopped: str | None) -> str | None:
+    """The trial's MLflow run id; a stopped trial's run is closed as KILLED saying why."""
+    from raykd.tracking import schema as S
+    from raykd.tracking.mlflow_store import NOTE_TAG
+
+    if job.tracking is None or not trial_id:
+        return None
+    runs = job.tracking.runs(
+        f"tags.`raykd.trial_id` = '{trial_id}' and tags.`{S.TAG_ROLE}` = 'trial'"
+    )
+    if not runs:
+        return None
+    run = max(runs, key=lambda r: r.info.start_time)
+    if stopped:
+        job.tracking.set_tags(run.info.run_id, {"raykd.stopped": stopped, NOTE_TAG: stopped})
+        if run.info.status == "RUNNING":
+            job.tracking.end_run(run.info.run_id, "KILLED")
+    return run.info.run_id
 
 
 def pareto_front(trials: list[dict], metrics: list[str], modes: list[str]) -> list[dict]:

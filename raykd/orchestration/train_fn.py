@@ -23,6 +23,7 @@ import ray.train
 import torch
 from ray.train import Checkpoint
 
+from raykd.orchestration.stage_runs import open_stage_run
 from raykd.train.config import StageConfig
 from raykd.train.evaluate import evaluate_model, write_json
 from raykd.train.loop import Trainer
@@ -93,9 +94,12 @@ def run_chain(
     state = {}
     if ray_checkpoint is not None and (ray_checkpoint / CHAIN_STATE).is_file():
         state = json.loads((ray_checkpoint / CHAIN_STATE).read_text())
+    created: dict[str, str] = {}  # MLflow runs opened in this chain, by stage name (rank 0)
     for stage, finished in zip(stages, done, strict=True):
         if finished:
             continue
+        if rank == 0:
+            stage = open_stage_run(config, stage, created)
         name = stage["stage"].get("name", "")
         out = Path(stage["output_dir"])
         if state.get("stage") == name:
@@ -214,10 +218,12 @@ def finish_stage(
         # Data set-up, training and evaluation inside the worker: the job subtracts it from the
         # stage's wall-clock to report Ray's start/stop overhead.
         "compute_s": time.perf_counter() - started if started else None,
+        "mlflow_run_id": run_id,
     }
-    (result.output_dir / RESULT_FILE).write_text(json.dumps(record, indent=1))
     if tracking is not None:
         tracking.log_metrics(run_id, {"best_val_loss": result.best_val_loss})
         tracking.log_artifact(run_id, result.best_checkpoint, "checkpoints")
         tracking.log_artifact(run_id, result.output_dir / "config.yaml")
+        tracking.end_run(run_id, "FINISHED")  # now: the run's duration is the stage's
+    (result.output_dir / RESULT_FILE).write_text(json.dumps(record, indent=1))
     return record

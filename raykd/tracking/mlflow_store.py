@@ -12,14 +12,84 @@ trial, comparison), ``status``; MLflow's own ``mlflow.source.git.commit`` holds 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import random
 import subprocess
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from raykd.errors import RaykdError
 
 PARENT_TAG = "mlflow.parentRunId"
+NOTE_TAG = "mlflow.note.content"  # the run description shown in the MLflow UI
+# MLflow 3's UI opens an experiment on its GenAI pages unless it is marked as model training.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+COMMIT_ENV = "RAYKD_GIT_COMMIT"  # set by the submitting side: a `ray job submit` copy has no .git
+RETRIES = 12  # "database is locked": back off 0.05 s, 0.1 s, ... capped at 5 s (~40 s in all)
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for servers and file stores)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Serialise creating a sqlite store across processes (MLflow's alembic migration of a
+    fresh file races: ``table _alembic_tmp_experiments already exists``)."""
+    db = sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _locked(exc: BaseException) -> bool:
+    text = f"{exc} {exc.__cause__ or ''}".lower()
+    return "database is locked" in text or "database table is locked" in text
+
+
+def with_retry(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn``, retrying with jittered exponential backoff while sqlite says it is locked
+    (many trial processes and rank-0 workers write to one file)."""
+    for attempt in range(RETRIES):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if not _locked(exc) or attempt == RETRIES - 1:
+                raise
+            time.sleep(min(5.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.5))
+    raise AssertionError("unreachable")
+
+
+class RetryingClient:
+    """``MlflowClient`` whose every call survives ``database is locked``."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return with_retry(attr, *args, **kwargs)
+
+        return call
 
 
 def default_tracking_uri(root: str | Path) -> str:
@@ -44,6 +114,10 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def git_commit() -> str | None:
+    """The commit of the running code: ``$RAYKD_GIT_COMMIT`` (set by whoever submitted the job
+    or started the cluster workers), else ``git rev-parse`` next to this file."""
+    if env := os.environ.get(COMMIT_ENV):
+        return env
     try:
         here = Path(__file__).resolve().parent
         out = subprocess.run(
@@ -60,18 +134,26 @@ class Tracking:
 
         self.uri = tracking_uri
         self.experiment_name = experiment
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.client = RetryingClient(MlflowClient(tracking_uri=tracking_uri))
         try:
-            exp = self.client.get_experiment_by_name(experiment)
-            if exp is None:
-                location = None
-                if artifact_root is not None:
-                    location = Path(artifact_root).expanduser().resolve().as_uri()
-                self.experiment_id = self.client.create_experiment(
-                    experiment, artifact_location=location
-                )
-            else:
-                self.experiment_id = exp.experiment_id
+            # One process at a time creates the schema and the experiment.
+            with store_lock(tracking_uri):
+                exp = self.client.get_experiment_by_name(experiment)
+                if exp is None:
+                    location = None
+                    if artifact_root is not None:
+                        location = Path(artifact_root).expanduser().resolve().as_uri()
+                    self.experiment_id = self.client.create_experiment(
+                        experiment,
+                        artifact_location=location,
+                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+                    )
+                else:
+                    self.experiment_id = exp.experiment_id
+                    if EXPERIMENT_KIND_TAG not in exp.tags:  # made by an older raykd
+                        self.client.set_experiment_tag(
+                            self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
+                        )
         except Exception as exc:  # MLflow raises many types for unreachable stores
             raise RaykdError(
                 f"MLflow tracking store {tracking_uri} cannot be reached or used "
@@ -86,13 +168,18 @@ class Tracking:
         tags: dict[str, str] | None = None,
         parent_run_id: str | None = None,
         params: dict[str, Any] | None = None,
+        start_time: float | None = None,
     ) -> str:
+        """A new run (``start_time``: seconds since the epoch, for runs re-created later)."""
         all_tags = {k: str(v) for k, v in (tags or {}).items()}
         if parent_run_id:
             all_tags[PARENT_TAG] = parent_run_id
-        if commit := git_commit():
+        if "mlflow.source.git.commit" not in all_tags and (commit := git_commit()):
             all_tags["mlflow.source.git.commit"] = commit
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        start_ms = int(start_time * 1000) if start_time is not None else None
+        run = self.client.create_run(
+            self.experiment_id, run_name=name, tags=all_tags, start_time=start_ms
+        )
         if params:
             self.log_params(run.info.run_id, params)
         return run.info.run_id
@@ -127,8 +214,21 @@ class Tracking:
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None):
         self.client.log_artifact(run_id, str(path), artifact_path)
 
-    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
-        self.client.set_terminated(run_id, status=status)
+    def end_run(self, run_id: str, status: str = "FINISHED", end_time: float | None = None):
+        end_ms = int(end_time * 1000) if end_time is not None else None
+        self.client.set_terminated(run_id, status=status, end_time=end_ms)
+
+    def run_exists(self, run_id: str | None) -> bool:
+        """Whether this store knows ``run_id`` (a stage store may remember another store's)."""
+        from mlflow.exceptions import MlflowException
+
+        if not run_id:
+            return False
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            return False
+        return run.info.lifecycle_stage == "active"
 
     def runs(self, filter_string: str = "", max_results: int = 10_000):
         return self.client.search_runs(
@@ -148,26 +248,8 @@ class Tracking:
         return n
 
     # ---- registry -------------------------------------------------------------------------
-    def register_model(self, run_id: str, model, name: str) -> str:
-        """Log ``model`` to ``run_id`` (pickle format: MLflow 3's traced default froze batch
-        size 1) and register it; returns the new model version."""
-        import mlflow
-        import mlflow.pytorch
+    def register_model(self, run_id: str, model, name: str, **kwargs: Any) -> str:
+        """See :func:`raykd.tracking.registry.register_model`."""
+        from raykd.tracking.registry import register_model
 
-        # mlflow's fluent API needs the global URI, and set_tracking_uri also exports
-        # $MLFLOW_TRACKING_URI: restore both, or the next job of this process (and its
-        # subprocesses) would silently log into this store.
-        previous_env = os.environ.get("MLFLOW_TRACKING_URI")
-        previous_uri = mlflow.get_tracking_uri()
-        mlflow.set_tracking_uri(self.uri)
-        try:
-            with mlflow.start_run(run_id=run_id):
-                info = mlflow.pytorch.log_model(model, name="model", serialization_format="pickle")
-            version = mlflow.register_model(info.model_uri, name)
-        finally:
-            mlflow.set_tracking_uri(previous_uri)
-            if previous_env is None:
-                os.environ.pop("MLFLOW_TRACKING_URI", None)
-            else:
-                os.environ["MLFLOW_TRACKING_URI"] = previous_env
-        return str(version.version)
+        return register_model(self, run_id, model, name, **kwargs)

@@ -1,0 +1,203 @@
+"""A stage's MLflow run in *this* tracking store: names, re-registration, reuse links.
+
+The stage store (``<root>/stages``) outlives tracking stores: a later job may log to a new
+sqlite file or a server that never saw the run a stage was trained under. Such a stage is
+re-registered in the current store from what its directory holds (config, per-epoch metrics,
+eval JSON, examples, checkpoint, lineage), and ``<stage>/mlflow_runs.json`` remembers its run
+id per tracking URI, so it is re-registered once per store.
+
+A job that reuses a stage trained under another job gets a light child run (``raykd.role =
+reuse``) that links to the run that trained it and carries its final metrics, so every job's
+tree shows all its rows. The report layer reads ``raykd.role = stage`` runs only, so links are
+never counted twice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from raykd.orchestration.identity import StageRecord, StageStore
+from raykd.tracking import Tracking
+from raykd.tracking import schema as S
+from raykd.tracking.mlflow_store import NOTE_TAG, PARENT_TAG
+
+RUNS_FILE = "mlflow_runs.json"
+TAGS_FILE = "run_tags.json"  # the tags a stage's run was created with (for re-registration)
+TAG_SOURCE_RUN = "raykd.source_run_id"  # a reuse link / re-registered run: the original run
+TAG_REUSED_STAGE = "raykd.reused_stage"
+FINAL_KEYS = ("final_", "best_val_loss", "wall_clock_s")
+
+
+def stage_run_name(cfg, tags: dict[str, str]) -> str:
+    """What a stage is, e.g. ``sunnybrook-4x-s42/sft_kd-at-D3C5`` (never a bare hash)."""
+    dataset = tags.get(S.TAG_DATASET) or Path(str(cfg.data.source)).name or "data"
+    dataset = Path(dataset).name
+    acc = tags.get(S.TAG_ACCELERATION, "")
+    acc = acc if acc.startswith("sr") else f"{acc}x"
+    row = tags.get(S.TAG_ROW, cfg.kind)
+    part = cfg.teacher if cfg.kind in ("teacher", "sft") else cfg.student
+    arch = f"D{part.depth}C{part.cascades}"
+    if cfg.kind == "sft":
+        arch += f"+D{cfg.student.depth}"  # the student branches it was trained with
+    method = f"-{tags[S.TAG_METHOD]}" if tags.get(S.TAG_METHOD) else ""
+    return f"{dataset}-{acc}-s{cfg.seed}/{row}{method}-{arch}"
+
+
+def known_runs(stage_dir: str | Path) -> dict[str, str]:
+    """Tracking URI → run id of this stage in that store."""
+    path = Path(stage_dir) / RUNS_FILE
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def remember_run(stage_dir: str | Path, uri: str, run_id: str) -> None:
+    path = Path(stage_dir) / RUNS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {**known_runs(stage_dir), uri: run_id}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def open_stage_run(config: dict[str, Any], stage: dict[str, Any], created: dict[str, str]):
+    """Rank 0, as a stage starts: its MLflow run (created now, so its start time is true;
+    continued if a killed run of it exists). ``created``: runs opened earlier in the chain,
+    by stage name, for a KD run's lineage tag."""
+    spec = stage.get("run_spec")
+    uri = config.get("tracking_uri")
+    if not spec or not uri:
+        return stage
+    tracking = Tracking(uri, config["experiment"])
+    run_id = stage.get("mlflow_run_id") or known_runs(stage["output_dir"]).get(uri)
+    if run_id and tracking.run_exists(run_id):
+        tracking.client.update_run(run_id, status="RUNNING")
+    else:
+        tags = dict(spec["tags"])
+        if not tags.get(S.TAG_TEACHER_RUN) and spec.get("teacher_stage") in created:
+            tags[S.TAG_TEACHER_RUN] = created[spec["teacher_stage"]]
+        run_id = tracking.start_run(spec["name"], tags, spec["parent_run_id"], spec["params"])
+        remember_run(stage["output_dir"], uri, run_id)
+    created[stage["stage"].get("name", "")] = run_id
+    return {**stage, "mlflow_run_id": run_id}
+
+
+def resolve_run(
+    record: StageRecord, store: StageStore, tracking: Tracking, parent_run_id: str | None
+) -> str:
+    """The run of ``record`` in ``tracking``'s store, re-registering it there if unknown."""
+    known = known_runs(record.output_dir).get(tracking.uri)
+    if known and tracking.run_exists(known):
+        return known
+    if tracking.run_exists(record.mlflow_run_id):
+        return record.mlflow_run_id  # type: ignore[return-value]
+    with store.lock(f"mlflow-{record.stage_id}", poll_s=0.2):
+        known = known_runs(record.output_dir).get(tracking.uri)
+        if known and tracking.run_exists(known):
+            return known
+        teacher_run = ""
+        if record.teacher_stage and (teacher := store.get(record.teacher_stage)) is not None:
+            teacher_run = resolve_run(teacher, store, tracking, parent_run_id)
+        run_id = reregister(record, tracking, parent_run_id, teacher_run)
+        remember_run(record.output_dir, tracking.uri, run_id)
+        return run_id
+
+
+def reregister(
+    record: StageRecord, tracking: Tracking, parent_run_id: str | None, teacher_run: str
+) -> str:
+    """Log a finished stage into ``tracking`` from its directory (params, metrics, artifacts,
+    lineage); the run keeps the stage's true start and end times."""
+    from raykd.orchestration.runner import stage_tags
+    from raykd.train.config import StageConfig
+
+    out = Path(record.output_dir)
+    cfg = StageConfig.model_validate(yaml.safe_load((out / "config.yaml").read_text()))
+    teacher_kind = record.teacher_stage.split("-", 1)[0] if record.teacher_stage else None
+    tags = stage_tags(cfg, record.stage_id, record.teacher_stage, teacher_kind, teacher_run)
+    if (out / TAGS_FILE).is_file():  # the original's extra tags (dataset, row), not its lineage
+        saved = json.loads((out / TAGS_FILE).read_text())
+        tags = {**saved, **{k: v for k, v in tags.items() if v or k not in saved}}
+        tags[S.TAG_TEACHER_RUN] = teacher_run
+    tags[TAG_SOURCE_RUN] = record.mlflow_run_id or ""
+    tags[NOTE_TAG] = (
+        f"Re-registered from the stage store (`{out}`): trained under run "
+        f"`{record.mlflow_run_id}` of another tracking store."
+    )
+    end = record.finished_at or time.time()
+    start = end - (record.wall_clock_s or record.compute_s or 0.0)
+    run_id = tracking.start_run(
+        stage_run_name(cfg, tags), tags, parent_run_id, cfg.to_dict(), start_time=start
+    )
+    history = out / "metrics.jsonl"
+    if history.is_file():
+        for line in history.read_text().splitlines():
+            if line.strip():
+                m = json.loads(line)
+                tracking.log_metrics(run_id, m, step=int(m.get("epoch", 0)))
+    for split in ("val", "test"):
+        path = out / f"eval_{split}.json"
+        if not path.is_file():
+            continue
+        report = json.loads(path.read_text())
+        tracking.log_metrics(
+            run_id, {f"final_{split}_{k}": v[0] for k, v in report["summary"].items()}
+        )
+        for vol in report.get("volumes", []):
+            tracking.log_metrics(
+                run_id, {f"final_{split}_{vol['volume']}_{k}": v for k, v in vol["metrics"].items()}
+            )
+        tracking.log_artifact(run_id, path, "eval")
+        if (examples := out / f"{split}_examples.npz").is_file():
+            tracking.log_artifact(run_id, examples, "examples")
+    tracking.log_metrics(
+        run_id, {"best_val_loss": record.best_val_loss, "wall_clock_s": record.wall_clock_s or 0}
+    )
+    if Path(record.best_checkpoint).is_file():
+        tracking.log_artifact(run_id, record.best_checkpoint, "checkpoints")
+    tracking.log_artifact(run_id, out / "config.yaml")
+    tracking.end_run(run_id, "FINISHED", end_time=end)
+    return run_id
+
+
+def link_reuse(
+    tracking: Tracking, parent_run_id: str, stage_id: str, run_id: str, store: StageStore
+) -> None:
+    """Once per job and stage: a child run of the job that points at the stage's run."""
+    source = tracking.client.get_run(run_id)
+    if source.data.tags.get(PARENT_TAG) == parent_run_id:
+        return  # trained (or re-registered) under this job: already in its tree
+    with store.lock(f"link-{parent_run_id[:12]}-{stage_id}", poll_s=0.2):
+        existing = tracking.runs(
+            f"tags.`{TAG_REUSED_STAGE}` = '{stage_id}' and tags.`{PARENT_TAG}` = '{parent_run_id}'"
+        )
+        if existing:
+            return
+        tags: dict[str, Any] = {
+            k: v for k, v in source.data.tags.items() if k.startswith("raykd.") and v
+        }
+        tags.update(
+            {
+                S.TAG_ROLE: "reuse",
+                TAG_SOURCE_RUN: run_id,
+                TAG_REUSED_STAGE: stage_id,
+                NOTE_TAG: (
+                    f"Reused, not retrained: trained as run [{source.info.run_name}]"
+                    f"(#/experiments/{source.info.experiment_id}/runs/{run_id})."
+                ),
+            }
+        )
+        tags.pop(S.TAG_STAGE_ID, None)  # only the run that trained it carries the stage id
+        if git := source.data.tags.get("mlflow.source.git.commit"):
+            tags["mlflow.source.git.commit"] = git
+        name = f"{source.info.run_name} (reused)"
+        link = tracking.start_run(name, tags, parent_run_id)
+        final = {k: v for k, v in source.data.metrics.items() if k.startswith(FINAL_KEYS)}
+        tracking.log_metrics(link, final)
+        tracking.end_run(link)

@@ -1,0 +1,123 @@
+"""The MLflow model registry: one version per distinct best run, an alias on the best.
+
+The registered artifact is TorchScript (``torch.jit.load`` reads a graph and tensors; nothing
+arbitrary is unpickled). Its single input packs what the network needs into one float tensor
+``[B, 4, H, W]``: zero-filled image, real and imaginary part of the measured k-space, sampling
+mask; the output is the reconstruction ``[B, 1, H, W]``. That keeps the MLflow signature and
+pyfunc serving simple (MLflow has no complex dtype); :func:`pack_inputs` builds it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+ALIAS = "champion"
+SCORE_TAG = "raykd.val_psnr"
+
+
+class PackedInputs(torch.nn.Module):
+    """Adapter: one real ``[B, 4, H, W]`` tensor in, the wrapped network's output out."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, packed: torch.Tensor) -> torch.Tensor:
+        zero_filled = packed[:, 0:1]
+        y = torch.complex(packed[:, 1:2], packed[:, 2:3])
+        return self.net(zero_filled, y, packed[:, 3:4])
+
+
+def pack_inputs(zero_filled: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.expand_as(zero_filled).to(zero_filled.dtype)
+    return torch.cat([zero_filled, y.real, y.imag, mask], dim=1)
+
+
+def scripted(model: torch.nn.Module, size: tuple[int, int]) -> tuple[Any, torch.Tensor]:
+    """TorchScript of ``PackedInputs(model)``, checked against eager on another batch size."""
+    import warnings
+
+    from raykd.report.export import example_inputs
+
+    wrapper = PackedInputs(model.eval()).eval()
+    example = pack_inputs(*example_inputs(2, size, seed=0))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(wrapper, (example,), check_trace=False)
+        check = pack_inputs(*example_inputs(3, size, seed=1))
+        if not torch.allclose(traced(check), wrapper(check), rtol=1e-4, atol=1e-5):
+            raise RuntimeError("TorchScript export differs from the eager model")
+    return traced, example[:1]
+
+
+def register_model(
+    tracking,
+    run_id: str,
+    model: torch.nn.Module,
+    name: str,
+    score: float | None = None,
+    size: tuple[int, int] = (32, 32),
+    label: str = "",
+) -> str:
+    """Register ``run_id``'s model (once per run) and move the ``champion`` alias to the best
+    registered version by ``score`` (validation PSNR); returns the version.
+
+    The model is logged with ``run_id=`` rather than by reopening the run, so the run's status
+    and end time (its duration) are left as they were.
+    """
+    import mlflow
+    import mlflow.pytorch
+    from mlflow.models import infer_signature
+
+    client = tracking.client
+    existing = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    if existing:
+        version = str(max(int(v.version) for v in existing))
+    else:
+        traced, example = scripted(model, size)
+        with torch.no_grad():
+            signature = infer_signature(example.numpy(), traced(example).numpy())
+        # mlflow's logging API reads the global URI, and set_tracking_uri also exports
+        # $MLFLOW_TRACKING_URI: restore both, or the next job of this process (and its
+        # subprocesses) would silently log into this store.
+        previous_env = os.environ.get("MLFLOW_TRACKING_URI")
+        previous_uri = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(tracking.uri)
+        try:
+            info = mlflow.pytorch.log_model(
+                traced,
+                name="model",
+                run_id=run_id,
+                # For a ScriptModule this is torch.jit.save, not pickle (the 'pt2' default
+                # is refused for TorchScript).
+                serialization_format="pickle",
+                signature=signature,
+                input_example=example.numpy(),
+            )
+            mv = mlflow.register_model(info.model_uri, name)
+        finally:
+            mlflow.set_tracking_uri(previous_uri)
+            if previous_env is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = previous_env
+        version = str(mv.version)
+        if score is not None:
+            client.set_model_version_tag(name, version, SCORE_TAG, f"{score:.6f}")
+        if label:
+            client.set_model_version_tag(name, version, "raykd.label", label)
+    _move_champion(client, name)
+    return version
+
+
+def _move_champion(client, name: str) -> None:
+    """Point the alias at the version with the highest score (ties: the older version)."""
+    scored = []
+    for v in client.search_model_versions(f"name='{name}'"):
+        if SCORE_TAG in (v.tags or {}):
+            scored.append((float(v.tags[SCORE_TAG]), -int(v.version), v.version))
+    if scored:
+        client.set_registered_model_alias(name, ALIAS, str(max(scored)[2]))
