@@ -107,3 +107,59 @@ def test_reuse_across_tracking_stores_names_tree_and_registry(
     assert all(r.info.run_name.endswith("(reused)") for r in links)
     mv = j3.tracking.client.get_model_version_by_alias("e-student", "champion")
     assert mv.run_id == kd_run.info.run_id
+
+
+def _writer(uri: str, experiment: str, barrier, n: int, queue) -> None:
+    """One process: open the store at the same moment as the others, then write metrics."""
+    from raykd.tracking import Tracking
+
+    barrier.wait()
+    tracking = Tracking(uri, experiment)
+    run_id = tracking.start_run(f"writer-{experiment}")
+    for step in range(n):
+        tracking.log_metrics(run_id, {"m": float(step), "other": 1.0}, step=step)
+    tracking.end_run(run_id)
+    queue.put(run_id)
+
+
+def test_concurrent_jobs_on_a_fresh_store_lose_no_writes(tmp_path):
+    """Four processes create one fresh sqlite store at once (MLflow's schema migration races
+    without the store lock) and write at once; every metric arrives."""
+    import multiprocessing as mp
+
+    from raykd.tracking import Tracking
+
+    uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
+    ctx = mp.get_context("spawn")
+    barrier, queue, n = ctx.Barrier(4), ctx.Queue(), 40
+    procs = [
+        ctx.Process(target=_writer, args=(uri, f"job{i % 2}", barrier, n, queue)) for i in range(4)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=240)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    run_ids = [queue.get(timeout=5) for _ in procs]
+    tracking = Tracking(uri, "job0")
+    for run_id in run_ids:
+        history = tracking.client.get_metric_history(run_id, "m")
+        assert sorted(int(m.step) for m in history) == list(range(n))
+    names = {e.name for e in tracking.client.search_experiments()}
+    assert {"job0", "job1"} <= names
+
+
+def test_locked_database_is_retried():
+    from raykd.tracking.mlflow_store import with_retry
+
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return "ok"
+
+    assert with_retry(flaky) == "ok" and len(calls) == 3
+    with pytest.raises(ValueError):  # anything else is not retried
+        with_retry(lambda: (_ for _ in ()).throw(ValueError("bad")))

@@ -134,10 +134,11 @@ class Tracking:
 
         self.uri = tracking_uri
         self.experiment_name = experiment
-        self.client = RetryingClient(MlflowClient(tracking_uri=tracking_uri))
         try:
-            # One process at a time creates the schema and the experiment.
+            # One process at a time creates the schema (MlflowClient migrates a fresh sqlite
+            # file as it opens it) and the experiment.
             with store_lock(tracking_uri):
+                self.client = RetryingClient(MlflowClient(tracking_uri=tracking_uri))
                 exp = self.client.get_experiment_by_name(experiment)
                 if exp is None:
                     location = None
