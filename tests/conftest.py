@@ -96,7 +96,9 @@ def ray_session():
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     os.environ.pop("RAY_ADDRESS", None)
-    ray.init(address="local", num_cpus=2, log_to_driver=False, include_dashboard=None)
+    from raykd.orchestration.cluster import start_local_ray
+
+    start_local_ray(2, log_to_driver=False)  # loopback only, like a job's local Ray
     yield ray
     ray.shutdown()
 

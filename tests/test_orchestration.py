@@ -160,6 +160,19 @@ def test_optuna_search_logs_trials_under_parent(ray_session, tiny_data, tmp_path
             assert len(t["stage_id"].split(",")) == 2
     study = optuna.load_study(study_name=out["study"]["name"], storage=out["study"]["storage"])
     assert len(study.trials) == 3
+    assert study.metric_names == ["val_psnr"]  # figures and optuna-dashboard name the objective
+    # Early stopping is reported as such, never as a failure; trial runs are named by params.
+    import re
+
+    for t in out["trials"]:
+        assert t["error"] is None
+        assert (t["val_psnr"] is None) == bool(t["stopped"]), t
+        if t["stopped"]:
+            assert re.fullmatch(r"stopped at epoch \d+ by ASHA", t["stopped"]), t
+    for run in trials:
+        assert run.info.run_name.startswith("method=") and "kd_weight_scale=" in run.info.run_name
+        if run.info.status == "KILLED":
+            assert run.data.tags["raykd.stopped"].startswith("stopped at epoch")
     # Extending the persisted study: a new search with the same name adds to it.
     more = search.model_copy(update={"num_samples": 1})
     run_search(more, base, job, resume=False)

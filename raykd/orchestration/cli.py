@@ -192,7 +192,9 @@ def run_search_args(args: argparse.Namespace) -> int:
             "val_ssim": t.get("val_ssim"),
             "stopped": t.get("stopped"),
             "error": t.get("error"),
-            "mlflow_run_id": t.get("run_id") or "",
+            # The trial run is not a stage run: the report follows the KD runs it trained.
+            "trial_run_id": t.get("run_id") or "",
+            "stage_run_ids": [r for r in (t.get("kd_run_id") or "").split(",") if r],
         }
         for t in out["trials"]
     ]

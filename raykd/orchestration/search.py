@@ -263,6 +263,16 @@ def run_search(search: SearchSpec, base: GridSpec, job, resume: bool = True) -> 
     single = len(metrics) == 1
     # Per-epoch results carry Train's keys; a single objective must be one of them.
     tune_metrics = [TUNE_KEYS.get(m, m) for m in metrics]
+    # Name the objectives in the study, so Optuna's plots and optuna-dashboard label their
+    # axes "val_psnr" rather than "objective 0".
+    study = optuna.create_study(
+        storage=storage_url,
+        study_name=study_name,
+        directions=["maximize" if m == "max" else "minimize" for m in modes],
+        load_if_exists=True,
+    )
+    if study.metric_names != metrics:
+        study.set_metric_names(metrics)
     searcher = ResumableOptunaSearch(
         space={k: p.distribution() for k, p in search.params.items()},
         metric=tune_metrics[0] if single else tune_metrics,

@@ -750,9 +750,16 @@ def collect(
             exp_ids.append(parent.info.experiment_id)
         with tempfile.TemporaryDirectory() as tmp:
             listed = _stages_json(client, parent_run_id, Path(tmp))
+        # A search trial's entry names the stage runs it trained (its trial run is not one).
+        listed = [{"run_id": rid} for e in listed for rid in e.get("stage_run_ids") or []] + [
+            e for e in listed if not e.get("stage_run_ids")
+        ]
         for entry in listed:
             if not entry["run_id"]:
                 label = entry.get("label") or entry.get("row") or "?"
+                if entry.get("stopped"):  # early stopping is a result, not a failure
+                    warn(f"job {parent_run_id}: {label} was {entry['stopped']}")
+                    continue
                 why = f": {entry['error'][:200]}" if entry.get("error") else ""
                 warn(f"job {parent_run_id}: row {label} has no stage run (it failed{why})")
                 continue
