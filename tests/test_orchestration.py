@@ -123,7 +123,7 @@ def test_optuna_search_logs_trials_under_parent(ray_session, tiny_data, tmp_path
     import optuna
 
     from raykd.orchestration.job import finish_job, start_job
-    from raykd.orchestration.search import SearchSpec, run_search
+    from raykd.orchestration.search import SearchSpec, run_search, search_rows
 
     search = SearchSpec.model_validate(
         {
@@ -141,7 +141,7 @@ def test_optuna_search_logs_trials_under_parent(ray_session, tiny_data, tmp_path
     base = tiny_grid(tiny_data, seeds=2)  # each trial: both seeds, objective = their mean
     job = start_job("search-test", {}, root=tmp_path, experiment="search", local_train=True)
     out = run_search(search, base, job, resume=False)
-    finish_job(job, [])
+    finish_job(job, search_rows(out))
     assert len(out["trials"]) == 3 and "best" in out
     trials = job.tracking.runs(f"tags.`{S.TAG_ROLE}` = 'trial'")
     assert len(trials) == 3
@@ -173,6 +173,18 @@ def test_optuna_search_logs_trials_under_parent(ray_session, tiny_data, tmp_path
         assert run.info.run_name.startswith("method=") and "kd_weight_scale=" in run.info.run_name
         if run.info.status == "KILLED":
             assert run.data.tags["raykd.stopped"].startswith("stopped at epoch")
+    # The report on the search: the best trial's own stages and the teachers they learned from.
+    from raykd.report.collect import collect
+
+    with collect(job.tracking.uri, parent_run_id=job.run_id) as runs:
+        kept = {r: runs.frame.set_index("run_id").loc[r] for r in runs.frame["run_id"]}
+    best_trial = job.tracking.client.get_run(
+        job.tracking.client.get_run(job.run_id).data.tags["raykd.best_run_id"]
+    )
+    kd_ids = set(best_trial.data.tags["raykd.kd_run_id"].split(","))
+    assert {r for r, row in kept.items() if row["kind"] == "kd"} == kd_ids
+    lineage = {job.tracking.client.get_run(k).data.tags[S.TAG_TEACHER_RUN] for k in kd_ids}
+    assert {r for r, row in kept.items() if row["kind"] != "kd"} == lineage
     # Extending the persisted study: a new search with the same name adds to it.
     more = search.model_copy(update={"num_samples": 1})
     run_search(more, base, job, resume=False)

@@ -155,7 +155,7 @@ def run_search_args(args: argparse.Namespace) -> int:
 
     from raykd.orchestration.job import finish_job
     from raykd.orchestration.preflight import load_checked_preset, preflight_search
-    from raykd.orchestration.search import load_search, run_search
+    from raykd.orchestration.search import load_search, run_search, search_rows
 
     search = load_search(args.space, {"num_samples": args.num_samples})
     preset = args.preset if args.preset != "smoke" else search.base_preset
@@ -185,19 +185,7 @@ def run_search_args(args: argparse.Namespace) -> int:
             "raykd.optuna_study": out["study"]["name"],
         },
     )
-    rows = [
-        {
-            "label": f"{t['trial']} {t['params']}",
-            "val_psnr": t.get("val_psnr"),
-            "val_ssim": t.get("val_ssim"),
-            "stopped": t.get("stopped"),
-            "error": t.get("error"),
-            # The trial run is not a stage run: the report follows the KD runs it trained.
-            "trial_run_id": t.get("run_id") or "",
-            "stage_run_ids": [r for r in (t.get("kd_run_id") or "").split(",") if r],
-        }
-        for t in out["trials"]
-    ]
+    rows = search_rows(out)
     finish_job(job, rows)
     if "best" in out:
         print(

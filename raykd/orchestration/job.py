@@ -176,7 +176,7 @@ def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     if not pool:
         return None
     best = max(pool, key=lambda r: r["val_psnr"])
-    return {**best, "run": best.get("mlflow_run_id") or ""}
+    return {**best, "run": best.get("mlflow_run_id") or best.get("trial_run_id") or ""}
 
 
 def results_markdown(job: Job, rows: list[dict[str, Any]], summary: dict, best) -> str:

@@ -365,6 +365,23 @@ def _close_trial_run(job, trial_id: str | None, stopped: str | None) -> str | No
     return run.info.run_id
 
 
+def search_rows(out: dict[str, Any]) -> list[dict[str, Any]]:
+    """The job table's rows of a search: one per trial."""
+    return [
+        {
+            "label": f"{t['trial']} {t['params']}",
+            "val_psnr": t.get("val_psnr"),
+            "val_ssim": t.get("val_ssim"),
+            "stopped": t.get("stopped"),
+            "error": t.get("error"),
+            # The trial run is not a stage run: the report follows the KD runs it trained.
+            "trial_run_id": t.get("run_id") or "",
+            "stage_run_ids": [r for r in (t.get("kd_run_id") or "").split(",") if r],
+        }
+        for t in out["trials"]
+    ]
+
+
 def pareto_front(trials: list[dict], metrics: list[str], modes: list[str]) -> list[dict]:
     """Non-dominated trials (better or equal in every objective, strictly in one)."""
     signs = [1 if m == "max" else -1 for m in modes]

@@ -176,6 +176,37 @@ def _descendants(client, run, depth: int = 3) -> list:
     return out
 
 
+def _best_trial_only(client, job, runs: dict[str, Any]) -> dict[str, Any]:
+    """A search job's tables: its best trial's stage runs and the teachers *they* learned from
+    (lineage), never a teacher another trial trained with other weights."""
+    tags = job.data.tags
+    if not any(tags.get(k) for k in STUDY_NAME_KEYS) or not tags.get("raykd.best_run_id"):
+        return runs
+    try:
+        trial = client.get_run(tags["raykd.best_run_id"])
+    except Exception:
+        return runs
+    todo = [r for r in trial.data.tags.get("raykd.kd_run_id", "").split(",") if r]
+    keep: dict[str, Any] = {}
+    while todo:
+        run_id = todo.pop()
+        if run_id in keep:
+            continue
+        try:
+            keep[run_id] = runs.get(run_id) or client.get_run(run_id)
+        except Exception:
+            continue
+        if teacher := keep[run_id].data.tags.get(S.TAG_TEACHER_RUN):
+            todo.append(teacher)
+    if not keep:
+        return runs
+    warn(
+        f"search job {job.info.run_id}: tables show its best trial ({trial.info.run_name}) "
+        "with the teacher runs it learned from; every trial is in the Optuna figures"
+    )
+    return keep
+
+
 def _stages_json(client, run_id: str, tmp: Path) -> list[dict[str, Any]]:
     """Entries of a job run's stage list: ``stages.json`` (schema) or the job summary
     ``<job>-<id>-stages.json`` (``{"rows": [{"mlflow_run_id": ...}, ...]}``); [] if none.
@@ -777,6 +808,7 @@ def collect(
                 runs[run.info.run_id] = run
             elif run.data.tags.get(S.TAG_ROLE) == "job":
                 job_runs.append(run)
+        runs = _best_trial_only(client, parent, runs)
     if not runs:
         where = f"experiments {experiments}" if experiments else f"job run {parent_run_id}"
         raise RaykdError(

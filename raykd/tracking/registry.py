@@ -9,7 +9,9 @@ pyfunc serving simple (MLflow has no complex dtype); :func:`pack_inputs` builds 
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -38,8 +40,6 @@ def pack_inputs(zero_filled: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) 
 
 def scripted(model: torch.nn.Module, size: tuple[int, int]) -> tuple[Any, torch.Tensor]:
     """TorchScript of ``PackedInputs(model)``, checked against eager on another batch size."""
-    import warnings
-
     from raykd.report.export import example_inputs
 
     wrapper = PackedInputs(model.eval()).eval()
@@ -86,19 +86,27 @@ def register_model(
         previous_env = os.environ.get("MLFLOW_TRACKING_URI")
         previous_uri = mlflow.get_tracking_uri()
         mlflow.set_tracking_uri(tracking.uri)
+        quiet = logging.getLogger("mlflow.pytorch")
+        level = quiet.level
+        # MLflow warns about pickle for any non-'pt2' format, TorchScript included (it is
+        # saved with torch.jit.save), and torch about loading TorchScript via torch.load.
+        quiet.setLevel(logging.ERROR)
         try:
-            info = mlflow.pytorch.log_model(
-                traced,
-                name="model",
-                run_id=run_id,
-                # For a ScriptModule this is torch.jit.save, not pickle (the 'pt2' default
-                # is refused for TorchScript).
-                serialization_format="pickle",
-                signature=signature,
-                input_example=example.numpy(),
-            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                info = mlflow.pytorch.log_model(
+                    traced,
+                    name="model",
+                    run_id=run_id,
+                    # For a ScriptModule this is torch.jit.save, not pickle (the 'pt2'
+                    # default is refused for TorchScript).
+                    serialization_format="pickle",
+                    signature=signature,
+                    input_example=example.numpy(),
+                )
             mv = mlflow.register_model(info.model_uri, name)
         finally:
+            quiet.setLevel(level)
             mlflow.set_tracking_uri(previous_uri)
             if previous_env is None:
                 os.environ.pop("MLFLOW_TRACKING_URI", None)
