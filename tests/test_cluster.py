@@ -7,6 +7,7 @@ process id.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -113,3 +114,76 @@ def test_local_ray_listens_on_loopback_only_and_finds_itself():
             proc.stdin.write("\n")
             proc.stdin.flush()
             proc.wait(timeout=60)
+
+
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _kill_by_marker(marker: str) -> None:
+    """End the processes whose command line names ``marker`` (this test's Ray only)."""
+    import signal
+
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmd:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
+
+
+@pytest.mark.ray
+def test_job_joins_a_running_ray_start_cluster_and_says_so():
+    """With a `ray start` cluster up, a job joins it (no second local Ray) and names it."""
+    import shutil
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="rk-", dir="/tmp")  # short: Ray's socket paths have limits
+    gcs, agent, agent_grpc, client, nm, om, rt, metrics = _free_ports(8)
+    env = {
+        **os.environ,
+        "RAY_TMPDIR": tmp,  # this cluster records its address in $RAY_TMPDIR/ray, not /tmp/ray
+        "RAY_AUTH_MODE": "token",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PYTHONPATH": str(REPO),
+    }
+    env.pop("RAY_ADDRESS", None)
+    start = [
+        "ray", "start", "--head", "--num-cpus", "1", "--include-dashboard", "false",
+        "--port", str(gcs), "--dashboard-agent-listen-port", str(agent),
+        "--dashboard-agent-grpc-port", str(agent_grpc), "--ray-client-server-port", str(client),
+        "--node-manager-port", str(nm), "--object-manager-port", str(om),
+        "--runtime-env-agent-port", str(rt), "--metrics-export-port", str(metrics),
+        "--disable-usage-stats",
+    ]  # fmt: skip
+    try:
+        subprocess.run(start, env=env, check=True, capture_output=True, timeout=120)
+        code = (
+            "import ray\n"
+            "from raykd.orchestration.cluster import init_ray\n"
+            "print('MESSAGE', init_ray())\n"
+            "print('GCS', ray.get_runtime_context().gcs_address)\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
+            timeout=180,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr[-2000:]
+        message = next(line for line in out.stdout.splitlines() if line.startswith("MESSAGE"))
+        assert "joined the Ray cluster at" in message and f":{gcs}" in message, message
+        assert f"GCS {message.split('at ', 1)[1].split()[0]}" in out.stdout
+    finally:
+        _kill_by_marker(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)

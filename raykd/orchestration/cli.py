@@ -178,13 +178,6 @@ def run_search_args(args: argparse.Namespace) -> int:
 
     path.write_text(json.dumps(json_safe(out)[0], indent=1, default=str, allow_nan=False))
     job.tracking.log_artifact(job.run_id, path)
-    job.tracking.set_tags(
-        job.run_id,
-        {
-            "raykd.optuna_storage": out["study"]["storage"],
-            "raykd.optuna_study": out["study"]["name"],
-        },
-    )
     rows = search_rows(out)
     finish_job(job, rows)
     if "best" in out:

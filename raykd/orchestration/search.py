@@ -273,6 +273,10 @@ def run_search(search: SearchSpec, base: GridSpec, job, resume: bool = True) -> 
     )
     if study.metric_names != metrics:
         study.set_metric_names(metrics)
+    if job.tracking is not None:  # the report finds the study from the job run
+        job.tracking.set_tags(
+            job.run_id, {"raykd.optuna_storage": storage_url, "raykd.optuna_study": study_name}
+        )
     searcher = ResumableOptunaSearch(
         space={k: p.distribution() for k, p in search.params.items()},
         metric=tune_metrics[0] if single else tune_metrics,

@@ -45,7 +45,23 @@ def stage_run_name(cfg, tags: dict[str, str]) -> str:
     if cfg.kind == "sft":
         arch += f"+D{cfg.student.depth}"  # the student branches it was trained with
     method = f"-{tags[S.TAG_METHOD]}" if tags.get(S.TAG_METHOD) else ""
-    return f"{dataset}-{acc}-s{cfg.seed}/{row}{method}-{arch}"
+    return f"{dataset}-{acc}-s{cfg.seed}/{row}{method}-{arch}{_weights(cfg)}"
+
+
+def _weights(cfg) -> str:
+    """Loss weights that differ from the defaults (search trials vary them), e.g. ``-w1.59``."""
+    from raykd.train.config import CANONICAL_KD_WEIGHTS
+
+    out = ""
+    if cfg.kind == "kd":
+        default = CANONICAL_KD_WEIGHTS.get(cfg.kd.method, 1.0)
+        if cfg.kd.weight is not None and abs(cfg.kd.weight - default) > 1e-12:
+            out += f"-w{cfg.kd.weight:.3g}"
+        if cfg.kd.output_weight:
+            out += f"-out{cfg.kd.output_weight:.3g}"
+    if cfg.kind == "sft" and (cfg.sft.w_s != 1.0 or cfg.sft.w_imit != 1.0):
+        out += f"-ws{cfg.sft.w_s:.3g}-wi{cfg.sft.w_imit:.3g}"
+    return out
 
 
 def known_runs(stage_dir: str | Path) -> dict[str, str]:
