@@ -160,6 +160,7 @@ def test_job_joins_a_running_ray_start_cluster_and_says_so():
         "PYTHONPATH": str(REPO),
     }
     env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
     start = [
         "ray", "start", "--head", "--num-cpus", "1", "--include-dashboard", "false",
         "--port", str(gcs), "--dashboard-agent-listen-port", str(agent),
@@ -169,7 +170,8 @@ def test_job_joins_a_running_ray_start_cluster_and_says_so():
         "--disable-usage-stats",
     ]  # fmt: skip
     try:
-        subprocess.run(start, env=env, check=True, capture_output=True, timeout=120)
+        started = subprocess.run(start, env=env, capture_output=True, text=True, timeout=120)
+        assert started.returncode == 0, started.stdout[-1500:] + started.stderr[-1500:]
         code = (
             "import ray\n"
             "from raykd.orchestration.cluster import init_ray\n"

@@ -68,6 +68,8 @@ def test_reuse_across_tracking_stores_names_tree_and_registry(
     assert "| row |" in note and note.count("**best**") == 1 and "std_kd" in note
     best = max((r for r in rows1 if r["row"] == "std_kd"), key=lambda r: r["val_psnr"])
     assert job_run.data.metrics["best_val_psnr"] == pytest.approx(best["val_psnr"])
+    figures = {a.path for a in j1.tracking.client.list_artifacts(j1.run_id, "figures")}
+    assert any(f.endswith("-results.png") for f in figures), figures
 
     # A new tracking store over the same --root: nothing retrains, nothing dies; the finished
     # stages are re-registered there with metrics, params, artifacts and lineage.

@@ -132,7 +132,8 @@ def start_local_ray(num_cpus: int | None, log_to_driver: bool = True) -> None:
     if pkg_parent not in paths:
         os.environ["PYTHONPATH"] = os.pathsep.join([pkg_parent, *filter(None, paths)])
     port = _free_port()
-    saved = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT")}
+    keys = ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+    saved = {k: os.environ.get(k) for k in keys}
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     os.environ["RAY_ADDRESS"] = f"{LOOPBACK}:{port}"
     loopback_only()

@@ -123,6 +123,8 @@ def finish_job(job: Job, rows: list[dict[str, Any]], status: str = "FINISHED") -
             job.run_id, {"raykd.best_label": best["label"], "raykd.best_run_id": best["run"]}
         )
     job.tracking.set_tags(job.run_id, {NOTE_TAG: results_markdown(job, rows, summary, best)})
+    if (figure := results_figure(job, rows, best)) is not None:
+        job.tracking.log_artifact(job.run_id, figure, "figures")
     registered = register_best_student(job, rows)
     if registered:
         summary["registered_model"] = registered
@@ -199,6 +201,40 @@ def results_markdown(job: Job, rows: list[dict[str, Any]], summary: dict, best) 
     if best is not None:
         lines += ["", f"Best: **{best['label']}** (run `{best['run']}`)."]
     return "\n".join(lines)[:5000]
+
+
+def results_figure(job: Job, rows: list[dict[str, Any]], best) -> Path | None:
+    """The job's key figure: final val PSNR per row (best highlighted) and val PSNR per epoch."""
+    done = [r for r in rows if r.get("val_psnr") is not None and not r.get("error")]
+    if not done:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (bars, curves) = plt.subplots(1, 2, figsize=(12, 0.35 * len(done) + 2.5))
+    labels = [r.get("label", "") for r in done]
+    colours = ["tab:red" if best and lab == best["label"] else "tab:blue" for lab in labels]
+    bars.barh(labels, [r["val_psnr"] for r in done], color=colours)
+    bars.set_xlim(min(r["val_psnr"] for r in done) - 1.0, max(r["val_psnr"] for r in done) + 0.5)
+    bars.invert_yaxis()
+    bars.set_xlabel("validation PSNR (dB), best checkpoint")
+    for r in done:
+        record = job.ctx.store.get(r["stage_id"]) if r.get("stage_id") else None
+        history = Path(record.output_dir) / "metrics.jsonl" if record else None
+        if history is None or not history.is_file():
+            continue
+        points = [json.loads(x) for x in history.read_text().splitlines() if x.strip()]
+        curves.plot([p["epoch"] for p in points], [p["val/psnr"] for p in points], marker=".")
+    curves.set_xlabel("epoch")
+    curves.set_ylabel("validation PSNR (dB)")
+    fig.suptitle(f"{job.name}: {len(done)} rows")
+    fig.tight_layout()
+    path = job.root / f"{job.name}-{job.run_id[:8]}-results.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def register_best_student(job: Job, rows: list[dict[str, Any]], name: str | None = None):

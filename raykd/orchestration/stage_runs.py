@@ -28,8 +28,8 @@ from raykd.tracking.mlflow_store import NOTE_TAG, PARENT_TAG
 
 RUNS_FILE = "mlflow_runs.json"
 TAGS_FILE = "run_tags.json"  # the tags a stage's run was created with (for re-registration)
-TAG_SOURCE_RUN = "raykd.source_run_id"  # a reuse link / re-registered run: the original run
-TAG_REUSED_STAGE = "raykd.reused_stage"
+TAG_SOURCE_RUN = S.TAG_SOURCE_RUN
+TAG_REUSED_STAGE = S.TAG_REUSED_STAGE
 FINAL_KEYS = ("final_", "best_val_loss", "wall_clock_s")
 
 

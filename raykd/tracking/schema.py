@@ -16,13 +16,27 @@ Runs (all in one experiment per job unless ``--experiment`` says otherwise):
   Artifacts: ``eval/eval_<split>.json`` (per-volume and per-slice metrics,
   the paired data for Wilcoxon tests), ``examples/<split>_examples.npz`` (target, zero-filled,
   reconstruction of a few fixed slices), ``checkpoints/best.pt``, ``config.yaml``.
-- trial run (searches): ``raykd.role=trial``, child of the search's job run, with the sampled
-  hyperparameters as params and the trial's objective as metrics.
+- trial run (searches): ``raykd.role=trial``, child of the search's job run, named by the
+  sampled hyperparameters (params), the trial's objective as metrics, ``raykd.kd_run_id`` (its
+  KD stage runs, one per seed); a trial ASHA stopped is KILLED with ``raykd.stopped``
+  ("stopped at epoch k by ASHA"). The search's job run carries ``raykd.optuna_storage`` and
+  ``raykd.optuna_study``.
+- reuse link: ``raykd.role=reuse``, child of a job that reused a stage another job trained
+  (``<stage name> (reused)``), with ``raykd.source_run_id`` = the stage run, its raykd tags
+  (not ``raykd.stage_id``) and final metrics. Reports read stage runs only, so a link never
+  counts twice.
+
+Names: job runs ``<preset>-<date time>``; stage runs ``<dataset>-<acc>x-s<seed>/<row>[-<method>]
+-D<depth>C<cascades>[-w<kd weight>]``. The job run's description (``mlflow.note.content``) is
+its results table; ``best_val_<metric>`` metrics and ``raykd.best_label`` / ``raykd.best_run_id``
+tags name its best student. A stage re-registered in a new tracking store (trained under
+another) has ``raykd.source_run_id`` = its run there; ``<stage dir>/mlflow_runs.json`` maps
+tracking URI → run id.
 """
 
 from __future__ import annotations
 
-TAG_ROLE = "raykd.role"  # job | stage | trial | comparison
+TAG_ROLE = "raykd.role"  # job | stage | trial | reuse | comparison
 TAG_KIND = "raykd.kind"  # teacher | sft | student | kd
 # teacher | sft_teacher | student | equal_compute | std_kd | sft_kd | sft_kd_random
 TAG_ROW = "raykd.row"
@@ -37,6 +51,8 @@ TAG_STUDENT_DEPTH = "raykd.student_depth"
 TAG_TEACHER_DEPTH = "raykd.teacher_depth"
 TAG_SEED = "raykd.seed"
 TAG_TASK = "raykd.task"  # recon | sr
+TAG_SOURCE_RUN = "raykd.source_run_id"  # reuse link / re-registered run: the original run
+TAG_REUSED_STAGE = "raykd.reused_stage"  # reuse link: the stage id it stands for
 
 ROWS = ("teacher", "sft_teacher", "student", "equal_compute", "std_kd", "sft_kd", "sft_kd_random")
 METRICS = ("psnr", "ssim", "nmse", "hfn", "hfen", "vif")
