@@ -165,3 +165,23 @@ def test_locked_database_is_retried():
     assert with_retry(flaky) == "ok" and len(calls) == 3
     with pytest.raises(ValueError):  # anything else is not retried
         with_retry(lambda: (_ for _ in ()).throw(ValueError("bad")))
+
+
+def test_unregistrable_stage_says_what_to_do(tmp_path):
+    """A finished stage unknown to the store whose directory lost its config: one line."""
+    from raykd.errors import RaykdError
+    from raykd.orchestration.identity import StageRecord, StageStore
+    from raykd.orchestration.stage_runs import resolve_run
+    from raykd.tracking import Tracking
+
+    store = StageStore(tmp_path / "root")
+    out = store.stage_dir("teacher-0123456789ab")
+    out.mkdir(parents=True)
+    record = StageRecord(
+        "teacher-0123456789ab", "teacher", str(out), str(out / "best.pt"), 0.1, 0,
+        mlflow_run_id="0" * 32,
+    )  # fmt: skip
+    tracking = Tracking(f"sqlite:///{tmp_path / 'other.db'}", "e")
+    with pytest.raises(RaykdError, match="cannot be re-registered .* pass --tracking-uri") as err:
+        resolve_run(record, store, tracking, None)
+    assert "\n" not in str(err.value)

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from raykd.errors import RaykdError
 from raykd.orchestration.identity import StageRecord, StageStore
 from raykd.tracking import Tracking
 from raykd.tracking import schema as S
@@ -120,7 +121,15 @@ def resolve_run(
         teacher_run = ""
         if record.teacher_stage and (teacher := store.get(record.teacher_stage)) is not None:
             teacher_run = resolve_run(teacher, store, tracking, parent_run_id)
-        run_id = reregister(record, tracking, parent_run_id, teacher_run)
+        try:
+            run_id = reregister(record, tracking, parent_run_id, teacher_run)
+        except (OSError, ValueError, KeyError, yaml.YAMLError) as exc:
+            raise RaykdError(
+                f"stage {record.stage_id} ({record.output_dir}) was tracked as run "
+                f"{record.mlflow_run_id} in another MLflow store and cannot be re-registered in "
+                f"{tracking.uri} ({type(exc).__name__}: {exc}); pass --tracking-uri of the store "
+                "it was trained under, or use a new --root to retrain"
+            ) from exc
         remember_run(record.output_dir, tracking.uri, run_id)
         return run_id
 
