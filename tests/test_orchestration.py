@@ -173,6 +173,14 @@ def test_optuna_search_logs_trials_under_parent(ray_session, tiny_data, tmp_path
         assert run.info.run_name.startswith("method=") and "kd_weight_scale=" in run.info.run_name
         if run.info.status == "KILLED":
             assert run.data.tags["raykd.stopped"].startswith("stopped at epoch")
+    # A stopped trial's unfinished KD stage run says so too (not FAILED).
+    kd_runs = _stage_runs(job.tracking, "kd")
+    assert all(r.info.status in ("FINISHED", "KILLED") for r in kd_runs), [
+        (r.info.run_name, r.info.status) for r in kd_runs
+    ]
+    for r in kd_runs:
+        if r.info.status == "KILLED":
+            assert r.data.tags["raykd.stopped"].startswith("stopped at epoch")
     # The report on the search: the best trial's own stages and the teachers they learned from.
     from raykd.report.collect import collect
 

@@ -42,6 +42,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> str:
         how = " (started with `ray start`; --address local runs a private Ray instead)"
     if target and target != "local":
         _probe(target)
+        host = target.removeprefix("ray://").rpartition(":")[0]
+        if host in ("127.0.0.1", "localhost", "::1", "[::1]"):
+            # A loopback-bound Ray (e.g. another job's private one): Ray would otherwise
+            # rewrite 127.0.0.1 to this machine's IP, where that Ray does not listen.
+            loopback_only()
         try:
             ray.init(address=target, log_to_driver=True, runtime_env=_worker_env(target))
         except (ConnectionError, RuntimeError, ValueError) as exc:

@@ -335,6 +335,8 @@ def run_search(search: SearchSpec, base: GridSpec, job, resume: bool = True) -> 
             epoch = m.get("epoch") or m.get("training_iteration")
             trial["stopped"] = f"stopped at epoch {epoch} by ASHA"
         trial["run_id"] = _close_trial_run(job, m.get("trial_id"), trial["stopped"])
+        if trial["stopped"] and job.tracking is not None:
+            _mark_stopped_stages(job, search, base, r.config or {}, trial["stopped"])
         trials.append(trial)
     done = [t for t in trials if t.get(metrics[0]) is not None and not t["error"]]
     out: dict[str, Any] = {
@@ -347,6 +349,21 @@ def run_search(search: SearchSpec, base: GridSpec, job, resume: bool = True) -> 
     elif done:
         out["pareto"] = pareto_front(done, metrics, modes)
     return out
+
+
+def _mark_stopped_stages(job, search, base, config: dict, why: str) -> None:
+    """The KD stage runs a stopped trial left unfinished: KILLED with the reason."""
+    from raykd.orchestration.grid import row_requests
+    from raykd.orchestration.stage_runs import mark_stopped
+
+    params = {k: config[k] for k in search.params if k in config}
+    if len(params) != len(search.params):
+        return
+    spec, row, extra = trial_row_and_spec(search, base, params)
+    for seed in base.seed_list():
+        own = row_requests(spec, {**row, "seed": seed}, **extra)[-1]
+        if job.ctx.store.get(own.stage_id) is None:  # finished stages are results, not stops
+            mark_stopped(job.tracking, own.stage_id, why)
 
 
 def _close_trial_run(job, trial_id: str | None, stopped: str | None) -> str | None:

@@ -226,3 +226,17 @@ def link_reuse(
         final = {k: v for k, v in source.data.metrics.items() if k.startswith(FINAL_KEYS)}
         tracking.log_metrics(link, final)
         tracking.end_run(link)
+
+
+def mark_stopped(tracking: Tracking, stage_id: str, why: str) -> None:
+    """Close the unfinished run of a stage a scheduler stopped as KILLED, saying why, without
+    moving its end time past the stage's last logged metric."""
+    for run in tracking.runs(f"tags.`{S.TAG_STAGE_ID}` = '{stage_id}'"):
+        if run.info.status not in ("RUNNING", "FAILED"):
+            continue
+        end = run.info.end_time
+        if run.info.status == "RUNNING":  # its process was killed: end at its last metric
+            history = tracking.client.get_metric_history(run.info.run_id, "val_psnr")
+            end = max((m.timestamp for m in history), default=run.info.start_time)
+        tracking.set_tags(run.info.run_id, {"raykd.stopped": why, NOTE_TAG: why})
+        tracking.end_run(run.info.run_id, "KILLED", end_time=(end or 0) / 1000)
