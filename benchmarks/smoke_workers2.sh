@@ -20,7 +20,8 @@ mkdir -p "$root"
 
 start=$(date +%s)
 set +e
-env -u RAY_ADDRESS python "$repo/jobs/full_grid.py" --preset smoke --workers 2 --root "$root" \
+env -u RAY_ADDRESS python "$repo/jobs/full_grid.py" --preset smoke --workers 2 --address local \
+  --root "$root" \
   2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
