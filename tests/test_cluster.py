@@ -170,13 +170,24 @@ def test_job_joins_a_running_ray_start_cluster_and_says_so():
         "--disable-usage-stats",
     ]  # fmt: skip
     try:
-        started = subprocess.run(start, env=env, capture_output=True, text=True, timeout=120)
+        # The cluster's processes get no path to this checkout (a node without raykd).
+        bare = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+        started = subprocess.run(
+            start, env=bare, cwd=tmp, capture_output=True, text=True, timeout=120
+        )
         assert started.returncode == 0, started.stdout[-1500:] + started.stderr[-1500:]
         code = (
             "import ray\n"
             "from raykd.orchestration.cluster import init_ray\n"
             "print('MESSAGE', init_ray())\n"
             "print('GCS', ray.get_runtime_context().gcs_address)\n"
+            "@ray.remote(num_cpus=0)\n"
+            "def where():\n"
+            "    import os, sys\n"
+            "    shipped = [p for p in sys.path if 'runtime_resources' in p\n"
+            "               and os.path.isfile(os.path.join(p, 'raykd', '__init__.py'))]\n"
+            "    return shipped[0] if shipped else '-', os.environ.get('RAYKD_GIT_COMMIT')\n"
+            "print('WORKER', *ray.get(where.remote()))\n"
         )
         out = subprocess.run(
             [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
@@ -186,6 +197,17 @@ def test_job_joins_a_running_ray_start_cluster_and_says_so():
         message = next(line for line in out.stdout.splitlines() if line.startswith("MESSAGE"))
         assert "joined the Ray cluster at" in message and f":{gcs}" in message, message
         assert f"GCS {message.split('at ', 1)[1].split()[0]}" in out.stdout
+        # Workers get a copy of raykd through the runtime env (py_modules: importable on a node
+        # where it is not installed; on this one host the driver's own path also resolves it)
+        # and the commit of the code that submitted the job.
+        worker = next(line for line in out.stdout.splitlines() if line.startswith("WORKER"))
+        path, commit = worker.split()[1:3]
+        assert "runtime_resources" in path, worker
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
+        )
+        if head.returncode == 0:
+            assert commit == head.stdout.strip()
     finally:
         _kill_by_marker(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
