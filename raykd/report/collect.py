@@ -277,7 +277,9 @@ def _row_of(run) -> dict[str, Any]:
 
 def volume_summary(report: dict[str, Any], metric: str) -> tuple[float, float, int]:
     """Mean ± sample std (ddof=1, as :func:`raykd.metrics.summarise`) over volumes, and n."""
-    vals = np.array([float(v["metrics"][metric]) for v in report["volumes"]], dtype=np.float64)
+    # null = undefined for that volume (strict-JSON NaN) and left out; a missing key is an error
+    values = [v["metrics"][metric] for v in report["volumes"]]
+    vals = np.array([float(x) for x in values if x is not None], dtype=np.float64)
     if vals.size == 0:
         return float("nan"), float("nan"), 0
     with np.errstate(invalid="ignore"):
