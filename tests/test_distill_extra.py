@@ -95,7 +95,7 @@ def test_zero_for_identical_positive_for_different(name: str, models) -> None:
     method = build_kd_method(name, *models)
     t = rand(B, 6, H, W, seed=2)
     assert method.loss([(t, t.clone())]).item() == pytest.approx(0.0, abs=1e-6)
-    assert method.loss([(t, rand(B, 6, H, W, seed=3))]).item() > 1e-4
+    assert method.loss([(t, rand(B, 6, H, W, seed=3))]).item() > 1e-5
 
 
 @pytest.mark.parametrize("name", ["pkt", "nst"])
@@ -106,8 +106,11 @@ def test_scale_invariant_and_gradient(name: str, models) -> None:
     t, s = rand(B, 4, H, W, seed=4).double(), rand(B, 6, H, W, seed=5).double()  # C differs
     base = method.loss([(t, s)])
     assert base.item() > 0
-    assert method.loss([(t, 7.0 * s)]).item() == pytest.approx(base.item(), rel=1e-9)
-    assert method.loss([(t, 0.01 * s)]).item() == pytest.approx(base.item(), rel=1e-9)
+    # PKT divides by ‖f‖ + 1e-7 (the reference's form): invariance is approximate for small
+    # features, and a small KL amplifies the relative change.
+    rel = 1e-3 if name == "pkt" else 1e-9
+    assert method.loss([(t, 7.0 * s)]).item() == pytest.approx(base.item(), rel=rel)
+    assert method.loss([(t, 0.01 * s)]).item() == pytest.approx(base.item(), rel=rel)
     s = s.requires_grad_()
     method.loss([(t, s)]).backward()
     assert s.grad is not None and s.grad.abs().sum() > 0
@@ -128,26 +131,25 @@ def test_pkt_hand_computed(models) -> None:
         return [[x / sum(row) for x in row] for row in k]
 
     p_t, p_s = distribution(t_rows), distribution(s_rows)
-    expected = (
-        sum(
-            p_t[i][j] * math.log((p_t[i][j] + eps) / (p_s[i][j] + eps))
-            for i in range(2)
-            for j in range(2)
-        )
-        / 2
+    # The reference's torch.mean over the B x B matrix: the row KL summed, divided by B².
+    kl_rows = sum(
+        p_t[i][j] * math.log((p_t[i][j] + eps) / (p_s[i][j] + eps))
+        for i in range(2)
+        for j in range(2)
     )
+    expected = kl_rows / 4
     # Cross-check the loop on the closed form: cos_T = 1/sqrt(2), cos_S = 0.
     k = (1 + 1 / math.sqrt(2)) / 2
     closed = (1 / (1 + k)) * math.log((1 / (1 + k)) / (2 / 3))
     closed += (k / (1 + k)) * math.log((k / (1 + k)) / (1 / 3))
-    assert expected == pytest.approx(closed, rel=1e-6)
+    assert kl_rows / 2 == pytest.approx(closed, rel=1e-6)
 
     t = torch.tensor(t_rows).view(2, 2, 1, 1)
     s = torch.tensor(s_rows).view(2, 3, 1, 1)
     assert torch.allclose(similarity_distribution(s), torch.tensor(p_s))
     assert method.loss([(t, s)]).item() == pytest.approx(expected, rel=1e-5)
-    # Two pairs: the mean over pairs.
-    assert method.loss([(t, s), (t, t)]).item() == pytest.approx(expected / 2, rel=1e-5)
+    # Two pairs: summed (the second contributes 0).
+    assert method.loss([(t, s), (t, t)]).item() == pytest.approx(expected, rel=1e-5, abs=1e-7)
 
 
 def test_pkt_feature_dims_and_batch(models) -> None:

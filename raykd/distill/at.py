@@ -13,27 +13,33 @@ from raykd.errors import ConfigError
 
 
 def attention_map(feature: torch.Tensor) -> torch.Tensor:
-    """``Q = Σ_c f²`` flattened to [B, H·W] and L2-normalised per sample (row-wise).
+    """``Q = mean_c f²`` flattened to [B, H·W] and L2-normalised per sample (row-wise).
 
-    Normalising per sample (not over the whole batch, as the reference code does) keeps each
-    sample's loss independent of the other samples in the batch.
+    Mean or sum over channels gives the same map after the normalisation.
     """
-    return F.normalize(feature.pow(2).sum(dim=1).flatten(1), p=2, dim=1)
+    return F.normalize(feature.pow(2).mean(dim=1).flatten(1), p=2, dim=1)
 
 
 @register_kd_method("at")
 class AttentionTransfer(KDMethod):
-    """``L = mean_pairs mean_b ‖Q_T(b) − Q_S(b)‖₂`` with ``Q`` from :func:`attention_map`.
+    """``L = Σ_pairs mean_{b, hw} (Q_T(b, hw) − Q_S(b, hw))²``, ``Q`` from :func:`attention_map`.
 
-    The paper's L2 norm of the difference is used (the reference used L1). Teacher and student
-    maps must have the same spatial size (always true in DC-CNN); otherwise ConfigError rather
-    than silent interpolation. Channel counts may differ: the channel axis is summed out.
+    Reference definition: RepDistiller ``distiller_zoo/AT.py`` (``at_loss``: squared difference
+    of the per-sample L2-normalised maps, *mean* over batch and positions) with the pair losses
+    *summed* (``helper/loops.py``, ``sum(loss_group)``), weight β = 1000
+    (``scripts/run_cifar_distill.sh``, ``-b 1000``). The authors' code
+    (szagoruyko/attention-transfer, ``cifar.py``) computes the same ``at_loss`` and
+    ``β · Σ_groups`` with β = 1000. Canonical weight: 1000.
+
+    Teacher and student maps must have the same spatial size (always true in DC-CNN); otherwise
+    ConfigError rather than the reference's silent pooling. Channel counts may differ.
     """
 
     per_sample_mean: ClassVar[bool] = True  # DDP: no feature gather needed
     citation: ClassVar[str] = (
         "Zagoruyko, S. & Komodakis, N. Paying More Attention to Attention: Improving the "
-        "Performance of Convolutional Neural Networks via Attention Transfer. ICLR 2017."
+        "Performance of Convolutional Neural Networks via Attention Transfer. ICLR 2017. "
+        "Code: github.com/szagoruyko/attention-transfer; github.com/HobbitLong/RepDistiller."
     )
 
     def loss(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -46,5 +52,5 @@ class AttentionTransfer(KDMethod):
                     f"KD method 'at': teacher tap '{t_name}' {tuple(t.shape)} and student tap "
                     f"'{s_name}' {tuple(s.shape)} differ in batch or spatial size"
                 )
-            terms.append((attention_map(t) - attention_map(s)).norm(p=2, dim=1).mean())
-        return torch.stack(terms).mean()
+            terms.append((attention_map(t) - attention_map(s)).pow(2).mean())
+        return torch.stack(terms).sum()

@@ -16,7 +16,16 @@ from raykd.models.base import BlockNet
 
 @register_kd_method("fitnets")
 class FitNets(KDMethod):
-    """``L = mean_pairs MSE(r_i(f_S), f_T)``; ``r_i`` = 1x1 conv if channels differ, else identity.
+    """``L = Σ_pairs mean_{b, c, h, w} (r_i(f_S) − f_T)²``; ``r_i`` = 1x1 conv if channels differ.
+
+    Reference definition: RepDistiller ``distiller_zoo/FitNet.py`` (``HintLoss`` =
+    ``nn.MSELoss()``, the *mean* over every element) on one hint pair, weight β = 100
+    (``scripts/run_cifar_distill.sh``, ``-b 100``). Canonical weight: 100. With several tap pairs
+    the pair losses are summed, as RepDistiller does for its multi-layer losses (AT, NST).
+    Deviation, scale-neutral: the reference regressor is conv3x3 + BN + ReLU; here it is a 1x1
+    conv, or the identity when the channel counts already match, because the default hint is a
+    cascade's linear output (a ReLU regressor could not reproduce its negative values). The loss
+    reduction is unchanged, so the weight is too.
 
     One regressor per tap pair (``self.regressors``), built from the tap channel counts; its
     parameters are ordinary trainable parameters that the trainer adds to the optimiser. Using
@@ -27,7 +36,7 @@ class FitNets(KDMethod):
     per_sample_mean: ClassVar[bool] = True  # DDP: no feature gather needed
     citation: ClassVar[str] = (
         "Romero, A., Ballas, N., Kahou, S. E., Chassang, A., Gatta, C. & Bengio, Y. "
-        "FitNets: Hints for Thin Deep Nets. ICLR 2015."
+        "FitNets: Hints for Thin Deep Nets. ICLR 2015. Code: github.com/HobbitLong/RepDistiller."
     )
 
     def __init__(
@@ -64,4 +73,4 @@ class FitNets(KDMethod):
                     f"{tuple(t.shape)}"
                 )
             terms.append(F.mse_loss(hint, t))
-        return torch.stack(terms).mean()
+        return torch.stack(terms).sum()

@@ -26,7 +26,16 @@ def fsp_gram(f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
 
 @register_kd_method("fsp")
 class FSP(KDMethod):
-    """``L = mean_i MSE(G_T(i, i+1), G_S(i, i+1))`` over consecutive entries of the tap lists.
+    """``L = Σ_i mean_{b, c1, c2} (G_S(i, i+1) − G_T(i, i+1))²`` over consecutive taps.
+
+    Reference definition: RepDistiller ``distiller_zoo/FSP.py`` (Gram ``mean_hw f1·f2``, loss
+    ``(s − t).pow(2).mean()`` per Gram pair) with the pair losses *summed* (``helper/pretrain.py``,
+    ``sum(loss_group)``). Canonical weight: **1**. RepDistiller's command line passes ``-b 50``
+    for FSP, but its distillation loop sets FSP's loss to 0 (``helper/loops.py``): FSP acts only
+    in a separate initialisation stage, where ``sum(loss_group)`` is optimised unweighted. So 50
+    multiplies nothing, and the weight published for this loss is 1. Here FSP is trained jointly
+    with the reconstruction loss (the paper's second stage is the task loss alone); the default
+    presets calibrate its weight (``kd.balance``) instead.
 
     In a cascade the "flow" is from one cascade's block to the next, so the pairs are formed
     from consecutive taps (by default the last hidden activation of consecutive cascades); the
@@ -37,7 +46,8 @@ class FSP(KDMethod):
     per_sample_mean: ClassVar[bool] = True  # DDP: no feature gather needed
     citation: ClassVar[str] = (
         "Yim, J., Joo, D., Bae, J. & Kim, J. A Gift from Knowledge Distillation: Fast "
-        "Optimization, Network Minimization and Transfer Learning. CVPR 2017."
+        "Optimization, Network Minimization and Transfer Learning. CVPR 2017. "
+        "Code: github.com/HobbitLong/RepDistiller."
     )
 
     def __init__(
@@ -76,4 +86,4 @@ class FSP(KDMethod):
         terms = []
         for (t1, s1), (t2, s2) in zip(pairs[:-1], pairs[1:], strict=True):
             terms.append(F.mse_loss(fsp_gram(s1, s2), fsp_gram(t1, t2)))
-        return torch.stack(terms).mean()
+        return torch.stack(terms).sum()

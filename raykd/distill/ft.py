@@ -50,8 +50,12 @@ class Paraphraser(nn.Module):
 
 
 def normalized_factor(factor: torch.Tensor) -> torch.Tensor:
-    """``F / ‖F‖₂`` with ``F`` flattened to [B, −1] per sample."""
-    return F.normalize(factor.flatten(1), p=2, dim=1)
+    """``normalize(mean_c F²)`` flattened to [B, H·W], L2-normalised per sample.
+
+    RepDistiller's ``FactorTransfer.factor`` (p1 = 2): the factor's channel-mean square, i.e. an
+    attention map of the factor, not the factor vector itself.
+    """
+    return F.normalize(factor.pow(2).mean(dim=1).flatten(1), p=2, dim=1)
 
 
 def _cycle(
@@ -69,7 +73,13 @@ def _cycle(
 
 @register_kd_method("ft")
 class FactorTransfer(KDMethod):
-    """``L = mean_pairs mean |F_T/‖F_T‖₂ − F_S/‖F_S‖₂|`` (p = 1, the paper's choice).
+    """``L = Σ_pairs mean_{b, hw} |φ(F_T) − φ(F_S)|``, ``φ(F) = normalize_b(mean_c F²)``.
+
+    Reference definition: RepDistiller ``distiller_zoo/FT.py`` (``FactorTransfer(p1=2, p2=1)``:
+    ``φ`` from :func:`normalized_factor`, then the *mean* absolute difference over batch and
+    positions), weight β = 200 (``-b 200``). Canonical weight: 200. The paper writes the
+    p = 1 distance of the L2-normalised factor vectors; the weight 200 belongs to RepDistiller's
+    form, so that one is used. RepDistiller transfers one pair; several tap pairs are summed.
 
     ``F_T = P_i.encoder(f_T)`` comes from a paraphraser per teacher tap (``self.paraphrasers``),
     ``F_S = T_i(f_S)`` from a translator per student tap (``self.translators``); both have
@@ -90,7 +100,8 @@ class FactorTransfer(KDMethod):
     per_sample_mean: ClassVar[bool] = True  # DDP: no feature gather needed
     citation: ClassVar[str] = (
         "Kim, J., Park, S. & Kwak, N. Paraphrasing Complex Network: Network Compression via "
-        "Factor Transfer. NeurIPS 2018."
+        "Factor Transfer. NeurIPS 2018. Code: github.com/HobbitLong/RepDistiller "
+        "(distiller_zoo/FT.py)."
     )
     needs_pretraining: ClassVar[bool] = True
 
@@ -219,7 +230,7 @@ class FactorTransfer(KDMethod):
                     f"'{self.student_taps[i]}' {tuple(f_s.shape)} (spatial sizes must agree)"
                 )
             terms.append((normalized_factor(f_t) - normalized_factor(f_s)).abs().mean())
-        return torch.stack(terms).mean()
+        return torch.stack(terms).sum()
 
 
 def _freeze_if_pretrained(module: nn.Module, _incompatible_keys: object) -> None:

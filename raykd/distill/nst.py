@@ -33,7 +33,12 @@ def poly_mmd2(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
 
 @register_kd_method("nst")
 class NeuronSelectivityTransfer(KDMethod):
-    """``L = mean_pairs MMD²(T, S)`` with the polynomial kernel ``(aᵀb)²`` (d = 2, c = 0).
+    """``L = Σ_pairs MMD²(T, S)`` with the polynomial kernel ``(aᵀb)²`` (d = 2, c = 0).
+
+    Reference definition: RepDistiller ``distiller_zoo/NST.py`` (per-channel maps L2-normalised
+    over HW; ``mean k(t,t) + mean k(s,s) − 2 mean k(s,t)``, each mean over batch and both channel
+    axes), pair losses summed (``helper/loops.py``), weight β = 50 (``-b 50``). Canonical
+    weight: 50.
 
     Each channel's L2-normalised spatial map is a sample of "where neurons fire"; NST makes the
     student's set of maps distributed like the teacher's, so channel counts may differ but the
@@ -46,7 +51,7 @@ class NeuronSelectivityTransfer(KDMethod):
     per_sample_mean: ClassVar[bool] = True  # DDP: no feature gather needed
     citation: ClassVar[str] = (
         "Huang, Z. & Wang, N. Like What You Like: Knowledge Distill via Neuron Selectivity "
-        "Transfer. arXiv:1707.01219, 2017."
+        "Transfer. arXiv:1707.01219, 2017. Code: github.com/HobbitLong/RepDistiller."
     )
 
     def loss(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -60,4 +65,4 @@ class NeuronSelectivityTransfer(KDMethod):
                     f"'{s_name}' {tuple(s.shape)} must share batch size and spatial size"
                 )
             terms.append(poly_mmd2(t, s))
-        return torch.stack(terms).mean()
+        return torch.stack(terms).sum()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 
 from raykd.distill.base import KDMethod
 from raykd.distill.registry import register_kd_method
@@ -17,25 +16,36 @@ EPS = 1e-7
 def similarity_distribution(feature: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     """``P_ij = K_ij / Σ_j K_ij`` with ``K_ij = (cos(f_i, f_j) + 1) / 2``: [B, B], rows sum to 1.
 
-    ``f`` is the feature flattened to [B, −1] and L2-normalised per row (``eps`` guards an
-    all-zero row). Mapping the cosine to [0, 1] keeps every entry a valid (unnormalised)
-    probability before the row normalisation.
+    ``f`` is the feature flattened to [B, −1] and divided by ``‖f‖₂ + eps`` per row (as the
+    reference does; an all-zero row stays zero). Mapping the cosine to [0, 1] keeps every entry
+    a valid (unnormalised) probability before the row normalisation.
     """
-    f = F.normalize(feature.flatten(1), p=2, dim=1, eps=eps)
+    f = feature.flatten(1)
+    f = f / (f.norm(p=2, dim=1, keepdim=True) + eps)
     kernel = (f @ f.t() + 1.0) / 2.0
     return kernel / kernel.sum(dim=1, keepdim=True)
 
 
 def pkt_divergence(teacher: torch.Tensor, student: torch.Tensor, eps: float = EPS) -> torch.Tensor:
-    """``KL(P_T ‖ P_S) = mean_i Σ_j P_T,ij log((P_T,ij + ε) / (P_S,ij + ε))``: a scalar."""
+    """``mean_{i,j} P_T,ij log((P_T,ij + ε) / (P_S,ij + ε))`` over all B² entries: a scalar.
+
+    This is the reference's reduction: the row-wise KL divergence averaged over rows *and*
+    divided by B once more (``torch.mean`` over the B×B matrix).
+    """
     p_t = similarity_distribution(teacher, eps)
     p_s = similarity_distribution(student, eps)
-    return (p_t * torch.log((p_t + eps) / (p_s + eps))).sum(dim=1).mean()
+    return (p_t * torch.log((p_t + eps) / (p_s + eps))).mean()
 
 
 @register_kd_method("pkt")
 class ProbabilisticKnowledgeTransfer(KDMethod):
-    """``L = mean_pairs KL(P_T ‖ P_S)``, ``P`` from :func:`similarity_distribution`, ``ε = 1e-7``.
+    """``L = Σ_pairs mean_{i,j} P_T,ij log((P_T,ij+ε)/(P_S,ij+ε))``, ``ε = 1e-7``.
+
+    Reference definition: RepDistiller ``distiller_zoo/PKT.py`` ("code from author",
+    passalis/probabilistic_kt: ``cosine_similarity_loss``), i.e. ``torch.mean`` over the B×B
+    matrix = KL(P_T‖P_S) averaged over rows and divided by B; weight β = 30000 (``-b 30000``).
+    Canonical weight: 30000. RepDistiller applies it to one (pooled) feature; several tap pairs
+    are summed, as for its multi-layer losses. ``P`` from :func:`similarity_distribution`.
 
     The student learns to reproduce the teacher's conditional distribution of "which other
     sample in the batch is similar to me" (cosine kernel, as recommended by the paper). ``P`` is
@@ -46,7 +56,8 @@ class ProbabilisticKnowledgeTransfer(KDMethod):
 
     citation: ClassVar[str] = (
         "Passalis, N. & Tefas, A. Learning Deep Representations with Probabilistic Knowledge "
-        "Transfer. ECCV 2018."
+        "Transfer. ECCV 2018. Code: github.com/passalis/probabilistic_kt; "
+        "github.com/HobbitLong/RepDistiller."
     )
 
     def loss(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -57,4 +68,4 @@ class ProbabilisticKnowledgeTransfer(KDMethod):
                     f"KD method 'pkt': batch sizes differ ({t.shape[0]} vs {s.shape[0]})"
                 )
             terms.append(pkt_divergence(t, s))
-        return torch.stack(terms).mean()
+        return torch.stack(terms).sum()

@@ -20,14 +20,20 @@ def similarity_matrix(feature: torch.Tensor) -> torch.Tensor:
 
 @register_kd_method("sp")
 class SimilarityPreserving(KDMethod):
-    """``L = mean_pairs ‖G_T − G_S‖²_F / B²`` with ``G`` from :func:`similarity_matrix`.
+    """``L = Σ_pairs ‖G_T − G_S‖²_F / B²`` with ``G`` from :func:`similarity_matrix`.
+
+    Reference definition: RepDistiller ``distiller_zoo/SP.py`` ("verified by original author":
+    ``G = normalize_rows(f fᵀ)``, squared Frobenius norm of the difference divided by B²), pair
+    losses summed (``helper/loops.py``; the paper's Eq. 4 sums over layer pairs too), weight
+    γ = 3000 (``-b 3000``, the paper's CIFAR setting). Canonical weight: 3000.
 
     ``G`` is B×B, so teacher and student may differ in channels and spatial size; only the
     batch size must agree. Row normalisation makes the loss invariant to feature scale.
     """
 
     citation: ClassVar[str] = (
-        "Tung, F. & Mori, G. Similarity-Preserving Knowledge Distillation. ICCV 2019."
+        "Tung, F. & Mori, G. Similarity-Preserving Knowledge Distillation. ICCV 2019. "
+        "Code: github.com/HobbitLong/RepDistiller."
     )
 
     def loss(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -37,4 +43,4 @@ class SimilarityPreserving(KDMethod):
             if t.shape[0] != b:
                 raise ConfigError(f"KD method 'sp': batch sizes differ ({t.shape[0]} vs {b})")
             terms.append((similarity_matrix(t) - similarity_matrix(s)).pow(2).sum() / b**2)
-        return torch.stack(terms).mean()
+        return torch.stack(terms).sum()
