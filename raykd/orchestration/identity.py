@@ -33,6 +33,8 @@ LATER_DEFAULTS = {
     ("teacher", "arch"): "dccnn",
     ("student", "arch"): "dccnn",
     ("data", "mask", "allow_full"): False,
+    ("kd", "balance"): None,
+    ("sft", "balance"): None,
 }
 
 

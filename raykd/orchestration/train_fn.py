@@ -159,10 +159,28 @@ def run_training(
 
     t0 = time.perf_counter()
     trainer = Trainer(cfg, output_dir, callbacks=[on_epoch], resume_from=resume_from)
+    fresh = trainer.balance is None  # a resumed run logged its balance the first time
+    balance = trainer.calibrate()  # every rank: the measurement is averaged over ranks
+    if tracking is not None and fresh:
+        log_balance(tracking, run_id, balance)
     result = trainer.fit()
     if rank == 0:
         splits = config.get("eval_splits", ["val"])
         finish_stage(cfg, trainer, result, tracking, run_id, splits, started=t0)
+
+
+def log_balance(tracking, run_id: str, balance: dict[str, Any]) -> None:
+    """Resolved weights as params (``weights.<term>``, ``balance.rule``) and the ratios measured
+    before training as ``train/ratio/<term>`` at step 0 (``train_ratio_<term>`` in MLflow)."""
+    params: dict[str, Any] = {f"weights.{k}": v for k, v in balance["weights"].items()}
+    params["balance.rule"] = balance["rule"]
+    try:
+        tracking.log_params(run_id, params)
+    except Exception as exc:  # a retried stage logs the same params again; MLflow may refuse
+        sys.stderr.write(f"[raykd] could not log balance params: {exc}\n")
+    ratios = {f"train/ratio/{k}": v for k, v in balance["ratios"].items()}
+    if ratios:
+        tracking.log_metrics(run_id, ratios, step=0)
 
 
 def save_examples(model, trainer, split: str, out_dir: Path, n: int = 3) -> Path:

@@ -154,19 +154,48 @@ class OptimConfig(_Strict):
     max_steps_per_epoch: Count | None = Field(None, ge=1)
 
 
+class BalanceConfig(_Strict):
+    """Calibrated weight of an auxiliary term (KD, or SFT imitation), set before training.
+
+    Over the first ``batches`` training batches (no gradient, averaged over DDP ranks) the mean
+    reconstruction term R and the mean raw auxiliary term A are measured; the weight becomes
+    ``ratio · R / A``, so that at the start the weighted term is ``ratio`` × reconstruction.
+    The stage identity holds ``ratio`` and ``batches``, not the resolved number.
+    """
+
+    ratio: float = Field(gt=0, description="r: weighted term = r × reconstruction at start")
+    batches: int = Field(4, ge=1, description="training batches measured before training")
+
+
+# Batches measured before training when no term is calibrated (the step-0 ratio metrics).
+MEASURE_BATCHES = 4
+
+
 class SFTConfig(_Strict):
     w_s: float = Field(1.0, ge=0)
     w_imit: float = Field(1.0, ge=0)
+    balance: BalanceConfig | None = Field(
+        None, description="calibrate w_imit from the data instead of using the fixed w_imit"
+    )
 
 
 class KDConfig(_Strict):
     method: str = "at"
     weight: float | None = Field(None, ge=0, description="w_kd; default: canonical for method")
+    balance: BalanceConfig | None = Field(
+        None, description="calibrate w_kd from the data (exclusive with kd.weight)"
+    )
     output_weight: float = Field(0.0, ge=0, description="w_out · L1(student, teacher output)")
     teacher_taps: list[str] | None = None
     student_taps: list[str] | None = None
     options: dict[str, float | int | str] = {}
     init: Literal["random", "sft"] = "random"
+
+    @model_validator(mode="after")
+    def _one_weight_rule(self) -> KDConfig:
+        if self.weight is not None and self.balance is not None:
+            raise ValueError("set kd.weight (fixed) or kd.balance (calibrated), not both")
+        return self
 
     @property
     def resolved_weight(self) -> float:

@@ -31,6 +31,7 @@ from raykd.data.sources import build_datasets
 from raykd.data.transforms import degrade
 from raykd.errors import CheckpointError
 from raykd.models.taps import FeatureTaps
+from raykd.train import balance
 from raykd.train.checkpoint import (
     check_arch,
     check_resume_config,
@@ -128,6 +129,8 @@ class Trainer:
         self.best_val = math.inf
         self.best_epoch = -1
         self.history: list[dict[str, float]] = []
+        # Set by calibrate() before training (or restored on resume): rule, weights, ratios.
+        self.balance: dict[str, Any] | None = None
         self._resume(resume_from)
 
     # ---- checkpoints -------------------------------------------------------------------
@@ -150,6 +153,7 @@ class Trainer:
             "best_epoch": self.best_epoch,
             "config": json.dumps(self.cfg.to_dict()),
             "lineage": json.dumps(self.lineage),
+            "balance": json.dumps(self.balance),
         }
         if full:
             payload.update(
@@ -185,6 +189,10 @@ class Trainer:
         self.best_val = float(ckpt["best_val_loss"])
         self.best_epoch = int(ckpt["best_epoch"])
         self.history = json.loads(ckpt["history"])
+        if ckpt.get("balance") and json.loads(ckpt["balance"]):
+            # The calibrated weights of the interrupted run, not a new measurement.
+            self.balance = json.loads(ckpt["balance"])
+            self.stage.weights.update(self.balance["weights"])
         self._log(f"resumed from {path} at epoch {self.start_epoch}")
 
     def _pretrain_method(self, resume_from: str | Path | None) -> None:
@@ -216,6 +224,15 @@ class Trainer:
         if steps:
             self.lineage["kd_pretrain"] = stats
             self._log(f"{method.name}: pre-trained for {steps} steps {stats}")
+
+    def calibrate(self) -> dict[str, Any]:
+        """Before training (every rank): measure the loss terms, resolve calibrated weights and
+        the step-0 ratios (:mod:`raykd.train.balance`). Idempotent; a resumed run keeps its own.
+        """
+        if self.balance is None:
+            self.balance = balance.calibrate(self)
+            self.lineage["balance"] = self.balance
+        return self.balance
 
     # ---- loops ---------------------------------------------------------------------------
     def _log(self, text: str) -> None:
@@ -350,10 +367,16 @@ class Trainer:
             f"{self.device}, precision {self.precision}, world size {self.world}, "
             f"epochs {self.start_epoch + 1}..{cfg.optim.epochs}"
         )
+        self.calibrate()
+        ref = balance.reference_term(cfg.kind)
         for epoch in range(self.start_epoch, cfg.optim.epochs):
             t0 = time.perf_counter()
             sampler.set_epoch(epoch)
             metrics = self.train_epoch(epoch, loader)
+            ratios = balance.epoch_ratios(metrics, self.stage.weights, ref)
+            metrics.update(ratios)
+            for line in balance.ratio_warnings(ratios, self.stage.weights):
+                self._log(f"epoch {epoch + 1}: {line}")
             metrics.update(self.validate())
             metrics.update(
                 epoch=epoch + 1,
