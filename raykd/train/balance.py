@@ -53,7 +53,9 @@ def term_ratios(weights: dict[str, float], means: dict[str, float], ref: str) ->
     return out
 
 
-def epoch_ratios(metrics: dict[str, float], weights: dict[str, float], ref: str) -> dict[str, float]:
+def epoch_ratios(
+    metrics: dict[str, float], weights: dict[str, float], ref: str
+) -> dict[str, float]:
     """``train/ratio/<term>`` from an epoch's ``train/<term>`` means."""
     means = {k[len("train/") :]: v for k, v in metrics.items() if k.startswith("train/")}
     if ref not in means:
@@ -85,7 +87,9 @@ def measure_terms(trainer: Trainer, batches: int) -> dict[str, float]:
     cfg, stage = trainer.cfg, trainer.stage
     state = rng_state()
     train_set = trainer.datasets["train"]
-    sampler = ShardedSampler(len(train_set), trainer.rank, trainer.world, shuffle=True, seed=cfg.seed)
+    sampler = ShardedSampler(
+        len(train_set), trainer.rank, trainer.world, shuffle=True, seed=cfg.seed
+    )
     sampler.set_epoch(0)
     was_training = stage.training
     stage.train()
