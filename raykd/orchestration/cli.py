@@ -58,6 +58,11 @@ def add_grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-slices", type=int, help="slices per volume (evenly spaced)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--test", nargs="+", help="held-out test volumes")
+    p.add_argument(
+        "--kd-balance",
+        type=float,
+        help="r: calibrate each KD weight so weighted KD = r x L1 at the start",
+    )
 
 
 def _start_job(args: argparse.Namespace, name: str, experiment: str, params: dict, run_name: str):
@@ -92,6 +97,7 @@ def grid_overrides(args: argparse.Namespace) -> dict:
         "data_path": args.data_path,
         "test": args.test,
         "sr_degradation": args.sr_degradation,
+        "kd_balance": getattr(args, "kd_balance", None),
     }
     if args.epochs is not None:  # 0 is a value to refuse, not "no flag"
         over["epochs"] = {k: args.epochs for k in ("teacher", "sft", "student", "kd")}
@@ -118,7 +124,8 @@ def run_grid_args(args: argparse.Namespace) -> int:
         finish_job(job, [], status="FAILED")
         raise
     failed = [r for r in rows if r.get("error")]
-    finish_job(job, rows, status="FAILED" if failed else "FINISHED")
+    status = "FAILED" if failed else "FINISHED"
+    finish_job(job, rows, status=status, warnings=spec.budget_warnings())
     for r in failed:
         print(f"FAILED {r['label']}: {r['error']}", file=sys.stderr)
     return 1 if failed else 0

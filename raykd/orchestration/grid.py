@@ -63,9 +63,13 @@ class GridSpec(BaseModel):
     batch_size: int = Field(4, ge=1)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     rows: list[RowName] = DEFAULT_ROWS
-    kd_weights: dict[str, float] = {}
+    kd_weights: dict[str, float] = {}  # fixed KD weight per method (overrides kd_balance)
+    # Balance ratio r: each KD weight is calibrated before training so that weighted KD = r × L1
+    # (kd.balance); None: the method's canonical (classification) weight.
+    kd_balance: float | None = Field(None, gt=0)
     w_s: float = 1.0
     w_imit: float = 1.0
+    imit_balance: float | None = Field(None, gt=0)  # the same for the SFT imitation weight
     data_path: str | None = None  # overrides the source of a built-in dataset (e.g. Sunnybrook)
     test: list[str] | None = None  # held-out test volumes of the (single) dataset
     trial_unit: Literal["row", "seed"] = "row"  # Tune trial = one row, or all rows of a seed
@@ -80,6 +84,17 @@ class GridSpec(BaseModel):
 
     def seed_list(self) -> list[int]:
         return [self.first_seed + i for i in range(self.seeds)]
+
+    def budget_warnings(self) -> list[str]:
+        """Where student rows get unequal epochs (plain student vs KD rows); shipped presets
+        never do, an explicit override may."""
+        students = {r for r in self.rows if r in ("student", "std_kd", "sft_kd", "sft_kd_random")}
+        if len(students) > 1 and self.epochs.student != self.epochs.kd:
+            return [
+                f"unequal budgets: plain student {self.epochs.student} epochs vs KD students "
+                f"{self.epochs.kd} epochs; comparisons between these rows are not at equal training"
+            ]
+        return []
 
 
 def load_preset(name: str, overrides: dict[str, Any] | None = None) -> GridSpec:
@@ -184,7 +199,11 @@ def stage_config(spec: GridSpec, row: dict[str, Any], kind: str, **extra: Any) -
         "teacher": {**model, "arch": spec.teacher_arch, "depth": spec.teacher_depth},
         "student": {**model, "arch": spec.student_arch, "depth": row["student_depth"]},
         "optim": {"epochs": getattr(spec.epochs, kind)},
-        "sft": {"w_s": spec.w_s, "w_imit": spec.w_imit},
+        "sft": {
+            "w_s": spec.w_s,
+            "w_imit": spec.w_imit,
+            **({"balance": {"ratio": spec.imit_balance}} if spec.imit_balance else {}),
+        },
         "precision": spec.precision,
         "progress": False,
     }
@@ -194,6 +213,11 @@ def stage_config(spec: GridSpec, row: dict[str, Any], kind: str, **extra: Any) -
             "method": method,
             "init": "sft" if row["row"] == "sft_kd" else "random",
             **({"weight": spec.kd_weights[method]} if method in spec.kd_weights else {}),
+            **(
+                {"balance": {"ratio": spec.kd_balance}}
+                if spec.kd_balance is not None and method not in spec.kd_weights
+                else {}
+            ),
             "teacher_taps": spec.teacher_taps,
             "student_taps": spec.student_taps,
         }

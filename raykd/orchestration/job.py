@@ -78,8 +78,17 @@ def tune_trainable(fn):
     return tune.with_resources(fn, {"cpu": 0, "memory": TRIAL_MEMORY})
 
 
-def finish_job(job: Job, rows: list[dict[str, Any]], status: str = "FINISHED") -> dict[str, Any]:
-    """Log stages.json and the summary to the job run, print the summary, close the run."""
+def finish_job(
+    job: Job,
+    rows: list[dict[str, Any]],
+    status: str = "FINISHED",
+    warnings: list[str] | None = None,
+) -> dict[str, Any]:
+    """Log stages.json and the summary to the job run, print the summary, close the run.
+
+    ``warnings`` (e.g. unequal epoch budgets from an override) are printed with the summary and
+    stored in it.
+    """
     usage = job.ctx.store.usage(job.run_id)
     trained = sorted({u["stage_id"] for u in usage if u["trained"]})
     reused = sorted({u["stage_id"] for u in usage if not u["trained"]} - set(trained))
@@ -98,6 +107,7 @@ def finish_job(job: Job, rows: list[dict[str, Any]], status: str = "FINISHED") -
         "stages_trained": len(trained),
         "stages_reused": len(reused),
         "rows": rows,
+        "warnings": list(warnings or []),
     }
     path = job.root / f"{job.name}-{job.run_id[:8]}-stages.json"
     from raykd.train.evaluate import json_safe  # strict JSON: a NaN metric becomes null
@@ -150,6 +160,8 @@ def finish_job(job: Job, rows: list[dict[str, Any]], status: str = "FINISHED") -
         f"--tracking-uri {job.tracking.uri}"
     )
     print(f"stage summary: {path}")
+    for line in summary["warnings"]:
+        print(f"WARNING: {line}")
     if registered:
         print(
             f"best student registered as MLflow model '{registered['name']}' "

@@ -49,7 +49,9 @@ OBJECTIVES = {"val_psnr", "val_ssim", "val_loss", "student_params"}
 TUNE_KEYS = {"val_psnr": "val/psnr", "val_loss": "val/loss"}
 PARAMS = {
     "method",
-    "kd_weight_scale",
+    "kd_balance",  # r: KD weight calibrated so weighted KD = r × L1 at the start
+    "imit_balance",  # the same for the SFT imitation weight
+    "kd_weight_scale",  # × the canonical (classification) weight: a fixed weight
     "output_weight",
     "w_imit",
     "w_s",
@@ -114,6 +116,8 @@ class SearchSpec(BaseModel):
         bad = {o.metric for o in self.objectives} - OBJECTIVES
         if bad:
             raise ValueError(f"unknown objective(s) {sorted(bad)}; expected {OBJECTIVES}")
+        if {"kd_balance", "kd_weight_scale"} <= set(self.params):
+            raise ValueError("search kd_balance (calibrated) or kd_weight_scale (fixed), not both")
         if len(self.objectives) == 1 and self.objectives[0].metric not in TUNE_KEYS:
             raise ValueError(f"a single objective must be one of {sorted(TUNE_KEYS)}")
         if len(self.objectives) > 1 and self.scheduler.type != "none":
@@ -156,6 +160,12 @@ def trial_row_and_spec(
         spec_update["w_s"] = params["w_s"]
     if "w_imit" in params:
         spec_update["w_imit"] = params["w_imit"]
+    if "imit_balance" in params:
+        spec_update["imit_balance"] = params["imit_balance"]
+    if "kd_balance" in params:
+        # A calibrated weight: a fixed weight for this method would take precedence.
+        spec_update["kd_balance"] = params["kd_balance"]
+        spec_update["kd_weights"] = {k: v for k, v in base.kd_weights.items() if k != method}
     if "kd_weight_scale" in params:
         weight = CANONICAL_KD_WEIGHTS.get(method, 1.0) * params["kd_weight_scale"]
         spec_update["kd_weights"] = {**base.kd_weights, method: weight}
