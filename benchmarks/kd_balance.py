@@ -96,7 +96,7 @@ def start_ratios(spec, teacher: str, methods: list[str], batches: int, work: Pat
     return rows
 
 
-def study(spec, teacher: str, methods: list[str], ratios: list[float], epochs: int, work, data):
+def study(spec, teacher, methods, ratios, epochs: int, work, data, ft_steps: int) -> list:
     def run(label: str, cfg) -> dict:
         t0 = time.perf_counter()
         result = train_stage(cfg, datasets=data)
@@ -116,6 +116,8 @@ def study(spec, teacher: str, methods: list[str], ratios: list[float], epochs: i
     for method in methods:
         for r in ratios:
             extra = {**optim, "kd.balance": {"ratio": r}, "kd.weight": None}
+            if method == "ft":
+                extra["kd.options"] = {"pretrain_steps": ft_steps}
             cfg = config(spec, method, "kd", work / f"study-{method}-{r:g}", **extra)
             cfg.teacher_checkpoint = teacher
             rows.append({"method": method, "r": r, **run(f"{method} r={r:g}", cfg)})
@@ -133,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--study", action="store_true", help="train briefly per method and ratio")
     p.add_argument("--ratios", nargs="+", type=float, default=[0.1, 1.0])
     p.add_argument("--epochs", type=int, default=2, help="--study: epochs per run")
+    p.add_argument("--ft-steps", type=int, default=50, help="--study: FT paraphraser steps")
     p.add_argument("--work", default="runs/kd_balance")
     args = p.parse_args(argv)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -149,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         teacher = str(train_stage(teacher_cfg, datasets=data).best_checkpoint)
         print(f"teacher: {args.teacher_epochs} epochs in {time.perf_counter() - t0:.0f} s")
     if args.study:
-        out = study(spec, teacher, args.methods, args.ratios, args.epochs, work, data)
+        out = study(
+            spec, teacher, args.methods, args.ratios, args.epochs, work, data, args.ft_steps
+        )
         name = "kd_balance_study.json"
     else:
         out = start_ratios(spec, teacher, args.methods, args.batches, work, data)

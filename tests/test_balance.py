@@ -140,3 +140,36 @@ def test_ratios_and_weights_in_mlflow(tiny_config, teacher_ckpt, tmp_path):
     params = tracking.client.get_run(run_id).data.params
     assert params["balance.rule"] == "calibrated"
     assert float(params["weights.kd"]) > 0 and params["weights.rec"] == "1.0"
+
+
+@pytest.mark.ray
+def test_ddp_ranks_share_one_calibrated_weight(ray_session, tiny_data, tmp_path):
+    """2 ranks × batch 1 measure the same 8 samples as 1 rank × batch 2: one weight results.
+
+    AT's loss is a per-sample mean, so the rank-averaged measurement equals the single-rank one.
+    """
+    import json
+    from pathlib import Path
+
+    from raykd.orchestration.cluster import TrialResources
+    from raykd.orchestration.grid import stage_config
+    from raykd.orchestration.identity import StageStore
+    from raykd.orchestration.runner import StageContext, StageRequest, ensure_stages
+    from tests.conftest import tiny_grid
+    from tests.test_orchestration import _row
+
+    spec = tiny_grid(tiny_data, kd_balance=0.5)
+    row = _row(dataset=str(tiny_data))
+    teacher = StageRequest(stage_config(spec, row, "teacher"))
+    store = StageStore(tmp_path / "store")
+    weights = {}
+    for workers, batch in ((1, 2), (2, 1)):
+        kd = StageRequest(
+            stage_config(spec, row, "kd", **{"data.batch_size": batch}), teacher.stage_id
+        )
+        assert kd.cfg.kd.balance.ratio == 0.5
+        ctx = StageContext(store, None, TrialResources(workers, False, 1, 1, 1))
+        record = ensure_stages([teacher, kd], ctx)[kd.stage_id]
+        result = json.loads((Path(record.output_dir) / "result.json").read_text())
+        weights[workers] = result["lineage"]["balance"]["weights"]["kd"]
+    assert weights[2] == pytest.approx(weights[1], rel=1e-4)

@@ -199,6 +199,7 @@ class KDConfig(_Strict):
 
     @property
     def resolved_weight(self) -> float:
+        """The fixed weight; with ``balance`` the starting value that calibration replaces."""
         return (
             self.weight if self.weight is not None else CANONICAL_KD_WEIGHTS.get(self.method, 1.0)
         )
