@@ -47,8 +47,10 @@ def test_resume_is_exact(tiny_config):
 
 def test_sft_then_kd_with_sft_init(tiny_config):
     sft = train_stage(tiny_config("sft", **{"sft.w_imit": "0.5"}))
-    terms = {k for k in sft.history[0] if k.startswith("train/")}
+    terms = {k for k in sft.history[0] if k.startswith("train/") and "/ratio/" not in k}
     assert terms == {"train/loss", "train/rec_t", "train/rec_s", "train/imit"}
+    ratios = {k for k in sft.history[0] if k.startswith("train/ratio/")}
+    assert ratios == {"train/ratio/rec_s", "train/ratio/imit"}  # both relative to rec_t
     kd_cfg = tiny_config(
         "kd",
         **{"teacher_checkpoint": str(sft.best_checkpoint), "kd.init": "sft", "kd.method": "at"},
