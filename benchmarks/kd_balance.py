@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=2, help="--study: epochs per run")
     p.add_argument("--ft-steps", type=int, default=50, help="--study: FT paraphraser steps")
     p.add_argument("--work", default="runs/kd_balance")
+    p.add_argument("--tag", default="", help="suffix of the results file name")
     args = p.parse_args(argv)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     overrides = {"max_slices_per_volume": args.slices} if args.slices else {}
@@ -155,10 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         out = study(
             spec, teacher, args.methods, args.ratios, args.epochs, work, data, args.ft_steps
         )
-        name = "kd_balance_study.json"
+        name = f"kd_balance_study{args.tag}.json"
     else:
         out = start_ratios(spec, teacher, args.methods, args.batches, work, data)
-        name = "kd_balance.json"
+        name = f"kd_balance{args.tag}.json"
     RESULTS.mkdir(exist_ok=True)
     record = {
         "argv": sys.argv[1:],
