@@ -57,6 +57,19 @@ def test_stage_identity(tiny_data):
         stage_identity(kd_at)
 
 
+def test_kd_identity_tracks_loss_definitions(tiny_data, monkeypatch):
+    """A KD stage trained under other loss formulas is never reused; other kinds are unaffected."""
+    from raykd.orchestration import identity
+
+    spec = tiny_grid(tiny_data)
+    kd = stage_config(spec, _row(method="at"), "kd")
+    teacher = stage_config(spec, _row(), "teacher")
+    before = stage_identity(kd, "teacher-a"), stage_identity(teacher)
+    monkeypatch.setattr(identity, "KD_LOSS_DEFINITIONS", identity.KD_LOSS_DEFINITIONS + 1)
+    assert stage_identity(kd, "teacher-a") != before[0]
+    assert stage_identity(teacher) == before[1]
+
+
 def _history(record) -> list[dict]:
     text = (Path(record.output_dir) / "metrics.jsonl").read_text()
     return [json.loads(line) for line in text.splitlines()]

@@ -36,6 +36,10 @@ LATER_DEFAULTS = {
     ("kd", "balance"): None,
     ("sft", "balance"): None,
 }
+# The KD loss definitions a kd stage was trained with. Bump it whenever a method's formula,
+# reduction or default weight changes, so stages trained under another definition are never
+# reused silently. 2: the RepDistiller reference definitions (summed tap pairs, issue 12).
+KD_LOSS_DEFINITIONS = 2
 
 
 def stage_identity(cfg: StageConfig, teacher_id: str | None = None) -> str:
@@ -63,6 +67,7 @@ def stage_identity(cfg: StageConfig, teacher_id: str | None = None) -> str:
         if teacher_id is None:
             raise ValueError("a kd stage identity needs its teacher's identity")
         data["teacher_stage"] = teacher_id
+        data["kd_loss_definitions"] = KD_LOSS_DEFINITIONS
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return f"{cfg.kind}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
