@@ -1,18 +1,22 @@
-"""Training-step throughput: raykd's configured step vs a plain fp32 NCHW PyTorch loop.
+"""Training-step throughput: raykd's DEFAULT step (no flags) vs a plain fp32 NCHW PyTorch loop.
 
-    python benchmarks/train_step.py                 # all cases, default precision per device
-    python benchmarks/train_step.py --cases d5c5_240 --repeats 5 --precision bf16
+    python benchmarks/train_step.py                       # all cases, what a user gets
+    python benchmarks/train_step.py --cases d5c5_240 --set precision=fp32 --set channels_last=false
 
-For each case (D5C5 teacher at 240x240, D3C5 at 150x150, an SFT step, a KD step with the
-teacher forward) both steps run in this process on the same shapes: warm-up, then several
-timed repeats; the table shows median slices/s, the ratio, achieved GFLOP/s (FLOPs counted by
-torch's FlopCounterMode) and peak memory. Results go to benchmarks/results/train_step_<dev>.json.
+Prints the CPU capability class and the compute path raykd's defaults chose (precision: auto,
+channels_last: auto). For each case (D5C5 teacher at 240x240, D3C5 at 150x150, an SFT step, a
+KD step with the teacher forward) both steps run in this process on the same shapes: warm-up,
+then interleaved timed repeats (plain, raykd, raykd, plain, ...); the table shows median
+slices/s, the ratio and achieved GFLOP/s (FLOPs counted by torch's FlopCounterMode). Results go
+to benchmarks/results/train_step_<class>.json (cpu-amx, cpu-avx512bf16, cpu-avx2, cuda), with
+the load average before and after (other processes on a shared box skew both sides).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -35,6 +39,7 @@ from raykd.models.taps import FeatureTaps  # noqa: E402
 from raykd.train.checkpoint import save_checkpoint  # noqa: E402
 from raykd.train.config import load_config  # noqa: E402
 from raykd.train.loop import Trainer  # noqa: E402
+from raykd.train.precision import cpu_capability, cpu_has_amx, cpu_has_avx512_bf16  # noqa: E402
 
 CASES = {
     "d5c5_240": {"kind": "teacher", "size": 240, "teacher": 5, "student": 3},
@@ -100,21 +105,13 @@ def baseline_step(case: dict, device: torch.device):
     return step
 
 
-def raykd_step(
-    case: dict,
-    device: torch.device,
-    precision: str,
-    channels_last: bool,
-    tmp: Path,
-    compile_: bool = False,
-):
-    over = [
-        f"compile={str(compile_).lower()}",
+def raykd_step(case: dict, device: torch.device, tmp: Path, over: list[str]):
+    """raykd's training step as a user gets it: the stage config's defaults plus ``over``
+    (empty by default: no precision, memory-format or compile flags)."""
+    base = [
         f"kind={case['kind']}",
         f"teacher.depth={case['teacher']}",
         f"student.depth={case['student']}",
-        f"precision={precision}",
-        f"channels_last={str(channels_last).lower()}",
         f"device={device}",
         f"output_dir={tmp / case['kind']}",
         "progress=false",
@@ -126,16 +123,16 @@ def raykd_step(
             tmp / "teacher.pt",
             {"model": teacher.state_dict(), "arch": teacher.arch, "config": "{}"},
         )
-        over += [f"teacher_checkpoint={path}", "kd.method=at"]
-    trainer = Trainer(load_config(None, over), datasets={})
-    cl = channels_last
+        base += [f"teacher_checkpoint={path}", "kd.method=at"]
+    trainer = Trainer(load_config(None, base + over), datasets={})
+    cl = trainer.channels_last
 
     def step(x, y, m, t):
-        if cl:
+        if cl:  # as Trainer._batch does
             x = x.contiguous(memory_format=torch.channels_last)
         return trainer.step(x, y, m, t)[0]
 
-    return step
+    return step, trainer.path
 
 
 def sync(device: torch.device) -> None:
@@ -143,19 +140,29 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def measure(step, inputs, device, warmup: int, repeats: int, steps: int) -> list[float]:
-    for _ in range(warmup):
-        step(*inputs)
+def timed(step, inputs, device, steps: int) -> float:
+    """Slices per second over ``steps`` steps (one host sync, as a training epoch has)."""
     sync(device)
-    rates = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            loss = step(*inputs)
-        loss.item()  # one host sync per repeat, as a training epoch would have
-        sync(device)
-        rates.append(steps * inputs[0].shape[0] / (time.perf_counter() - t0))
-    return rates
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = step(*inputs)
+    loss.item()
+    sync(device)
+    return steps * inputs[0].shape[0] / (time.perf_counter() - t0)
+
+
+def measure_pair(base, fast, inputs, device, warmup: int, repeats: int, steps: int):
+    """Interleaved repeats (plain, raykd, plain, raykd, ...): on a shared machine a busy
+    spell slows both sides instead of one, so the ratio of medians stays fair."""
+    for _ in range(warmup):
+        base(*inputs)
+        fast(*inputs)
+    base_rates, fast_rates = [], []
+    for i in range(repeats):
+        order = [(base, base_rates), (fast, fast_rates)]
+        for step, rates in order if i % 2 == 0 else order[::-1]:
+            rates.append(timed(step, inputs, device, steps))
+    return base_rates, fast_rates
 
 
 def flops_per_slice(step, inputs) -> float:
@@ -164,44 +171,58 @@ def flops_per_slice(step, inputs) -> float:
     return counter.get_total_flops() / inputs[0].shape[0]
 
 
-def peak_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def load_average() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--channels-last", action="store_true", help="raykd step in channels-last")
-    p.add_argument("--compile", action="store_true", help="raykd step under torch.compile")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the raykd step's stage config (e.g. precision=fp32, channels_last=false); "
+        "default: none, i.e. raykd's defaults",
+    )
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--steps", type=int, default=3, help="steps per timed repeat")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--out", help="results JSON (default benchmarks/results/train_step_<dev>.json)")
+    p.add_argument(
+        "--out", help="results JSON (default benchmarks/results/train_step_<device class>.json)"
+    )
     args = p.parse_args()
     device = torch.device(args.device)
-    results = []
+    capability = cpu_capability()
+    load_before = load_average()
+    print(
+        f"CPU capability: {capability} (ATen {torch.backends.cpu.get_cpu_capability()}, AMX "
+        f"{cpu_has_amx()}, AVX512-BF16 {cpu_has_avx512_bf16()}), {torch.get_num_threads()} "
+        f"threads, load average {load_before}",
+        flush=True,
+    )
+    results, path = [], None
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.cases:
             case = CASES[name]
             inputs = batch(case["size"], args.batch, device)
             torch.manual_seed(0)
             base = baseline_step(case, device)
-            fast = raykd_step(
-                case, device, args.precision, args.channels_last, Path(tmp), args.compile
-            )
+            fast, path = raykd_step(case, device, Path(tmp), args.set)
+            if name == args.cases[0]:
+                print(f"raykd default ({' '.join(args.set) or 'no flags'}): {path.describe()}")
             flops = flops_per_slice(base, inputs)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            base_rates = measure(base, inputs, device, args.warmup, args.repeats, args.steps)
-            base_mem = peak_mb(device)
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            fast_rates = measure(fast, inputs, device, args.warmup, args.repeats, args.steps)
+            base_rates, fast_rates = measure_pair(
+                base, fast, inputs, device, args.warmup, args.repeats, args.steps
+            )
             b, f = statistics.median(base_rates), statistics.median(fast_rates)
             row = {
                 "case": name,
@@ -211,34 +232,53 @@ def main() -> int:
                 "gflop_per_slice": flops / 1e9,
                 "baseline_gflops": b * flops / 1e9,
                 "raykd_gflops": f * flops / 1e9,
-                "peak_mem_mb": peak_mb(device),
-                "baseline_peak_mem_mb": base_mem,
                 "repeats": {"baseline": base_rates, "raykd": fast_rates},
             }
+            if device.type == "cuda":
+                row["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
             results.append(row)
             print(
-                f"{name:10s} baseline {b:7.2f} sl/s  raykd {f:7.2f} sl/s  x{f / b:4.2f}  "
-                f"{row['raykd_gflops']:7.1f} GFLOP/s  peak {row['peak_mem_mb']:.0f} MB",
+                f"{name:10s} plain fp32 {b:7.2f} sl/s  raykd {f:7.2f} sl/s  x{f / b:4.2f}  "
+                f"({row['raykd_gflops']:.0f} vs {row['baseline_gflops']:.0f} GFLOP/s)",
                 flush=True,
             )
     meta = {
         "device": str(device),
-        "device_name": torch.cuda.get_device_name()
-        if device.type == "cuda"
-        else platform.processor(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "device_name": torch.cuda.get_device_name() if device.type == "cuda" else cpu_name(),
+        "cpu_capability": capability,
+        "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "env": {k: os.environ[k] for k in ISA_ENV if k in os.environ},
+        "compute_path": path.as_params() if path else None,
+        "raykd_overrides": args.set,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "precision": args.precision,
-        "channels_last": args.channels_last,
-        "compile": args.compile,
         "batch": args.batch,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "steps_per_repeat": args.steps,
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
+        "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-    out = Path(args.out or Path(__file__).parent / "results" / f"train_step_{device.type}.json")
+    cls = "cuda" if device.type == "cuda" else f"cpu-{capability.replace('_', '')}"
+    out = Path(args.out or Path(__file__).parent / "results" / f"train_step_{cls}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    print(f"wrote {out}")
+    print(f"load average after: {meta['load_average_after']}; wrote {out}")
     return 0
+
+
+ISA_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "OMP_NUM_THREADS")
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 if __name__ == "__main__":

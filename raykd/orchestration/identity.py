@@ -2,7 +2,16 @@
 
 A stage's identity is a hash of everything that determines its result: kind, data (source,
 splits, size, mask), models, optimisation, stage weights, KD settings, precision, seed, and,
-for a KD run, the *identity of its teacher stage* (not the checkpoint path). Runs land in
+for a KD run, the *identity of its teacher stage* (not the checkpoint path).
+
+Precision enters as the *requested policy* (``auto``, ``fp32``, ``bf16``), not as what ``auto``
+resolves to: the identity is computed by the trial driver, which need not run on the machine
+(GPU, CPU class) that trains the stage, and ``auto``'s accuracy is parity-checked against fp32
+(``benchmarks/precision_parity.py``, within 0.1 dB). What a stage actually ran with is
+recorded with it (``compute`` in ``result.json``, ``compute.*`` MLflow params). Whoever needs
+fp32 arithmetic asks for ``precision: fp32`` and gets a stage of its own. The memory format
+only changes the layout (the same arithmetic in another reduction order, like the thread count)
+and is not part of the identity. Runs land in
 ``<root>/stages/<kind>-<id>/``; ``done.json`` marks a finished stage. A file lock serialises
 concurrent trials that need the same stage, so the second one waits and reuses the result.
 This module does not import Ray: it works the same from a test, a trial or a script.
@@ -40,12 +49,16 @@ LATER_DEFAULTS = {
 # reduction or default weight changes, so stages trained under another definition are never
 # reused silently. 2: the RepDistiller reference definitions (summed tap pairs, issue 12).
 KD_LOSS_DEFINITIONS = 2
+# Fields that do not change what a stage computes but were hashed before: hashed at their old
+# value whatever they are set to, so every stored identity stays valid.
+LEGACY_CONSTANTS = {"channels_last": False}
 
 
 def stage_identity(cfg: StageConfig, teacher_id: str | None = None) -> str:
     data = cfg.to_dict()
     for key in NON_IDENTITY:
         data.pop(key, None)
+    data.update(LEGACY_CONSTANTS)
     for key in NON_IDENTITY_DATA:
         data["data"].pop(key, None)
     for (*sections, key), default in LATER_DEFAULTS.items():
@@ -86,6 +99,7 @@ class StageRecord:
     finished_at: float = 0.0
     wall_clock_s: float | None = None  # ensure_stage's whole call, Ray start/stop included
     compute_s: float | None = None  # set-up, training and evaluation inside the worker
+    compute: dict[str, str] | None = None  # the resolved path: device, CPU class, precision...
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)

@@ -247,6 +247,7 @@ def _train_chain(chain, records, ctx: StageContext, tune_report: bool, eval_spli
             finished_at=time.time(),
             wall_clock_s=stage_wall,
             compute_s=result.get("compute_s"),
+            compute=result.get("compute"),
         )
         if ctx.tracking is not None and run_id:
             # Rank 0 ended the run when the stage finished; this does not move its end time.

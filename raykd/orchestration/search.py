@@ -263,7 +263,7 @@ def run_search(search: SearchSpec, base: GridSpec, job, resume: bool = True) -> 
     from ray.tune.schedulers import ASHAScheduler
 
     from raykd.orchestration.cluster import say
-    from raykd.orchestration.job import tune_trainable
+    from raykd.orchestration.job import trial_failure_config, tune_trainable
     from raykd.orchestration.runner import context_to_dict
 
     storage_url = f"sqlite:///{job.root / 'optuna.db'}"
@@ -308,7 +308,7 @@ def run_search(search: SearchSpec, base: GridSpec, job, resume: bool = True) -> 
         )
     storage = job.root / "tune"
     path = storage / study_name
-    trainable = tune_trainable(search_trial)
+    trainable = tune_trainable(search_trial, job.ctx)
     if resume and tune.Tuner.can_restore(str(path)):
         say(f"restoring Tune experiment {path} (Optuna study {study_name} in {storage_url})")
         tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
@@ -326,7 +326,11 @@ def run_search(search: SearchSpec, base: GridSpec, job, resume: bool = True) -> 
                 num_samples=search.num_samples,
                 max_concurrent_trials=job.resources.concurrency,
             ),
-            run_config=tune.RunConfig(name=study_name, storage_path=str(storage)),
+            run_config=tune.RunConfig(
+                name=study_name,
+                storage_path=str(storage),
+                failure_config=trial_failure_config(job.ctx),
+            ),
         )
     results = tuner.fit()
     trials = []

@@ -163,6 +163,8 @@ def run_training(
     balance = trainer.calibrate()  # every rank: the measurement is averaged over ranks
     if tracking is not None and fresh:
         log_balance(tracking, run_id, balance)
+    if tracking is not None:
+        log_compute_path(tracking, run_id, trainer.path.as_params())
     result = trainer.fit()
     if rank == 0:
         splits = config.get("eval_splits", ["val"])
@@ -181,6 +183,18 @@ def log_balance(tracking, run_id: str, balance: dict[str, Any]) -> None:
     ratios = {f"train/ratio/{k}": v for k, v in balance["ratios"].items()}
     if ratios:
         tracking.log_metrics(run_id, ratios, step=0)
+
+
+def log_compute_path(tracking, run_id: str, params: dict[str, str]) -> None:
+    """The resolved compute path as run params (how the result was computed).
+
+    A stage resumed on a machine of another class cannot change a logged param: the new path
+    goes to ``raykd.compute_resumed.*`` tags instead, so both are on record.
+    """
+    try:
+        tracking.log_params(run_id, params)
+    except Exception:  # MLflow refuses to overwrite a param with another value
+        tracking.set_tags(run_id, {f"raykd.compute_resumed.{k[8:]}": v for k, v in params.items()})
 
 
 def save_examples(model, trainer, split: str, out_dir: Path, n: int = 3) -> Path:
@@ -233,6 +247,7 @@ def finish_stage(
         "best_epoch": result.best_epoch,
         "metrics": summary,
         "lineage": result.lineage,
+        "compute": trainer.path.as_params(),
         # Data set-up, training and evaluation inside the worker: the job subtracts it from the
         # stage's wall-clock to report Ray's start/stop overhead.
         "compute_s": time.perf_counter() - started if started else None,

@@ -95,14 +95,23 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         channels=args.channels,
         threads=args.threads,
+        precision=args.precision,
     )
-    print(f"device: {results[0]['device']}, {args.size}x{args.size}, batch {args.batch}")
+    r0 = results[0]
+    print(
+        f"device: {r0['device']}, {args.size}x{args.size}, batch {args.batch}; compute path: cpu "
+        f"{r0['cpu_capability']}, precision {r0['precision']}, memory format {r0['memory_format']}"
+    )
     print("depth  params   median ms  p10 ms  p90 ms")
     for r in results:
         print(
             f"D{r['depth']}C{r['cascades']}  {r['params']:7d}  {r['median_ms']:9.3f}  "
             f"{r['p10_ms']:6.3f}  {r['p90_ms']:6.3f}"
         )
+    from raykd.report.latency import speedup
+
+    if (ratio := speedup(results)) is not None:
+        print(f"D3C5 vs D5C5 per slice: x{ratio:.2f} faster (paper: x2.6 on GPU)")
     if args.tracking_uri or args.experiment:
         from raykd.report.collect import default_root
         from raykd.tracking import Tracking, default_tracking_uri
@@ -153,6 +162,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, help="torch CPU threads while timing (default: as is)")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="auto (default): the training policy (bf16 on CUDA/AMX/AVX512-BF16, else fp32)",
+    )
     p.add_argument("--tracking-uri", help="MLflow store to log to")
     p.add_argument("--experiment", help="MLflow experiment (default: raykd-benchmarks)")
     p.add_argument("--root", help="run directory for the default sqlite store")

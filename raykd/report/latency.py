@@ -6,7 +6,9 @@ every timed pass ends with ``torch.cuda.synchronize()`` on GPU (kernels are asyn
 without it the clock measures the launch, not the work), and the report is the median of
 ``repeats`` passes (robust to the odd scheduler hiccup) with p10/p90 for spread. Times are per
 slice: a batch's time divided by the batch size. Inputs go through the real forward model, so
-the data-consistency FFTs are timed too.
+the data-consistency FFTs are timed too. Precision and memory format follow the training policy
+(``precision: auto`` — bf16 autocast on CUDA with bf16 and on AMX / AVX512-BF16 CPUs, fp32
+elsewhere; the DC layers stay fp32), so the latency is that of the path raykd would use.
 """
 
 from __future__ import annotations
@@ -62,15 +64,18 @@ def benchmark_inference(
     channels: int = 32,
     acceleration: float = 4.0,
     threads: int | None = None,
+    precision: str = "auto",
+    channels_last: bool | str = "auto",
 ) -> list[dict[str, Any]]:
     """Median per-slice inference time (ms) of ``DCCNN(depth, cascades, channels)`` per depth.
 
     Returns one dict per depth: depth, cascades, channels, params, size, batch, device,
-    repeats, warmup, median_ms, p10_ms, p90_ms, mean_ms. ``threads`` sets torch's CPU threads
+    repeats, warmup, median_ms, p10_ms, p90_ms, mean_ms and the compute path (precision,
+    memory_format, cpu_capability). ``threads`` sets torch's CPU threads
     for the measurement only (on a shared, oversubscribed CPU one thread is often faster and
     far steadier than several spinning OpenMP threads).
     """
-    from raykd.train.precision import pick_device
+    from raykd.train.precision import pick_device, resolve_path
 
     if repeats < 1 or warmup < 0 or batch < 1 or size < 8:
         raise RaykdError(
@@ -78,13 +83,16 @@ def benchmark_inference(
             f"{repeats}, warmup {warmup}, batch {batch}, size {size}"
         )
     dev = pick_device(str(device)) if not isinstance(device, torch.device) else device
+    path = resolve_path(precision, channels_last, dev)
     saved_threads = torch.get_num_threads()
     if threads is not None:
         if threads < 1:
             raise RaykdError(f"benchmark: threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
     try:
-        return _measure(depths, cascades, channels, size, batch, dev, repeats, warmup, acceleration)
+        return _measure(
+            depths, cascades, channels, size, batch, dev, repeats, warmup, acceleration, path
+        )
     finally:
         torch.set_num_threads(saved_threads)
 
@@ -99,18 +107,24 @@ def _measure(
     repeats: int,
     warmup: int,
     acceleration: float,
+    path,
 ) -> list[dict[str, Any]]:
     """The timing loop of :func:`benchmark_inference` (threads already set)."""
     from raykd.models.dccnn import DCCNN, count_parameters
+    from raykd.train.precision import autocast
 
     zero_filled, y, mask = _inputs(size, batch, acceleration, dev)
+    if path.channels_last:
+        zero_filled = zero_filled.contiguous(memory_format=torch.channels_last)
     results = []
     for depth in depths:
         with torch.random.fork_rng(devices=[]):  # weights are irrelevant; RNG stays untouched
             torch.manual_seed(0)
             model = DCCNN(int(depth), cascades, channels).to(dev).eval()
+        if path.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         times = []
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(dev, path.precision):
             for _ in range(warmup):
                 model(zero_filled, y, mask)
             _sync(dev)
@@ -135,6 +149,9 @@ def _measure(
                 "p10_ms": float(np.percentile(per_slice, 10)),
                 "p90_ms": float(np.percentile(per_slice, 90)),
                 "mean_ms": float(np.mean(per_slice)),
+                "precision": path.precision,
+                "memory_format": path.memory_format,
+                "cpu_capability": path.cpu_capability,
             }
         )
         del model
@@ -148,6 +165,13 @@ def log_benchmark(results: list[dict[str, Any]], tracking) -> str:
     first = results[0]
     params = {k: first[k] for k in ("cascades", "channels", "size", "batch", "device", "repeats")}
     params |= {"warmup": first["warmup"], "depths": [r["depth"] for r in results]}
+    if "precision" in first:
+        params |= {
+            "compute.device": first["device"],
+            "compute.cpu_capability": first["cpu_capability"],
+            "compute.precision": first["precision"],
+            "compute.memory_format": first["memory_format"],
+        }
     params["torch"] = torch.__version__
     run_id = tracking.start_run(
         name=f"benchmark-{first['device'].split(' ')[0]}",
@@ -163,6 +187,8 @@ def log_benchmark(results: list[dict[str, Any]], tracking) -> str:
             f"latency_p90_ms_d{d}": r["p90_ms"],
             f"params_d{d}": r["params"],
         }
+    if (ratio := speedup(results)) is not None:
+        metrics["speedup_d3_vs_d5"] = ratio
     tracking.log_metrics(run_id, metrics)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "benchmark.json"
@@ -170,6 +196,15 @@ def log_benchmark(results: list[dict[str, Any]], tracking) -> str:
         tracking.log_artifact(run_id, path)
     tracking.end_run(run_id)
     return run_id
+
+
+def speedup(results: list[dict[str, Any]], fast: int = 3, slow: int = 5) -> float | None:
+    """Per-slice speed-up of D{fast}Cm over D{slow}Cm (the paper: D3C5 2.6x faster than D5C5
+    on a GPU); None unless both depths were measured."""
+    by = {r["depth"]: r["median_ms"] for r in results}
+    if fast in by and slow in by and by[fast] > 0:
+        return by[slow] / by[fast]
+    return None
 
 
 @dataclass

@@ -218,8 +218,14 @@ class StageConfig(_Strict):
     teacher_checkpoint: str | None = Field(
         None, description="kd: checkpoint of the frozen teacher (plain teacher or SFT run)"
     )
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
-    channels_last: bool = False  # benchmarks/train_step.py: no gain on AVX2 CPUs, SFT 2x slower
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="auto: bf16 autocast on CUDA with bf16 and on AMX / AVX512-BF16 CPUs, fp32 "
+        "elsewhere (raykd.train.precision); the k-space/DC path is always fp32",
+    )
+    channels_last: bool | Literal["auto"] = Field(
+        "auto", description="auto: channels-last with bf16/fp16, NCHW with fp32 (slower there)"
+    )
     compile: bool = False
     device: str = "auto"
     output_dir: str = "runs/stage"

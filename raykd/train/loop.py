@@ -42,7 +42,7 @@ from raykd.train.checkpoint import (
     set_rng_state,
 )
 from raykd.train.config import StageConfig, save_config
-from raykd.train.precision import autocast, pick_device, resolve_precision
+from raykd.train.precision import autocast, pick_device, resolve_path
 from raykd.train.rundir import check_run_dir, write_identity
 from raykd.train.stages import build_stage
 
@@ -98,13 +98,15 @@ class Trainer:
         self.device = pick_device(cfg.device)
         if self.device.type == "cuda" and self.world > 1:
             self.device = torch.device("cuda", torch.cuda.current_device())
-        self.precision = resolve_precision(cfg.precision, self.device)
+        self.path = resolve_path(cfg.precision, cfg.channels_last, self.device)
+        self.precision = self.path.precision
+        self.channels_last = self.path.channels_last
         seed_everything(cfg.seed)  # same init on every rank; DDP also broadcasts rank 0's
         self.datasets = datasets if datasets is not None else build_datasets(cfg.data)
         self.stage, self.lineage = build_stage(cfg)
         self.stage.to(self.device)
         self._pretrain_method(resume_from)
-        if cfg.channels_last:
+        if self.channels_last:
             self.stage.to(memory_format=torch.channels_last)
         params = [p for p in self.stage.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(
@@ -245,7 +247,7 @@ class Trainer:
         target = sample.target.to(self.device, non_blocking=True)
         mask = sample.mask.to(self.device, non_blocking=True)
         zero_filled, y = degrade(target, mask, self.cfg.data.sr)
-        if self.cfg.channels_last:
+        if self.channels_last:
             zero_filled = zero_filled.contiguous(memory_format=torch.channels_last)
         return zero_filled, y, mask, target
 
@@ -362,10 +364,10 @@ class Trainer:
         train_set = self.datasets["train"]
         sampler = ShardedSampler(len(train_set), self.rank, self.world, shuffle=True, seed=cfg.seed)
         loader = self._loader(train_set, sampler)
+        self._log(self.path.describe())
         self._log(
-            f"{len(train_set)} train / {len(self.datasets['val'])} val slices, device "
-            f"{self.device}, precision {self.precision}, world size {self.world}, "
-            f"epochs {self.start_epoch + 1}..{cfg.optim.epochs}"
+            f"{len(train_set)} train / {len(self.datasets['val'])} val slices, world size "
+            f"{self.world}, epochs {self.start_epoch + 1}..{cfg.optim.epochs}"
         )
         self.calibrate()
         ref = balance.reference_term(cfg.kind)

@@ -1,17 +1,31 @@
-"""Device and precision choices.
+"""Device, precision and memory-format choices: the compute path of a stage.
 
-``auto`` picks bf16 autocast where the hardware has fast bf16 matrix units (CUDA with bf16,
-CPUs with AMX) and fp32 elsewhere; the k-space/DC path always stays fp32 (see
-:mod:`raykd.data.transforms`).
+``precision: auto`` (the default) picks bf16 autocast where the hardware has fast bf16 units —
+CUDA GPUs with bf16 (fp16 on older GPUs), CPUs with AMX or AVX512-BF16 — and fp32 elsewhere
+(AVX2-only CPUs, where bf16 is emulated and slower). ``channels_last: auto`` follows the same
+choice: channels-last pays only together with bf16 (``benchmarks/train_step.py``: on the AMX
+Xeon it adds to bf16's gain, in fp32 on AVX2 it was slower). The k-space / data-consistency
+path always stays fp32 (see :mod:`raykd.data.transforms`).
+
+The CPU capability is what the process will actually run: the hardware probes
+(``torch.cpu._is_amx_tile_supported``, ``_is_avx512_bf16_supported``), capped by what the user
+told the kernel libraries to use (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+from dataclasses import dataclass
 
 import torch
 
 from raykd.errors import ConfigError
+
+# CPU capability classes, fastest bf16 first. The result files of benchmarks/train_step.py are
+# named after them (train_step_cpu-amx.json, ...).
+CPU_CLASSES = ("amx", "avx512_bf16", "avx512", "avx2", "other")
+BF16_CPU_CLASSES = ("amx", "avx512_bf16")
 
 
 def pick_device(spec: str = "auto") -> torch.device:
@@ -26,6 +40,7 @@ def pick_device(spec: str = "auto") -> torch.device:
     return device
 
 
+# ---- hardware probes (tests fake these to cover every capability class) --------------------
 def cpu_has_amx() -> bool:
     try:
         return bool(torch.cpu._is_amx_tile_supported())
@@ -33,14 +48,103 @@ def cpu_has_amx() -> bool:
         return False
 
 
+def cpu_has_avx512_bf16() -> bool:
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported())
+    except AttributeError:
+        return False
+
+
+def aten_cpu_capability() -> str:
+    """The vector ISA ATen dispatches to ('AVX512', 'AVX2', 'DEFAULT'; ATEN_CPU_CAPABILITY)."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def cuda_bf16() -> bool:
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def _onednn_allows(isa: str) -> bool:
+    """False when ``ONEDNN_MAX_CPU_ISA`` caps oneDNN (which runs the convolutions) below ``isa``.
+
+    oneDNN's ISA names in increasing order; an unknown or absent cap allows everything.
+    """
+    order = ["SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI"]
+    order += ["AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16"]
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "")).upper()
+    if cap in ("", "ALL") or cap not in order:
+        return True
+    return order.index(cap) >= order.index(isa)
+
+
+def cpu_capability() -> str:
+    """This process's CPU class: 'amx', 'avx512_bf16', 'avx512', 'avx2' or 'other'."""
+    aten = aten_cpu_capability().upper()
+    if not aten.startswith("AVX512"):
+        return "avx2" if aten.startswith("AVX2") else "other"
+    if cpu_has_amx() and _onednn_allows("AVX512_CORE_AMX"):
+        return "amx"
+    if cpu_has_avx512_bf16() and _onednn_allows("AVX512_CORE_BF16"):
+        return "avx512_bf16"
+    return "avx512"
+
+
+# ---- the policy ---------------------------------------------------------------------------
 def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` → bf16 on bf16-capable GPUs and on AMX / AVX512-BF16 CPUs, fp16 on older GPUs,
+    fp32 elsewhere; an explicit choice is kept (fp16 needs CUDA)."""
     if precision == "auto":
         if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if cpu_has_amx() else "fp32"
+            return "bf16" if cuda_bf16() else "fp16"
+        return "bf16" if cpu_capability() in BF16_CPU_CLASSES else "fp32"
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("precision 'fp16' needs a CUDA device (use 'bf16' on CPU)")
     return precision
+
+
+def resolve_channels_last(setting: bool | str, precision: str) -> bool:
+    """``auto`` → channels-last with a half-precision path, NCHW with fp32 (where it was slower)."""
+    if setting == "auto":
+        return precision in ("bf16", "fp16")
+    return bool(setting)
+
+
+@dataclass(frozen=True)
+class ComputePath:
+    """How a stage computes: logged to MLflow (``compute.*`` params) and printed once."""
+
+    device: str
+    cpu_capability: str
+    precision: str
+    memory_format: str  # channels_last | contiguous
+
+    @property
+    def channels_last(self) -> bool:
+        return self.memory_format == "channels_last"
+
+    def describe(self) -> str:
+        return (
+            f"compute path: device {self.device}, cpu {self.cpu_capability}, precision "
+            f"{self.precision}, memory format {self.memory_format}"
+        )
+
+    def as_params(self) -> dict[str, str]:
+        return {
+            "compute.device": self.device,
+            "compute.cpu_capability": self.cpu_capability,
+            "compute.precision": self.precision,
+            "compute.memory_format": self.memory_format,
+        }
+
+
+def resolve_path(precision: str, channels_last: bool | str, device: torch.device) -> ComputePath:
+    """The compute path a stage (or a benchmark) runs with on ``device``."""
+    prec = resolve_precision(precision, device)
+    cl = resolve_channels_last(channels_last, prec)
+    name = str(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        name = f"{device} ({torch.cuda.get_device_name(device)})"
+    return ComputePath(name, cpu_capability(), prec, "channels_last" if cl else "contiguous")
 
 
 def autocast(device: torch.device, precision: str):
