@@ -122,7 +122,7 @@ def test_defaults_are_auto():
     cfg = load_config(None, ["kind=teacher"])
     assert (cfg.precision, cfg.channels_last) == ("auto", "auto")
     assert GridSpec().precision == "auto"
-    for name in ("cpu", "paper", "extended", "sr", "dcunet"):
+    for name in ("smoke", "cpu", "paper", "extended", "sr_smoke", "sr", "dcunet_smoke", "dcunet"):
         assert load_preset(name).precision == "auto"
 
 
