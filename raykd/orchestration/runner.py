@@ -206,10 +206,8 @@ def _train_chain(chain, records, ctx: StageContext, tune_report: bool, eval_spli
             "teacher": req.teacher_id,
         }
     names = ", ".join(planned)
-    say(
-        f"training {len(planned)} stage(s) in one Ray Train run ({ctx.resources.describe()}): "
-        f"{names}"
-    )
+    where = "in this process" if ctx.local else "in one Ray Train run"
+    say(f"training {len(planned)} stage(s) {where} ({ctx.resources.describe()}): {names}")
     t0 = time.perf_counter()
     error: BaseException | None = None
     try:

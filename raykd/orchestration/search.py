@@ -325,6 +325,9 @@ def run_search(search: SearchSpec, base: GridSpec, job, resume: bool = True) -> 
                 scheduler=scheduler,
                 num_samples=search.num_samples,
                 max_concurrent_trials=job.resources.concurrency,
+                # In-process stages: a warm trial process (torch, raykd, MLflow imported) runs
+                # the next trial; a few seconds per trial on a small box.
+                reuse_actors=job.ctx.local,
             ),
             run_config=tune.RunConfig(
                 name=study_name,
