@@ -153,3 +153,36 @@ def test_inference_benchmark_follows_the_policy(fake_cpu):
     assert (plain[0]["precision"], plain[0]["memory_format"]) == ("fp32", "contiguous")
     assert speedup(fast) == pytest.approx(fast[1]["median_ms"] / fast[0]["median_ms"])
     assert speedup(plain) is None  # D5 was not measured
+
+
+def test_stage_run_logs_its_compute_path(fake_cpu, tiny_data, tmp_path):
+    """A grid stage with the default precision logs what it resolved to on the worker."""
+    from raykd.orchestration.cluster import TrialResources
+    from raykd.orchestration.grid import run_row
+    from raykd.orchestration.identity import StageStore
+    from raykd.orchestration.runner import StageContext
+    from raykd.tracking import Tracking
+    from tests.conftest import tiny_grid
+
+    fake_cpu(*CLASSES["avx512_bf16"])
+    tracking = Tracking(f"sqlite:///{tmp_path / 'mlflow.db'}", "p", tmp_path / "artifacts")
+    ctx = StageContext(
+        StageStore(tmp_path / "s"), tracking, TrialResources(1, False, 1, 1, 1), local=True
+    )
+    spec = tiny_grid(tiny_data, precision="auto")
+    row = {
+        "dataset": str(tiny_data),
+        "acceleration": 3.0,
+        "seed": 42,
+        "row": "teacher",
+        "student_depth": 2,
+        "method": None,
+    }
+    record = run_row(spec, row, ctx)
+    params = tracking.client.get_run(record.mlflow_run_id).data.params
+    assert params["precision"] == "auto"  # the request, as configured
+    assert params["compute.precision"] == "bf16"
+    assert params["compute.cpu_capability"] == "avx512_bf16"
+    assert params["compute.memory_format"] == "channels_last"
+    assert params["compute.device"] == "cpu"
+    assert record.compute == {k: v for k, v in params.items() if k.startswith("compute.")}

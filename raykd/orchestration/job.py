@@ -119,6 +119,15 @@ def finish_job(
     records = [job.ctx.store.get(sid) for sid in trained]
     compute = sum(r.compute_s or 0.0 for r in records if r is not None)
     stage_wall = sum(r.wall_clock_s or 0.0 for r in records if r is not None)
+    paths: dict[str, int] = {}
+    for r in records:
+        if r is not None and r.compute:
+            c = r.compute
+            key = f"{c['compute.precision']}/{c['compute.memory_format']} on "
+            key += (
+                c["compute.device"] if c["compute.device"] != "cpu" else c["compute.cpu_capability"]
+            )
+            paths[key] = paths.get(key, 0) + 1
     summary = {
         "job_run_id": job.run_id,
         "wall_clock_s": round(wall, 1),
@@ -129,6 +138,7 @@ def finish_job(
         "stage_overhead_s": round(max(0.0, stage_wall - compute), 1),
         "stages_trained": len(trained),
         "stages_reused": len(reused),
+        "compute_paths": paths,  # how the trained stages computed (precision/memory format)
         "rows": rows,
         "warnings": list(warnings or []),
     }
@@ -172,6 +182,8 @@ def finish_job(
         f"({100 * (summary['overhead_fraction'] or 0):.1f}% of the wall-clock; the rest is data "
         "set-up, training and evaluation inside the workers)"
     )
+    if paths:
+        print("compute path of trained stages: " + ", ".join(f"{k} ×{n}" for k, n in paths.items()))
     width = max((len(r.get("label", "")) for r in rows), default=10)
     for r in rows:
         mark = "  <- best" if best is not None and r.get("label") == best["label"] else ""
