@@ -106,6 +106,9 @@ def test_grid_trains_teacher_once_and_reuses_it(ray_session, tiny_data, tmp_path
         assert kd.data.tags[S.PARENT_TAG if hasattr(S, "PARENT_TAG") else "mlflow.parentRunId"]
         assert "final_val_psnr" in kd.data.metrics
     assert summary["stages_trained"] == 3 and summary["stages_reused"] == 0
+    # The summary says how they computed (tiny_grid pins fp32: the same on every CPU).
+    (path, n), *_ = summary["compute_paths"].items()
+    assert len(summary["compute_paths"]) == 1 and path.startswith("fp32/contiguous on ") and n == 3
     # The best student is in the model registry and loads back as a working model.
     reg = summary["registered_model"]
     best = max(rows, key=lambda r: r["val_psnr"])
