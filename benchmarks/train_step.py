@@ -7,7 +7,8 @@ Prints the CPU capability class and the compute path raykd's defaults chose (pre
 channels_last: auto). For each case (D5C5 teacher at 240x240, D3C5 at 150x150, an SFT step, a
 KD step with the teacher forward) both steps run in this process on the same shapes: warm-up,
 then interleaved timed repeats (plain, raykd, raykd, plain, ...); the table shows median
-slices/s, the ratio and achieved GFLOP/s (FLOPs counted by torch's FlopCounterMode). Results go
+slices/s, the ratio and achieved GFLOP/s (FLOPs counted by torch's FlopCounterMode), and the
+same per CPU second of this process (robust to other processes on a shared box). Results go
 to benchmarks/results/train_step_<class>.json (cpu-amx, cpu-avx512bf16, cpu-avx2, cuda), with
 the load average before and after (other processes on a shared box skew both sides).
 """
@@ -140,15 +141,22 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def timed(step, inputs, device, steps: int) -> float:
-    """Slices per second over ``steps`` steps (one host sync, as a training epoch has)."""
+def timed(step, inputs, device, steps: int) -> tuple[float, float]:
+    """Slices per wall-clock second and per CPU second (this process, all threads) over
+    ``steps`` steps (one host sync, as a training epoch has).
+
+    On a shared, oversubscribed box the wall-clock rate measures the scheduler as much as the
+    kernels; the CPU-time rate is what the step costs in CPU, whoever else runs (on an idle
+    box wall ≈ CPU / threads).
+    """
     sync(device)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps):
         loss = step(*inputs)
     loss.item()
     sync(device)
-    return steps * inputs[0].shape[0] / (time.perf_counter() - t0)
+    n = steps * inputs[0].shape[0]
+    return n / (time.perf_counter() - t0), n / (time.process_time() - c0)
 
 
 def measure_pair(base, fast, inputs, device, warmup: int, repeats: int, steps: int):
@@ -157,7 +165,8 @@ def measure_pair(base, fast, inputs, device, warmup: int, repeats: int, steps: i
     for _ in range(warmup):
         base(*inputs)
         fast(*inputs)
-    base_rates, fast_rates = [], []
+    base_rates: list[tuple[float, float]] = []
+    fast_rates: list[tuple[float, float]] = []
     for i in range(repeats):
         order = [(base, base_rates), (fast, fast_rates)]
         for step, rates in order if i % 2 == 0 else order[::-1]:
@@ -223,23 +232,35 @@ def main() -> int:
             base_rates, fast_rates = measure_pair(
                 base, fast, inputs, device, args.warmup, args.repeats, args.steps
             )
-            b, f = statistics.median(base_rates), statistics.median(fast_rates)
+            b = statistics.median(r[0] for r in base_rates)
+            f = statistics.median(r[0] for r in fast_rates)
+            bc = statistics.median(r[1] for r in base_rates)
+            fc = statistics.median(r[1] for r in fast_rates)
             row = {
                 "case": name,
                 "baseline_slices_s": b,
                 "raykd_slices_s": f,
                 "ratio": f / b,
+                "baseline_slices_per_cpu_s": bc,
+                "raykd_slices_per_cpu_s": fc,
+                "ratio_cpu_time": fc / bc,
                 "gflop_per_slice": flops / 1e9,
                 "baseline_gflops": b * flops / 1e9,
                 "raykd_gflops": f * flops / 1e9,
-                "repeats": {"baseline": base_rates, "raykd": fast_rates},
+                "repeats": {
+                    "baseline": [r[0] for r in base_rates],
+                    "raykd": [r[0] for r in fast_rates],
+                    "baseline_per_cpu_s": [r[1] for r in base_rates],
+                    "raykd_per_cpu_s": [r[1] for r in fast_rates],
+                },
             }
             if device.type == "cuda":
                 row["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
             results.append(row)
             print(
                 f"{name:10s} plain fp32 {b:7.2f} sl/s  raykd {f:7.2f} sl/s  x{f / b:4.2f}  "
-                f"({row['raykd_gflops']:.0f} vs {row['baseline_gflops']:.0f} GFLOP/s)",
+                f"({row['raykd_gflops']:.0f} vs {row['baseline_gflops']:.0f} GFLOP/s); per CPU "
+                f"second {bc:.2f} vs {fc:.2f} sl  x{fc / bc:4.2f}; load {load_average()}",
                 flush=True,
             )
     meta = {
