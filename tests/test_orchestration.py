@@ -391,3 +391,28 @@ def test_registering_a_model_leaves_the_tracking_uri_alone(tmp_path, monkeypatch
     assert tracking.register_model(run_id, DCCNN(2, 1, 2), "m") == "1"
     assert tracking.register_model(run_id, DCCNN(2, 1, 2), "m") == "1"  # once per run
     assert "MLFLOW_TRACKING_URI" not in os.environ
+
+
+def _register_in_subprocess(db: str, artifacts: str, run_id: str, barrier) -> str:
+    from raykd.models.dccnn import DCCNN
+    from raykd.tracking import Tracking
+
+    tracking = Tracking(f"sqlite:///{db}", "t", artifacts)
+    barrier.wait()
+    return tracking.register_model(run_id, DCCNN(2, 1, 2), "m")
+
+
+def test_two_jobs_registering_the_same_run_at_once_add_one_version(tmp_path):
+    """Two jobs that reuse the same best stage and finish together register it once."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    tracking = _tracking(tmp_path)
+    run_id = tracking.start_run("r")
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Manager().Barrier(2)
+    args = (str(tmp_path / "mlflow.db"), str(tmp_path / "artifacts"), run_id, barrier)
+    with ProcessPoolExecutor(2, mp_context=ctx) as pool:
+        versions = list(pool.map(_register_in_subprocess, *zip(args, args, strict=True)))
+    assert versions == ["1", "1"]
+    assert len(tracking.client.search_model_versions("name='m'")) == 1

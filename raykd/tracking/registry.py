@@ -68,6 +68,18 @@ def register_model(
     The model is logged with ``run_id=`` rather than by reopening the run, so the run's status
     and end time (its duration) are left as they were.
     """
+    from raykd.tracking.mlflow_store import store_lock
+
+    # Two jobs finishing together must not both see "no version of this run" and register it
+    # twice: on a sqlite store the check and the registration run under the store's file lock
+    # (a tracking server has no such lock; there, simultaneous jobs may still add a duplicate).
+    with store_lock(tracking.uri):
+        version = _register_once(tracking, run_id, model, name, score, size, label)
+    _move_champion(tracking.client, name)
+    return version
+
+
+def _register_once(tracking, run_id, model, name, score, size, label) -> str:
     import mlflow
     import mlflow.pytorch
     from mlflow.models import infer_signature
@@ -117,7 +129,6 @@ def register_model(
             client.set_model_version_tag(name, version, SCORE_TAG, f"{score:.6f}")
         if label:
             client.set_model_version_tag(name, version, "raykd.label", label)
-    _move_champion(client, name)
     return version
 
 
