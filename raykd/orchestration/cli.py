@@ -14,7 +14,11 @@ def add_job_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--root", help="run directory (default $RAYKD_HOME or ~/raykd-runs)")
     g.add_argument("--experiment", help="MLflow experiment name (default: the preset name)")
     g.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite under --root)")
-    g.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else local)")
+    g.add_argument(
+        "--address",
+        help="Ray cluster address; 'local' starts a private loopback Ray (default: $RAY_ADDRESS, "
+        "else the cluster a `ray start` on this machine recorded, else a private local Ray)",
+    )
     g.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
     g.add_argument("--workers", type=int, help="Ray Train workers (DDP ranks) per stage")
     g.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
