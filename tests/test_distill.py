@@ -190,6 +190,26 @@ def test_at_hand_computed(models) -> None:
     assert method.loss([(t, s)]).item() == pytest.approx((0.4**2 + 0.8**2) / 2, rel=1e-6)
 
 
+def test_at_on_bf16_features_matches_fp32_copies() -> None:
+    """AT reads bf16 features without an fp32 copy (fast path); it must give the value and the
+    gradient of the fp32 computation, and stay finite where a pixel is zero in every channel."""
+    torch.manual_seed(0)
+    f = torch.relu(torch.randn(3, 8, 12, 10)).to(torch.bfloat16)
+    f[:, :, :3, :3] = 0
+    f = f.contiguous(memory_format=torch.channels_last)
+    weights = torch.rand(3, 120) + 0.5  # a loss whose gradient is not zero everywhere
+    fast = f.clone().requires_grad_(True)
+    ref = f.float().clone().requires_grad_(True)
+    q_fast, q_ref = attention_map(fast), attention_map(ref)
+    assert q_fast.dtype == torch.float32
+    (q_fast * weights).sum().backward()
+    (q_ref * weights).sum().backward()
+    assert torch.allclose(q_fast, q_ref, rtol=1e-5, atol=1e-7)
+    assert torch.isfinite(fast.grad.float()).all()
+    # bf16 gradient vs fp32: bf16 rounding (8 bits) of the same values
+    assert torch.allclose(fast.grad.float(), ref.grad, rtol=1e-2, atol=1e-2 * ref.grad.abs().max())
+
+
 def test_at_spatial_mismatch(models) -> None:
     teacher, student = models
     method = build_kd_method("at", teacher, student)

@@ -12,12 +12,35 @@ from raykd.distill.registry import register_kd_method
 from raykd.errors import ConfigError
 
 
-def attention_map(feature: torch.Tensor) -> torch.Tensor:
-    """``Q = mean_c f²`` flattened to [B, H·W] and L2-normalised per sample (row-wise).
+class _ChannelSquares(torch.autograd.Function):
+    """``Σ_c f²`` per pixel, accumulated in fp32, for a feature in any float dtype and layout.
 
-    Mean or sum over channels gives the same map after the normalisation.
+    Autograd's own backward of this (through a norm or a square of an fp32 copy) broadcasts an
+    fp32 [B, 1, H, W] gradient against the bf16 channels-last feature and converts the result
+    back: three full-size passes. Here the gradient ``2·f·g`` is one bf16 multiply in the
+    feature's own dtype and layout (5x faster forward + backward on a 4x32x240x240 map, AMX Xeon;
+    the gradient differs from the fp32 path only by bf16 rounding).
     """
-    return F.normalize(feature.pow(2).mean(dim=1).flatten(1), p=2, dim=1)
+
+    @staticmethod
+    def forward(ctx, feature: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(feature)
+        return torch.linalg.vector_norm(feature, dim=1, dtype=torch.float32).pow(2)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (feature,) = ctx.saved_tensors
+        return feature * (2 * grad).unsqueeze(1).to(feature.dtype)
+
+
+def attention_map(feature: torch.Tensor) -> torch.Tensor:
+    """``Q = mean_c f²`` flattened to [B, H·W] and L2-normalised per sample (row-wise), in fp32.
+
+    Mean or sum over channels gives the same map after the normalisation. The feature is read
+    as it comes (bf16 under autocast), without an fp32 copy (:class:`_ChannelSquares`).
+    """
+    squares = _ChannelSquares.apply(feature)
+    return F.normalize((squares / feature.shape[1]).flatten(1), p=2, dim=1)
 
 
 @register_kd_method("at")
@@ -36,6 +59,7 @@ class AttentionTransfer(KDMethod):
     """
 
     per_sample_mean: ClassVar[bool] = True  # DDP: no feature gather needed
+    fp32_features: ClassVar[bool] = False  # attention_map accumulates in fp32 itself
     citation: ClassVar[str] = (
         "Zagoruyko, S. & Komodakis, N. Paying More Attention to Attention: Improving the "
         "Performance of Convolutional Neural Networks via Attention Transfer. ICLR 2017. "

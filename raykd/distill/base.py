@@ -55,6 +55,10 @@ class KDMethod(nn.Module):
     # it on their local batch (gradient averaging gives the global-batch loss). False, the safe
     # default, makes the KD stage gather the features of all ranks first (batch-coupled losses).
     per_sample_mean: ClassVar[bool] = False
+    # True: features reach ``loss`` as fp32 copies (safe for Gram matrices and the like under
+    # bf16 autocast). A method that accumulates in fp32 itself sets False and skips the copies,
+    # which cost more than the loss on large feature maps (AT: ``benchmarks/train_step.py``).
+    fp32_features: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -100,8 +104,9 @@ class KDMethod(nn.Module):
     def forward(
         self, teacher_feats: dict[str, torch.Tensor], student_feats: dict[str, torch.Tensor]
     ) -> torch.Tensor:
+        cast = (lambda f: f.float()) if self.fp32_features else (lambda f: f)
         pairs = [
-            (teacher_feats[t].float(), student_feats[s].float())
+            (cast(teacher_feats[t]), cast(student_feats[s]))
             for t, s in zip(self.teacher_taps, self.student_taps, strict=True)
         ]
         return self.loss(pairs)
