@@ -6,6 +6,7 @@
 
 Every stage is tracked in MLflow (sqlite under --root unless --tracking-uri/MLFLOW_TRACKING_URI)
 and trained once: rerunning the job (or another job needing the same stage) reuses it.
+The same as ``raykd grid``; errors a user can cause print ``full_grid.py: error: ...`` (status 2).
 """
 
 from __future__ import annotations
@@ -13,9 +14,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install
+# Run from a checkout without `pip install`: this checkout's raykd comes first.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from raykd.orchestration.cli import grid_main  # noqa: E402
+from raykd.cli.grid import grid_main  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    return grid_main(argv, prog="full_grid.py")
+
 
 if __name__ == "__main__":
-    sys.exit(grid_main())
+    sys.exit(main())

@@ -6,6 +6,8 @@
     ray job submit --working-dir . -- python jobs/search_kd_weights.py --preset cpu
 
 The Optuna study is stored in sqlite under --root: rerun to resume or --num-samples to extend.
+The same as ``raykd search``; errors a user can cause print ``search_kd_weights.py: error: ...``
+(status 2).
 """
 
 from __future__ import annotations
@@ -13,9 +15,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install
+# Run from a checkout without `pip install`: this checkout's raykd comes first.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from raykd.orchestration.cli import search_main  # noqa: E402
+from raykd.cli.grid import search_main  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    return search_main(argv, prog="search_kd_weights.py")
+
 
 if __name__ == "__main__":
-    sys.exit(search_main())
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Where shared data and caches live (no hostnames, no absolute paths in code)."""
+"""Where shared data, caches and job runs live (no hostnames, no absolute paths in code)."""
 
 from __future__ import annotations
 
@@ -21,3 +21,9 @@ def cache_dir() -> Path:
     base = Path(env).expanduser() if env else Path.home() / ".cache" / "raykd"
     base.mkdir(parents=True, exist_ok=True)
     return base
+
+
+def default_run_root() -> Path:
+    """Where jobs write and reports read when no ``--root`` is given: ``$RAYKD_HOME``, else
+    ``~/raykd-runs`` (read at call time, so a job and its report agree in one environment)."""
+    return Path(os.environ.get("RAYKD_HOME", "~/raykd-runs")).expanduser()

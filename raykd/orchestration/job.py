@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +17,11 @@ from typing import Any
 from raykd.orchestration.cluster import TrialResources, init_ray, plan_resources, say
 from raykd.orchestration.identity import StageStore
 from raykd.orchestration.runner import StageContext
+from raykd.paths import default_run_root
 from raykd.tracking import Tracking, default_tracking_uri
 from raykd.tracking import schema as S
 from raykd.tracking.mlflow_store import NOTE_TAG
 
-DEFAULT_ROOT = Path(os.environ.get("RAYKD_HOME", "~/raykd-runs"))
 TRIAL_MEMORY = 512 * 1024**2  # the trial driver itself; its Train workers reserve their own CPUs
 
 
@@ -62,7 +61,7 @@ def start_job(
     search's wall-clock. A failed trial is retried by Tune and its stage resumes from
     ``last.pt``, as a restarted Train worker would.
     """
-    root = Path(root or DEFAULT_ROOT).expanduser().resolve()
+    root = Path(root or default_run_root()).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
     init_ray(address, num_cpus=num_cpus)
     resources = plan_resources(workers, max_concurrent)

@@ -80,9 +80,9 @@ def _acc_key(value: str) -> float:
 
 def default_root() -> Path:
     """The jobs' run directory: ``$RAYKD_HOME`` or ``~/raykd-runs`` (as the grid/search jobs)."""
-    import os
+    from raykd.paths import default_run_root
 
-    return Path(os.environ.get("RAYKD_HOME", "~/raykd-runs")).expanduser()
+    return default_run_root()
 
 
 def resolve_uri(tracking_uri: str | None, root: str | Path | None = None) -> str:

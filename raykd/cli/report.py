@@ -1,8 +1,8 @@
-"""``raykd compare``, ``raykd benchmark-inference`` and ``raykd export``.
+"""``raykd compare`` / ``jobs/compare_runs.py``, ``raykd benchmark-inference`` and ``raykd export``.
 
-Registered by :mod:`raykd.cli_ext`; heavy imports (pandas, MLflow, matplotlib) happen only
-when one of these subcommands runs. ``jobs/compare_runs.py`` reuses :func:`add_compare_args`
-and :func:`run_compare`, so the script and the subcommand cannot drift apart.
+Heavy imports (pandas, MLflow, matplotlib, torch) happen only when one of these subcommands
+runs. ``jobs/compare_runs.py`` calls :func:`compare_main`, which shares :func:`add_compare_args`
+and :func:`run_compare` with the subcommand, so the script and the subcommand cannot drift apart.
 """
 
 from __future__ import annotations
@@ -82,6 +82,20 @@ def _compare(compare, args: argparse.Namespace):
     )
 
 
+def compare_main(argv: list[str] | None = None, prog: str = "compare_runs") -> int:
+    """``jobs/compare_runs.py``: the ``compare`` subcommand as a script (errors as ``prog``)."""
+    from raykd.errors import run_cli
+
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Paper-style tables, Wilcoxon tests and figures from MLflow stage runs; "
+        "logged as a comparison run.",
+    )
+    add_compare_args(parser)
+    args = parser.parse_args(argv)
+    return run_cli(run_compare, args, prog)
+
+
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     from raykd.report.latency import benchmark_inference, log_benchmark
 
@@ -113,10 +127,10 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     if (ratio := speedup(results)) is not None:
         print(f"D3C5 vs D5C5 per slice: x{ratio:.2f} faster (paper: x2.6 on GPU)")
     if args.tracking_uri or args.experiment:
-        from raykd.report.collect import default_root
+        from raykd.paths import default_run_root
         from raykd.tracking import Tracking, default_tracking_uri
 
-        uri = args.tracking_uri or default_tracking_uri(args.root or default_root())
+        uri = args.tracking_uri or default_tracking_uri(args.root or default_run_root())
         run_id = log_benchmark(results, Tracking(uri, args.experiment or "raykd-benchmarks"))
         print(f"logged benchmark run {run_id} to {uri}")
     return 0

@@ -1,5 +1,5 @@
-"""Command lines of the orchestration layer: ``raykd grid`` / ``jobs/full_grid.py`` and
-``raykd search`` / ``jobs/search_kd_weights.py``."""
+"""``raykd grid`` / ``jobs/full_grid.py`` and ``raykd search`` / ``jobs/search_kd_weights.py``:
+the job commands of the orchestration layer (Ray, Tune, MLflow are imported by the handlers)."""
 
 from __future__ import annotations
 
@@ -146,15 +146,15 @@ def _guard(fn, args, prog: str) -> int:
     return run_cli(fn, args, prog, "rerun the same command to resume: finished stages are reused")
 
 
-def grid_main(argv: list[str] | None = None) -> int:
+def grid_main(argv: list[str] | None = None, prog: str = "full_grid.py") -> int:
     p = argparse.ArgumentParser(
-        prog="full_grid.py",
+        prog=prog,
         description="Run the SFT-KD-Recon grid (Table 1) on Ray with MLflow tracking.",
     )
     add_grid_args(p)
     add_job_args(p)
     args = p.parse_args(argv)
-    return _guard(run_grid_args, args, "full_grid.py")
+    return _guard(run_grid_args, args, prog)
 
 
 def add_search_args(p: argparse.ArgumentParser) -> None:
@@ -220,9 +220,9 @@ def run_search_args(args: argparse.Namespace) -> int:
     return 0
 
 
-def search_main(argv: list[str] | None = None) -> int:
+def search_main(argv: list[str] | None = None, prog: str = "search_kd_weights.py") -> int:
     p = argparse.ArgumentParser(
-        prog="search_kd_weights.py",
+        prog=prog,
         description="Optuna search through Ray Tune over KD method, loss weights, depth, "
         "acceleration (search_spaces/*.yaml).",
     )
@@ -230,7 +230,7 @@ def search_main(argv: list[str] | None = None) -> int:
     add_grid_args(p)
     add_job_args(p)
     args = p.parse_args(argv)
-    return _guard(run_search_args, args, "search_kd_weights.py")
+    return _guard(run_search_args, args, prog)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
