@@ -26,7 +26,7 @@ from raykd.orchestration.identity import StageStore
 from raykd.orchestration.runner import StageContext, StageRequest, ensure_stages
 from raykd.train.checkpoint import load_checkpoint
 from raykd.train.config import load_config
-from raykd.train.loop import seed_everything
+from raykd.train.seeding import seed_everything
 from raykd.train.stages import SFTStage, build_stage
 from tests import ddp_grads
 from tests.conftest import tiny_overrides

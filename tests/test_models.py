@@ -4,7 +4,8 @@ import torch
 from raykd.data.masks import CartesianMask
 from raykd.data.transforms import undersample
 from raykd.errors import CheckpointError, ConfigError
-from raykd.models.dccnn import DCCNN, count_parameters, tap_names
+from raykd.models.base import count_parameters
+from raykd.models.dccnn import DCCNN, tap_names
 from raykd.models.sft import SFTModel, load_student_blocks
 from raykd.models.taps import FeatureTaps
 

@@ -42,6 +42,7 @@ def _write_dicom(
     trigger_time: float | None = None,
     slope: float | None = None,
     intercept: float | None = None,
+    lut: tuple[int, list[int]] | None = None,
     implicit: bool = False,
 ) -> None:
     meta = FileMetaDataset()
@@ -73,6 +74,13 @@ def _write_dicom(
     if slope is not None:
         ds.RescaleSlope = slope
         ds.RescaleIntercept = intercept or 0.0
+    if lut is not None:  # Modality LUT Sequence: (first stored value mapped, table)
+        first, table = lut
+        item = Dataset()
+        item.LUTDescriptor = [len(table), first, 16]
+        item.add_new(0x00283006, "US", table)  # LUTData: VR 'US or OW', stored here as US
+        item.ModalityLUTType = "US"
+        ds.ModalityLUTSequence = [item]
     ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
@@ -162,6 +170,28 @@ def test_dicom_groups_sorts_and_rescales(dicom_folder: Path, tmp_path: Path) -> 
             np.testing.assert_array_equal(f["image"][z], _frame(10 + z))
         np.testing.assert_array_equal(f["slice_location"][()], [0, 5, 10])
         assert "trigger_time" not in f  # the series has none
+
+
+def test_dicom_modality_lut_sequence(tmp_path: Path) -> None:
+    """A Modality LUT Sequence maps stored values through its table (clamped at both ends)."""
+    table = [1000 - 3 * i for i in range(20)]
+    frame = _frame(0, (4, 5))  # stored values 0..19
+    frame[0, 0], frame[0, 1] = 2, 40  # below the first mapped value, beyond the table
+    _write_dicom(
+        tmp_path / "lut" / "img0",
+        patient="PAT_L",
+        series_uid=generate_uid(),
+        pixels=frame,
+        instance=1,
+        slice_location=0.0,
+        lut=(3, table),
+    )
+    (out,) = convert_dicom_folder(tmp_path / "lut", tmp_path / "out")
+    with h5py.File(out) as f:
+        image = f["image"][0]
+    expected = np.array(table, np.float32)[np.clip(frame.astype(int) - 3, 0, len(table) - 1)]
+    np.testing.assert_array_equal(image, expected)
+    assert image[0, 0] == table[0] and image[0, 1] == table[-1]
 
 
 def test_dicom_series_filter_and_errors(dicom_folder: Path, tmp_path: Path) -> None:

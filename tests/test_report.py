@@ -28,7 +28,8 @@ from raykd.data.sources import build_mask
 from raykd.data.transforms import undersample
 from raykd.data.volumes import write_volume
 from raykd.errors import RaykdError
-from raykd.models.dccnn import DCCNN, count_parameters
+from raykd.models.base import count_parameters
+from raykd.models.dccnn import DCCNN
 from raykd.report import ReportWarning
 from raykd.tracking import Tracking
 from raykd.tracking import schema as S

@@ -12,7 +12,8 @@ from raykd.data.masks import EmptyMask, LowPassMask
 from raykd.data.transforms import degrade, fft2, undersample
 from raykd.distill import build_kd_method
 from raykd.errors import ConfigError
-from raykd.models.dccnn import DCCNN, count_parameters
+from raykd.models.base import count_parameters
+from raykd.models.dccnn import DCCNN
 from raykd.models.dcunet import DCUNet
 from raykd.models.sft import SFTModel, load_student_blocks
 from raykd.models.taps import FeatureTaps

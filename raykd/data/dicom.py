@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut
 
 from raykd.data.volumes import write_volume
 from raykd.errors import DataError
@@ -113,14 +114,9 @@ def _read_pixels(path: Path, shape: tuple[int, int]) -> np.ndarray:
             f"{path}: pixel array has shape {pixels.shape}, expected {shape} from its header "
             "(multi-frame or colour DICOM is not supported)"
         )
-    pixels = pixels.astype(np.float32)
-    slope = _float(ds.get("RescaleSlope"))
-    intercept = _float(ds.get("RescaleIntercept"))
-    if slope is not None:
-        pixels *= np.float32(slope)
-    if intercept is not None:
-        pixels += np.float32(intercept)
-    return pixels
+    # Stored values -> modality units: the Modality LUT Sequence if present, else
+    # RescaleSlope/Intercept (DICOM PS3.3 C.11.1), as pydicom implements them.
+    return apply_modality_lut(pixels, ds).astype(np.float32)
 
 
 def convert_dicom_folder(
@@ -134,8 +130,9 @@ def convert_dicom_folder(
     ``series`` keeps only series whose SeriesInstanceUID, SeriesNumber or SeriesDescription
     equals one of the given strings. Frames are sorted by (slice position, TriggerTime,
     InstanceNumber); slice position is ``SliceLocation`` or, when absent, ImagePositionPatient
-    projected on the slice normal. Pixel values get RescaleSlope/Intercept and are stored as
-    float32 without normalisation (the dataset normalises per slice on read).
+    projected on the slice normal. Pixel values get the modality LUT (a Modality LUT Sequence, or
+    RescaleSlope/Intercept) and are stored as float32 without normalisation (the dataset
+    normalises per slice on read).
 
     Files that are not DICOM, and DICOM files without pixel data (DICOMDIR, reports), are
     skipped with one warning that counts them. Returns the written files, sorted.

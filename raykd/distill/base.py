@@ -114,20 +114,3 @@ class KDMethod(nn.Module):
     def loss(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """The method's loss over (teacher, student) feature pairs, each [B, C, H, W]."""
         raise NotImplementedError
-
-
-def build_kd_method(
-    name: str,
-    teacher: BlockNet,
-    student: BlockNet,
-    teacher_taps: list[str] | None = None,
-    student_taps: list[str] | None = None,
-    **options,
-) -> KDMethod:
-    from raykd.distill.registry import get_kd_method
-
-    cls = get_kd_method(name)
-    try:
-        return cls(teacher, student, teacher_taps, student_taps, **options)
-    except TypeError as exc:
-        raise ConfigError(f"KD method '{name}': bad options {options} ({exc})") from exc

@@ -1,13 +1,15 @@
-"""Registry of KD methods: ``@register_kd_method("at")`` on a :class:`KDMethod` subclass."""
+"""Registry of KD methods: ``@register_kd_method("at")`` on a :class:`KDMethod` subclass, and
+:func:`build_kd_method` to build one by name.
+
+The built-in methods register themselves when :mod:`raykd.distill` is imported, which Python
+always does before this module (it is the parent package), so lookups see every method.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from raykd.distill.base import KDMethod
 from raykd.errors import ConfigError
-
-if TYPE_CHECKING:
-    from raykd.distill.base import KDMethod
+from raykd.models.base import BlockNet
 
 _REGISTRY: dict[str, type[KDMethod]] = {}
 
@@ -24,12 +26,10 @@ def register_kd_method(name: str):
 
 
 def available_kd_methods() -> list[str]:
-    _load_builtin()
     return sorted(_REGISTRY)
 
 
 def get_kd_method(name: str) -> type[KDMethod]:
-    _load_builtin()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -38,6 +38,16 @@ def get_kd_method(name: str) -> type[KDMethod]:
         ) from None
 
 
-def _load_builtin() -> None:
-    # Importing the package registers the built-in methods (one module per method).
-    import raykd.distill  # noqa: F401
+def build_kd_method(
+    name: str,
+    teacher: BlockNet,
+    student: BlockNet,
+    teacher_taps: list[str] | None = None,
+    student_taps: list[str] | None = None,
+    **options,
+) -> KDMethod:
+    cls = get_kd_method(name)
+    try:
+        return cls(teacher, student, teacher_taps, student_taps, **options)
+    except TypeError as exc:
+        raise ConfigError(f"KD method '{name}': bad options {options} ({exc})") from exc

@@ -15,6 +15,11 @@ import torch
 from torch import nn
 
 
+def count_parameters(model: nn.Module) -> int:
+    """All parameters of a network (trainable or not): the size Table 8 and searches report."""
+    return sum(p.numel() for p in model.parameters())
+
+
 class ConvAct(nn.Sequential):
     """conv3x3 (+ ReLU): one tap point. The output is the activation KD methods read."""
 

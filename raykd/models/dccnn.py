@@ -93,7 +93,3 @@ class DCCNN(BlockNet):
 def tap_names(model: BlockNet) -> list[str]:
     """All feature-tap names of a block network, in forward order."""
     return [name for group in model.tap_groups() for name in group]
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -1,21 +1,41 @@
-"""Architectures by name: build from a config section, rebuild from a checkpoint's ``arch``.
+"""Architectures by name: the one place that builds a network, from a config section or from a
+checkpoint's ``arch``.
 
 ``ModelConfig`` fields mean, per architecture: ``depth`` = conv layers per cascade (dccnn),
 U-Net levels (dcunet), total conv layers (vdsr); ``cascades`` = cascades (dccnn, dcunet) or the
-SFT blocks VDSR's layers are grouped into (vdsr).
+SFT blocks VDSR's layers are grouped into (vdsr). A checkpoint's ``arch`` names them as each
+class's ``arch`` property does (``ARCH_FIELDS``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from raykd.errors import CheckpointError, ConfigError
 from raykd.models.base import BlockNet
 from raykd.models.dccnn import DCCNN
 from raykd.models.dcunet import DCUNet
+from raykd.models.sft import SFTModel
 from raykd.models.vdsr import VDSR
 
 ARCHS: dict[str, type[BlockNet]] = {"dccnn": DCCNN, "dcunet": DCUNet, "vdsr": VDSR}
+# The constructor's positional arguments (depth, cascades, channels, residual) as each
+# architecture's ``arch`` dict names them.
+ARCH_FIELDS: dict[str, tuple[str, str, str, str]] = {
+    "dccnn": ("depth", "cascades", "channels", "residual"),
+    "dcunet": ("levels", "cascades", "channels", "residual"),
+    "vdsr": ("layers", "blocks", "channels", "residual"),
+}
+
+
+class ModelSpec(Protocol):
+    """What a model config section provides (``raykd.train.config.ModelConfig``)."""
+
+    arch: str
+    depth: int
+    cascades: int
+    channels: int
+    residual: bool
 
 
 def build_model(arch: str, depth: int, cascades: int, channels: int, residual: bool = True):
@@ -24,20 +44,19 @@ def build_model(arch: str, depth: int, cascades: int, channels: int, residual: b
     return ARCHS[arch](depth, cascades, channels, residual)
 
 
+def model_from_config(cfg: ModelSpec) -> BlockNet:
+    """The network of a model config section (teacher or student), any architecture."""
+    return build_model(cfg.arch, cfg.depth, cfg.cascades, cfg.channels, cfg.residual)
+
+
 def model_from_arch(arch: dict[str, Any]):
     """The network described by a checkpoint's ``arch`` dict (SFT: teacher + student)."""
     kind = arch.get("type")
     if kind == "sft":
-        from raykd.models.sft import SFTModel
-
         return SFTModel(model_from_arch(arch["teacher"]), model_from_arch(arch["student"]))
+    if kind not in ARCHS:
+        raise CheckpointError(f"unknown architecture {arch}")
     try:
-        if kind == "dccnn":
-            return DCCNN(arch["depth"], arch["cascades"], arch["channels"], arch["residual"])
-        if kind == "dcunet":
-            return DCUNet(arch["levels"], arch["cascades"], arch["channels"], arch["residual"])
-        if kind == "vdsr":
-            return VDSR(arch["layers"], arch["blocks"], arch["channels"], arch["residual"])
+        return ARCHS[kind](*(arch[field] for field in ARCH_FIELDS[kind]))
     except KeyError as exc:
         raise CheckpointError(f"architecture {arch}: missing field {exc}") from None
-    raise CheckpointError(f"unknown architecture {arch}")

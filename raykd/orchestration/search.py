@@ -186,7 +186,7 @@ def search_trial(config: dict[str, Any]) -> None:
     """Ray Tune function trainable: one sampled point → (reused) teacher → KD student."""
     from ray import tune
 
-    from raykd.models.dccnn import count_parameters
+    from raykd.models.base import count_parameters
     from raykd.models.registry import build_model
     from raykd.orchestration.runner import context_from_dict
     from raykd.tracking import schema as S

@@ -110,7 +110,8 @@ def _measure(
     path,
 ) -> list[dict[str, Any]]:
     """The timing loop of :func:`benchmark_inference` (threads already set)."""
-    from raykd.models.dccnn import DCCNN, count_parameters
+    from raykd.models.base import count_parameters
+    from raykd.models.dccnn import DCCNN
     from raykd.train.precision import autocast
 
     zero_filled, y, mask = _inputs(size, batch, acceleration, dev)

@@ -418,7 +418,7 @@ def model_label(arch: str, depth: int | None, cascades: int) -> str:
 
 
 def _params(depth: int, cascades: int, channels: int, arch: str = "dccnn") -> int:
-    from raykd.models.dccnn import count_parameters
+    from raykd.models.base import count_parameters
     from raykd.models.registry import build_model
 
     return count_parameters(build_model(arch, depth, cascades, channels))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import sys
 import time
 from collections.abc import Callable
@@ -18,15 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from raykd.data.dataset import SliceDataset
-from raykd.data.sampling import ShardedSampler, validation_shard
+from raykd.data.sampling import ShardedSampler
 from raykd.data.sources import build_datasets
 from raykd.data.transforms import degrade
 from raykd.errors import CheckpointError
@@ -42,9 +40,12 @@ from raykd.train.checkpoint import (
     set_rng_state,
 )
 from raykd.train.config import StageConfig, save_config
+from raykd.train.distributed import dist_info
 from raykd.train.precision import autocast, pick_device, resolve_path
 from raykd.train.rundir import check_run_dir, write_identity
+from raykd.train.seeding import seed_everything, seed_worker
 from raykd.train.stages import build_stage
+from raykd.train.validation import validate_stage
 
 # Called after every epoch with (epoch, metrics, path of last.pt or None off rank 0).
 EpochCallback = Callable[[int, dict[str, float], Path | None], None]
@@ -59,25 +60,6 @@ class StageResult:
     best_val_loss: float
     history: list[dict[str, float]] = field(default_factory=list)
     lineage: dict[str, Any] = field(default_factory=dict)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _worker_init(worker_id: int) -> None:
-    # Each DataLoader worker gets its own deterministic seed (the reference code had none).
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-
-
-def dist_info() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 class Trainer:
@@ -260,7 +242,7 @@ class Trainer:
             num_workers=workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=workers > 0,
-            worker_init_fn=_worker_init if workers else None,
+            worker_init_fn=seed_worker if workers else None,
         )
 
     def step(
@@ -308,49 +290,18 @@ class Trainer:
         values = stacked.tolist()  # the epoch's single host sync
         return {f"train/{k}": v for k, v in zip(sums, values, strict=True)}
 
-    @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Mean slice L1 and volume PSNR over the validation set (equal-length shards, reduced).
-
-        ``val/psnr`` is the fastMRI volume PSNR (peak = the volume's target max, MSE over all
-        its voxels) averaged over volumes: the same number as the final evaluation's
-        ``final_val_psnr`` (:mod:`raykd.metrics`), so model selection, searches and tables use
-        one PSNR. Per-volume sums are accumulated, so any sharding gives the same value.
-        """
-        self.stage.eval()
-        dataset = self.datasets["val"]
-        idx, w = validation_shard(len(dataset), self.rank, self.world)
-        loader = self._loader(Subset(dataset, idx))
-        weights = torch.tensor(w, device=self.device)
-        acc = torch.zeros(2, device=self.device)  # sum L1, count
-        # Per volume: squared-error sum, voxel count, target peak (float64 where supported).
-        dt = torch.float32 if self.device.type == "mps" else torch.float64
-        vol = torch.zeros(3, len(dataset.volumes), dtype=dt, device=self.device)
-        pos = 0
-        for sample in loader:
-            v = sample.volume.to(self.device)
-            x, y, mask, target = self._batch(sample)
-            with autocast(self.device, self.precision):
-                pred = self.stage.predict(x, y, mask)
-            pred = pred.float()
-            wb = weights[pos : pos + len(target)]
-            pos += len(target)
-            l1 = (pred - target).abs().mean(dim=(1, 2, 3))
-            acc += torch.stack([(l1 * wb).sum(), wb.sum()])
-            sse = ((pred - target).to(dt) ** 2).sum(dim=(1, 2, 3))
-            vol[0].index_add_(0, v, sse * wb.to(dt))
-            vol[1].index_add_(0, v, wb.to(dt) * target[0].numel())
-            peak = target.amax(dim=(1, 2, 3)).to(dt)
-            vol[2].scatter_reduce_(0, v, peak, reduce="amax")
-        if self.world > 1:
-            dist.all_reduce(acc)
-            dist.all_reduce(vol[:2])
-            dist.all_reduce(vol[2], op=dist.ReduceOp.MAX)
-        l1_sum, count = acc.tolist()
-        seen = vol[1] > 0
-        psnr = 10 * torch.log10(vol[2][seen] ** 2 / (vol[0][seen] / vol[1][seen]))
-        val_psnr = psnr.mean().item() if psnr.numel() else math.nan
-        return {"val/loss": l1_sum / max(count, 1), "val/psnr": val_psnr}
+        """``val/loss`` and ``val/psnr`` (:func:`raykd.train.validation.validate_stage`)."""
+        return validate_stage(
+            self.stage,
+            self.datasets["val"],
+            self._loader,
+            self._batch,
+            self.device,
+            self.precision,
+            self.rank,
+            self.world,
+        )
 
     def fit(self) -> StageResult:
         cfg = self.cfg

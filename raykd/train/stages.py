@@ -17,17 +17,12 @@ from torch import nn
 from raykd.distill import KDMethod, build_kd_method
 from raykd.errors import CheckpointError
 from raykd.models.base import BlockNet
-from raykd.models.registry import build_model, model_from_arch
+from raykd.models.registry import model_from_arch, model_from_config
 from raykd.models.sft import SFTModel, load_student_blocks
 from raykd.models.taps import FeatureTaps
 from raykd.train.checkpoint import check_arch, load_checkpoint
-from raykd.train.config import ModelConfig, StageConfig
+from raykd.train.config import StageConfig
 from raykd.train.distributed import gather_batch, world_size
-
-
-def build_dccnn(cfg: ModelConfig) -> BlockNet:
-    """The network of a model config section (any architecture; the name is historical)."""
-    return build_model(cfg.arch, cfg.depth, cfg.cascades, cfg.channels, cfg.residual)
 
 
 def load_model(path: str | Path, part: str = "auto") -> BlockNet:
@@ -161,23 +156,23 @@ def build_stage(cfg: StageConfig) -> tuple[StageModule, dict]:
     """The stage module for ``cfg.kind`` and a dict of lineage facts (teacher checkpoint...)."""
     lineage: dict = {}
     if cfg.kind == "teacher":
-        return PlainStage(build_dccnn(cfg.teacher)), lineage
+        return PlainStage(model_from_config(cfg.teacher)), lineage
     if cfg.kind == "student":
-        return PlainStage(build_dccnn(cfg.student)), lineage
+        return PlainStage(model_from_config(cfg.student)), lineage
     if cfg.kind == "sft":
-        model = SFTModel(build_dccnn(cfg.teacher), build_dccnn(cfg.student))
+        model = SFTModel(model_from_config(cfg.teacher), model_from_config(cfg.student))
         return SFTStage(model, cfg.sft.w_s, cfg.sft.w_imit), lineage
     # kd
     ckpt_path = Path(cfg.teacher_checkpoint)
     ckpt = load_checkpoint(ckpt_path)
     teacher_kind = ckpt["arch"].get("type")
     teacher = load_model(ckpt_path, part="teacher")
-    expected = build_dccnn(cfg.teacher).arch
+    expected = model_from_config(cfg.teacher).arch
     if teacher.arch != expected:
         raise CheckpointError(
             f"teacher checkpoint {ckpt_path}: teacher is {teacher.arch}, config says {expected}"
         )
-    student = build_dccnn(cfg.student)
+    student = model_from_config(cfg.student)
     if cfg.kd.init == "sft":
         if teacher_kind != "sft":
             raise CheckpointError(
