@@ -300,9 +300,72 @@ def test_write_volume_refuses_nan(tmp_path):
     assert not (tmp_path / "x.h5").exists()
 
 
-def test_console_script_help():
+HEAVY = ("ray", "mlflow", "torch", "pandas", "matplotlib", "optuna")
+
+
+def _subcommands() -> dict[str, str]:
+    """The registered subcommands and their one-line help, from the parser itself."""
+    import argparse
+
+    from raykd.cli import build_parser
+
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return {choice.dest: choice.help for choice in sub._choices_actions}
+
+
+def test_help_lists_every_subcommand_on_one_line():
+    """`python -m raykd.cli --help` (the console script's module) shows each subcommand once, with
+    its non-empty help on the same line, and nothing that is not registered."""
+    registered = _subcommands()
+    assert {"prepare", "train", "grid", "search", "compare", "export"} <= set(registered)
     proc = subprocess.run(
         [sys.executable, "-m", "raykd.cli", "--help"], capture_output=True, text=True, check=True
     )
-    for cmd in ("prepare", "train", "evaluate", "reconstruct"):
-        assert cmd in proc.stdout
+    lines = proc.stdout.splitlines()
+    start = lines.index("  COMMAND") + 1
+    listed = {}
+    for line in lines[start:]:
+        if not line.startswith("    "):
+            break
+        name, _, help_text = line.strip().partition(" ")
+        listed[name] = help_text.strip()
+    assert listed == registered, (listed, registered)
+    assert all(listed.values()), listed
+
+
+def test_help_imports_no_heavy_layer():
+    """Building the parser (every `raykd ...` start, `--help` included) imports neither Ray,
+    MLflow nor torch: the subcommands import what they run."""
+    code = (
+        "import sys, json\n"
+        "from raykd.cli import build_parser\n"
+        "build_parser().format_help()\n"
+        f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(proc.stdout) == []
+    proc = subprocess.run(
+        [sys.executable, "-m", "raykd.cli", "grid", "--help"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and "--preset" in proc.stdout, proc.stderr
+
+
+def test_job_scripts_are_thin_wrappers_of_the_cli():
+    """Each job script calls a main of raykd.cli with its own name as the error prefix."""
+    from pathlib import Path
+
+    jobs = Path(__file__).resolve().parents[1] / "jobs"
+    expected = {
+        "full_grid.py": "raykd.cli.grid import grid_main",
+        "search_kd_weights.py": "raykd.cli.grid import search_main",
+        "compare_runs.py": "raykd.cli.report import compare_main",
+    }
+    for name, entry in expected.items():
+        text = (jobs / name).read_text()
+        assert entry in text and "argparse" not in text, name
+        proc = subprocess.run(
+            [sys.executable, str(jobs / name), "--no-such-flag"], capture_output=True, text=True
+        )
+        assert proc.returncode == 2
+        prog = name.removesuffix(".py") if name == "compare_runs.py" else name
+        assert f"{prog}: error: unrecognized arguments: --no-such-flag" in proc.stderr

@@ -12,18 +12,35 @@ The measured ratios are logged at step 0, the epoch ratios after every epoch.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from raykd.data.sampling import ShardedSampler
 from raykd.train.checkpoint import rng_state, set_rng_state
 from raykd.train.config import MEASURE_BATCHES, BalanceConfig, StageConfig
 from raykd.train.precision import autocast
 
-if TYPE_CHECKING:
-    from raykd.train.loop import Trainer
+
+class Trainer(Protocol):
+    """What calibration reads of :class:`raykd.train.loop.Trainer` (typed here so this module
+    does not import the loop that calls it)."""
+
+    cfg: StageConfig
+    stage: nn.Module
+    datasets: dict[str, Any]
+    rank: int
+    world: int
+    device: torch.device
+    precision: str
+
+    def _loader(self, dataset: Any, sampler: Any = None) -> Iterable: ...
+    def _batch(self, sample: Any) -> tuple[torch.Tensor, ...]: ...
+    def _log(self, text: str) -> None: ...
+
 
 WARN_HIGH, WARN_LOW = 10.0, 1e-3
 

@@ -112,22 +112,6 @@ def clean_stale_temp(folder: str | Path) -> list[Path]:
     return removed
 
 
-def check_resume_config(ckpt: dict[str, Any], config: dict[str, Any], path: str | Path) -> None:
-    """Refuse to resume from a checkpoint trained with another configuration."""
-    from raykd.errors import ConfigError
-    from raykd.train.rundir import identity_diff, run_identity
-
-    if "config" not in ckpt:
-        return
-    diff = identity_diff(run_identity(checkpoint_config(ckpt)), run_identity(config))
-    if diff:
-        shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
-        raise ConfigError(
-            f"checkpoint {path}: trained with another configuration ({shown}); resuming "
-            "would mix the two runs: use the same config, or --restart to start over"
-        )
-
-
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():

@@ -32,7 +32,6 @@ from raykd.models.taps import FeatureTaps
 from raykd.train import balance
 from raykd.train.checkpoint import (
     check_arch,
-    check_resume_config,
     clean_stale_temp,
     load_checkpoint,
     rng_state,
@@ -42,7 +41,7 @@ from raykd.train.checkpoint import (
 from raykd.train.config import StageConfig, save_config
 from raykd.train.distributed import dist_info
 from raykd.train.precision import autocast, pick_device, resolve_path
-from raykd.train.rundir import check_run_dir, write_identity
+from raykd.train.rundir import check_resume_config, check_run_dir, write_identity
 from raykd.train.seeding import seed_everything, seed_worker
 from raykd.train.stages import build_stage
 from raykd.train.validation import validate_stage

@@ -148,3 +148,18 @@ def move_aside(out: str | Path) -> Path | None:
         n += 1
     out.rename(target)
     return target
+
+
+def check_resume_config(ckpt: dict[str, Any], config: dict[str, Any], path: str | Path) -> None:
+    """Refuse to resume from a checkpoint trained with another configuration."""
+    from raykd.train.checkpoint import checkpoint_config
+
+    if "config" not in ckpt:
+        return
+    diff = identity_diff(run_identity(checkpoint_config(ckpt)), run_identity(config))
+    if diff:
+        shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
+        raise ConfigError(
+            f"checkpoint {path}: trained with another configuration ({shown}); resuming "
+            "would mix the two runs: use the same config, or --restart to start over"
+        )
