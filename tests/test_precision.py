@@ -141,7 +141,7 @@ def test_identity_holds_the_request_not_the_machine(fake_cpu, tiny_config):
 
 
 def test_inference_benchmark_follows_the_policy(fake_cpu):
-    from raykd.report.latency import benchmark_inference, speedup
+    from raykd.deploy.latency import benchmark_inference, speedup
 
     fake_cpu(*CLASSES["amx"])
     fast = benchmark_inference(depths=(3, 5), cascades=2, size=32, repeats=2, warmup=1)

@@ -36,6 +36,8 @@ from raykd.tracking import schema as S
 from raykd.train.config import load_config, save_config
 from raykd.train.evaluate import evaluate_model
 from tests.conftest import phantom_volume
+from tests.report_helpers import cell as _cell
+from tests.report_helpers import section as _section
 
 REPO = Path(__file__).resolve().parent.parent
 EXPERIMENT = "grid"
@@ -145,10 +147,14 @@ def build_store(
     experiment: str = EXPERIMENT,
     uri: str | None = None,
     with_study: bool = True,
+    logged_at_finish: bool = True,
 ) -> dict:
     """The MLflow store of a finished (tiny) grid, with every value known to the test.
 
     ``uri`` adds the grid as another experiment of an existing store (no new sqlite schema).
+    ``logged_at_finish``: stages log the zero-filled input's report (computed with the same
+    ``evaluate_model`` as ``finish_stage``) and their parameter count; False = runs finished
+    before stages logged them.
     """
     root.mkdir(parents=True, exist_ok=True)
     paths = [volume_dir / f"{name}.h5" for name in VOLUMES]
@@ -167,6 +173,7 @@ def build_store(
     )
     save_config(cfg, root / "config.yaml")
     dataset = SliceDataset(paths, (SIZE, SIZE), build_mask(cfg.data.mask))
+    zero_filled = evaluate_model(None, dataset, progress=False) if logged_at_finish else None
     storage, study = _make_study(root / "optuna.db") if with_study else ("", "")
     job_tags = {S.TAG_ROLE: "job"}
     if with_study:
@@ -202,7 +209,12 @@ def build_store(
         values[(row, method, s_depth)] = vals
         eval_path = root / "tmp" / run / "eval_val.json"
         eval_path.parent.mkdir(parents=True)
-        eval_path.write_text(json.dumps(_eval_json(vals, paths)))
+        report = _eval_json(vals, paths)
+        if zero_filled is not None:
+            report[S.EVAL_ZERO_FILLED] = zero_filled
+            depth = 5 if kind in ("teacher", "sft") else s_depth
+            tracking.log_metrics(run, {S.METRIC_PARAMS: count_parameters(DCCNN(depth, 5, 32))})
+        eval_path.write_text(json.dumps(report))
         tracking.log_artifact(run, eval_path, "eval")
         npz = root / "tmp" / run / "val_examples.npz"
         np.savez_compressed(npz, **_examples(dataset, psnr, seed=i))
@@ -238,6 +250,7 @@ def build_store(
         "values": values,
         "paths": paths,
         "dataset": dataset,
+        "zero_filled": zero_filled,
         "study": (storage, study),
     }
 
@@ -252,7 +265,7 @@ def volume_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, volume_dir) -> dict:
-    from raykd.report.latency import benchmark_inference, log_benchmark
+    from raykd.deploy.latency import benchmark_inference, log_benchmark
 
     info = build_store(tmp_path_factory.mktemp("store"), volume_dir)
     bench = benchmark_inference(depths=(2, 5), size=32, repeats=2, warmup=1, threads=1)
@@ -275,21 +288,6 @@ def compared(store, tmp_path_factory) -> dict:
 def _vol_stats(values: np.ndarray) -> tuple[float, float]:
     per_volume = values.mean(axis=1)
     return float(per_volume.mean()), float(per_volume.std(ddof=1))
-
-
-def _section(markdown: str, heading: str) -> list[list[str]]:
-    """Rows (cells stripped) of the Markdown table under ``## heading``."""
-    lines = markdown.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0].splitlines()
-    rows = [ln for ln in lines if ln.startswith("| ")]
-    return [[c.strip() for c in r.strip("|").split("|")] for r in rows]
-
-
-def _cell(rows: list[list[str]], label: str, col: str) -> str:
-    header = rows[0]
-    for r in rows[1:]:
-        if r[0] == label:
-            return r[header.index(col)]
-    raise AssertionError(f"no row {label}")
 
 
 # ---- tables --------------------------------------------------------------------------------------
@@ -343,32 +341,52 @@ def test_table_1_direct_call_warns(store):
     assert "—" in table.markdown()
 
 
-def test_zero_filled_recomputed_from_volumes(store, compared):
+def test_zero_filled_read_from_stage_runs(store, compared):
+    """The ZF row is what the stages logged at finish (the same evaluate_model on the same
+    volumes), read from their eval JSONs: no dataset is rebuilt."""
     rows = _section((compared["out"] / "table_1.md").read_text(), "phantom 4x")
     expected = evaluate_model(None, store["dataset"], progress=False)
+    assert store["zero_filled"]["summary"]["psnr"] == pytest.approx(expected["summary"]["psnr"])
     mean, std = (expected["summary"]["psnr"][0], expected["summary"]["psnr"][1])
     assert _cell(rows, "ZF", "Std-KD PSNR") == f"{mean:.2f} ± {std:.2f}"
+    mean, std = (expected["summary"]["ssim"][0], expected["summary"]["ssim"][1])
+    assert _cell(rows, "ZF", "Std-KD SSIM") == f"{mean:.4f} ± {std:.4f}"
+    assert not any("zero-filled" in w for w in compared["warnings"])
 
 
-def test_zero_filled_missing_when_volumes_are_gone(tmp_path, volume_dir, store):
+def test_runs_finished_before_zero_filled_logging(tmp_path, volume_dir, store):
+    """Older runs logged neither zero-filled metrics nor parameter counts: ZF is missing with one
+    warning saying why (nothing is recomputed, even though the volume files are still there);
+    parameter counts come from the benchmark run where it measured the same network."""
+    from raykd.report.benchmarks import latest_benchmark
     from raykd.report.collect import collect
+    from raykd.report.table8 import table_8
     from raykd.report.tables import table_1
 
-    moved = tmp_path / "vols"
-    moved.mkdir()
-    for name in VOLUMES:
-        (moved / f"{name}.h5").write_bytes((volume_dir / f"{name}.h5").read_bytes())
-    build_store(tmp_path / "store", moved, "moved", uri=store["uri"], with_study=False)
-    for name in VOLUMES:
-        (moved / f"{name}.h5").unlink()
-    runs = collect(store["uri"], ["moved"])
+    build_store(tmp_path / "store", volume_dir, "before", uri=store["uri"], with_study=False,
+                logged_at_finish=False)  # fmt: skip
+    runs = collect(store["uri"], ["before"])
     try:
-        with pytest.warns(ReportWarning, match="volume files no longer exist"):
-            table = table_1(runs)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            t1 = table_1(runs).markdown()
+            bench = latest_benchmark(runs.client, runs.experiment_ids)
+            t8 = table_8(runs, bench).markdown()
     finally:
         runs.close()
-    rows = _section(table.markdown(), "phantom 4x")
-    assert _cell(rows, "ZF", "Std-KD PSNR") == "—"
+    msgs = [str(w.message) for w in caught if issubclass(w.category, ReportWarning)]
+    zf = [m for m in msgs if "zero-filled" in m]
+    assert len(zf) == 1 and "no stage run of this setting logged zero-filled metrics" in zf[0]
+    rows = _section(t1, "phantom 4x")
+    assert _cell(rows, "ZF", "Std-KD PSNR") == "—" and _cell(rows, "ZF", "Std-KD SSIM") == "—"
+    rows = _section(t8, "phantom 4x")
+    assert bench is not None and bench.run_id == store["benchmark_run"]
+    t_params = count_parameters(DCCNN(5, 5, 32))
+    assert _cell(rows, "Teacher (D5C5)", "Parameters") == str(t_params)
+    d2 = count_parameters(DCCNN(2, 5, 32))
+    assert _cell(rows, "Student (D2C5)", "Parameters") == f"{d2} ({100 * (1 - d2 / t_params):.1f}%)"
+    assert _cell(rows, "Student (D3C5)", "Parameters") == "not recorded"  # not benchmarked
+    assert any("parameter count of D3C5 not recorded" in m for m in msgs)
 
 
 def test_table_3_and_table_8(store, compared):
@@ -397,7 +415,7 @@ def test_table_3_and_table_8(store, compared):
 
 def test_table_8_says_latency_not_measured(store):
     from raykd.report.collect import collect
-    from raykd.report.tables import table_8
+    from raykd.report.table8 import table_8
 
     runs = collect(store["uri"], [EXPERIMENT])
     try:
@@ -471,7 +489,7 @@ def test_one_seed_two_volumes_give_no_verdict(store, compared):
 
 
 def test_wilcoxon_pairs_must_align():
-    from raykd.report.stats import paired_slices
+    from raykd.report.inference import paired_slices
 
     def report(slices):
         return {
@@ -567,7 +585,7 @@ def test_compare_script_and_cli(store, tmp_path, capsys):
 
 # ---- latency and export --------------------------------------------------------------------------
 def test_benchmark_inference():
-    from raykd.report.latency import benchmark_inference
+    from raykd.deploy.latency import benchmark_inference
 
     before = torch.get_num_threads()
     results = benchmark_inference(
@@ -602,7 +620,7 @@ def student_checkpoint(tmp_path) -> Path:
 
 def test_torchscript_matches_eager(student_checkpoint, tmp_path, capsys):
     from raykd.cli import main
-    from raykd.report.export import example_inputs, export_torchscript, load_torchscript
+    from raykd.deploy.export import example_inputs, export_torchscript, load_torchscript
     from raykd.train.stages import load_model
 
     path = export_torchscript(student_checkpoint, tmp_path / "model.pt", trace_batch=2)
@@ -618,7 +636,7 @@ def test_torchscript_matches_eager(student_checkpoint, tmp_path, capsys):
 
 
 def test_onnx_exports_or_says_why(student_checkpoint, tmp_path):
-    from raykd.report.export import example_inputs, export_onnx
+    from raykd.deploy.export import example_inputs, export_onnx
 
     out = tmp_path / "model.onnx"
     try:

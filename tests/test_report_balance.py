@@ -7,18 +7,16 @@ raw ``train/ratio/`` name through MLflow's client, so both spellings are read).
 
 from __future__ import annotations
 
-import json
-import warnings
-
 import numpy as np
 import pandas as pd
 import pytest
 
-from raykd.report import ReportWarning
 from raykd.tracking import Tracking
-from raykd.tracking import schema as S
-from tests.test_report import _cell, _section
-from tests.test_report_seeds import TEST_VOLUMES, _eval_json
+from tests.report_helpers import cell as _cell
+from tests.report_helpers import compare_quietly, eval_json, log_stage, stage_tags
+from tests.report_helpers import section as _section
+
+VOLUMES = ("vol_c", "vol_d")
 
 # (row, method, {term: [ratio at step 0, 1, 2, 3]}); None = a run that logged no ratios.
 RUNS = [
@@ -36,30 +34,13 @@ RUNS = [
 def compared(tmp_path_factory) -> dict:
     from mlflow.tracking import MlflowClient
 
-    from raykd.report.compare import compare
-
     root = tmp_path_factory.mktemp("balance")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     tracking = Tracking(uri, "balance", artifact_root=root / "artifacts")
     rng = np.random.default_rng(0)
     for row, method, ratios in RUNS:
-        kind = {"teacher": "teacher", "student": "student", "sft_teacher": "sft"}.get(row, "kd")
-        tags = {
-            S.TAG_ROLE: "stage",
-            S.TAG_KIND: kind,
-            S.TAG_ROW: row,
-            S.TAG_METHOD: method,
-            S.TAG_DATASET: "phantom",
-            S.TAG_ACCELERATION: "4",
-            S.TAG_SEED: "42",
-            S.TAG_TEACHER_DEPTH: "" if kind == "student" else "5",
-            S.TAG_STUDENT_DEPTH: "" if kind == "teacher" else "3",
-        }
-        run = tracking.start_run(f"{row}-{method}", tags)
-        path = root / run / "eval_val.json"
-        path.parent.mkdir(parents=True)
-        path.write_text(json.dumps(_eval_json(30 + rng.normal(0, 1, (2, 4)), TEST_VOLUMES)))
-        tracking.log_artifact(run, path, "eval")
+        report = eval_json(30 + rng.normal(0, 1, (2, 4)), VOLUMES)
+        run = log_stage(tracking, root / "tmp", stage_tags(row, method), {"val": report})
         for term, values in (ratios or {}).items():
             for step, value in enumerate(values):
                 if row == "sft_teacher":  # the contract's own spelling, straight into MLflow
@@ -67,12 +48,7 @@ def compared(tmp_path_factory) -> dict:
                 else:
                     tracking.log_metrics(run, {f"train/ratio/{term}": value}, step=step)
         tracking.end_run(run)
-    out = root / "out"
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = compare(["balance"], out_dir=out, tracking_uri=uri, log_to_mlflow=False)
-    msgs = [str(w.message) for w in caught if issubclass(w.category, ReportWarning)]
-    return {"result": result, "out": out, "warnings": msgs}
+    return compare_quietly(["balance"], uri, root / "out", log_to_mlflow=False)
 
 
 def test_start_and_end_ratio_per_kd_row(compared):

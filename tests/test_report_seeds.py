@@ -10,9 +10,7 @@ exactly ``TRUE_GAP`` dB above the student on average in every seed. Runs carry e
 
 from __future__ import annotations
 
-import json
 import math
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +20,9 @@ from scipy import stats as sps
 
 from raykd.report import ReportWarning
 from raykd.tracking import Tracking
-from raykd.tracking import schema as S
-from tests.test_report import _cell, _section
+from tests.report_helpers import cell as _cell
+from tests.report_helpers import compare_quietly, eval_json, log_stage, stage_tags
+from tests.report_helpers import section as _section
 
 SEEDS = ("42", "43", "44")
 TEST_VOLUMES = ("vol_c", "vol_d")
@@ -31,6 +30,8 @@ N_SLICES = 6
 TRUE_GAP = 1.0
 SEED_SHIFT = {"42": 0.0, "43": 0.3, "44": -0.2}
 EXPERIMENT = "seeds"
+# The zero-filled input's [volume, slice] PSNR, logged by every stage (same volumes, same input).
+ZERO_FILLED = 24 + np.arange(len(TEST_VOLUMES) * N_SLICES).reshape(len(TEST_VOLUMES), -1) * 0.1
 
 
 def _psnr(row: str, method: str, seed: str) -> np.ndarray:
@@ -58,30 +59,6 @@ def _psnr(row: str, method: str, seed: str) -> np.ndarray:
     }[row]
 
 
-def _eval_json(psnr: np.ndarray, volumes: tuple[str, ...]) -> dict:
-    """An eval JSON (schema of raykd.train.evaluate) whose other metrics follow PSNR."""
-    per = {
-        "psnr": psnr,
-        "ssim": 0.9 + (psnr - 30) * 0.01,
-        "vif": 0.8 + (psnr - 30) * 0.01,
-        "hfn": 0.3 - (psnr - 30) * 0.01,
-        "nmse": 0.01 - (psnr - 30) * 1e-4,
-        "hfen": 0.2 - (psnr - 30) * 0.01,
-    }
-    return {
-        "volumes": [
-            {
-                "volume": name,
-                "path": f"/nonexistent/{name}.h5",
-                "slices": list(range(psnr.shape[1])),
-                "metrics": {m: float(v[i].mean()) for m, v in per.items()},
-                "per_slice": {m: [float(x) for x in v[i]] for m, v in per.items()},
-            }
-            for i, name in enumerate(volumes)
-        ]
-    }
-
-
 RUNS = [
     *[(row, "", s) for s in SEEDS for row in ("teacher", "student", "equal_compute")],
     *[(row, "at", s) for s in SEEDS for row in ("std_kd", "sft_kd", "sft_kd_random")],
@@ -92,27 +69,12 @@ RUNS = [
 
 def _build(tracking: Tracking, root: Path, experiment_runs: list, val_volumes: tuple) -> None:
     for row, method, seed in experiment_runs:
-        kind = {"teacher": "teacher", "student": "student", "equal_compute": "student"}
-        kind = kind.get(row, "kd")
-        tags = {
-            S.TAG_ROLE: "stage",
-            S.TAG_KIND: kind,
-            S.TAG_ROW: row,
-            S.TAG_METHOD: method,
-            S.TAG_DATASET: "phantom",
-            S.TAG_ACCELERATION: "4",
-            S.TAG_SEED: seed,
-            S.TAG_TEACHER_DEPTH: "" if kind == "student" else "5",
-            S.TAG_STUDENT_DEPTH: "" if kind == "teacher" else "3",
-        }
-        run = tracking.start_run(f"{row}-{method}-{seed}", tags)
         psnr = _psnr(row, method or "at", seed)
-        folder = root / run
-        folder.mkdir(parents=True)
-        (folder / "eval_test.json").write_text(json.dumps(_eval_json(psnr, TEST_VOLUMES)))
-        (folder / "eval_val.json").write_text(json.dumps(_eval_json(psnr[:1], val_volumes)))
-        tracking.log_artifact(run, folder / "eval_test.json", "eval")
-        tracking.log_artifact(run, folder / "eval_val.json", "eval")
+        evals = {
+            "test": eval_json(psnr, TEST_VOLUMES, ZERO_FILLED),
+            "val": eval_json(psnr[:1], val_volumes, ZERO_FILLED[:1]),
+        }
+        run = log_stage(tracking, root, stage_tags(row, method, seed), evals)
         tracking.end_run(run)
 
 
@@ -130,14 +92,8 @@ def store(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def compared(store, tmp_path_factory) -> dict:
-    from raykd.report.compare import compare
-
     out = tmp_path_factory.mktemp("out")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = compare([EXPERIMENT], out_dir=out, tracking_uri=store["uri"], log_to_mlflow=False)
-    msgs = [str(w.message) for w in caught if issubclass(w.category, ReportWarning)]
-    return {"result": result, "out": out, "warnings": msgs}
+    return compare_quietly([EXPERIMENT], store["uri"], out, log_to_mlflow=False)
 
 
 def _pooled(row: str, method: str = "at") -> tuple[np.ndarray, np.ndarray]:
@@ -176,6 +132,10 @@ def test_mean_std_over_seeds_and_volumes(compared):
     assert hit["std_seeds"] == pytest.approx(per_volume.mean(axis=1).std(ddof=1), abs=1e-12)
     assert hit["std_volumes"] == pytest.approx(per_volume.ravel().std(ddof=1), abs=1e-12)
     assert hit["std_over"] == "seeds" and hit["seeds"] == "42;43;44" and hit["n_seeds"] == 3
+    # Zero-filled: what the stages logged (one input, so not pooled over seeds).
+    zf = ZERO_FILLED.mean(axis=1)
+    assert _cell(rows, "ZF", "Std-KD PSNR") == f"{zf.mean():.2f} ± {zf.std(ddof=1):.2f}"
+    assert not any("zero-filled" in w for w in compared["warnings"])
     # FitNets Std-KD has seeds 42 and 43 only: pooled over those, marked and warned.
     assert _cell(rows, "FitNets", "Std-KD PSNR").endswith("‡")
     assert any("std_kd fitnets" in w and "seed(s) 44" in w for w in compared["warnings"])

@@ -97,7 +97,7 @@ def compare_main(argv: list[str] | None = None, prog: str = "compare_runs") -> i
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
-    from raykd.report.latency import benchmark_inference, log_benchmark
+    from raykd.deploy.latency import benchmark_inference, log_benchmark
 
     results = benchmark_inference(
         depths=args.depths,
@@ -122,7 +122,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
             f"D{r['depth']}C{r['cascades']}  {r['params']:7d}  {r['median_ms']:9.3f}  "
             f"{r['p10_ms']:6.3f}  {r['p90_ms']:6.3f}"
         )
-    from raykd.report.latency import speedup
+    from raykd.deploy.latency import speedup
 
     if (ratio := speedup(results)) is not None:
         print(f"D3C5 vs D5C5 per slice: x{ratio:.2f} faster (paper: x2.6 on GPU)")
@@ -137,8 +137,8 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from raykd.deploy.export import export_model
     from raykd.outputs import guard_output
-    from raykd.report.export import export_model
 
     kind = "onnx" if args.format == "onnx" else "torchscript"
     guard_output(args.out, {"checkpoint": args.checkpoint}, kind, args.force)

@@ -134,6 +134,20 @@ def resolve_run(
         return run_id
 
 
+def log_eval(tracking: Tracking, run_id: str, split: str, report: dict[str, Any]) -> None:
+    """A split's eval report as metrics: the model's summary and per-volume values, and the
+    zero-filled input's summary when the report carries it (stages finished before that don't)."""
+    summary = {S.final_metric(split, k): v[0] for k, v in report["summary"].items()}
+    zero_filled = report.get(S.EVAL_ZERO_FILLED)
+    if isinstance(zero_filled, dict) and "summary" in zero_filled:
+        summary |= {S.zero_filled_metric(split, k): v[0] for k, v in zero_filled["summary"].items()}
+    tracking.log_metrics(run_id, summary)
+    for vol in report.get("volumes", []):
+        tracking.log_metrics(
+            run_id, {S.final_metric(split, k, vol["volume"]): v for k, v in vol["metrics"].items()}
+        )
+
+
 def reregister(
     record: StageRecord, tracking: Tracking, parent_run_id: str | None, teacher_run: str
 ) -> str:
@@ -170,14 +184,7 @@ def reregister(
         path = out / f"eval_{split}.json"
         if not path.is_file():
             continue
-        report = json.loads(path.read_text())
-        tracking.log_metrics(
-            run_id, {f"final_{split}_{k}": v[0] for k, v in report["summary"].items()}
-        )
-        for vol in report.get("volumes", []):
-            tracking.log_metrics(
-                run_id, {f"final_{split}_{vol['volume']}_{k}": v for k, v in vol["metrics"].items()}
-            )
+        log_eval(tracking, run_id, split, json.loads(path.read_text()))
         tracking.log_artifact(run_id, path, "eval")
         if (examples := out / f"{split}_examples.npz").is_file():
             tracking.log_artifact(run_id, examples, "examples")

@@ -23,9 +23,11 @@ import ray.train
 import torch
 from ray.train import Checkpoint
 
-from raykd.orchestration.stage_runs import open_stage_run
+from raykd.models.base import count_parameters
+from raykd.orchestration.stage_runs import log_eval, open_stage_run
+from raykd.tracking.schema import METRIC_PARAMS
 from raykd.train.config import StageConfig
-from raykd.train.evaluate import evaluate_model, write_json
+from raykd.train.evaluate import evaluate_split, write_json
 from raykd.train.loop import Trainer
 from raykd.train.stages import load_model
 
@@ -219,25 +221,22 @@ def save_examples(model, trainer, split: str, out_dir: Path, n: int = 3) -> Path
 def finish_stage(
     cfg, trainer, result, tracking, run_id, splits, started: float | None = None
 ) -> dict[str, Any]:
-    """Rank 0: evaluate the best checkpoint per volume, log artifacts, write result.json."""
+    """Rank 0: evaluate the best checkpoint per volume, log artifacts, write result.json.
+
+    Each split's report carries the zero-filled input's metrics on the same volumes and slices
+    (the report's ZF row reads them); none of it enters the stage identity (the config does).
+    """
     part = "teacher" if cfg.kind in ("teacher", "sft") else "student"
     model = load_model(result.best_checkpoint, part=part).to(trainer.device)
     summary: dict[str, Any] = {}
     for split in splits:
         if split not in trainer.datasets:
             continue
-        report = evaluate_model(model, trainer.datasets[split], trainer.device, progress=False)
+        report = evaluate_split(model, trainer.datasets[split], trainer.device)
         path = write_json(report, result.output_dir / f"eval_{split}.json")
         summary[split] = {k: v[0] for k, v in report["summary"].items()}
         if tracking is not None:
-            tracking.log_metrics(
-                run_id, {f"final_{split}_{k}": v for k, v in summary[split].items()}
-            )
-            for vol in report["volumes"]:
-                tracking.log_metrics(
-                    run_id,
-                    {f"final_{split}_{vol['volume']}_{k}": v for k, v in vol["metrics"].items()},
-                )
+            log_eval(tracking, run_id, split, report)
             tracking.log_artifact(run_id, path, "eval")
             examples = save_examples(model, trainer, split, result.output_dir)
             tracking.log_artifact(run_id, examples, "examples")
@@ -254,7 +253,8 @@ def finish_stage(
         "mlflow_run_id": run_id,
     }
     if tracking is not None:
-        tracking.log_metrics(run_id, {"best_val_loss": result.best_val_loss})
+        params = count_parameters(model)
+        tracking.log_metrics(run_id, {"best_val_loss": result.best_val_loss, METRIC_PARAMS: params})
         tracking.log_artifact(run_id, result.best_checkpoint, "checkpoints")
         tracking.log_artifact(run_id, result.output_dir / "config.yaml")
         tracking.end_run(run_id, "FINISHED")  # now: the run's duration is the stage's

@@ -1,10 +1,14 @@
-"""Paper-style comparison of finished runs, read from MLflow (never retrains anything).
+"""Paper-style comparison of finished runs, read from MLflow (never trains, evaluates or builds
+a model: nothing here imports the train, models, data or deploy packages; tests/test_house_report.py
+checks it).
 
-``collect`` finds stage runs and their artifacts, ``tables``/``stats``/``figures`` turn them into
-the paper's tables, paired tests and figures (``inference``: tests over independent (seed, volume)
-units; ``balance``: loss-term ratios of KD runs; ``summary``: the plain-language verdicts),
-``latency`` measures inference time, ``export`` writes deployable models and ``compare`` ties it
-together (``raykd compare``).
+Layers, each importing only those above it: ``store`` (MLflow client, URI, run search) →
+``records`` (one run as a tidy record, settings) → ``artifacts`` (cached eval JSONs, examples,
+histories) → ``runs`` (``StageRuns``: split, seed pooling, cell lookup, logged zero-filled) →
+``collect`` (which runs a report reads) → ``inference`` (paired units, bootstrap, unit tests) →
+``table_model`` / ``cells`` (table model, rendering, pooled cells) → ``tables`` (Tables 1, 3),
+``table8`` (with ``benchmarks``: latency runs logged by ``raykd.deploy``), ``gap``, ``stats``
+(paired-tests table), ``balance``, ``figures`` → ``summary`` → ``compare`` (``raykd compare``).
 
 This module stays import-light: the CLI imports it to register subcommands, so pandas, MLflow
 and matplotlib are only imported by the submodules that need them.

@@ -16,8 +16,10 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from raykd.report.collect import Setting, StageRuns
-from raykd.report.tables import MISSING, ReportTable, Section, method_name, table_notes
+from raykd.report.cells import table_notes
+from raykd.report.records import Setting
+from raykd.report.runs import StageRuns
+from raykd.report.table_model import MISSING, ReportTable, Section, method_name
 
 DOMINATES = 10.0  # weighted term > 10× reconstruction: the term drives training
 VANISHES = 1e-3  # < 1e-3×: the term has no effect on training

@@ -20,7 +20,10 @@ import numpy as np
 
 from raykd.errors import RaykdError
 from raykd.report import ReportWarning, warn
-from raykd.report.collect import Setting, StageRuns, collect, resolve_uri
+from raykd.report.collect import collect
+from raykd.report.records import Setting
+from raykd.report.runs import StageRuns
+from raykd.report.store import resolve_uri
 from raykd.tracking import schema as S
 
 
@@ -111,7 +114,8 @@ def compare(
     job recorded on its run.
     """
     uri = resolve_uri(tracking_uri, root)  # fail fast, before the heavy imports below
-    from raykd.report import balance, figures, latency, stats, summary, tables
+    from raykd.report import balance, benchmarks, figures, stats, summary, table8, tables
+    from raykd.report.gap import gap_table
 
     out = Path(out_dir).expanduser().resolve()
     (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -129,9 +133,9 @@ def compare(
             depth_kw = {"student_depth": s_depth, "teacher_depth": t_depth}
             t1 = tables.table_1(runs, **depth_kw)
             t3 = tables.table_3(runs, **depth_kw)
-            bench = latency.latest_benchmark(runs.client, runs.experiment_ids)
-            t8 = tables.table_8(runs, bench, method=method or None, teacher_depth=t_depth)
-            gap = tables.gap_table(runs, **depth_kw)
+            bench = benchmarks.latest_benchmark(runs.client, runs.experiment_ids)
+            t8 = table8.table_8(runs, bench, method=method or None, teacher_depth=t_depth)
+            gap = gap_table(runs, **depth_kw)
             wil = stats.paired_table(runs, **depth_kw)
             bal = balance.balance_table(runs, **depth_kw)
             for name, table in (

@@ -13,7 +13,12 @@ Per contrast, with ``d`` = candidate − baseline per unit:
   exact distribution for small ``n``);
 * a 95% hierarchical bootstrap CI of the mean difference (:func:`hierarchical_bootstrap`):
   resample seeds, then volumes within each drawn seed, so that volumes of one seed (which share
-  the trained models) count as one cluster, not as independent evidence.
+  the trained models) count as one cluster, not as independent evidence. Where only one level
+  varies (one seed, or one volume per seed) :func:`bootstrap_ci` hands the units to
+  ``scipy.stats.bootstrap`` (percentile method) instead.
+
+:class:`UnitPairs` is the one paired type: (seed, volume) units here, (seed, volume, slice)
+pairs for the descriptive per-slice test of :mod:`raykd.report.stats`.
 
 A verdict needs ``n ≥`` :data:`MIN_UNITS` and both to agree (p < α *and* a CI that excludes 0).
 ``MIN_UNITS = 6``: the smallest two-sided p an exact signed-rank (or sign) test can reach on
@@ -33,7 +38,8 @@ import numpy as np
 from scipy import stats
 
 from raykd.errors import RaykdError
-from raykd.report.collect import StageRuns, seed_key
+from raykd.report.records import seed_key
+from raykd.report.runs import StageRuns
 
 ALPHA = 0.05
 MIN_UNITS = 6
@@ -61,9 +67,10 @@ def volume_values(report: dict[str, Any], metric: str) -> dict[str, float]:
 
 @dataclass
 class UnitPairs:
-    """Per-volume values of two rows paired by (seed, volume)."""
+    """Values of two rows paired by key; a key starts with the seed: (seed, volume) units, or
+    (seed, volume, slice) for per-slice pairs."""
 
-    keys: list[tuple[str, str]]  # (seed, volume)
+    keys: list[tuple]
     baseline: np.ndarray
     candidate: np.ndarray
     unpaired: list[str]  # seeds that only one side has (or whose eval JSON is missing)
@@ -82,6 +89,65 @@ class UnitPairs:
         diff = self.candidate - self.baseline
         groups = [diff[(seed_of == s) & np.isfinite(diff)] for s in self.seeds]
         return [g for g in groups if g.size]
+
+
+def slice_values(report: dict[str, Any], metric: str) -> dict[tuple[str, int], float]:
+    """``{(volume, slice index): value}`` of one metric from an eval JSON."""
+    out: dict[tuple[str, int], float] = {}
+    for vol in report["volumes"]:
+        values = vol.get("per_slice", {}).get(metric)
+        slices = vol.get("slices")
+        if values is None or slices is None:
+            raise RaykdError(
+                f"eval JSON volume {vol.get('volume')}: no per-slice '{metric}' values or "
+                "slice list; re-evaluate the run (per-slice metrics are needed for the test)"
+            )
+        if len(values) != len(slices):
+            raise RaykdError(
+                f"eval JSON volume {vol['volume']}: {len(values)} per-slice '{metric}' values "
+                f"for {len(slices)} slices"
+            )
+        for s, v in zip(slices, values, strict=True):
+            out[(str(vol["volume"]), int(s))] = math.nan if v is None else float(v)
+    return out
+
+
+def paired_slices(
+    a: dict[str, Any], b: dict[str, Any], metric: str
+) -> tuple[list[tuple[str, int]], np.ndarray, np.ndarray]:
+    """Aligned per-slice values of two eval JSONs; an error if their slices differ."""
+    va, vb = slice_values(a, metric), slice_values(b, metric)
+    if set(va) != set(vb):
+        only_a = sorted(set(va) - set(vb))[:5]
+        only_b = sorted(set(vb) - set(va))[:5]
+        raise RaykdError(
+            f"per-slice '{metric}' pairs do not align: slices only in the first run "
+            f"{only_a}, only in the second {only_b}; both runs must be evaluated on the same "
+            "volumes and slices"
+        )
+    keys = sorted(va)
+    return keys, np.array([va[k] for k in keys]), np.array([vb[k] for k in keys])
+
+
+def slice_pairs(
+    runs: StageRuns, baseline: dict[str, Any], candidate: dict[str, Any], metric: str
+) -> UnitPairs:
+    """Pair two ``{seed: run}`` maps slice by slice, keys (seed, volume, slice), pooled over
+    seeds. Only seeds both sides have are paired; within a seed the slices must align
+    (:func:`paired_slices` raises otherwise)."""
+    keys, va, vb, unpaired = [], [], [], []
+    for seed in sorted(set(baseline) | set(candidate), key=seed_key):
+        a = runs.eval(baseline[seed]["run_id"]) if seed in baseline else None
+        b = runs.eval(candidate[seed]["run_id"]) if seed in candidate else None
+        if a is None or b is None:
+            unpaired.append(seed)
+            continue
+        k, x, y = paired_slices(a, b, metric)
+        keys += [(seed, vol, sl) for vol, sl in k]
+        va.append(x)
+        vb.append(y)
+    cat = (lambda v: np.concatenate(v)) if va else (lambda v: np.zeros(0))
+    return UnitPairs(keys, cat(va), cat(vb), unpaired)
 
 
 def unit_pairs(
@@ -141,6 +207,36 @@ def hierarchical_bootstrap(
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(boot, [tail, 100 - tail])
     return estimate, float(low), float(high)
+
+
+def bootstrap_ci(
+    groups: list[np.ndarray],
+    resamples: int = RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    level: float = 0.95,
+) -> tuple[float, float, float]:
+    """Mean over seeds of the per-seed mean difference with a 95% percentile bootstrap CI.
+
+    One level varies when there is one seed (volumes are resampled) or one value per seed
+    (seeds are): then ``scipy.stats.bootstrap`` does it. Both levels: the hand-written
+    :func:`hierarchical_bootstrap`. Seeded, so reports agree.
+    """
+    if not groups or any(g.size == 0 for g in groups):
+        raise RaykdError("bootstrap_ci: every seed needs at least one value")
+    if len(groups) > 1 and any(g.size > 1 for g in groups):
+        return hierarchical_bootstrap(groups, resamples, seed, level)
+    values = np.concatenate(groups).astype(np.float64)
+    res = stats.bootstrap(
+        (values,),
+        np.mean,
+        n_resamples=resamples,
+        confidence_level=level,
+        method="percentile",
+        vectorized=True,
+        rng=np.random.default_rng(seed),
+    )
+    ci = res.confidence_interval
+    return float(values.mean()), float(ci.low), float(ci.high)
 
 
 @dataclass

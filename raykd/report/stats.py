@@ -1,5 +1,5 @@
 """Paired comparisons of rows per KD method: unit-level tests (the evidence) and a per-slice
-Wilcoxon test (descriptive only).
+Wilcoxon test (descriptive only), as the paired-tests table.
 
 Three contrasts per KD method (:data:`CONTRASTS`): SFT-KD vs Std-KD, SFT-KD vs the
 equal-compute control (a plain student trained for SFT + KD epochs: is SFT-KD's gain more than
@@ -27,17 +27,11 @@ import numpy as np
 from scipy import stats
 
 from raykd.errors import RaykdError
-from raykd.report.collect import Setting, StageRuns, seed_key
-from raykd.report.inference import ALPHA, MIN_UNITS, unit_pairs, unit_test
-from raykd.report.tables import (
-    HIGHER_IS_BETTER,
-    MISSING,
-    ReportTable,
-    Section,
-    method_name,
-    section_lead,
-    table_notes,
-)
+from raykd.report.cells import section_lead, table_notes
+from raykd.report.inference import ALPHA, MIN_UNITS, slice_pairs, unit_pairs, unit_test
+from raykd.report.records import Setting
+from raykd.report.runs import StageRuns
+from raykd.report.table_model import HIGHER_IS_BETTER, MISSING, ReportTable, Section, method_name
 
 
 @dataclass(frozen=True)
@@ -86,44 +80,6 @@ class WilcoxonResult:
         return asdict(self)
 
 
-def slice_values(report: dict[str, Any], metric: str) -> dict[tuple[str, int], float]:
-    """``{(volume, slice index): value}`` of one metric from an eval JSON."""
-    out: dict[tuple[str, int], float] = {}
-    for vol in report["volumes"]:
-        values = vol.get("per_slice", {}).get(metric)
-        slices = vol.get("slices")
-        if values is None or slices is None:
-            raise RaykdError(
-                f"eval JSON volume {vol.get('volume')}: no per-slice '{metric}' values or "
-                "slice list; re-evaluate the run (per-slice metrics are needed for the test)"
-            )
-        if len(values) != len(slices):
-            raise RaykdError(
-                f"eval JSON volume {vol['volume']}: {len(values)} per-slice '{metric}' values "
-                f"for {len(slices)} slices"
-            )
-        for s, v in zip(slices, values, strict=True):
-            out[(str(vol["volume"]), int(s))] = math.nan if v is None else float(v)
-    return out
-
-
-def paired_slices(
-    a: dict[str, Any], b: dict[str, Any], metric: str
-) -> tuple[list[tuple[str, int]], np.ndarray, np.ndarray]:
-    """Aligned per-slice values of two eval JSONs; an error if their slices differ."""
-    va, vb = slice_values(a, metric), slice_values(b, metric)
-    if set(va) != set(vb):
-        only_a = sorted(set(va) - set(vb))[:5]
-        only_b = sorted(set(vb) - set(va))[:5]
-        raise RaykdError(
-            f"per-slice '{metric}' pairs do not align: slices only in the first run "
-            f"{only_a}, only in the second {only_b}; both runs must be evaluated on the same "
-            "volumes and slices"
-        )
-    keys = sorted(va)
-    return keys, np.array([va[k] for k in keys]), np.array([vb[k] for k in keys])
-
-
 def wilcoxon_test(
     std_kd: np.ndarray,
     sft_kd: np.ndarray,
@@ -170,48 +126,6 @@ def wilcoxon_test(
         sft_better = direction > 0 if higher_is_better else direction < 0
         verdict = f"{names[1] if sft_better else names[0]} better (p < {alpha:g})"
     return WilcoxonResult(n, dropped, statistic, p, median, mean, significant, verdict)
-
-
-@dataclass
-class SeedPairs:
-    """Per-slice values of two rows paired by (seed, volume, slice), pooled over seeds."""
-
-    seeds: list[str]
-    keys: list[tuple[str, str, int]]
-    baseline: np.ndarray
-    candidate: np.ndarray
-    unpaired: list[str]  # seeds that only one side has (or whose eval JSON is missing)
-
-    @property
-    def n(self) -> int:
-        return len(self.keys)
-
-
-def seed_pairs(
-    runs: StageRuns,
-    baseline: dict[str, Any],
-    candidate: dict[str, Any],
-    metric: str,
-) -> SeedPairs:
-    """Pair two ``{seed: run}`` maps (:meth:`StageRuns.find_seeds`) slice by slice.
-
-    Only seeds both sides have are paired; within a seed the slices must align
-    (:func:`paired_slices` raises otherwise).
-    """
-    seeds, keys, va, vb, unpaired = [], [], [], [], []
-    for seed in sorted(set(baseline) | set(candidate), key=seed_key):
-        a = runs.eval(baseline[seed]["run_id"]) if seed in baseline else None
-        b = runs.eval(candidate[seed]["run_id"]) if seed in candidate else None
-        if a is None or b is None:
-            unpaired.append(seed)
-            continue
-        k, x, y = paired_slices(a, b, metric)
-        seeds.append(seed)
-        keys += [(seed, vol, sl) for vol, sl in k]
-        va.append(x)
-        vb.append(y)
-    cat = (lambda v: np.concatenate(v)) if va else (lambda v: np.zeros(0))
-    return SeedPairs(seeds, keys, cat(va), cat(vb), unpaired)
 
 
 def contrast_test(
@@ -263,7 +177,7 @@ def contrast_test(
     names = (contrast.baseline_name, contrast.candidate_name)
     higher = HIGHER_IS_BETTER.get(metric, True)
     res = unit_test(units, higher, alpha, names)
-    slices = seed_pairs(runs, base, cand, metric)
+    slices = slice_pairs(runs, base, cand, metric)
     desc = wilcoxon_test(slices.baseline, slices.candidate, higher, alpha, names)
     return {
         **record,

@@ -11,10 +11,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from raykd.report.collect import StageRuns
 from raykd.report.inference import ALPHA, MIN_UNITS, refusal
+from raykd.report.runs import StageRuns
 from raykd.report.stats import CONTRASTS, format_p
-from raykd.report.tables import ReportTable, method_name
+from raykd.report.table_model import ReportTable, method_name
 
 
 def _contrast(rec: dict[str, Any]):

@@ -40,7 +40,7 @@ def pack_inputs(zero_filled: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) 
 
 def scripted(model: torch.nn.Module, size: tuple[int, int]) -> tuple[Any, torch.Tensor]:
     """TorchScript of ``PackedInputs(model)``, checked against eager on another batch size."""
-    from raykd.report.export import example_inputs
+    from raykd.deploy.export import example_inputs
 
     wrapper = PackedInputs(model.eval()).eval()
     example = pack_inputs(*example_inputs(2, size, seed=0))

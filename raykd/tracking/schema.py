@@ -16,6 +16,10 @@ Runs (all in one experiment per job unless ``--experiment`` says otherwise):
   same definition as ``final_val_psnr``), ``lr``, ``epoch_time_s``; step = epoch) and final,
   of the best checkpoint on whole volumes (``final_<split>_<metric>`` for each of
   METRICS, ``final_<split>_<volume>_<metric>``, ``best_val_loss``, ``wall_clock_s``).
+  The zero-filled input of the same volumes and slices is evaluated at stage finish too
+  (``zero_filled_<split>_<metric>``, and the eval JSON's ``zero_filled`` entry in the same
+  format): the report's ZF row reads it and never rebuilds a dataset; ``model_params`` is the
+  trained network's parameter count (Table 8).
   Artifacts: ``eval/eval_<split>.json`` (per-volume and per-slice metrics,
   the paired data for Wilcoxon tests), ``examples/<split>_examples.npz`` (target, zero-filled,
   reconstruction of a few fixed slices), ``checkpoints/best.pt``, ``config.yaml``.
@@ -57,6 +61,10 @@ TAG_TASK = "raykd.task"  # recon | sr
 TAG_SOURCE_RUN = "raykd.source_run_id"  # reuse link / re-registered run: the original run
 TAG_REUSED_STAGE = "raykd.reused_stage"  # reuse link: the stage id it stands for
 
+# Eval JSON key holding the zero-filled input's report ({"volumes": [...], "summary": {...}}).
+EVAL_ZERO_FILLED = "zero_filled"
+METRIC_PARAMS = "model_params"  # stage run: parameter count of the trained network
+
 ROWS = ("teacher", "sft_teacher", "student", "equal_compute", "std_kd", "sft_kd", "sft_kd_random")
 METRICS = ("psnr", "ssim", "nmse", "hfn", "hfen", "vif")
 
@@ -72,3 +80,23 @@ def stage_row(kind: str, teacher_kind: str | None = None, init: str | None = Non
     if teacher_kind == "sft":
         return "sft_kd" if init == "sft" else "sft_kd_random"
     return "std_kd"
+
+
+def final_metric(split: str, metric: str, volume: str | None = None) -> str:
+    """``final_<split>[_<volume>]_<metric>``: the best checkpoint on a whole split (or volume)."""
+    return f"final_{split}_{volume}_{metric}" if volume else f"final_{split}_{metric}"
+
+
+def zero_filled_metric(split: str, metric: str) -> str:
+    """``zero_filled_<split>_<metric>``: the zero-filled input on the stage's split."""
+    return f"zero_filled_{split}_{metric}"
+
+
+# Benchmark runs (``raykd.role=benchmark``, written by :mod:`raykd.deploy.latency`): per depth
+# d, ``latency_ms_d<d>`` (median per-slice ms), ``latency_p10_ms_d<d>``, ``latency_p90_ms_d<d>``,
+# ``params_d<d>``; ``speedup_d3_vs_d5``; params device, size, batch, repeats, cascades, channels.
+LATENCY_MS = "latency_ms_d"
+LATENCY_P10 = "latency_p10_ms_d"
+LATENCY_P90 = "latency_p90_ms_d"
+BENCH_PARAMS = "params_d"
+SPEEDUP = "speedup_d3_vs_d5"

@@ -82,6 +82,17 @@ def evaluate_model(
     return {"volumes": volumes, "summary": {k: list(v) for k, v in summary.items()}}
 
 
+def evaluate_split(
+    model: torch.nn.Module, dataset: SliceDataset, device: torch.device | str = "cpu"
+) -> dict[str, Any]:
+    """:func:`evaluate_model` of ``model`` plus, under ``zero_filled``, the zero-filled input's
+    report on the same volumes and slices with the same metric code (a stage's baseline)."""
+    report = evaluate_model(model, dataset, device, progress=False)
+    # The key is raykd.tracking.schema.EVAL_ZERO_FILLED (the report reads it there).
+    report["zero_filled"] = evaluate_model(None, dataset, device, progress=False)
+    return report
+
+
 NULL_REASONS = {
     "nan": "undefined (e.g. an all-zero target slice: no PSNR peak, no NMSE denominator)",
     "inf": "infinite (the prediction equals the target exactly)",

@@ -1,4 +1,5 @@
-"""Per-slice inference latency of DC-CNN per depth (the paper's Table 8 column).
+"""Per-slice inference latency of DC-CNN per depth (the paper's Table 8 column), measured and
+logged as a benchmark run (``raykd.role=benchmark``; the report reads it, never measures).
 
 Timing rules: the model and inputs are on the device before the clock starts, ``warmup``
 untimed passes absorb lazy initialisation (cuDNN autotuning, allocator growth, thread pools),
@@ -17,7 +18,6 @@ import json
 import platform
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -183,13 +183,13 @@ def log_benchmark(results: list[dict[str, Any]], tracking) -> str:
     for r in results:
         d = r["depth"]
         metrics |= {
-            f"latency_ms_d{d}": r["median_ms"],
-            f"latency_p10_ms_d{d}": r["p10_ms"],
-            f"latency_p90_ms_d{d}": r["p90_ms"],
-            f"params_d{d}": r["params"],
+            f"{S.LATENCY_MS}{d}": r["median_ms"],
+            f"{S.LATENCY_P10}{d}": r["p10_ms"],
+            f"{S.LATENCY_P90}{d}": r["p90_ms"],
+            f"{S.BENCH_PARAMS}{d}": r["params"],
         }
     if (ratio := speedup(results)) is not None:
-        metrics["speedup_d3_vs_d5"] = ratio
+        metrics[S.SPEEDUP] = ratio
     tracking.log_metrics(run_id, metrics)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "benchmark.json"
@@ -206,70 +206,3 @@ def speedup(results: list[dict[str, Any]], fast: int = 3, slow: int = 5) -> floa
     if fast in by and slow in by and by[fast] > 0:
         return by[slow] / by[fast]
     return None
-
-
-@dataclass
-class Benchmark:
-    """The numbers of one benchmark run, as Table 8 uses them."""
-
-    run_id: str
-    device: str
-    size: str
-    batch: str
-    repeats: str
-    cascades: str
-    channels: str
-    start_time: int
-    by_depth: dict[int, dict[str, float]] = field(default_factory=dict)
-
-    def median_ms(self, depth: int, cascades: int, channels: int) -> float | None:
-        """The measured latency of exactly this architecture, or None if it was not measured
-        (another channel or cascade count is a different network, not a stand-in)."""
-        if (str(cascades), str(channels)) != (str(self.cascades), str(self.channels)):
-            return None
-        rec = self.by_depth.get(int(depth))
-        return float(rec["median_ms"]) if rec else None
-
-    def describe(self) -> str:
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.start_time / 1000))
-        return (
-            f"Latency: median per-slice inference time over {self.repeats} repeats, batch "
-            f"{self.batch}, {self.size}x{self.size}, C{self.cascades}, {self.channels} channels, "
-            f"on {self.device} "
-            f"(benchmark run {self.run_id}, {when})."
-        )
-
-
-def latest_benchmark(client, experiment_ids: list[str] | None = None) -> Benchmark | None:
-    """The newest finished benchmark run, preferring ``experiment_ids``, else any experiment."""
-    from raykd.report.collect import search_all
-
-    flt = f"tags.`{S.TAG_ROLE}` = 'benchmark' and attributes.status = 'FINISHED'"
-    runs = search_all(client, experiment_ids, flt) if experiment_ids else []
-    if not runs:
-        all_ids = [e.experiment_id for e in client.search_experiments()]
-        runs = search_all(client, all_ids, flt) if all_ids else []
-    if not runs:
-        return None
-    run = max(runs, key=lambda r: r.info.start_time or 0)
-    by_depth: dict[int, dict[str, float]] = {}
-    for key, value in run.data.metrics.items():
-        if key.startswith("latency_ms_d"):
-            d = int(key.removeprefix("latency_ms_d"))
-            by_depth[d] = {
-                "median_ms": value,
-                "p10_ms": run.data.metrics.get(f"latency_p10_ms_d{d}", float("nan")),
-                "p90_ms": run.data.metrics.get(f"latency_p90_ms_d{d}", float("nan")),
-            }
-    p = run.data.params
-    return Benchmark(
-        run_id=run.info.run_id,
-        device=p.get("device", "?"),
-        size=p.get("size", "?"),
-        batch=p.get("batch", "?"),
-        repeats=p.get("repeats", "?"),
-        cascades=p.get("cascades", "?"),
-        channels=p.get("channels", "?"),
-        start_time=run.info.start_time or 0,
-        by_depth=by_depth,
-    )
