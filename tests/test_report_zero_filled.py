@@ -54,7 +54,7 @@ def finished_stage(tmp_path_factory, tiny_data) -> dict:
 
 def test_stage_finish_logs_zero_filled(finished_stage):
     from raykd.data.sources import build_datasets
-    from raykd.models.dccnn import count_parameters
+    from raykd.models.base import count_parameters
     from raykd.models.registry import build_model
     from raykd.train.evaluate import evaluate_model
 
