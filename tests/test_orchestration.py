@@ -388,18 +388,21 @@ def test_registering_a_model_leaves_the_tracking_uri_alone(tmp_path, monkeypatch
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     tracking = _tracking(tmp_path)
     run_id = tracking.start_run("r")
-    assert tracking.register_model(run_id, DCCNN(2, 1, 2), "m") == "1"
-    assert tracking.register_model(run_id, DCCNN(2, 1, 2), "m") == "1"  # once per run
+    from raykd.tracking.registry import register_model
+
+    assert register_model(tracking, run_id, DCCNN(2, 1, 2), "m") == "1"
+    assert register_model(tracking, run_id, DCCNN(2, 1, 2), "m") == "1"  # once per run
     assert "MLFLOW_TRACKING_URI" not in os.environ
 
 
 def _register_in_subprocess(db: str, artifacts: str, run_id: str, barrier) -> str:
     from raykd.models.dccnn import DCCNN
     from raykd.tracking import Tracking
+    from raykd.tracking.registry import register_model
 
     tracking = Tracking(f"sqlite:///{db}", "t", artifacts)
     barrier.wait()
-    return tracking.register_model(run_id, DCCNN(2, 1, 2), "m")
+    return register_model(tracking, run_id, DCCNN(2, 1, 2), "m")
 
 
 def test_two_jobs_registering_the_same_run_at_once_add_one_version(tmp_path):

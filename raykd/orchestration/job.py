@@ -286,6 +286,7 @@ def results_figure(job: Job, rows: list[dict[str, Any]], best) -> Path | None:
 def register_best_student(job: Job, rows: list[dict[str, Any]], name: str | None = None):
     """Register the student row with the best validation PSNR (once per run; the
     ``champion`` alias follows the best version). Name: ``<experiment>-student``."""
+    from raykd.tracking.registry import register_model
     from raykd.train.checkpoint import checkpoint_config, load_checkpoint
     from raykd.train.stages import load_model
 
@@ -298,7 +299,8 @@ def register_best_student(job: Job, rows: list[dict[str, Any]], name: str | None
         return None
     model = load_model(record.best_checkpoint, part="student")
     size = checkpoint_config(load_checkpoint(record.best_checkpoint))["data"]["size"]
-    version = job.tracking.register_model(
+    version = register_model(
+        job.tracking,
         best["run"],
         model,
         name,

@@ -247,10 +247,3 @@ class Tracking:
                 self.end_run(run.info.run_id, status)
                 n += 1
         return n
-
-    # ---- registry -------------------------------------------------------------------------
-    def register_model(self, run_id: str, model, name: str, **kwargs: Any) -> str:
-        """See :func:`raykd.tracking.registry.register_model`."""
-        from raykd.tracking.registry import register_model
-
-        return register_model(self, run_id, model, name, **kwargs)
