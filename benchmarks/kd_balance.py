@@ -33,27 +33,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from raykd.data.sources import build_datasets  # noqa: E402
 from raykd.distill import available_kd_methods  # noqa: E402
-from raykd.orchestration.grid import load_preset, stage_config  # noqa: E402
-from raykd.train.config import CANONICAL_KD_WEIGHTS  # noqa: E402
+from raykd.plan import Row, StageOverrides, load_preset, stage_config  # noqa: E402
+from raykd.train.config import CANONICAL_KD_WEIGHTS, BalanceConfig, KDConfig  # noqa: E402
 from raykd.train.loop import Trainer, train_stage  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def row(method: str | None, kind: str) -> dict:
-    return {
-        "dataset": "sunnybrook",
-        "acceleration": 4.0,
-        "seed": 42,
-        "row": "std_kd" if kind == "kd" else kind,
-        "student_depth": 3,
-        "method": method,
-    }
+def row(method: str | None, kind: str) -> Row:
+    return Row(
+        dataset="sunnybrook",
+        acceleration=4.0,
+        seed=42,
+        kind="std_kd" if kind == "kd" else kind,
+        student_depth=3,
+        method=method,
+    )
 
 
-def config(spec, method: str | None, kind: str, out: Path, **extra):
-    extra = {"precision": "fp32", "output_dir": str(out), "resume": False, **extra}
-    return stage_config(spec, row(method, kind), kind, **extra)
+def config(spec, method: str | None, kind: str, out: Path, epochs: int | None = None, **kd):
+    """The grid's stage config in fp32, written to ``out``; ``kd``: KDConfig fields to set."""
+    cfg = stage_config(spec, row(method, kind), kind, StageOverrides(epochs=epochs))
+    cfg = cfg.model_copy(update={"precision": "fp32", "output_dir": str(out), "resume": False})
+    if kd:
+        cfg.kd = KDConfig.model_validate({**cfg.kd.model_dump(), **kd})
+    return cfg
 
 
 def flag(ratio: float) -> str:
@@ -65,7 +69,7 @@ def start_ratios(spec, teacher: str, methods: list[str], batches: int, work: Pat
     for method in methods:
         entry: dict = {"method": method}
         weightings = {
-            "canonical": {"kd.weight": CANONICAL_KD_WEIGHTS[method], "kd.balance": None},
+            "canonical": {"weight": CANONICAL_KD_WEIGHTS[method], "balance": None},
             "default": {},
         }
         for label, extra in weightings.items():
@@ -111,14 +115,13 @@ def study(spec, teacher, methods, ratios, epochs: int, work, data, ft_steps: int
         print(json.dumps(entry), flush=True)
         return entry
 
-    optim = {"optim.epochs": epochs}
-    rows = [run("student", config(spec, None, "student", work / "study-student", **optim))]
+    rows = [run("student", config(spec, None, "student", work / "study-student", epochs))]
     for method in methods:
         for r in ratios:
-            extra = {**optim, "kd.balance": {"ratio": r}, "kd.weight": None}
+            kd: dict = {"balance": BalanceConfig(ratio=r), "weight": None}
             if method == "ft":
-                extra["kd.options"] = {"pretrain_steps": ft_steps}
-            cfg = config(spec, method, "kd", work / f"study-{method}-{r:g}", **extra)
+                kd["options"] = {"pretrain_steps": ft_steps}
+            cfg = config(spec, method, "kd", work / f"study-{method}-{r:g}", epochs, **kd)
             cfg.teacher_checkpoint = teacher
             rows.append({"method": method, "r": r, **run(f"{method} r={r:g}", cfg)})
     return rows
@@ -143,9 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {"max_slices_per_volume": args.slices} if args.slices else {}
     spec = load_preset(args.preset, overrides)
     work = Path(args.work)
-    teacher_cfg = config(
-        spec, None, "teacher", work / "teacher", **{"optim.epochs": args.teacher_epochs}
-    )
+    teacher_cfg = config(spec, None, "teacher", work / "teacher", args.teacher_epochs)
     data = build_datasets(teacher_cfg.data)
     teacher = args.teacher_checkpoint
     if teacher is None:

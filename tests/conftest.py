@@ -109,7 +109,7 @@ def ray_session():
 
 def tiny_grid(root: Path, **over):
     """A grid spec over the tiny fixture volumes (32x32, 2 cascades, 4 channels)."""
-    from raykd.orchestration.grid import GridSpec
+    from raykd.plan.presets import GridSpec
 
     base = {
         "datasets": [str(root)],

@@ -152,9 +152,9 @@ def test_ddp_ranks_share_one_calibrated_weight(ray_session, tiny_data, tmp_path)
     from pathlib import Path
 
     from raykd.orchestration.cluster import TrialResources
-    from raykd.orchestration.grid import stage_config
     from raykd.orchestration.identity import StageStore
     from raykd.orchestration.runner import StageContext, StageRequest, ensure_stages
+    from raykd.plan.stages import StageOverrides, stage_config
     from tests.conftest import tiny_grid
     from tests.test_orchestration import _row
 
@@ -165,7 +165,7 @@ def test_ddp_ranks_share_one_calibrated_weight(ray_session, tiny_data, tmp_path)
     weights = {}
     for workers, batch in ((1, 2), (2, 1)):
         kd = StageRequest(
-            stage_config(spec, row, "kd", **{"data.batch_size": batch}), teacher.stage_id
+            stage_config(spec, row, "kd", StageOverrides(batch_size=batch)), teacher.stage_id
         )
         assert kd.cfg.kd.balance.ratio == 0.5
         ctx = StageContext(store, None, TrialResources(workers, False, 1, 1, 1))

@@ -6,16 +6,15 @@ from __future__ import annotations
 import time
 
 import pytest
-import yaml
 
 from raykd.errors import ConfigError
-from raykd.orchestration.grid import GRID_FILE, grid_rows, load_preset, row_requests, stage_config
+from raykd.plan import Row, grid_rows, load_preset, preset_names, row_requests, stage_config
+from raykd.plan.budgets import STUDENT_ROWS
 
-PRESETS = sorted(yaml.safe_load(GRID_FILE.read_text())["presets"])
-STUDENT_ROWS = ("student", "std_kd", "sft_kd", "sft_kd_random")
+PRESETS = sorted(preset_names())
 
 
-def _epochs(spec, row: dict) -> int:
+def _epochs(spec, row: Row) -> int:
     return row_requests(spec, row)[-1].cfg.optim.epochs
 
 
@@ -24,12 +23,12 @@ def test_every_student_row_gets_equal_epochs(name: str) -> None:
     spec = load_preset(name, {"rows": [*STUDENT_ROWS, "equal_compute"], "seeds": 1})
     assert spec.budget_warnings() == []
     rows = grid_rows(spec)
-    student_epochs = {_epochs(spec, r) for r in rows if r["row"] in STUDENT_ROWS}
+    student_epochs = {_epochs(spec, r) for r in rows if r.kind in STUDENT_ROWS}
     assert student_epochs == {spec.epochs.student}
-    controls = [r for r in rows if r["row"] == "equal_compute"]
+    controls = [r for r in rows if r.kind == "equal_compute"]
     assert controls and all(_epochs(spec, c) == spec.epochs.sft + spec.epochs.kd for c in controls)
     # Default weighting of every KD row: calibrated to the preset's balance ratio.
-    kd = next(r for r in rows if r["row"] == "std_kd")
+    kd = next(r for r in rows if r.kind == "std_kd")
     cfg = stage_config(spec, kd, "kd")
     assert cfg.kd.weight is None and cfg.kd.balance is not None
     assert cfg.kd.balance.ratio == spec.kd_balance
@@ -72,7 +71,7 @@ def test_override_that_breaks_the_rule_is_reported(tmp_path, capsys) -> None:
 
 
 def test_kd_weights_search_samples_the_balance_ratio() -> None:
-    from raykd.orchestration.search import load_search, trial_row_and_spec
+    from raykd.plan import load_search, trial_row_and_spec
 
     for name in ("kd_weights", "kd_weights_extended"):
         search = load_search(name)
@@ -81,8 +80,8 @@ def test_kd_weights_search_samples_the_balance_ratio() -> None:
         default = load_preset(search.base_preset).kd_balance
         assert low < default < high  # around the presets' calibrated default
     base = load_preset("smoke", {"kd_weights": {"pkt": 5.0}})
-    spec, row, extra = trial_row_and_spec(search, base, {"method": "pkt", "kd_balance": 0.3})
-    cfg = stage_config(spec, row, "kd", **extra)
+    spec, row, overrides = trial_row_and_spec(search, base, {"method": "pkt", "kd_balance": 0.3})
+    cfg = stage_config(spec, row, "kd", overrides)
     assert cfg.kd.weight is None and cfg.kd.balance.ratio == pytest.approx(0.3)
     with pytest.raises(ConfigError, match="not both"):
         params = {k: v.model_dump(exclude_none=True) for k, v in search.params.items()}

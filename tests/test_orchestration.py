@@ -13,9 +13,11 @@ import pytest
 import torch
 
 from raykd.orchestration.cluster import TrialResources
-from raykd.orchestration.grid import row_label, stage_config
-from raykd.orchestration.identity import StageStore, stage_identity
+from raykd.orchestration.identity import StageStore
 from raykd.orchestration.runner import StageContext
+from raykd.plan.identity import stage_identity
+from raykd.plan.rows import Row, row_label
+from raykd.plan.stages import stage_config
 from raykd.tracking import Tracking
 from raykd.tracking import schema as S
 from raykd.train.checkpoint import load_checkpoint
@@ -24,15 +26,15 @@ from tests.conftest import tiny_grid
 ONE_CPU = TrialResources(workers=1, use_gpu=False, cpus_per_worker=1, concurrency=1, threads=1)
 
 
-def _row(kind="std_kd", method="at", seed=42, dataset="d"):
-    return {
-        "dataset": dataset,
-        "acceleration": 3.0,
-        "seed": seed,
-        "row": kind,
-        "student_depth": 2,
-        "method": method,
-    }
+def _row(kind="std_kd", method="at", seed=42, dataset="d", student_depth=2) -> Row:
+    return Row(
+        dataset=dataset,
+        acceleration=3.0,
+        seed=seed,
+        kind=kind,
+        student_depth=student_depth,
+        method=method,
+    )
 
 
 def test_stage_identity(tiny_data):
@@ -44,10 +46,10 @@ def test_stage_identity(tiny_data):
     moved = t42.model_copy(update={"output_dir": "/elsewhere", "progress": True})
     assert stage_identity(moved) == stage_identity(t42)
     # A teacher does not depend on the student depth; an SFT teacher does.
-    d3 = stage_config(spec, {**_row(), "student_depth": 3}, "teacher")
+    d3 = stage_config(spec, _row(student_depth=3), "teacher")
     assert stage_identity(d3) == stage_identity(t42)
     sft2 = stage_config(spec, _row(), "sft")
-    sft3 = stage_config(spec, {**_row(), "student_depth": 3}, "sft")
+    sft3 = stage_config(spec, _row(student_depth=3), "sft")
     assert stage_identity(sft2) != stage_identity(sft3)
     kd_at = stage_config(spec, _row(method="at"), "kd")
     kd_sp = stage_config(spec, _row(method="sp"), "kd")
@@ -59,7 +61,7 @@ def test_stage_identity(tiny_data):
 
 def test_kd_identity_tracks_loss_definitions(tiny_data, monkeypatch):
     """A KD stage trained under other loss formulas is never reused; other kinds are unaffected."""
-    from raykd.orchestration import identity
+    from raykd.plan import identity
 
     spec = tiny_grid(tiny_data)
     kd = stage_config(spec, _row(method="at"), "kd")
@@ -139,7 +141,8 @@ def test_optuna_search_logs_trials_under_parent(ray_session, tiny_data, tmp_path
     import optuna
 
     from raykd.orchestration.job import finish_job, start_job
-    from raykd.orchestration.search import SearchSpec, run_search, search_rows
+    from raykd.orchestration.search import run_search, search_rows
+    from raykd.plan.search_space import SearchSpec
 
     search = SearchSpec.model_validate(
         {
@@ -297,7 +300,8 @@ def test_unreachable_ray_and_mlflow_fail_fast(monkeypatch):
 KILLED_SEARCH = """
 import sys
 from raykd.orchestration.job import start_job
-from raykd.orchestration.search import SearchSpec, run_search
+from raykd.orchestration.search import run_search
+from raykd.plan.search_space import SearchSpec
 from tests.conftest import tiny_grid
 
 address, root, data, spec = sys.argv[1:5]
@@ -319,7 +323,8 @@ def test_search_restores_after_driver_is_killed(ray_session, tiny_data, tmp_path
     import time
 
     from raykd.orchestration.job import finish_job, start_job
-    from raykd.orchestration.search import SearchSpec, run_search
+    from raykd.orchestration.search import run_search
+    from raykd.plan.search_space import SearchSpec
 
     search = SearchSpec.model_validate(
         {

@@ -116,7 +116,7 @@ def test_default_config_trains_on_the_chosen_path(fake_cpu, tiny_config, capfd):
 
 
 def test_defaults_are_auto():
-    from raykd.orchestration.grid import GridSpec, load_preset
+    from raykd.plan import GridSpec, load_preset
     from raykd.train.config import load_config
 
     cfg = load_config(None, ["kind=teacher"])
@@ -161,6 +161,7 @@ def test_stage_run_logs_its_compute_path(fake_cpu, tiny_data, tmp_path):
     from raykd.orchestration.grid import run_row
     from raykd.orchestration.identity import StageStore
     from raykd.orchestration.runner import StageContext
+    from raykd.plan.rows import Row
     from raykd.tracking import Tracking
     from tests.conftest import tiny_grid
 
@@ -170,14 +171,7 @@ def test_stage_run_logs_its_compute_path(fake_cpu, tiny_data, tmp_path):
         StageStore(tmp_path / "s"), tracking, TrialResources(1, False, 1, 1, 1), local=True
     )
     spec = tiny_grid(tiny_data, precision="auto")
-    row = {
-        "dataset": str(tiny_data),
-        "acceleration": 3.0,
-        "seed": 42,
-        "row": "teacher",
-        "student_depth": 2,
-        "method": None,
-    }
+    row = Row(dataset=str(tiny_data), acceleration=3.0, seed=42, kind="teacher", student_depth=2)
     record = run_row(spec, row, ctx)
     params = tracking.client.get_run(record.mlflow_run_id).data.params
     assert params["precision"] == "auto"  # the request, as configured

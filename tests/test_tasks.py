@@ -175,14 +175,14 @@ def test_sr_stages_train_and_distill(tiny_config, degradation):
 
 
 def test_task_presets_build_valid_stage_configs():
-    from raykd.orchestration.grid import grid_rows, load_preset, stage_config
-    from raykd.orchestration.identity import stage_identity
+    from raykd.plan import grid_rows, load_preset, stage_config
+    from raykd.plan.identity import stage_identity
 
     sr = load_preset("sr_smoke")
     rows = grid_rows(sr)
-    methods = {r["method"] for r in rows if r["row"] == "sft_kd"}
+    methods = {r.method for r in rows if r.kind == "sft_kd"}
     assert methods == {"at", "fitnets", "fsp", "sp", "cc", "pkt", "nst", "ft"}
-    kd = stage_config(sr, next(r for r in rows if r["method"] == "ft"), "kd")
+    kd = stage_config(sr, next(r for r in rows if r.method == "ft"), "kd")
     assert kd.task == "sr" and kd.data.sr.scale == 2 and kd.data.sr.degradation == "kspace"
     assert (kd.teacher.arch, kd.teacher.depth, kd.student.depth) == ("vdsr", 12, 4)
     image = load_preset("sr_smoke", {"sr_degradation": "image"})
@@ -212,15 +212,14 @@ def test_shipped_configs_validate(path):
 
 
 def test_extra_methods_selectable_in_searches():
-    from raykd.orchestration.grid import load_preset, stage_config
-    from raykd.orchestration.search import load_search, trial_row_and_spec
+    from raykd.plan import load_preset, load_search, stage_config, trial_row_and_spec
 
     search = load_search("kd_weights_extended")
     assert {"pkt", "nst", "ft"} <= set(search.params["method"].choices)
-    spec, row, extra = trial_row_and_spec(
+    spec, row, overrides = trial_row_and_spec(
         search, load_preset("sr_smoke"), {"method": "nst", "kd_weight_scale": 2.0}
     )
-    cfg = stage_config(spec, row, "kd", **extra)
+    cfg = stage_config(spec, row, "kd", overrides)
     assert cfg.kd.method == "nst" and cfg.kd.resolved_weight == pytest.approx(100.0)
     assert cfg.task == "sr"
     with pytest.raises(ConfigError, match="unknown KD method"):

@@ -32,7 +32,7 @@ def add_job_args(p: argparse.ArgumentParser) -> None:
 def _preset_names() -> list[str]:
     import yaml
 
-    from raykd.orchestration.grid import GRID_FILE
+    from raykd.plan.presets import GRID_FILE
 
     return list(yaml.safe_load(GRID_FILE.read_text())["presets"])
 
@@ -180,7 +180,8 @@ def run_search_args(args: argparse.Namespace) -> int:
 
     from raykd.orchestration.job import finish_job
     from raykd.orchestration.preflight import load_checked_preset, preflight_search
-    from raykd.orchestration.search import load_search, run_search, search_rows
+    from raykd.orchestration.search import run_search, search_rows
+    from raykd.plan.search_space import load_search
 
     search = load_search(args.space, {"num_samples": args.num_samples})
     preset = args.preset if args.preset != "smoke" else search.base_preset

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import time
@@ -30,59 +29,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from raykd.train.config import StageConfig
-
-# Fields that change where/how a run is shown, not what it computes.
-NON_IDENTITY = {"name", "output_dir", "progress", "resume", "device", "teacher_checkpoint"}
-NON_IDENTITY_DATA = {"num_workers"}
-# Fields added after stages were first stored: at these defaults they are left out of the hash,
-# so stages trained before the field existed keep their identity (and are reused).
-LATER_DEFAULTS = {
-    ("data", "sr"): None,
-    ("teacher", "arch"): "dccnn",
-    ("student", "arch"): "dccnn",
-    ("data", "mask", "allow_full"): False,
-    ("kd", "balance"): None,
-    ("sft", "balance"): None,
-}
-# The KD loss definitions a kd stage was trained with. Bump it whenever a method's formula,
-# reduction or default weight changes, so stages trained under another definition are never
-# reused silently. 2: the RepDistiller reference definitions (summed tap pairs, issue 12).
-KD_LOSS_DEFINITIONS = 2
-# Fields that do not change what a stage computes but were hashed before: hashed at their old
-# value whatever they are set to, so every stored identity stays valid.
-LEGACY_CONSTANTS = {"channels_last": False}
-
-
-def stage_identity(cfg: StageConfig, teacher_id: str | None = None) -> str:
-    data = cfg.to_dict()
-    for key in NON_IDENTITY:
-        data.pop(key, None)
-    data.update(LEGACY_CONSTANTS)
-    for key in NON_IDENTITY_DATA:
-        data["data"].pop(key, None)
-    for (*sections, key), default in LATER_DEFAULTS.items():
-        node = data
-        for section in sections:
-            node = node.get(section) if isinstance(node, dict) else None
-        if isinstance(node, dict) and node.get(key, default) == default:
-            node.pop(key, None)
-    # Sections a kind does not use do not change its result.
-    if cfg.kind != "kd":
-        data.pop("kd")
-    if cfg.kind != "sft":
-        data.pop("sft")
-    if cfg.kind == "teacher":
-        data.pop("student")
-    if cfg.kind == "student":
-        data.pop("teacher")
-    if cfg.kind == "kd":
-        if teacher_id is None:
-            raise ValueError("a kd stage identity needs its teacher's identity")
-        data["teacher_stage"] = teacher_id
-        data["kd_loss_definitions"] = KD_LOSS_DEFINITIONS
-    blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
-    return f"{cfg.kind}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+from raykd.plan.identity import (  # noqa: F401 - the identity rules live in the plan
+    KD_LOSS_DEFINITIONS,
+    LATER_DEFAULTS,
+    LEGACY_CONSTANTS,
+    NON_IDENTITY,
+    NON_IDENTITY_DATA,
+    stage_identity,
+)
 
 
 @dataclass

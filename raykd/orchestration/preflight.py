@@ -19,20 +19,13 @@ from typing import Any
 from urllib.parse import urlparse
 
 from raykd.errors import ConfigError, RaykdError
-from raykd.orchestration.grid import GridSpec, grid_rows, row_label, stage_config
+from raykd.plan.presets import GridSpec
+from raykd.plan.rows import Row, grid_rows
+from raykd.plan.search_space import SearchSpec, sampled_rows
+from raykd.plan.stages import row_stages, stage_config
 
 TRACKING_SCHEMES = {"", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https"}
 TRACKING_TIMEOUT_S = 3.0
-# Stage kinds one row trains (dependencies first), as grid.row_requests builds them.
-ROW_KINDS = {
-    "teacher": ("teacher",),
-    "sft_teacher": ("sft",),
-    "student": ("student",),
-    "equal_compute": ("student",),
-    "std_kd": ("teacher", "kd"),
-    "sft_kd": ("sft", "kd"),
-    "sft_kd_random": ("sft", "kd"),
-}
 
 
 def _first_line(exc: BaseException) -> str:
@@ -73,21 +66,18 @@ def check_spec_flags(spec: GridSpec) -> list[str]:
     return problems
 
 
-def check_stages(spec: GridSpec, rows: list[dict[str, Any]]) -> list[str]:
+def check_stages(spec: GridSpec, rows: list[Row]) -> list[str]:
     """Build and validate every stage config the rows need; generate their masks; scan data."""
     from raykd.data.sources import build_datasets
 
     problems: list[str] = []
     seen_data: set[str] = set()
     for row in rows:
-        for kind in ROW_KINDS[row["row"]]:
-            extra = {}
-            if row["row"] == "equal_compute":
-                extra["optim.epochs"] = spec.epochs.sft + spec.epochs.kd
+        for kind, overrides in row_stages(spec, row):  # what row_requests builds
             try:
-                cfg = stage_config(spec, row, kind, **extra)
+                cfg = stage_config(spec, row, kind, overrides)
             except RaykdError as exc:
-                problems.append(f"{row_label(row)} ({kind}): {_first_line(exc)}")
+                problems.append(f"{row.label} ({kind}): {_first_line(exc)}")
                 continue
             key = cfg.data.model_dump_json()
             if key in seen_data:
@@ -96,7 +86,7 @@ def check_stages(spec: GridSpec, rows: list[dict[str, Any]]) -> list[str]:
             try:
                 build_datasets(cfg.data)  # opens and scans every volume, makes every mask
             except RaykdError as exc:
-                problems.append(f"{row['dataset']}: {_first_line(exc)}")
+                problems.append(f"{row.dataset}: {_first_line(exc)}")
     return list(dict.fromkeys(problems))
 
 
@@ -162,7 +152,7 @@ def load_checked_preset(name: str, overrides: dict[str, Any], args) -> tuple[Gri
 
     Raises (all problems, one line each) when the preset itself does not validate.
     """
-    from raykd.orchestration.grid import load_preset
+    from raykd.plan.presets import load_preset
 
     problems = check_job_flags(args)
     if getattr(args, "epochs", None) is not None and args.epochs < 1:
@@ -189,42 +179,16 @@ def preflight_grid(spec: GridSpec, problems: list[str] | None = None) -> None:
     raise_problems(problems)
 
 
-def search_rows(search, base: GridSpec) -> list[dict[str, Any]]:
-    """One row per combination of the categorical values a search can sample."""
-
-    def values(name: str, default: Any) -> list[Any]:
-        p = search.params.get(name)
-        if p is None:
-            return [default]
-        if p.choices is not None:
-            return list(p.choices)
-        return list(p.uniform or p.loguniform)  # both bounds of a continuous range
-
-    return [
-        {
-            "dataset": base.datasets[0],
-            "acceleration": float(acc),
-            "seed": base.first_seed,
-            "row": search.row,
-            "student_depth": int(depth),
-            "method": method,
-        }
-        for acc in values("acceleration", base.accelerations[0])
-        for depth in values("student_depth", base.student_depths[0])
-        for method in values("method", base.methods[0])
-    ]
-
-
-def preflight_search(search, base: GridSpec, problems: list[str] | None = None) -> None:
+def preflight_search(search: SearchSpec, base: GridSpec, problems: list[str] | None = None) -> None:
     """Everything ``raykd search`` needs, before Ray starts; one line per problem."""
     problems = list(problems or [])
-    rows = search_rows(search, base)
+    rows = sampled_rows(search, base)
     flag_problems = check_spec_flags(base.model_copy(update={"rows": [search.row]}))
     sampled: dict[str, Any] = {}
     if "acceleration" in search.params:
-        sampled["accelerations"] = sorted({r["acceleration"] for r in rows})
+        sampled["accelerations"] = sorted({r.acceleration for r in rows})
     if "student_depth" in search.params:
-        sampled["student_depths"] = sorted({r["student_depth"] for r in rows})
+        sampled["student_depths"] = sorted({r.student_depth for r in rows})
     if sampled:  # values the search space samples, named as search parameters
         probe = base.model_copy(
             update={**sampled, "rows": [search.row], "size": None, "data_path": None}

@@ -1,8 +1,9 @@
 """Run stages as Ray Train ``TorchTrainer`` runs, or reuse them if they already ran.
 
-:func:`ensure_stages` is the stage graph's single entry: given stage requests (a config and, for
-KD, the identity of its teacher stage) it returns the finished :class:`StageRecord` of each,
-training only those with no finished run of the same identity. The stages still to train run
+:func:`ensure_stages` is the stage graph's single entry: given stage requests
+(:class:`~raykd.plan.stages.StageRequest`, as :mod:`raykd.plan` builds them: a typed config
+and, for KD, the identity of its teacher stage) it returns the finished :class:`StageRecord` of
+each, training only those with no finished run of the same identity. The stages still to train run
 as one *chain*: one ``TorchTrainer`` whose workers train them one after another (a KD stage
 after its teacher), so a seed's 14 stages pay Ray Train's ~15 s start/stop once instead of 14
 times. Each stage keeps its own identity, directory, checkpoints and MLflow child run, created
@@ -15,12 +16,12 @@ import contextlib
 import dataclasses
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from raykd.errors import RaykdError
 from raykd.orchestration.cluster import TrialResources, say
-from raykd.orchestration.identity import StageRecord, StageStore, stage_identity
+from raykd.orchestration.identity import StageRecord, StageStore
 from raykd.orchestration.stage_runs import (
     TAGS_FILE,
     known_runs,
@@ -29,6 +30,7 @@ from raykd.orchestration.stage_runs import (
     stage_run_name,
 )
 from raykd.orchestration.train_fn import RESULT_FILE, train_fn
+from raykd.plan.stages import StageRequest
 from raykd.tracking import Tracking
 from raykd.tracking import schema as S
 from raykd.train.config import StageConfig
@@ -46,19 +48,6 @@ class StageContext:
     local: bool = False  # train in this process instead of Ray Train workers (tests, debugging)
     # tests: {"kill_after_epoch": k, "marker": path, "kind": stage kind (optional)}
     fault_injection: dict | None = None
-
-
-@dataclass
-class StageRequest:
-    """One stage the caller needs: its config, its teacher's identity (KD) and run tags."""
-
-    cfg: StageConfig
-    teacher_id: str | None = None
-    tags: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def stage_id(self) -> str:
-        return stage_identity(self.cfg, self.teacher_id)
 
 
 def context_to_dict(ctx: StageContext) -> dict:

@@ -1,10 +1,9 @@
 """Optuna searches through Ray Tune over the stage graph.
 
-A search file (``search_spaces/*.yaml``) names a base grid preset, the Table-1 row a trial
-trains (e.g. ``sft_kd``), the parameters (KD method, loss weights, student depth,
-acceleration...) and the objective(s). Each trial asks the stage graph for its teacher (reused
-across trials when identical) and trains its KD student with per-epoch reports to Tune, so an
-ASHA scheduler can stop it early. The Optuna study lives in sqlite next to the runs, so a
+The search space and what one sampled point trains are planned in
+:mod:`raykd.plan.search_space`. Each trial asks the stage graph for its teacher (reused across
+trials when identical) and trains its KD student with per-epoch reports to Tune, so an ASHA
+scheduler can stop it early. The Optuna study lives in sqlite next to the runs, so a
 search can be extended later, and Tune's experiment folder can be restored after a crash.
 """
 
@@ -12,18 +11,20 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import yaml
 from optuna.exceptions import UpdateFinishedTrialError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from ray.tune.search.optuna import OptunaSearch
 
-from raykd.errors import ConfigError
-from raykd.orchestration.grid import GridSpec, row_label, run_row
-from raykd.train.config import CANONICAL_KD_WEIGHTS, format_validation_error
-
-SEARCH_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+from raykd.orchestration.grid import run_row
+from raykd.plan.presets import GridSpec
+from raykd.plan.search_space import (
+    OBJECTIVES,
+    TUNE_KEYS,
+    SearchSpec,
+    trial_name,
+    trial_row_and_spec,
+)
 
 
 class ResumableOptunaSearch(OptunaSearch):
@@ -44,144 +45,6 @@ class ResumableOptunaSearch(OptunaSearch):
             super().on_trial_complete(trial_id, result, error)
 
 
-# Objectives a trial can report: validation PSNR/SSIM of the best epoch, and student size.
-OBJECTIVES = {"val_psnr", "val_ssim", "val_loss", "student_params"}
-TUNE_KEYS = {"val_psnr": "val/psnr", "val_loss": "val/loss"}
-PARAMS = {
-    "method",
-    "kd_balance",  # r: KD weight calibrated so weighted KD = r × L1 at the start
-    "imit_balance",  # the same for the SFT imitation weight
-    "kd_weight_scale",  # × the canonical (classification) weight: a fixed weight
-    "output_weight",
-    "w_imit",
-    "w_s",
-    "student_depth",
-    "acceleration",
-}
-
-
-class ParamSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    choices: list[Any] | None = None
-    uniform: tuple[float, float] | None = None
-    loguniform: tuple[float, float] | None = None
-
-    @model_validator(mode="after")
-    def _one(self) -> ParamSpec:
-        given = [k for k in ("choices", "uniform", "loguniform") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError("give exactly one of choices / uniform / loguniform")
-        if self.loguniform and min(self.loguniform) <= 0:
-            raise ValueError("loguniform bounds must be > 0")
-        return self
-
-    def distribution(self):
-        import optuna
-
-        if self.choices is not None:
-            return optuna.distributions.CategoricalDistribution(self.choices)
-        if self.uniform is not None:
-            return optuna.distributions.FloatDistribution(*self.uniform)
-        return optuna.distributions.FloatDistribution(*self.loguniform, log=True)
-
-
-class Objective(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    metric: str
-    mode: Literal["max", "min"]
-
-
-class Scheduler(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["asha", "none"] = "asha"
-    grace_period: int = Field(1, ge=1)
-    reduction_factor: float = Field(2, gt=1)
-
-
-class SearchSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    base_preset: str = "smoke"
-    row: Literal["std_kd", "sft_kd", "sft_kd_random"] = "sft_kd"
-    num_samples: int = Field(12, ge=1)
-    objectives: list[Objective]
-    scheduler: Scheduler = Scheduler()
-    params: dict[str, ParamSpec]
-
-    @model_validator(mode="after")
-    def _check(self) -> SearchSpec:
-        unknown = set(self.params) - PARAMS
-        if unknown:
-            raise ValueError(f"unknown search parameter(s) {sorted(unknown)}; expected {PARAMS}")
-        bad = {o.metric for o in self.objectives} - OBJECTIVES
-        if bad:
-            raise ValueError(f"unknown objective(s) {sorted(bad)}; expected {OBJECTIVES}")
-        if {"kd_balance", "kd_weight_scale"} <= set(self.params):
-            raise ValueError("search kd_balance (calibrated) or kd_weight_scale (fixed), not both")
-        if len(self.objectives) == 1 and self.objectives[0].metric not in TUNE_KEYS:
-            raise ValueError(f"a single objective must be one of {sorted(TUNE_KEYS)}")
-        if len(self.objectives) > 1 and self.scheduler.type != "none":
-            raise ValueError("early stopping (asha) needs a single objective; use type: none")
-        method = self.params.get("method")
-        if method is not None and method.choices is not None:
-            from raykd.distill import available_kd_methods
-
-            unknown_methods = sorted(set(method.choices) - set(available_kd_methods()))
-            if unknown_methods:
-                raise ValueError(
-                    f"params.method: unknown KD method(s) {unknown_methods}; expected some of "
-                    f"{available_kd_methods()}"
-                )
-        return self
-
-
-def load_search(path_or_name: str, overrides: dict[str, Any] | None = None) -> SearchSpec:
-    path = Path(path_or_name)
-    if not path.is_file():
-        path = SEARCH_DIR / f"{path_or_name}.yaml"
-    if not path.is_file():
-        names = sorted(p.stem for p in SEARCH_DIR.glob("*.yaml") if p.stem != "paper_grid")
-        raise ConfigError(f"search space '{path_or_name}': no such file; built in: {names}")
-    data = yaml.safe_load(path.read_text()) or {}
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    try:
-        return SearchSpec.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, str(path), path)) from None
-
-
-def trial_row_and_spec(
-    search: SearchSpec, base: GridSpec, params: dict[str, Any]
-) -> tuple[GridSpec, dict[str, Any], dict[str, Any]]:
-    """The grid spec, row and extra stage overrides one sampled point stands for."""
-    method = params.get("method", base.methods[0])
-    spec_update: dict[str, Any] = {}
-    if "w_s" in params:
-        spec_update["w_s"] = params["w_s"]
-    if "w_imit" in params:
-        spec_update["w_imit"] = params["w_imit"]
-    if "imit_balance" in params:
-        spec_update["imit_balance"] = params["imit_balance"]
-    if "kd_balance" in params:
-        # A calibrated weight: a fixed weight for this method would take precedence.
-        spec_update["kd_balance"] = params["kd_balance"]
-        spec_update["kd_weights"] = {k: v for k, v in base.kd_weights.items() if k != method}
-    if "kd_weight_scale" in params:
-        weight = CANONICAL_KD_WEIGHTS.get(method, 1.0) * params["kd_weight_scale"]
-        spec_update["kd_weights"] = {**base.kd_weights, method: weight}
-    spec = base.model_copy(update=spec_update)
-    row = {
-        "dataset": base.datasets[0],
-        "acceleration": float(params.get("acceleration", base.accelerations[0])),
-        "seed": base.first_seed,
-        "row": search.row,
-        "student_depth": int(params.get("student_depth", base.student_depths[0])),
-        "method": method,
-    }
-    extra = {"kd.output_weight": params["output_weight"]} if "output_weight" in params else {}
-    return spec, row, extra
-
-
 def search_trial(config: dict[str, Any]) -> None:
     """Ray Tune function trainable: one sampled point → (reused) teacher → KD student."""
     from ray import tune
@@ -195,7 +58,7 @@ def search_trial(config: dict[str, Any]) -> None:
     base = GridSpec.model_validate(config["base"])
     ctx = context_from_dict(config["ctx"])
     params = {k: config[k] for k in search.params}
-    spec, row, extra = trial_row_and_spec(search, base, params)
+    spec, row, overrides = trial_row_and_spec(search, base, params)
     trial_id = tune.get_context().get_trial_id()
     run_id = None
     if ctx.tracking is not None:
@@ -203,17 +66,18 @@ def search_trial(config: dict[str, Any]) -> None:
             trial_name(params),
             parent_run_id=ctx.parent_run_id,
             tags={S.TAG_ROLE: "trial", "raykd.trial_id": trial_id, "raykd.search": search.name},
-            params={**params, "row": row_label(row)},
+            params={**params, "row": row.label},
         )
     # Seeds: the first streams per-epoch results (what ASHA judges); the objective is the mean
     # over all seeds, so a lucky seed cannot win the search.
     per_seed = []
     for i, seed in enumerate(base.seed_list()):
-        record = run_row(spec, {**row, "seed": seed}, ctx, tune_report=i == 0, **extra)
+        seed_row = row.model_copy(update={"seed": seed})
+        record = run_row(spec, seed_row, ctx, tune_report=i == 0, overrides=overrides)
         history = _history(record.output_dir)
         best = min(history, key=lambda h: h["val/loss"]) if history else {}
         per_seed.append((record, best))
-    student = build_model(spec.student_arch, row["student_depth"], spec.cascades, spec.channels)
+    student = build_model(spec.student_arch, row.student_depth, spec.cascades, spec.channels)
 
     def mean(values: list[float]) -> float:
         return sum(values) / len(values) if values else float("nan")
@@ -236,15 +100,6 @@ def search_trial(config: dict[str, Any]) -> None:
     # Always report once more: a reused stage sent no per-epoch results. The "/" names are the
     # per-epoch keys Train reports, which the searcher and scheduler watch.
     tune.report({**final, "val/psnr": final["val_psnr"], "val/loss": final["val_loss"]})
-
-
-def trial_name(params: dict[str, Any]) -> str:
-    """A trial's run name: its sampled parameters, e.g. ``method=at kd_weight_scale=0.53``."""
-
-    def fmt(v: Any) -> str:
-        return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-    return " ".join(f"{k}={fmt(v)}" for k, v in params.items()) or "trial"
 
 
 def _history(output_dir: str) -> list[dict[str, float]]:
@@ -370,15 +225,15 @@ def run_search(search: SearchSpec, base: GridSpec, job, resume: bool = True) -> 
 
 def _mark_stopped_stages(job, search, base, config: dict, why: str) -> None:
     """The KD stage runs a stopped trial left unfinished: KILLED with the reason."""
-    from raykd.orchestration.grid import row_requests
     from raykd.orchestration.stage_runs import mark_stopped
+    from raykd.plan.stages import row_requests
 
     params = {k: config[k] for k in search.params if k in config}
     if len(params) != len(search.params):
         return
-    spec, row, extra = trial_row_and_spec(search, base, params)
+    spec, row, overrides = trial_row_and_spec(search, base, params)
     for seed in base.seed_list():
-        own = row_requests(spec, {**row, "seed": seed}, **extra)[-1]
+        own = row_requests(spec, row.model_copy(update={"seed": seed}), overrides)[-1]
         if job.ctx.store.get(own.stage_id) is None:  # finished stages are results, not stops
             mark_stopped(job.tracking, own.stage_id, why)
 

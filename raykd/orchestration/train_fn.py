@@ -134,10 +134,9 @@ def run_training(
     paths train, log and evaluate identically.
     """
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
-    stage = dict(config["stage"])
-    if stage.get("device", "auto") == "auto":
-        stage["device"] = device
-    cfg = StageConfig.model_validate(stage)
+    cfg = StageConfig.model_validate(config["stage"])  # the runner's model_dump, checked once
+    if cfg.device == "auto":
+        cfg = cfg.model_copy(update={"device": device})
     output_dir = Path(config["output_dir"])
     tracking = None
     run_id = config.get("mlflow_run_id")

@@ -1,0 +1,37 @@
+"""The built-in dataset catalogue a grid names by key: where the volumes come from, the split by
+volume, the native size and the folder of the paper's fixed masks (under the shared data)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BuiltinDataset:
+    source: str  # a DataConfig.source: 'mni152' (built in) or 'sunnybrook' (shared data)
+    size: tuple[int, int]  # native slice size; the fixed masks exist for this size only
+    mask_dir: str | None = None  # masks/<mask_dir>/mask_<a>x.npy under the shared data
+    train: tuple[str, ...] | None = None  # volumes per split; None: the source's own split
+    val: tuple[str, ...] | None = None
+
+    def split(self, name: str) -> list[str] | None:
+        volumes = getattr(self, name)
+        return None if volumes is None else list(volumes)
+
+
+DATASETS: dict[str, BuiltinDataset] = {
+    "mni152": BuiltinDataset(source="mni152", size=(240, 240), mask_dir="brain_240"),
+    "sunnybrook": BuiltinDataset(
+        source="sunnybrook",
+        size=(150, 150),
+        mask_dir="cardiac_150",
+        train=("0101", "0201", "0301"),
+        val=("0401",),
+    ),
+}
+# Size of a folder of h5 volumes (not in the catalogue) unless the grid sets one.
+DEFAULT_SIZE = (240, 240)
+
+
+def builtin(name: str) -> BuiltinDataset | None:
+    return DATASETS.get(name)

@@ -1,0 +1,90 @@
+"""Table-1 rows: the typed :class:`Row` a grid or search trial trains, and their labels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from raykd.plan.presets import GridSpec, RowName
+
+# Rows whose stage is a distilled student (they name a KD method).
+KD_ROWS = ("std_kd", "sft_kd", "sft_kd_random")
+
+
+class Row(BaseModel):
+    """One grid row: a setting, a seed, the row kind and its student (depth, KD method).
+
+    Serialised (Tune configs, job summaries, the report's frames) with the kind under ``row``.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+    )
+    dataset: str
+    acceleration: float
+    seed: int
+    kind: RowName = Field(alias="row")
+    student_depth: int
+    method: str | None = None
+
+    @property
+    def label(self) -> str:
+        """``dataset/4x/s42/sft_kd/D3/at``: what tables and logs call the row."""
+        parts = [self.dataset, f"{self.acceleration:g}x", f"s{self.seed}", self.kind]
+        if self.kind != "teacher":
+            parts.append(f"D{self.student_depth}")
+        if self.method:
+            parts.append(self.method)
+        return "/".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for a Tune config or a JSON result (``Row.model_validate`` reads it back)."""
+        return self.model_dump(mode="json")
+
+
+def row_label(row: Row) -> str:
+    return row.label
+
+
+def grid_rows(spec: GridSpec) -> list[Row]:
+    """Every Table-1 row of the grid, in table order."""
+    rows = []
+    for dataset in spec.datasets:
+        for acc in spec.accelerations:
+            for seed in spec.seed_list():
+                for kind in spec.rows:
+                    # The plain teacher has no student part: one row whatever the depths.
+                    depths = spec.student_depths[:1] if kind == "teacher" else spec.student_depths
+                    methods = spec.methods if kind in KD_ROWS else [None]
+                    rows += [
+                        Row(
+                            dataset=dataset,
+                            acceleration=acc,
+                            seed=seed,
+                            kind=kind,
+                            student_depth=depth,
+                            method=method,
+                        )
+                        for depth in depths
+                        for method in methods
+                    ]
+    return rows
+
+
+def trial_groups(spec: GridSpec, rows: list[Row]) -> list[list[Row]]:
+    """Rows per Tune trial: one each, or every row of a (dataset, acceleration, seed) together.
+
+    One trial per row lets a GPU cluster run KD rows in parallel; one per seed saves a trial
+    start per row where trials run one at a time anyway (a small CPU box).
+    """
+    if spec.trial_unit == "row":
+        return [[r] for r in rows]
+    groups: dict[tuple, list[Row]] = {}
+    for r in rows:
+        groups.setdefault((r.dataset, r.acceleration, r.seed), []).append(r)
+    return list(groups.values())
