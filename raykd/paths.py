@@ -7,12 +7,16 @@ from pathlib import Path
 
 
 def shared_data_dir() -> Path:
-    """The shared data folder: ``$RAYKD_SHARED_DATA`` or ``../shared/data`` from the repo root."""
+    """The shared data folder: ``$RAYKD_SHARED_DATA``, else ``../shared/data`` from the checkout
+    raykd runs from, else (an installed wheel: no checkout) ``../shared/data`` from the current
+    directory."""
     env = os.environ.get("RAYKD_SHARED_DATA")
     if env:
         return Path(env).expanduser().resolve()
     repo_root = Path(__file__).resolve().parent.parent
-    return (repo_root.parent / "shared" / "data").resolve()
+    if (repo_root / "pyproject.toml").is_file():
+        return (repo_root.parent / "shared" / "data").resolve()
+    return (Path.cwd().parent / "shared" / "data").resolve()
 
 
 def cache_dir() -> Path:
