@@ -15,8 +15,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "raykd"
 # Packages whose files must be acyclic and small; widen to the whole package as the redesign
-# (issue 13) lands for report/ and orchestration/.
-CHECKED = ("raykd.cli", "raykd.data", "raykd.distill", "raykd.models", "raykd.train", "raykd.paths")
+# (issue 13) lands for report/.
+CHECKED = (
+    "raykd.cli",
+    "raykd.data",
+    "raykd.distill",
+    "raykd.models",
+    "raykd.train",
+    "raykd.paths",
+    "raykd.plan",
+    "raykd.orchestration",
+)
 MAX_LINES = 400
 
 

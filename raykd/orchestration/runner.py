@@ -28,11 +28,11 @@ from raykd.orchestration.stage_runs import (
     link_reuse,
     resolve_run,
     stage_run_name,
+    stage_tags,
 )
 from raykd.orchestration.train_fn import RESULT_FILE, train_fn
 from raykd.plan.stages import StageRequest
 from raykd.tracking import Tracking
-from raykd.tracking import schema as S
 from raykd.train.config import StageConfig
 
 
@@ -245,34 +245,6 @@ def _train_chain(chain, records, ctx: StageContext, tune_report: bool, eval_spli
     if error is not None:
         raise error
     say(f"finished {len(planned)} stage(s) in {wall:.0f}s")
-
-
-def stage_tags(
-    cfg: StageConfig,
-    stage_id: str,
-    teacher_id: str | None = None,
-    teacher_kind: str | None = None,
-    teacher_run: str = "",
-) -> dict[str, str]:
-    kd = cfg.kind == "kd"
-    return {
-        S.TAG_ROLE: "stage",
-        S.TAG_KIND: cfg.kind,
-        S.TAG_ROW: S.stage_row(cfg.kind, teacher_kind, cfg.kd.init),
-        S.TAG_STAGE_ID: stage_id,
-        S.TAG_TEACHER_STAGE: teacher_id or "",
-        S.TAG_TEACHER_RUN: teacher_run,
-        S.TAG_METHOD: cfg.kd.method if kd else "",
-        S.TAG_INIT: cfg.kd.init if kd else "",
-        S.TAG_SEED: str(cfg.seed),
-        # Super-resolution settings are told apart from accelerations: 'sr2', 'sr4'.
-        S.TAG_ACCELERATION: (
-            f"sr{cfg.data.sr.scale}" if cfg.data.sr else f"{cfg.data.mask.acceleration:g}"
-        ),
-        S.TAG_TEACHER_DEPTH: str(cfg.teacher.depth) if cfg.kind != "student" else "",
-        S.TAG_STUDENT_DEPTH: str(cfg.student.depth) if cfg.kind != "teacher" else "",
-        S.TAG_TASK: cfg.task,
-    }
 
 
 def _fit(planned: list[dict], ctx: StageContext, tune_report: bool, eval_splits) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -26,6 +26,9 @@ from raykd.orchestration.identity import StageRecord, StageStore
 from raykd.tracking import Tracking
 from raykd.tracking import schema as S
 from raykd.tracking.mlflow_store import NOTE_TAG, PARENT_TAG
+
+if TYPE_CHECKING:
+    from raykd.train.config import StageConfig
 
 RUNS_FILE = "mlflow_runs.json"
 TAGS_FILE = "run_tags.json"  # the tags a stage's run was created with (for re-registration)
@@ -153,7 +156,6 @@ def reregister(
 ) -> str:
     """Log a finished stage into ``tracking`` from its directory (params, metrics, artifacts,
     lineage); the run keeps the stage's true start and end times."""
-    from raykd.orchestration.runner import stage_tags
     from raykd.train.config import StageConfig
 
     out = Path(record.output_dir)
@@ -247,3 +249,31 @@ def mark_stopped(tracking: Tracking, stage_id: str, why: str) -> None:
             end = max((m.timestamp for m in history), default=run.info.start_time)
         tracking.set_tags(run.info.run_id, {"raykd.stopped": why, NOTE_TAG: why})
         tracking.end_run(run.info.run_id, "KILLED", end_time=(end or 0) / 1000)
+
+
+def stage_tags(
+    cfg: StageConfig,
+    stage_id: str,
+    teacher_id: str | None = None,
+    teacher_kind: str | None = None,
+    teacher_run: str = "",
+) -> dict[str, str]:
+    kd = cfg.kind == "kd"
+    return {
+        S.TAG_ROLE: "stage",
+        S.TAG_KIND: cfg.kind,
+        S.TAG_ROW: S.stage_row(cfg.kind, teacher_kind, cfg.kd.init),
+        S.TAG_STAGE_ID: stage_id,
+        S.TAG_TEACHER_STAGE: teacher_id or "",
+        S.TAG_TEACHER_RUN: teacher_run,
+        S.TAG_METHOD: cfg.kd.method if kd else "",
+        S.TAG_INIT: cfg.kd.init if kd else "",
+        S.TAG_SEED: str(cfg.seed),
+        # Super-resolution settings are told apart from accelerations: 'sr2', 'sr4'.
+        S.TAG_ACCELERATION: (
+            f"sr{cfg.data.sr.scale}" if cfg.data.sr else f"{cfg.data.mask.acceleration:g}"
+        ),
+        S.TAG_TEACHER_DEPTH: str(cfg.teacher.depth) if cfg.kind != "student" else "",
+        S.TAG_STUDENT_DEPTH: str(cfg.student.depth) if cfg.kind != "teacher" else "",
+        S.TAG_TASK: cfg.task,
+    }

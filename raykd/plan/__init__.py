@@ -4,7 +4,7 @@
 - :mod:`~raykd.plan.presets`: :class:`GridSpec` and the presets of ``paper_grid.yaml``.
 - :mod:`~raykd.plan.datasets`: the built-in dataset catalogue (source, split, size, masks).
 - :mod:`~raykd.plan.rows`: the typed Table-1 :class:`Row`, grid rows, labels, trial groups.
-- :mod:`~raykd.plan.budgets`: equal training budgets and the equal-compute control.
+- :mod:`~raykd.plan.budgets`: epochs per stage, equal budgets, the equal-compute control.
 - :mod:`~raykd.plan.identity`: stage identities (what makes two stages the same).
 - :mod:`~raykd.plan.stages`: row → typed :class:`StageConfig` / :class:`StageRequest` list.
 - :mod:`~raykd.plan.search_space`: search spaces and what one sampled point trains.
@@ -13,7 +13,8 @@ Nothing here imports Ray or MLflow (a test asserts it); :mod:`raykd.orchestratio
 Tune and Train with what this package plans.
 """
 
-from raykd.plan.presets import DEFAULT_ROWS, Epochs, GridSpec, load_preset, preset_names
+from raykd.plan.budgets import Epochs
+from raykd.plan.presets import DEFAULT_ROWS, GridSpec, load_preset, preset_names
 from raykd.plan.rows import Row, grid_rows, row_label, trial_groups
 from raykd.plan.search_space import SearchSpec, load_search, trial_row_and_spec
 from raykd.plan.stages import StageOverrides, StageRequest, row_requests, stage_config

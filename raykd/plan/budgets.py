@@ -1,30 +1,37 @@
-"""Training-budget rules of a grid: every student row trains the same epochs, and the
-equal-compute control trains as long as an SFT-KD student's blocks do."""
+"""Training budgets of a grid: epochs per stage kind, equal epochs for every student row, and
+the equal-compute control that trains as long as an SFT-KD student's blocks do."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from raykd.plan.presets import GridSpec
+from pydantic import BaseModel, ConfigDict, Field
 
 # Rows whose own stage is a student compared at equal training (the control excluded).
 STUDENT_ROWS = ("student", "std_kd", "sft_kd", "sft_kd_random")
 
 
-def equal_compute_epochs(spec: GridSpec) -> int:
+class Epochs(BaseModel):
+    """Epochs per stage kind."""
+
+    model_config = ConfigDict(extra="forbid")
+    teacher: int = Field(150, ge=1)
+    sft: int = Field(150, ge=1)
+    student: int = Field(150, ge=1)
+    kd: int = Field(150, ge=1)
+
+
+def equal_compute_epochs(epochs: Epochs) -> int:
     """Epochs of the equal-compute control: SFT epochs + KD epochs, so SFT-KD's extra training
     is not credited to SFT."""
-    return spec.epochs.sft + spec.epochs.kd
+    return epochs.sft + epochs.kd
 
 
-def budget_warnings(spec: GridSpec) -> list[str]:
+def budget_warnings(rows: list[str], epochs: Epochs) -> list[str]:
     """Where student rows get unequal epochs (plain student vs KD rows); shipped presets never
     do, an explicit override may."""
-    students = {r for r in spec.rows if r in STUDENT_ROWS}
-    if len(students) > 1 and spec.epochs.student != spec.epochs.kd:
+    students = {r for r in rows if r in STUDENT_ROWS}
+    if len(students) > 1 and epochs.student != epochs.kd:
         return [
-            f"unequal budgets: plain student {spec.epochs.student} epochs vs KD students "
-            f"{spec.epochs.kd} epochs; comparisons between these rows are not at equal training"
+            f"unequal budgets: plain student {epochs.student} epochs vs KD students "
+            f"{epochs.kd} epochs; comparisons between these rows are not at equal training"
         ]
     return []

@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from raykd.errors import ConfigError
+from raykd.plan.budgets import Epochs, budget_warnings
 from raykd.plan.datasets import DATASETS
 from raykd.plan.package_data import GRID_FILE_NAME, search_space_file
 from raykd.train.config import format_validation_error
@@ -18,14 +19,6 @@ RowName = Literal[
 ]
 # The equal-compute control is a default row: without it SFT-KD's extra training reads as a gain.
 DEFAULT_ROWS: list[str] = ["teacher", "sft_teacher", "student", "equal_compute", "std_kd", "sft_kd"]
-
-
-class Epochs(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    teacher: int = Field(150, ge=1)
-    sft: int = Field(150, ge=1)
-    student: int = Field(150, ge=1)
-    kd: int = Field(150, ge=1)
 
 
 class GridSpec(BaseModel):
@@ -69,9 +62,7 @@ class GridSpec(BaseModel):
 
     def budget_warnings(self) -> list[str]:
         """Where student rows get unequal epochs (see :mod:`raykd.plan.budgets`)."""
-        from raykd.plan.budgets import budget_warnings
-
-        return budget_warnings(self)
+        return budget_warnings(list(self.rows), self.epochs)
 
 
 def grid_file():

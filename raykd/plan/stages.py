@@ -222,7 +222,7 @@ def row_stages(
     kinds = ROW_STAGES[row.kind]
     own = overrides
     if row.kind == "equal_compute":
-        own = overrides.over(StageOverrides(epochs=equal_compute_epochs(spec)))
+        own = overrides.over(StageOverrides(epochs=equal_compute_epochs(spec.epochs)))
     return [(k, NO_OVERRIDES) for k in kinds[:-1]] + [(kinds[-1], own)]
 
 
