@@ -52,21 +52,24 @@ def _eval_dataset(args: argparse.Namespace, ckpt_path: str):
     return SliceDataset(data, size, build_mask(mask_cfg))
 
 
-def _cmd_evaluate(args: argparse.Namespace) -> int:
+def _model_and_data(args: argparse.Namespace, data_flag: str, data: str, what: str):
+    """Guard ``--out`` against the inputs, then the checkpoint's model and the dataset to run it
+    on, on the chosen device (shared by ``evaluate`` and ``reconstruct``)."""
     from raykd.outputs import guard_output
-    from raykd.train.evaluate import evaluate_model, write_json
     from raykd.train.precision import pick_device
     from raykd.train.stages import load_model
 
-    guard_output(
-        args.out,
-        {"checkpoint": args.checkpoint, "--data": args.data, "--mask": args.mask},
-        "metrics",
-        args.force,
-    )
+    inputs = {"checkpoint": args.checkpoint, data_flag: data, "--mask": args.mask}
+    guard_output(args.out, inputs, what, args.force)
     device = pick_device(args.device)
     dataset = _eval_dataset(args, args.checkpoint)
-    model = load_model(args.checkpoint, part=args.part).to(device)
+    return load_model(args.checkpoint, part=args.part).to(device), dataset, device
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from raykd.train.evaluate import evaluate_model, write_json
+
+    model, dataset, device = _model_and_data(args, "--data", args.data, "metrics")
     report = evaluate_model(model, dataset, device)
     report["checkpoint"] = str(args.checkpoint)
     if args.zero_filled:
@@ -80,20 +83,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
     from raykd.data.volumes import write_volume
-    from raykd.outputs import guard_output
     from raykd.train.evaluate import reconstruct_volume
-    from raykd.train.precision import pick_device
-    from raykd.train.stages import load_model
 
-    guard_output(
-        args.out,
-        {"checkpoint": args.checkpoint, "--input": args.input, "--mask": args.mask},
-        "reconstruction",
-        args.force,
-    )
-    device = pick_device(args.device)
-    dataset = _eval_dataset(args, args.checkpoint)
-    model = load_model(args.checkpoint, part=args.part).to(device)
+    model, dataset, device = _model_and_data(args, "--input", args.input, "reconstruction")
     rec = reconstruct_volume(model, dataset, 0, device)
     write_volume(
         args.out,

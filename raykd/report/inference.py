@@ -129,19 +129,31 @@ def paired_slices(
     return keys, np.array([va[k] for k in keys]), np.array([vb[k] for k in keys])
 
 
+def seed_evals(
+    runs: StageRuns, baseline: dict[str, Any], candidate: dict[str, Any]
+) -> tuple[list[tuple[str, dict, dict]], list[str]]:
+    """``(seed, baseline eval, candidate eval)`` for the seeds both ``{seed: run}`` maps have
+    an evaluation for, in seed order, and the seeds that could not be paired."""
+    pairs, unpaired = [], []
+    for seed in sorted(set(baseline) | set(candidate), key=seed_key):
+        a = runs.eval(baseline[seed]["run_id"]) if seed in baseline else None
+        b = runs.eval(candidate[seed]["run_id"]) if seed in candidate else None
+        if a is None or b is None:
+            unpaired.append(seed)
+        else:
+            pairs.append((seed, a, b))
+    return pairs, unpaired
+
+
 def slice_pairs(
     runs: StageRuns, baseline: dict[str, Any], candidate: dict[str, Any], metric: str
 ) -> UnitPairs:
     """Pair two ``{seed: run}`` maps slice by slice, keys (seed, volume, slice), pooled over
     seeds. Only seeds both sides have are paired; within a seed the slices must align
     (:func:`paired_slices` raises otherwise)."""
-    keys, va, vb, unpaired = [], [], [], []
-    for seed in sorted(set(baseline) | set(candidate), key=seed_key):
-        a = runs.eval(baseline[seed]["run_id"]) if seed in baseline else None
-        b = runs.eval(candidate[seed]["run_id"]) if seed in candidate else None
-        if a is None or b is None:
-            unpaired.append(seed)
-            continue
+    keys, va, vb = [], [], []
+    evals, unpaired = seed_evals(runs, baseline, candidate)
+    for seed, a, b in evals:
         k, x, y = paired_slices(a, b, metric)
         keys += [(seed, vol, sl) for vol, sl in k]
         va.append(x)
@@ -158,13 +170,9 @@ def unit_pairs(
     Only seeds both sides have are paired; within a seed both runs must have been evaluated on
     the same volumes (an error otherwise, never a silently smaller test).
     """
-    keys, va, vb, unpaired = [], [], [], []
-    for seed in sorted(set(baseline) | set(candidate), key=seed_key):
-        a = runs.eval(baseline[seed]["run_id"]) if seed in baseline else None
-        b = runs.eval(candidate[seed]["run_id"]) if seed in candidate else None
-        if a is None or b is None:
-            unpaired.append(seed)
-            continue
+    keys, va, vb = [], [], []
+    evals, unpaired = seed_evals(runs, baseline, candidate)
+    for seed, a, b in evals:
         xa, xb = volume_values(a, metric), volume_values(b, metric)
         if set(xa) != set(xb):
             raise RaykdError(
