@@ -657,3 +657,22 @@ def test_onnx_exports_or_says_why(student_checkpoint, tmp_path):
     with torch.no_grad():
         expected = load_model(student_checkpoint).eval()(zf, y, mask).numpy()
     assert np.allclose(got, expected, atol=1e-4)
+
+
+def test_compare_with_an_unreachable_tracking_server_fails_fast(tmp_path, capsys):
+    """MLflow's client retries an unreachable server for minutes without a word; compare
+    probes it first and names the flag."""
+    import socket
+    import time
+
+    from raykd.cli import main
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.monotonic()
+    rc = main(["compare", "--tracking-uri", f"http://127.0.0.1:{port}", "--out", str(tmp_path)])
+    assert rc == 2
+    assert time.monotonic() - t0 < 30
+    err = capsys.readouterr().err
+    assert f"--tracking-uri http://127.0.0.1:{port}: no tracking server reachable" in err

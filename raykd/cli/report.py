@@ -47,6 +47,11 @@ def run_compare(args: argparse.Namespace) -> int:
 
     if bool(args.optuna_storage) != bool(args.study_name):
         raise RaykdError("--optuna-storage and --study-name go together")
+    from raykd.tracking.probe import check_tracking_uri
+
+    problems = check_tracking_uri(args.tracking_uri)  # an unreachable server hangs MLflow
+    if problems:
+        raise RaykdError(problems[0])
     from raykd.outputs import guard_output_dir
 
     guard_output_dir(args.out)

@@ -12,20 +12,15 @@ This module does not import Ray.
 from __future__ import annotations
 
 import os
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from raykd.errors import ConfigError, RaykdError
 from raykd.plan.presets import GridSpec
 from raykd.plan.rows import Row, grid_rows
 from raykd.plan.search_space import SearchSpec, sampled_rows
 from raykd.plan.stages import row_stages, stage_config
-
-TRACKING_SCHEMES = {"", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https"}
-TRACKING_TIMEOUT_S = 3.0
+from raykd.tracking.probe import check_tracking_uri
 
 
 def _first_line(exc: BaseException) -> str:
@@ -88,44 +83,6 @@ def check_stages(spec: GridSpec, rows: list[Row]) -> list[str]:
             except RaykdError as exc:
                 problems.append(f"{row.dataset}: {_first_line(exc)}")
     return list(dict.fromkeys(problems))
-
-
-def check_tracking_uri(uri: str | None, flag: str = "--tracking-uri") -> list[str]:
-    """Known scheme; an http(s) server must answer within a few seconds."""
-    if not uri:
-        return []
-    parsed = urlparse(uri)
-    scheme = parsed.scheme.split("+")[0].lower()
-    if len(scheme) == 1:  # a Windows drive letter, i.e. a plain path
-        scheme = ""
-    if scheme.startswith("databricks"):
-        return []
-    if scheme not in TRACKING_SCHEMES:
-        return [
-            f"{flag} {uri}: unknown scheme '{parsed.scheme}'; expected sqlite:///path, "
-            "file:///path, http(s)://host:port or a database URI (postgresql, mysql, mssql)"
-        ]
-    if scheme in ("http", "https"):
-        try:
-            urllib.request.urlopen(  # noqa: S310 - the user's own tracking server
-                uri.rstrip("/") + "/health", timeout=TRACKING_TIMEOUT_S
-            ).close()
-        except urllib.error.HTTPError:
-            return []  # something answered; MLflow itself reports a wrong endpoint clearly
-        except OSError as exc:  # URLError and timeouts are OSErrors
-            reason = getattr(exc, "reason", exc)
-            return [
-                f"{flag} {uri}: no tracking server reachable within {TRACKING_TIMEOUT_S:g}s "
-                f"({reason}); start it (mlflow server ...) or use a local sqlite:/// store"
-            ]
-    if scheme == "sqlite":
-        path = parsed.path[1:] if parsed.path.startswith("//") else parsed.path
-        folder = Path(path).expanduser().parent
-        while not folder.exists() and folder != folder.parent:
-            folder = folder.parent
-        if path and not os.access(folder, os.W_OK):
-            return [f"{flag} {uri}: cannot create the database under {folder} (not writable)"]
-    return []
 
 
 def check_job_flags(args) -> list[str]:
