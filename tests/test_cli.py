@@ -280,16 +280,16 @@ def test_nan_mid_training_leaves_checkpoints_intact(trained, tiny_data, tmp_path
             "--set",
             f"output_dir={out}",
             "--set",
-            "resume=false",
-            "--set",
             "data.mask.num_low=4",
+            "--restart",  # another config in the same dir: the old run is moved aside first
         ],
         capsys,
         "vol2.h5",
         "slice 5",
         "contains Inf",
     )
-    assert (out / "last.pt").read_bytes() == before
+    (kept,) = tmp_path.glob("run.replaced-*")
+    assert (kept / "last.pt").read_bytes() == before
 
 
 def test_write_volume_refuses_nan(tmp_path):

@@ -234,6 +234,10 @@ def test_resume_with_changed_config_is_refused_or_restarted(tiny_data, tmp_path,
     (out / "identity.json").unlink()
     err = _err(capsys, _train_args(tiny_data, out, **{"data.size": "[24, 24]"}))
     assert "data.size" in err and (out / "last.pt").read_bytes() == last
+    # resume: false must not overwrite another configuration's run either.
+    err = _err(capsys, _train_args(tiny_data, out, **{"seed": "7", "resume": "false"}))
+    assert "seed 42 -> 7" in err and "resume: false would overwrite it" in err
+    assert (out / "last.pt").read_bytes() == last
     # Same config, more epochs: resumes (epochs may be extended), history continues.
     assert main(_train_args(tiny_data, out, **{"optim.epochs": "2"})) == 0
     lines = (out / "metrics.jsonl").read_text().splitlines()

@@ -109,11 +109,15 @@ def identity_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def check_run_dir(config: dict[str, Any], out: str | Path, resuming: bool = True) -> None:
-    """Refuse to resume into ``out`` when it holds a run of another identity (read only)."""
+    """Refuse to train into ``out`` when it holds a run of another identity (read only).
+
+    Resuming would mix the two runs; ``resume: false`` would overwrite the other run's
+    checkpoints and metrics. Starting the same configuration over in place is allowed.
+    """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output_dir {out}: exists and is not a directory")
-    if not resuming or not out.is_dir():
+    if not out.is_dir():
         return
     stored = _stored_identity(out)
     if stored is None:
@@ -121,10 +125,11 @@ def check_run_dir(config: dict[str, Any], out: str | Path, resuming: bool = True
     diff = identity_diff(stored, run_identity(config))
     if diff:
         shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
+        what = "resume it with the same config" if resuming else "resume: false would overwrite it"
         raise ConfigError(
-            f"output_dir {out} holds a run of another configuration ({shown}); resume it with "
-            "the same config, choose another --output-dir, or pass --restart to start over "
-            "(the old run is moved aside)"
+            f"output_dir {out} holds a run of another configuration ({shown}); {what}, "
+            "choose another --output-dir, or pass --restart to start over (the old run is "
+            "moved aside)"
         )
 
 
