@@ -106,6 +106,10 @@ def test_grid_search_and_job_flags_fail_in_seconds_before_ray(tiny_data, bad_dat
             ["--tracking-uri http://127.0.0.1:9", "no tracking server reachable"],
         ),
         "foo": (["--tracking-uri", "foo://bar"], ["--tracking-uri foo://bar", "unknown scheme"]),
+        "postgresql": (
+            ["--tracking-uri", "postgresql://u:secret@127.0.0.1:9/mlflow"],
+            ["--tracking-uri postgresql://u:***@127.0.0.1:9/mlflow", "no database server"],
+        ),
         "empty dir": (
             ["--datasets", str(tmp_path / "empty")],
             [str(tmp_path / "empty"), "no .h5 volumes"],
@@ -181,3 +185,9 @@ def test_valid_grid_passes_preflight(tiny_data, tmp_path):
     assert time.perf_counter() - t0 < 20
     uri = f"sqlite:///{tmp_path}/x/mlflow.db"
     assert check_job_flags(Namespace(tracking_uri=uri)) == []
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as server:  # a database port that answers
+        port = server.getsockname()[1]
+        uri = f"postgresql://u:p@127.0.0.1:{port}/mlflow"
+        assert check_job_flags(Namespace(tracking_uri=uri)) == []

@@ -8,6 +8,7 @@ Imports neither MLflow nor Ray.
 from __future__ import annotations
 
 import os
+import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -15,10 +16,12 @@ from urllib.parse import urlparse
 
 TRACKING_SCHEMES = {"", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https"}
 TRACKING_TIMEOUT_S = 3.0
+DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
 
 
 def check_tracking_uri(uri: str | None, flag: str = "--tracking-uri") -> list[str]:
-    """Known scheme; an http(s) server must answer within a few seconds."""
+    """Known scheme; an http(s) server must answer within a few seconds, a database server
+    must accept a connection on its port (credentials are MLflow's to check)."""
     if not uri:
         return []
     parsed = urlparse(uri)
@@ -44,6 +47,16 @@ def check_tracking_uri(uri: str | None, flag: str = "--tracking-uri") -> list[st
             return [
                 f"{flag} {uri}: no tracking server reachable within {TRACKING_TIMEOUT_S:g}s "
                 f"({reason}); start it (mlflow server ...) or use a local sqlite:/// store"
+            ]
+    if scheme in DB_PORTS and parsed.hostname:  # no hostname: a local socket, not probed
+        port = parsed.port or DB_PORTS[scheme]
+        try:
+            socket.create_connection((parsed.hostname, port), timeout=TRACKING_TIMEOUT_S).close()
+        except OSError as exc:
+            shown = uri.replace(f":{parsed.password}@", ":***@") if parsed.password else uri
+            return [
+                f"{flag} {shown}: no database server reachable at {parsed.hostname}:{port} "
+                f"within {TRACKING_TIMEOUT_S:g}s ({exc}); start it or use a local sqlite:/// store"
             ]
     if scheme == "sqlite":
         path = parsed.path[1:] if parsed.path.startswith("//") else parsed.path
