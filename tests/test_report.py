@@ -467,6 +467,10 @@ def test_one_seed_two_volumes_give_no_verdict(store, compared):
     assert at["slice_p_value"] < 0.05  # "significant" per slice, yet only 2 units
     fsp = csv[(csv["method"] == "fsp") & (csv["metric"] == "psnr")].iloc[0]
     assert fsp["verdict"] == "missing run"
+    # The store has no sft_kd_random row at all: that contrast is left out, not "missing".
+    every = pd.read_csv(compared["out"] / "wilcoxon.csv")
+    assert "sft_init_vs_random_init" not in set(every["comparison"])
+    assert "sft_kd_random" not in (compared["out"] / "warnings.txt").read_text()
     text = compared["result"].paragraph
     assert (
         "no verdict (not enough independent units: n=2, need ≥ 6; 1 seed × 2 volumes) on "
