@@ -10,6 +10,7 @@ from torch import nn
 
 from raykd.data.transforms import undersample
 from raykd.distill import KDMethod, available_kd_methods, build_kd_method, get_kd_method
+from raykd.distill import at as at_module
 from raykd.distill.at import attention_map
 from raykd.distill.cc import cc_loss
 from raykd.distill.fsp import fsp_gram
@@ -208,6 +209,73 @@ def test_at_on_bf16_features_matches_fp32_copies() -> None:
     assert torch.isfinite(fast.grad.float()).all()
     # bf16 gradient vs fp32: bf16 rounding (8 bits) of the same values
     assert torch.allclose(fast.grad.float(), ref.grad, rtol=1e-2, atol=1e-2 * ref.grad.abs().max())
+
+
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+def test_at_chunked_channel_squares_match_fp32(monkeypatch, layout) -> None:
+    """The CPU reduction of a bf16 map runs in chunks of rows (no full-size fp32 copy); chunks
+    that do not divide the rows must still give the fp32 sums of squares."""
+    monkeypatch.setattr(at_module, "_CHUNK_ELEMENTS", 8 * 10 * 3)  # 3 rows of 8 ch x 10 px
+    torch.manual_seed(0)
+    f = (torch.randn(2, 8, 7, 10) + 2).to(torch.bfloat16).contiguous(memory_format=layout)
+    squares = at_module.channel_squares(f)
+    assert squares.dtype == torch.float32 and squares.shape == (2, 7, 10)
+    torch.testing.assert_close(squares, f.float().pow(2).sum(1), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_capture_path_matches_raw_features(name: str, models, batch) -> None:
+    """The KD stage keeps each tap's summary as the tap fires (``method.capture``; AT fuses its
+    gradient with the next layer's): loss and student gradients must be those of the loss
+    computed from the raw tapped features."""
+    teacher, student = models
+    method = build_kd_method(name, teacher, student)
+
+    def run(capture):
+        student.zero_grad(set_to_none=True)
+        with torch.no_grad(), FeatureTaps(teacher, method.teacher_taps, capture=capture) as t:
+            teacher(*batch)
+        with FeatureTaps(student, method.student_taps, capture=capture) as s:
+            out = student(*batch)
+        loss = method(t.features, s.features, summarized=capture is not None)
+        (loss + out.abs().mean()).backward()  # the taps get gradient from later layers too
+        return loss.detach(), [p.grad.clone() for p in student.parameters()]
+
+    raw_loss, raw_grads = run(None)
+    cap_loss, cap_grads = run(method.capture)
+    assert raw_loss.item() > 0
+    assert cap_loss.item() == pytest.approx(raw_loss.item(), rel=1e-5)
+    floor = 1e-5 * max(g.abs().max().item() for g in raw_grads)  # reduction-order noise
+    for cap, raw in zip(cap_grads, raw_grads, strict=True):
+        torch.testing.assert_close(cap, raw, rtol=1e-4, atol=floor)
+
+
+def test_at_capture_bf16_matches_fp32(models, batch) -> None:
+    """Under bf16 autocast (the fast default) AT's fused capture gives the loss and student
+    gradients of the plain fp32 computation from raw features, up to bf16 rounding."""
+    teacher, student = models
+    method = build_kd_method("at", teacher, student)
+
+    def run(fast: bool):
+        student.zero_grad(set_to_none=True)
+        capture = method.capture if fast else None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast):
+            with torch.no_grad(), FeatureTaps(teacher, method.teacher_taps, capture=capture) as t:
+                teacher(*batch)
+            with FeatureTaps(student, method.student_taps, capture=capture) as s:
+                out = student(*batch)
+            loss = method(t.features, s.features, summarized=fast)
+        (1000 * loss + out.float().abs().mean()).backward()  # AT's canonical weight
+        return loss.detach().float(), [p.grad.float().clone() for p in student.parameters()]
+
+    fast_loss, fast_grads = run(fast=True)
+    ref_loss, ref_grads = run(fast=False)
+    assert fast_loss.item() == pytest.approx(ref_loss.item(), rel=5e-2)
+    scale = max(g.abs().max().item() for g in ref_grads)
+    assert scale > 0
+    # measured ≈ 1 % of the largest gradient; a lost factor in the fused backward gives ≥ 30 %
+    for fast, ref in zip(fast_grads, ref_grads, strict=True):
+        assert (fast - ref).abs().max().item() <= 5e-2 * scale
 
 
 def test_at_spatial_mismatch(models) -> None:

@@ -5,6 +5,11 @@ defaults come from :meth:`KDMethod.default_taps`, the reference choice, and conf
 override them) and computes ``forward(teacher_feats, student_feats) -> scalar``. Methods with
 trainable parts (FitNets' regressor) expose them as ordinary parameters; the trainer adds them
 to the optimiser.
+
+What the loss reads of a tap is the method's *summary* of it (:meth:`KDMethod.summarize`: by
+default the feature itself, as an fp32 copy). The KD stage computes summaries when the tap
+fires (:meth:`KDMethod.capture`), so a method whose summary is small (AT's attention map) can
+fuse its gradient into the network's own and never keep the full maps.
 """
 
 from __future__ import annotations
@@ -55,10 +60,6 @@ class KDMethod(nn.Module):
     # it on their local batch (gradient averaging gives the global-batch loss). False, the safe
     # default, makes the KD stage gather the features of all ranks first (batch-coupled losses).
     per_sample_mean: ClassVar[bool] = False
-    # True: features reach ``loss`` as fp32 copies (safe for Gram matrices and the like under
-    # bf16 autocast). A method that accumulates in fp32 itself sets False and skips the copies,
-    # which cost more than the loss on large feature maps (AT: ``benchmarks/train_step.py``).
-    fp32_features: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -101,14 +102,41 @@ class KDMethod(nn.Module):
             [g[max(0, min(1, len(g) - 2))] for g in s_groups],
         )
 
+    def summarize(self, feature: torch.Tensor) -> torch.Tensor:
+        """What :meth:`summary_loss` reads of a tapped feature [B, C, H, W] (differentiable).
+
+        Default: an fp32 copy, safe for Gram matrices and the like under bf16 autocast. A
+        method that reduces the feature (AT) returns the reduction, accumulated in fp32.
+        """
+        return feature.float()
+
+    def capture(self, feature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(output passed on to the next layer, summary)`` when the tap fires.
+
+        Default: the output unchanged and :meth:`summarize`. A method may return the output
+        through an autograd function of its own, to fuse its gradient with the network's.
+        """
+        return feature, self.summarize(feature)
+
     def forward(
-        self, teacher_feats: dict[str, torch.Tensor], student_feats: dict[str, torch.Tensor]
+        self,
+        teacher_feats: dict[str, torch.Tensor],
+        student_feats: dict[str, torch.Tensor],
+        *,
+        summarized: bool = False,
     ) -> torch.Tensor:
-        cast = (lambda f: f.float()) if self.fp32_features else (lambda f: f)
+        """The loss over the tapped features by name (``summarized``: already summaries, as
+        :class:`~raykd.models.taps.FeatureTaps` with ``capture=method.capture`` gives them)."""
+        get = (lambda f: f) if summarized else self.summarize
         pairs = [
-            (cast(teacher_feats[t]), cast(student_feats[s]))
+            (get(teacher_feats[t]), get(student_feats[s]))
             for t, s in zip(self.teacher_taps, self.student_taps, strict=True)
         ]
+        return self.summary_loss(pairs)
+
+    def summary_loss(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """The loss over (teacher, student) summary pairs; by default the summaries are the
+        features, so this is :meth:`loss`."""
         return self.loss(pairs)
 
     def loss(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:

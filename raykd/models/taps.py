@@ -5,11 +5,15 @@
 The model's forward signature never changes, so plain inference pays nothing. Names are
 resolved on the unwrapped module (DDP's ``module.`` prefix and torch.compile's ``_orig_mod.``
 are stripped), and an unknown name fails with the list of valid ones.
+
+``capture`` (a KD method's :meth:`~raykd.distill.base.KDMethod.capture`) turns each output into
+``(output passed on, what is kept)`` as the tap fires, so a reduced summary can be kept instead
+of the full map and its gradient fused with the network's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -29,10 +33,17 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 class FeatureTaps:
-    def __init__(self, model: nn.Module, names: Iterable[str], detach: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        names: Iterable[str],
+        detach: bool = False,
+        capture: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> None:
         self.model = unwrap(model)
         self.names = list(dict.fromkeys(names))
         self.detach = detach
+        self.capture = capture
         self.features: dict[str, torch.Tensor] = {}
         self._handles: list = []
         modules = dict(self.model.named_modules())
@@ -47,8 +58,10 @@ class FeatureTaps:
         self._modules = {n: modules[n] for n in self.names}
 
     def _hook(self, name: str):
-        def hook(_module: nn.Module, _inp, out: torch.Tensor) -> None:
-            self.features[name] = out.detach() if self.detach else out
+        def hook(_module: nn.Module, _inp, out: torch.Tensor) -> torch.Tensor | None:
+            passed, kept = self.capture(out) if self.capture else (out, out)
+            self.features[name] = kept.detach() if self.detach else kept
+            return None if passed is out else passed  # a returned tensor replaces the output
 
         return hook
 

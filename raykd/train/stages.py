@@ -130,16 +130,22 @@ class KDStage(StageModule):
         return super()._apply(fn, recurse)
 
     def forward(self, x, y, mask, target):
-        with torch.no_grad(), FeatureTaps(self.teacher, self.method.teacher_taps) as t_taps:
+        # Taps keep the method's summaries (AT: attention maps), computed as each tap fires.
+        capture = self.method.capture
+        with (
+            torch.no_grad(),
+            FeatureTaps(self.teacher, self.method.teacher_taps, capture=capture) as t_taps,
+        ):
             t_out = self.teacher(x, y, mask)
-        with FeatureTaps(self.model, self.method.student_taps) as s_taps:
+        with FeatureTaps(self.model, self.method.student_taps, capture=capture) as s_taps:
             s_out = self.model(x, y, mask)
         t_feats, s_feats = t_taps.features, s_taps.features
         if not getattr(self.method, "per_sample_mean", False) and world_size() > 1:
             # A batch-coupled loss (SP, PKT, CC) over the global batch, as one rank would see it.
             t_feats = {k: gather_batch(v) for k, v in t_feats.items()}
             s_feats = {k: gather_batch(v) for k, v in s_feats.items()}
-        terms = {"rec": F.l1_loss(s_out, target), "kd": self.method(t_feats, s_feats)}
+        kd = self.method(t_feats, s_feats, summarized=True)
+        terms = {"rec": F.l1_loss(s_out, target), "kd": kd}
         if "out" in self.weights:
             terms["out"] = F.l1_loss(s_out, t_out)
         return terms
