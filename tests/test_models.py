@@ -4,6 +4,8 @@ import torch
 from raykd.data.masks import CartesianMask
 from raykd.data.transforms import undersample
 from raykd.errors import CheckpointError, ConfigError
+from raykd.models import base as base_module
+from raykd.models import fused
 from raykd.models.base import count_parameters
 from raykd.models.dccnn import DCCNN, tap_names
 from raykd.models.sft import SFTModel, load_student_blocks
@@ -108,3 +110,54 @@ def test_student_blocks_load_strictly():
     # Another student depth: shape/key mismatch is an error, never a silent partial load.
     with pytest.raises(CheckpointError, match="missing|shape"):
         load_student_blocks(DCCNN(3, 3, channels=4), sft.state_dict())
+
+
+def _bf16_forward(model, zf, y, mask, taps=()):
+    with (
+        torch.no_grad(),
+        torch.autocast("cpu", dtype=torch.bfloat16),
+        FeatureTaps(model, taps) as t,
+    ):
+        return model(zf.contiguous(memory_format=torch.channels_last), y, mask), t.features
+
+
+@pytest.mark.skipif(not fused.AVAILABLE, reason="this torch build has no oneDNN")
+def test_fused_conv_relu_matches_eager(monkeypatch):
+    """bf16 channels-last forward without autograd runs conv+ReLU as one oneDNN kernel: same
+    outputs and taps as the eager conv then ReLU (bf16 rounding at most)."""
+    torch.manual_seed(0)
+    model = DCCNN(depth=3, cascades=2, channels=8).to(memory_format=torch.channels_last)
+    zf, y, mask = _inputs(size=24)
+    block = model.cascades[0].conv[1]
+    calls = []
+    real = fused.conv_relu
+    monkeypatch.setattr(base_module, "conv_relu", lambda *a: calls.append(1) or real(*a))
+    out, taps = _bf16_forward(model, zf, y, mask, ["cascades.0.conv.1"])
+    assert len(calls) == 4  # two ReLU blocks per cascade
+    monkeypatch.setattr(fused, "AVAILABLE", False)
+    ref, ref_taps = _bf16_forward(model, zf, y, mask, ["cascades.0.conv.1"])
+    assert len(calls) == 4
+    torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2 * ref.abs().max())
+    a, b = taps["cascades.0.conv.1"].float(), ref_taps["cascades.0.conv.1"].float()
+    assert (a >= 0).all()
+    torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2 * b.abs().max())
+    # Never with autograd, fp32, NCHW input, or a hook on the inner conv.
+    x = torch.rand(2, 8, 24, 24).contiguous(memory_format=torch.channels_last)
+    monkeypatch.setattr(fused, "AVAILABLE", True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not fused.fusable(x, block)  # grad mode on
+        with torch.no_grad():
+            assert fused.fusable(x, block)
+            assert not fused.fusable(x.contiguous(), block)
+            with FeatureTaps(model, ["cascades.0.conv.1.0"]):
+                assert not fused.fusable(x, block)
+    with torch.no_grad():
+        assert not fused.fusable(x, block)  # fp32
+
+
+def test_tap_on_inner_conv_sees_pre_relu_values_on_fast_path():
+    torch.manual_seed(0)
+    model = DCCNN(depth=3, cascades=1, channels=8).to(memory_format=torch.channels_last)
+    zf, y, mask = _inputs(size=24)
+    _, taps = _bf16_forward(model, zf, y, mask, ["cascades.0.conv.1.0"])
+    assert (taps["cascades.0.conv.1.0"] < 0).any()  # the conv's own output, before its ReLU

@@ -14,6 +14,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from raykd.models.fused import conv_relu, fusable
+
 
 def count_parameters(model: nn.Module) -> int:
     """All parameters of a network (trainable or not): the size Table 8 and searches report."""
@@ -21,13 +23,25 @@ def count_parameters(model: nn.Module) -> int:
 
 
 class ConvAct(nn.Sequential):
-    """conv3x3 (+ ReLU): one tap point. The output is the activation KD methods read."""
+    """conv3x3 (+ ReLU): one tap point. The output is the activation KD methods read.
+
+    Without autograd on the CPU's bf16 channels-last path (a KD teacher, evaluation, inference)
+    the conv and its ReLU run as one oneDNN kernel (:mod:`raykd.models.fused`); the module's
+    structure, state dict and taps are the same either way, and a hook on the inner conv or
+    ReLU turns the fusion off.
+    """
 
     def __init__(self, c_in: int, c_out: int, relu: bool) -> None:
         layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=True)]
         if relu:
             layers.append(nn.ReLU(inplace=False))
         super().__init__(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self) == 2 and fusable(x, self):
+            conv = self[0]
+            return conv_relu(x, conv.weight, conv.bias)
+        return super().forward(x)
 
 
 class BlockNet(nn.Module):
