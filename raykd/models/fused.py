@@ -24,9 +24,16 @@ _ONES = [1, 1]
 
 
 def _available() -> bool:
+    """oneDNN's bf16 convolutions need AVX512-BW/VL/DQ or AVX-NE-CONVERT (or an ISA cap,
+    ``ONEDNN_MAX_CPU_ISA``, that allows them); elsewhere the fused op raises where eager conv2d
+    falls back to a slow reference path, so only the eager path is used."""
     try:
-        return _OP is not None and torch.backends.mkldnn.is_available()
-    except Exception:  # a build without oneDNN
+        return (
+            _OP is not None
+            and torch.backends.mkldnn.is_available()
+            and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        )
+    except Exception:  # a build without oneDNN or without the probe
         return False
 
 
