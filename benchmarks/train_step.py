@@ -10,7 +10,8 @@ then interleaved timed repeats (plain, raykd, raykd, plain, ...); the table show
 slices/s, the ratio and achieved GFLOP/s (FLOPs counted by torch's FlopCounterMode), and the
 same per CPU second of this process (robust to other processes on a shared box). Results go
 to benchmarks/results/train_step_<class>.json (cpu-amx, cpu-avx512bf16, cpu-avx2, cuda), with
-the load average before and after (other processes on a shared box skew both sides).
+the load average before and after (other processes on a shared box skew both sides); a run of
+some cases or with --set writes a file named after them instead of replacing that one.
 """
 
 from __future__ import annotations
@@ -187,6 +188,18 @@ def load_average() -> list[float]:
         return []
 
 
+def default_out(device: torch.device, capability: str, cases: list[str], over: list[str]) -> Path:
+    """``results/train_step_<class>.json`` for a full run of the defaults; a run of some cases
+    or with ``--set`` overrides gets a name of its own, so it never replaces the class's file."""
+    cls = "cuda" if device.type == "cuda" else f"cpu-{capability.replace('_', '')}"
+    name = f"train_step_{cls}"
+    if list(cases) != list(CASES):
+        name += "_" + "-".join(cases)
+    if over:
+        name += "_set-" + "-".join(o.replace("=", "_").replace("/", "_") for o in over)
+    return Path(__file__).parent / "results" / f"{name}.json"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
@@ -204,7 +217,9 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=3, help="steps per timed repeat")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument(
-        "--out", help="results JSON (default benchmarks/results/train_step_<device class>.json)"
+        "--out",
+        help="results JSON (default benchmarks/results/train_step_<device class>.json for all "
+        "cases and no --set; a subset or overrides add their names)",
     )
     args = p.parse_args()
     device = torch.device(args.device)
@@ -281,8 +296,7 @@ def main() -> int:
         "load_average_after": load_average(),
         "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-    cls = "cuda" if device.type == "cuda" else f"cpu-{capability.replace('_', '')}"
-    out = Path(args.out or Path(__file__).parent / "results" / f"train_step_{cls}.json")
+    out = Path(args.out or default_out(device, capability, args.cases, args.set))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     print(f"load average after: {meta['load_average_after']}; wrote {out}")
