@@ -9,7 +9,7 @@ KD step with the teacher forward) both steps run in this process on the same sha
 then interleaved timed repeats (plain, raykd, raykd, plain, ...); the table shows median
 slices/s, the ratio and achieved GFLOP/s (FLOPs counted by torch's FlopCounterMode), and the
 same per CPU second of this process (robust to other processes on a shared box). Results go
-to benchmarks/results/train_step_<class>.json (cpu-amx, cpu-avx512bf16, cpu-avx2, cuda), with
+to benchmarks/results/train_step_<class>.json (cpu-amx, cpu-avx512_bf16, cpu-avx2, cuda), with
 the load average before and after (other processes on a shared box skew both sides); a run of
 some cases or with --set writes a file named after them instead of replacing that one.
 """
@@ -191,7 +191,7 @@ def load_average() -> list[float]:
 def default_out(device: torch.device, capability: str, cases: list[str], over: list[str]) -> Path:
     """``results/train_step_<class>.json`` for a full run of the defaults; a run of some cases
     or with ``--set`` overrides gets a name of its own, so it never replaces the class's file."""
-    cls = "cuda" if device.type == "cuda" else f"cpu-{capability.replace('_', '')}"
+    cls = "cuda" if device.type == "cuda" else f"cpu-{capability}"
     name = f"train_step_{cls}"
     if list(cases) != list(CASES):
         name += "_" + "-".join(cases)
