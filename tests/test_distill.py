@@ -211,16 +211,19 @@ def test_at_on_bf16_features_matches_fp32_copies() -> None:
     assert torch.allclose(fast.grad.float(), ref.grad, rtol=1e-2, atol=1e-2 * ref.grad.abs().max())
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
-def test_at_chunked_channel_squares_match_fp32(monkeypatch, layout) -> None:
-    """The CPU reduction of a bf16 map runs in chunks of rows (no full-size fp32 copy); chunks
-    that do not divide the rows must still give the fp32 sums of squares."""
+def test_at_channel_squares_match_fp64_on_every_cpu_path(monkeypatch, layout, dtype) -> None:
+    """The CPU reduction follows the layout: one pass per channel for NCHW, chunks of rows for
+    a bf16 channels-last map (no full-size fp32 copy; chunks that do not divide the rows),
+    one call for fp32 channels-last. Every path gives the sums of squares in fp32."""
     monkeypatch.setattr(at_module, "_CHUNK_ELEMENTS", 8 * 10 * 3)  # 3 rows of 8 ch x 10 px
     torch.manual_seed(0)
-    f = (torch.randn(2, 8, 7, 10) + 2).to(torch.bfloat16).contiguous(memory_format=layout)
+    f = (torch.randn(2, 8, 7, 10) + 2).to(dtype).contiguous(memory_format=layout)
     squares = at_module.channel_squares(f)
     assert squares.dtype == torch.float32 and squares.shape == (2, 7, 10)
-    torch.testing.assert_close(squares, f.float().pow(2).sum(1), rtol=1e-5, atol=0)
+    expected = f.double().pow(2).sum(1).float()
+    torch.testing.assert_close(squares, expected, rtol=1e-5, atol=0)
 
 
 @pytest.mark.parametrize("name", METHODS)
