@@ -59,6 +59,15 @@ def test_sft_trains_exactly_the_student_blocks_sft_kd_loads(teacher, student):
         assert (p.grad is not None) == p.requires_grad, name
 
 
+def test_global_batch_is_split_over_the_ranks_or_refused():
+    from raykd.errors import ConfigError
+    from raykd.train.loop import rank_batch
+
+    assert rank_batch(8, 1) == 8 and rank_batch(8, 2) == 4 and rank_batch(8, 8) == 1
+    with pytest.raises(ConfigError, match=r"data.batch_size 6 .* over 4 workers"):
+        rank_batch(6, 4)
+
+
 # ---- one step's gradients under torch.distributed --------------------------------------------
 def test_ddp_gradients_equal_global_batch(tmp_path):
     """2 gloo ranks, half the batch each == 1 process with the whole batch, for every stage."""
@@ -113,23 +122,30 @@ def _requests(data: Path, batch: int, teachers: dict[str, str] | None = None):
 
 @pytest.fixture(scope="module")
 def ddp_chain(ray_session, tiny_data, tmp_path_factory):
-    """{1: records, 2: records} by label: 1 worker in-process with batch 4, then one 2-worker
-    Ray Train chain with batch 2 per rank."""
-    store = StageStore(tmp_path_factory.mktemp("ddp_chain"))
+    """{1: records, 2: records} by label: 1 worker in-process, then one 2-worker Ray Train chain
+    (tracked in MLflow) in a store of its own, both at the same global batch. ``data.batch_size``
+    is the global batch, so both ask for the same stage identities; the 2-worker chain trains
+    its own teachers (fp32 drift between the two ~1e-7, far inside the tolerance)."""
+    from raykd.tracking import Tracking
+
     threads = torch.get_num_threads()
     one = _requests(tiny_data, GLOBAL_BATCH)
     res1 = TrialResources(1, False, 1, 1, 1)
-    recs1 = ensure_stages(list(one.values()), StageContext(store, None, res1, local=True))
+    store1 = StageStore(tmp_path_factory.mktemp("ddp_chain_1"))
+    recs1 = ensure_stages(list(one.values()), StageContext(store1, None, res1, local=True))
     torch.set_num_threads(threads)
-    teachers = {k: one[k].stage_id for k in ("teacher", "sft")}
-    two = _requests(tiny_data, GLOBAL_BATCH // 2, teachers)
-    # The finished 1-worker teachers come first: the 2-worker KD stages reuse them.
-    reqs2 = [one["teacher"], one["sft"], *two.values()]
-    recs2 = ensure_stages(reqs2, StageContext(store, None, TrialResources(2, False, 1, 1, 1)))
+    root2 = tmp_path_factory.mktemp("ddp_chain_2")
+    tracking = Tracking(f"sqlite:///{root2}/mlflow.db", "ddp", artifact_root=root2 / "art")
+    two = _requests(tiny_data, GLOBAL_BATCH)
+    res2 = TrialResources(2, False, 1, 1, 1)
+    recs2 = ensure_stages(list(two.values()), StageContext(StageStore(root2), tracking, res2))
     return {
         1: {k: recs1[r.stage_id] for k, r in one.items()},
         2: {k: recs2[r.stage_id] for k, r in two.items()},
+        "ids": ({k: r.stage_id for k, r in one.items()}, {k: r.stage_id for k, r in two.items()}),
         "configs": {k: r.cfg for k, r in two.items()},
+        "tracking": tracking,
+        "store2": StageStore(root2),
     }
 
 
@@ -160,6 +176,30 @@ def _assert_same_result(chain, label: str) -> None:
 @pytest.mark.ray
 def test_ddp_stage_teacher(ddp_chain):
     _assert_same_result(ddp_chain, "teacher")
+
+
+@pytest.mark.ray
+def test_worker_count_is_not_part_of_the_identity_but_is_recorded(ddp_chain, tiny_data):
+    """Same global batch -> same stage identity, whatever the world size; the world size and
+    both batch sizes are on every stage's result and MLflow run; another global batch is
+    another stage (never reused in its place)."""
+    ids1, ids2 = ddp_chain["ids"]
+    assert ids1 == ids2
+    client = ddp_chain["tracking"].client
+    for label, record in ddp_chain[2].items():
+        want = {
+            "compute.world_size": "2",
+            "compute.global_batch": str(GLOBAL_BATCH),
+            "compute.rank_batch": str(GLOBAL_BATCH // 2),
+        }
+        compute = json.loads((Path(record.output_dir) / "result.json").read_text())["compute"]
+        assert want.items() <= compute.items(), label
+        params = client.get_run(record.mlflow_run_id).data.params
+        assert want.items() <= params.items(), label
+        assert ddp_chain[1][label].compute["compute.world_size"] == "1"
+    other = StageRequest(_cfg(tiny_data, "teacher", GLOBAL_BATCH * 2, **{"optim.epochs": "2"}))
+    assert other.stage_id != ids2["teacher"]
+    assert ddp_chain["store2"].get(other.stage_id) is None
 
 
 @pytest.mark.ray

@@ -108,6 +108,10 @@ def test_grid_trains_teacher_once_and_reuses_it(ray_session, tiny_data, tmp_path
         assert kd.data.tags[S.PARENT_TAG if hasattr(S, "PARENT_TAG") else "mlflow.parentRunId"]
         assert "final_val_psnr" in kd.data.metrics
     assert summary["stages_trained"] == 3 and summary["stages_reused"] == 0
+    for run in [teacher_run, *kds]:  # how many ranks, and which batches, trained each stage
+        params = run.data.params
+        assert params["compute.world_size"] == "1", run.info.run_name
+        assert params["compute.global_batch"] == params["compute.rank_batch"] == "2"
     # The summary says how they computed (tiny_grid pins fp32: the same on every CPU).
     (path, n), *_ = summary["compute_paths"].items()
     assert len(summary["compute_paths"]) == 1 and path.startswith("fp32/contiguous on ") and n == 3

@@ -97,6 +97,10 @@ def test_grid_search_and_job_flags_fail_in_seconds_before_ray(tiny_data, bad_dat
         "--student-depths 1": (["--student-depths", "1"], ["--student-depths [1]", ">= 2"]),
         "--epochs 0": (["--epochs", "0"], ["--epochs 0: expected >= 1"]),
         "--workers 0": (["--workers", "0"], ["--workers 0: expected >= 1"]),
+        "--workers 3": (  # the global batch (smoke: 4) must split evenly over the ranks
+            ["--workers", "3"],
+            ["--workers 3", "data.batch_size 4", "cannot be split evenly over 3 workers"],
+        ),
         "--accelerations 0 -4": (["--accelerations", "0", "-4"], ["--accelerations 0 -4", "> 1"]),
         "--size 4 4": (["--size", "4", "4"], ["--size 4 4", "at least 8 8"]),
         "--max-slices 0": (["--max-slices", "0"], ["--max-slices 0: expected >= 1"]),

@@ -121,7 +121,7 @@ def run_grid_args(args: argparse.Namespace) -> int:
     from raykd.orchestration.preflight import load_checked_preset, preflight_grid
 
     spec, problems = load_checked_preset(args.preset, grid_overrides(args), args)
-    preflight_grid(spec, problems)  # before Ray starts: one line per problem, in seconds
+    preflight_grid(spec, problems, args.workers)  # before Ray starts: one line per problem
     job = _start_job(
         args,
         f"grid-{args.preset}",
@@ -186,7 +186,7 @@ def run_search_args(args: argparse.Namespace) -> int:
     search = load_search(args.space, {"num_samples": args.num_samples})
     preset = args.preset if args.preset != "smoke" else search.base_preset
     base, problems = load_checked_preset(preset, grid_overrides(args), args)
-    preflight_search(search, base, problems)  # before Ray starts
+    preflight_search(search, base, problems, args.workers)  # before Ray starts
     job = _start_job(
         args,
         f"search-{search.name}",

@@ -126,6 +126,8 @@ def finish_job(
             key += (
                 c["compute.device"] if c["compute.device"] != "cpu" else c["compute.cpu_capability"]
             )
+            if "compute.world_size" in c:  # stages stored before the world size was recorded
+                key += f", world size {c['compute.world_size']}"
             paths[key] = paths.get(key, 0) + 1
     summary = {
         "job_run_id": job.run_id,

@@ -61,8 +61,11 @@ def check_spec_flags(spec: GridSpec) -> list[str]:
     return problems
 
 
-def check_stages(spec: GridSpec, rows: list[Row]) -> list[str]:
-    """Build and validate every stage config the rows need; generate their masks; scan data."""
+def check_stages(spec: GridSpec, rows: list[Row], workers: int | None = None) -> list[str]:
+    """Build and validate every stage config the rows need; generate their masks; scan data.
+
+    ``workers``: the DDP ranks per stage; each stage's (global) batch must split evenly over them.
+    """
     from raykd.data.sources import build_datasets
 
     problems: list[str] = []
@@ -74,6 +77,12 @@ def check_stages(spec: GridSpec, rows: list[Row]) -> list[str]:
             except RaykdError as exc:
                 problems.append(f"{row.label} ({kind}): {_first_line(exc)}")
                 continue
+            if workers and cfg.data.batch_size % workers:
+                problems.append(
+                    f"--workers {workers}: the global batch of {row.label} ({kind}), "
+                    f"data.batch_size {cfg.data.batch_size}, cannot be split evenly over "
+                    f"{workers} workers; use a batch size that is a multiple of {workers}"
+                )
             key = cfg.data.model_dump_json()
             if key in seen_data:
                 continue
@@ -126,17 +135,24 @@ def raise_problems(problems: list[str]) -> None:
         raise ConfigError("\n".join(dict.fromkeys(problems)))
 
 
-def preflight_grid(spec: GridSpec, problems: list[str] | None = None) -> None:
+def preflight_grid(
+    spec: GridSpec, problems: list[str] | None = None, workers: int | None = None
+) -> None:
     """Everything ``raykd grid`` needs, before Ray starts; one line per problem."""
     problems = list(problems or [])
     flag_problems = check_spec_flags(spec)
     problems += flag_problems
     if not flag_problems:  # the stage checks would repeat each flag problem per row
-        problems += check_stages(spec, grid_rows(spec))
+        problems += check_stages(spec, grid_rows(spec), workers)
     raise_problems(problems)
 
 
-def preflight_search(search: SearchSpec, base: GridSpec, problems: list[str] | None = None) -> None:
+def preflight_search(
+    search: SearchSpec,
+    base: GridSpec,
+    problems: list[str] | None = None,
+    workers: int | None = None,
+) -> None:
     """Everything ``raykd search`` needs, before Ray starts; one line per problem."""
     problems = list(problems or [])
     rows = sampled_rows(search, base)
@@ -159,5 +175,5 @@ def preflight_search(search: SearchSpec, base: GridSpec, problems: list[str] | N
         ]
     problems += flag_problems
     if not flag_problems:
-        problems += check_stages(base, rows)
+        problems += check_stages(base, rows, workers)
     raise_problems(problems)

@@ -34,6 +34,7 @@ from raykd.orchestration.train_fn import RESULT_FILE, train_fn
 from raykd.plan.stages import StageRequest
 from raykd.tracking import Tracking
 from raykd.train.config import StageConfig
+from raykd.train.loop import rank_batch
 
 
 @dataclass
@@ -129,6 +130,8 @@ def ensure_stages(
     pending = [sid for sid in unique if not reuse(sid)]
     if not pending:
         return records
+    for sid in pending:  # refused here, not retried by Ray Train on every rank
+        rank_batch(unique[sid].cfg.data.batch_size, 1 if ctx.local else ctx.resources.workers)
     with contextlib.ExitStack() as stack:
         for sid in sorted(pending):  # one global order: no deadlock between trials
             stack.enter_context(ctx.store.lock(sid))

@@ -165,7 +165,7 @@ def run_training(
     if tracking is not None and fresh:
         log_balance(tracking, run_id, balance)
     if tracking is not None:
-        log_compute_path(tracking, run_id, trainer.path.as_params())
+        log_compute_path(tracking, run_id, trainer.compute_params())
     result = trainer.fit()
     if rank == 0:
         splits = config.get("eval_splits", ["val"])
@@ -245,7 +245,7 @@ def finish_stage(
         "best_epoch": result.best_epoch,
         "metrics": summary,
         "lineage": result.lineage,
-        "compute": trainer.path.as_params(),
+        "compute": trainer.compute_params(),
         # Data set-up, training and evaluation inside the worker: the job subtracts it from the
         # stage's wall-clock to report Ray's start/stop overhead.
         "compute_s": time.perf_counter() - started if started else None,

@@ -55,7 +55,9 @@ class StageOverrides(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     epochs: int | None = Field(None, ge=1, description="optim.epochs (equal-compute control)")
-    batch_size: int | None = Field(None, ge=1, description="data.batch_size, per rank")
+    batch_size: int | None = Field(
+        None, ge=1, description="data.batch_size: the global batch, split over the ranks"
+    )
     kd_output_weight: float | None = Field(None, ge=0, description="kd.output_weight (searched)")
 
     def over(self, base: StageOverrides) -> StageOverrides:

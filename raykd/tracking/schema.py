@@ -11,11 +11,12 @@ Runs (all in one experiment per job unless ``--experiment`` says otherwise):
   the flattened stage config (``precision``/``channels_last`` as requested, e.g. ``auto``) plus
   the compute path it resolved to on the worker — ``compute.device``, ``compute.cpu_capability``
   (amx | avx512_bf16 | avx512 | avx2 | other), ``compute.precision`` (fp32 | bf16 | fp16),
-  ``compute.memory_format`` (channels_last | contiguous); metrics per epoch (``train_loss``,
-  ``train_<term>``, ``val_loss``, ``val_psnr`` = mean over volumes of the volume PSNR (the
-  same definition as ``final_val_psnr``), ``lr``, ``epoch_time_s``; step = epoch) and final,
-  of the best checkpoint on whole volumes (``final_<split>_<metric>`` for each of
-  METRICS, ``final_<split>_<volume>_<metric>``, ``best_val_loss``, ``wall_clock_s``).
+  ``compute.memory_format`` (channels_last | contiguous), ``compute.world_size`` (DDP ranks),
+  ``compute.global_batch`` (= ``data.batch_size``) and ``compute.rank_batch``; metrics per
+  epoch (``train_loss``, ``train_<term>``, ``val_loss``, ``val_psnr`` = mean over volumes of
+  the volume PSNR (the same definition as ``final_val_psnr``), ``lr``, ``epoch_time_s``;
+  step = epoch) and final, of the best checkpoint on whole volumes (``final_<split>_<metric>``
+  for each of METRICS, ``final_<split>_<volume>_<metric>``, ``best_val_loss``, ``wall_clock_s``).
   The zero-filled input of the same volumes and slices is evaluated at stage finish too
   (``zero_filled_<split>_<metric>``, and the eval JSON's ``zero_filled`` entry in the same
   format): the report's ZF row reads it and never rebuilds a dataset; ``model_params`` is the

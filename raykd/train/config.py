@@ -114,7 +114,9 @@ class DataConfig(_Strict):
     test: list[str] | None = None
     size: tuple[int, int] = (240, 240)
     mask: MaskConfig = MaskConfig()
-    batch_size: Count = Field(4, ge=1)
+    batch_size: Count = Field(
+        4, ge=1, description="the global batch: DDP ranks take batch_size / world_size each"
+    )
     num_workers: Count = Field(0, ge=0)
     max_slices_per_volume: Count | None = Field(None, ge=1)
     sr: SRConfig | None = Field(None, description="set for the super-resolution task")

@@ -27,7 +27,7 @@ from raykd.data.dataset import SliceDataset
 from raykd.data.sampling import ShardedSampler
 from raykd.data.sources import build_datasets
 from raykd.data.transforms import degrade
-from raykd.errors import CheckpointError
+from raykd.errors import CheckpointError, ConfigError
 from raykd.models.taps import FeatureTaps
 from raykd.train import balance
 from raykd.train.checkpoint import (
@@ -74,6 +74,10 @@ class Trainer:
         self.output_dir = Path(output_dir or cfg.output_dir)
         self.callbacks = callbacks or []
         self.rank, self.world = dist_info()
+        # data.batch_size is the *global* batch, dealt over the ranks (ShardedSampler), so a
+        # stage's result does not depend on how many workers trained it, and the stage identity
+        # (which holds the batch size but not the world size) stays true under reuse.
+        self.rank_batch = rank_batch(cfg.data.batch_size, self.world)
         resuming = resume_from is not None or (cfg.resume and self.last_path.is_file())
         check_run_dir(cfg.to_dict(), self.output_dir, resuming)  # never mix two configs' runs
         self.device = pick_device(cfg.device)
@@ -149,6 +153,16 @@ class Trainer:
             )
         return payload
 
+    def compute_params(self) -> dict[str, str]:
+        """How this stage computed: the resolved path plus the world size and both batch sizes
+        (logged as ``compute.*`` params and kept in ``result.json``)."""
+        return {
+            **self.path.as_params(),
+            "compute.world_size": str(self.world),
+            "compute.global_batch": str(self.cfg.data.batch_size),
+            "compute.rank_batch": str(self.rank_batch),
+        }
+
     def _resume(self, resume_from: str | Path | None) -> None:
         path = Path(resume_from) if resume_from else None
         if path is None and self.cfg.resume and self.last_path.is_file():
@@ -193,8 +207,7 @@ class Trainer:
         resuming = resume_from is not None or (self.cfg.resume and self.last_path.is_file())
         steps = 0 if resuming else int(getattr(method, "pretrain_steps", 0))
         teacher = self.stage.teacher
-        global_batch = self.cfg.data.batch_size * self.world
-        loader = self._loader(self.datasets["train"], batch_size=global_batch)
+        loader = self._loader(self.datasets["train"], batch_size=self.cfg.data.batch_size)
 
         def features():
             for sample in loader:
@@ -236,7 +249,7 @@ class Trainer:
         workers = self.cfg.data.num_workers
         return DataLoader(
             dataset,
-            batch_size=batch_size or self.cfg.data.batch_size,
+            batch_size=batch_size or self.rank_batch,
             sampler=sampler,
             num_workers=workers,
             pin_memory=self.device.type == "cuda",
@@ -317,8 +330,17 @@ class Trainer:
         self._log(self.path.describe())
         self._log(
             f"{len(train_set)} train / {len(self.datasets['val'])} val slices, world size "
-            f"{self.world}, epochs {self.start_epoch + 1}..{cfg.optim.epochs}"
+            f"{self.world}, global batch {cfg.data.batch_size} ({self.rank_batch} per rank), "
+            f"epochs {self.start_epoch + 1}..{cfg.optim.epochs}"
         )
+        if self.world > 1 and len(train_set) % self.world:
+            # The sampler pads the epoch by repeating slices so every rank takes the same number
+            # of steps; the last global batch then differs from a 1-worker run's.
+            self._log(
+                f"{len(train_set)} train slices are not a multiple of the world size "
+                f"{self.world}: each epoch repeats {-len(train_set) % self.world} slice(s), so "
+                "the result differs slightly from a 1-worker run"
+            )
         self.calibrate()
         ref = balance.reference_term(cfg.kind)
         for epoch in range(self.start_epoch, cfg.optim.epochs):
@@ -361,6 +383,16 @@ class Trainer:
             history=self.history,
             lineage=self.lineage,
         )
+
+
+def rank_batch(global_batch: int, world: int) -> int:
+    """The per-rank batch of a global batch; a split that leaves a remainder is refused."""
+    if global_batch % world:
+        raise ConfigError(
+            f"data.batch_size {global_batch} (the global batch) cannot be split evenly over "
+            f"{world} workers; choose a batch size that is a multiple of {world}"
+        )
+    return global_batch // world
 
 
 def train_stage(cfg: StageConfig, **kwargs) -> StageResult:
