@@ -8,6 +8,7 @@ message and exit non-zero instead of showing a traceback.
 from __future__ import annotations
 
 import errno
+import re
 
 
 class RaykdError(Exception):
@@ -24,6 +25,25 @@ class ConfigError(RaykdError):
 
 class CheckpointError(RaykdError):
     """A checkpoint is missing, corrupt or does not match the model it is loaded into."""
+
+
+_EXC_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Exception|Interrupt)): (.+)$")
+
+
+def error_summary(error: BaseException | str) -> str:
+    """The root cause of an error as one whole line: the innermost ``SomeError: message`` of a
+    (possibly nested, Ray-wrapped) traceback text, never cut at a fixed width. A message that
+    spans lines (raykd's own, naming files) keeps its first line."""
+    text = str(error)
+    lines = text.splitlines()
+    for i in range(len(lines) - 1, -1, -1):
+        if m := _EXC_LINE.match(lines[i]):
+            name, message = m.groups()
+            if name in ("RaykdError", "WorkerGroupError", "TrainingFailedError", "RayTaskError"):
+                continue  # wrappers: the cause is further in
+            return f"{name}: {message.strip()}"
+    first = next((line.strip() for line in lines if line.strip()), "")
+    return first or type(error).__name__
 
 
 _OS_CAUSES = {

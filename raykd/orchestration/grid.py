@@ -13,6 +13,7 @@ import hashlib
 import json
 from typing import Any
 
+from raykd.errors import error_summary
 from raykd.plan.presets import GridSpec
 from raykd.plan.rows import Row, grid_rows, trial_groups
 from raykd.plan.stages import NO_OVERRIDES, StageOverrides, row_requests
@@ -127,7 +128,7 @@ def run_grid(spec: GridSpec, job) -> list[dict[str, Any]]:
                 {
                     **row.to_dict(),
                     "label": row.label,
-                    "error": str(result.error)[:500] if result.error else "no result",
+                    "error": error_summary(result.error) if result.error else "no result",
                 }
             )
     order = {r.label: i for i, r in enumerate(rows)}

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import time
+import zipfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,9 @@ class StageRecord:
     wall_clock_s: float | None = None  # ensure_stage's whole call, Ray start/stop included
     compute_s: float | None = None  # set-up, training and evaluation inside the worker
     compute: dict[str, str] | None = None  # the resolved path: device, CPU class, precision...
+    # {file name: {"size": bytes, "sha256": hex}} of the stage's checkpoints when it finished;
+    # reuse checks them (records written before this field get a structural check instead).
+    checkpoints: dict[str, dict[str, Any]] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -73,12 +78,33 @@ class StageStore:
             return None
         return StageRecord(**json.loads(marker.read_text()))
 
-    def put(self, record: StageRecord) -> None:
+    def put(self, record: StageRecord) -> StageRecord:
+        """Mark a stage finished, with the digests of its checkpoints as they are now."""
         marker = self.stage_dir(record.stage_id) / "done.json"
         marker.parent.mkdir(parents=True, exist_ok=True)
+        if record.checkpoints is None:
+            record = replace(record, checkpoints=checkpoint_digests(Path(record.output_dir)))
         tmp = marker.with_suffix(".tmp")
         tmp.write_text(record.to_json())
         os.replace(tmp, marker)
+        return record
+
+    def get_intact(self, stage_id: str) -> tuple[StageRecord | None, str | None]:
+        """``(record, None)`` for a finished stage whose checkpoints are intact; ``(None,
+        problem)`` for a damaged one, whose folder is then moved aside (``<id>.damaged-<time>``)
+        so the stage trains again from scratch and the evidence is kept; ``(None, None)`` for a
+        stage that never finished."""
+        record = self.get(stage_id)
+        if record is None:
+            return None, None
+        problem = damaged_checkpoint(Path(record.output_dir), record.checkpoints)
+        if problem is None:
+            return record, None
+        folder = self.stage_dir(stage_id)
+        aside = folder.with_name(f"{stage_id}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        with contextlib.suppress(FileNotFoundError):  # another trial moved it first
+            os.replace(folder, aside)
+        return None, f"{problem} (stage moved aside to {aside})"
 
     def log_use(self, stage_id: str, trained: bool, job: str | None) -> None:
         """Append who used which stage, and whether it was trained or reused (job summaries)."""
@@ -108,3 +134,58 @@ class StageStore:
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+
+CHECKPOINTS = ("best.pt", "last.pt")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_digests(folder: Path) -> dict[str, dict[str, Any]]:
+    """Size and SHA-256 of each checkpoint the stage wrote."""
+    out = {}
+    for name in CHECKPOINTS:
+        path = folder / name
+        if path.is_file():
+            out[name] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+    return out
+
+
+def damaged_checkpoint(folder: Path, recorded: dict[str, dict[str, Any]] | None) -> str | None:
+    """What is wrong with a finished stage's checkpoints, naming the file; None if intact.
+
+    With recorded digests: every recorded file must exist with its size and SHA-256. Without
+    (stages stored before digests were recorded): ``best.pt`` must exist and every checkpoint
+    present must be a complete torch zip archive (each member's CRC checked, nothing unpickled).
+    """
+    if recorded:
+        for name, want in recorded.items():
+            path = folder / name
+            if not path.is_file():
+                return f"checkpoint {path} is missing"
+            size = path.stat().st_size
+            if size != want["size"]:
+                return f"checkpoint {path} is damaged: {size} bytes, {want['size']} when written"
+            if _sha256(path) != want["sha256"]:
+                return f"checkpoint {path} is damaged: its SHA-256 differs from when written"
+        return None
+    if not (folder / "best.pt").is_file():
+        return f"checkpoint {folder / 'best.pt'} is missing"
+    for name in CHECKPOINTS:
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+        except (zipfile.BadZipFile, OSError) as exc:
+            return f"checkpoint {path} is damaged: {exc}"
+        if bad is not None:
+            return f"checkpoint {path} is damaged: member {bad} fails its CRC"
+    return None

@@ -88,6 +88,16 @@ def _existing_run(ctx: StageContext, stage_id: str) -> str | None:
     return None
 
 
+def retire_damaged_run(ctx: StageContext, stage_id: str, reason: str) -> None:
+    """The finished MLflow run of a stage found damaged goes to MLflow's trash (restorable),
+    tagged with why, so the retrained stage is the only run of that stage id."""
+    if ctx.tracking is None:
+        return
+    for run in ctx.tracking.runs(f"tags.`raykd.stage_id` = '{stage_id}'"):
+        ctx.tracking.set_tags(run.info.run_id, {"raykd.damaged": reason[:4000]})
+        ctx.tracking.client.delete_run(run.info.run_id)
+
+
 def ensure_stage(
     cfg: StageConfig,
     ctx: StageContext,
@@ -121,7 +131,11 @@ def ensure_stages(
     records: dict[str, StageRecord] = {}
 
     def reuse(sid: str) -> bool:
-        if (record := ctx.store.get(sid)) is None:
+        record, damaged = ctx.store.get_intact(sid)
+        if damaged:
+            say(f"WARNING: {damaged}; training stage {sid} again")
+            retire_damaged_run(ctx, sid, damaged)
+        if record is None:
             return False
         records[sid] = in_this_store(record, ctx)
         ctx.store.log_use(sid, trained=False, job=ctx.parent_run_id)
@@ -242,7 +256,7 @@ def _train_chain(chain, records, ctx: StageContext, tune_report: bool, eval_spli
         if ctx.tracking is not None and run_id:
             # Rank 0 ended the run when the stage finished; this does not move its end time.
             ctx.tracking.log_metrics(run_id, {"wall_clock_s": stage_wall})
-        ctx.store.put(record)
+        record = ctx.store.put(record)
         ctx.store.log_use(sid, trained=True, job=ctx.parent_run_id)
         records[sid] = record
     if error is not None:

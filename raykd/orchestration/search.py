@@ -16,6 +16,7 @@ from typing import Any
 from optuna.exceptions import UpdateFinishedTrialError
 from ray.tune.search.optuna import OptunaSearch
 
+from raykd.errors import error_summary
 from raykd.orchestration.grid import run_row
 from raykd.plan.presets import GridSpec
 from raykd.plan.search_space import (
@@ -198,7 +199,7 @@ def run_search(search: SearchSpec, base: GridSpec, job, resume: bool = True) -> 
             "trial": m.get("trial_id") or (r.path or "?").rsplit("/", 1)[-1][:40],
             "params": {k: (r.config or {}).get(k) for k in search.params},
             **{k: m.get(k) for k in (*metrics, "val_ssim", "stage_id", "kd_run_id")},
-            "error": str(r.error)[:300] if r.error else None,
+            "error": error_summary(r.error) if r.error else None,
             "stopped": None,
             "run_id": None,
         }
