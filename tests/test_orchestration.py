@@ -230,8 +230,12 @@ def test_optuna_search_logs_trials_under_parent(ray_session, tiny_data, tmp_path
 
 
 @pytest.mark.ray
-def test_chain_resumes_after_killed_worker(ray_session, tiny_data, tmp_path):
-    """Teacher -> KD in one Ray Train run; a worker dies mid-KD; nothing is retrained."""
+@pytest.mark.parametrize("when", ["after_report", "before_report"])
+def test_chain_resumes_after_killed_worker(ray_session, tiny_data, tmp_path, when):
+    """Teacher -> KD in one Ray Train run; a worker dies mid-KD; nothing is retrained.
+
+    ``before_report``: killed after epoch 1 is in metrics.jsonl and MLflow but before its
+    checkpoint reached Ray, so epoch 1 trains again: still one record and one step per epoch."""
     from raykd.orchestration.runner import StageRequest, ensure_stages
 
     spec = tiny_grid(tiny_data, epochs={"teacher": 2, "sft": 1, "student": 1, "kd": 3})
@@ -243,13 +247,15 @@ def test_chain_resumes_after_killed_worker(ray_session, tiny_data, tmp_path):
         StageStore(tmp_path / "killed_run"),
         _tracking(tmp_path),
         ONE_CPU,
-        fault_injection={"kill_after_epoch": 1, "marker": str(marker), "kind": "kd"},
+        fault_injection={"kill_after_epoch": 1, "marker": str(marker), "kind": "kd", "when": when},
     )
     records = ensure_stages([teacher, kd], ctx)
     assert marker.exists()  # the worker really was killed once, during the KD stage
     t_rec, kd_rec = records[teacher.stage_id], records[kd.stage_id]
-    assert [h["epoch"] for h in _history(kd_rec)] == [1, 2, 3]  # resumed at epoch 2
+    assert [h["epoch"] for h in _history(kd_rec)] == [1, 2, 3]  # one record per epoch
     client = ctx.tracking.client
+    steps = [m.step for m in client.get_metric_history(kd_rec.mlflow_run_id, "train_loss")]
+    assert sorted(steps) == [1, 2, 3], steps
     # The teacher finished before the failure and was not trained again after the restart.
     assert len(client.get_metric_history(t_rec.mlflow_run_id, "train_loss")) == 2
     kd_run = client.get_run(kd_rec.mlflow_run_id)

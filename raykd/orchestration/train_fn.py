@@ -147,16 +147,23 @@ def run_training(
     fault = config.get("fault_injection") or {}
     inject = fault.get("kind") in (None, cfg.kind)
 
+    # Epochs an interrupted attempt already logged (it died before its checkpoint reached Ray):
+    # trained again on resume, but each MLflow step is logged once.
+    logged = set()
+    if tracking is not None and resume_from is not None:
+        history = tracking.client.get_metric_history(run_id, "train_loss")
+        logged = {m.step for m in history}
+
     def on_epoch(epoch: int, metrics: dict[str, float], last_path: Path | None) -> None:
-        if tracking is not None:
+        if tracking is not None and epoch + 1 not in logged:
             tracking.log_metrics(run_id, metrics, step=epoch + 1)
+        early = fault.get("when") == "before_report"  # logged, but no Ray checkpoint yet
+        if early and inject and fault.get("kill_after_epoch") == epoch + 1:
+            _die_once(fault, rank)
         if report is not None:
             report(metrics, last_path)
-        if inject and fault.get("kill_after_epoch") == epoch + 1 and rank == fault.get("rank", 0):
-            marker = Path(fault["marker"])
-            if not marker.exists():  # die once, like a preempted node or an OOM-killed worker
-                marker.touch()
-                os.kill(os.getpid(), signal.SIGKILL)
+        if inject and fault.get("kill_after_epoch") == epoch + 1 and not early:
+            _die_once(fault, rank)
 
     t0 = time.perf_counter()
     trainer = Trainer(cfg, output_dir, callbacks=[on_epoch], resume_from=resume_from)
@@ -170,6 +177,18 @@ def run_training(
     if rank == 0:
         splits = config.get("eval_splits", ["val"])
         finish_stage(cfg, trainer, result, tracking, run_id, splits, started=t0)
+
+
+def _die_once(fault: dict[str, Any], rank: int) -> None:
+    """Fault injection (tests): SIGKILL this rank once, like a preempted node or an OOM kill.
+    ``when: before_report`` dies after the epoch is written and logged but before its
+    checkpoint reaches Ray, so the restart resumes one epoch earlier than the files say."""
+    if rank != fault.get("rank", 0):
+        return
+    marker = Path(fault["marker"])
+    if not marker.exists():
+        marker.touch()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def log_balance(tracking, run_id: str, balance: dict[str, Any]) -> None:

@@ -186,6 +186,8 @@ class Trainer:
         self.best_val = float(ckpt["best_val_loss"])
         self.best_epoch = int(ckpt["best_epoch"])
         self.history = json.loads(ckpt["history"])
+        if self.rank == 0:
+            drop_records_after(self.output_dir / "metrics.jsonl", self.start_epoch)
         if ckpt.get("balance") and json.loads(ckpt["balance"]):
             # The calibrated weights of the interrupted run, not a new measurement.
             self.balance = json.loads(ckpt["balance"])
@@ -383,6 +385,21 @@ class Trainer:
             history=self.history,
             lineage=self.lineage,
         )
+
+
+def drop_records_after(path: Path, epochs: int) -> int:
+    """Keep the first ``epochs`` epochs' records of ``metrics.jsonl``: a run resumed from an
+    earlier checkpoint than its last written record (killed between the two) trains those epochs
+    again and must not record them twice. Returns how many records were dropped."""
+    if not path.is_file():
+        return 0
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    keep = [line for line in lines if json.loads(line).get("epoch", 0) <= epochs]
+    if len(keep) != len(lines):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        tmp.replace(path)
+    return len(lines) - len(keep)
 
 
 def rank_batch(global_batch: int, world: int) -> int:
