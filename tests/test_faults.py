@@ -32,7 +32,7 @@ def _requests(data: Path) -> tuple[StageRequest, StageRequest]:
 
 
 def _usage(store: StageStore, job: str) -> dict[str, bool]:
-    return {u["stage_id"]: u["trained"] for u in store.usage(job)}
+    return {sid: how == "trained" for how, sids in store.uses(job).items() for sid in sids}
 
 
 @pytest.mark.parametrize("name", ["best.pt", "last.pt"])

@@ -116,8 +116,9 @@ def grid_overrides(args: argparse.Namespace) -> dict:
 
 
 def run_grid_args(args: argparse.Namespace) -> int:
-    from raykd.orchestration.grid import run_grid
-    from raykd.orchestration.job import finish_job
+    from raykd.orchestration.grid import grid_stage_ids, run_grid
+    from raykd.orchestration.interrupt import received
+    from raykd.orchestration.job import finish_job, interrupt_job
     from raykd.orchestration.preflight import load_checked_preset, preflight_grid
 
     spec, problems = load_checked_preset(args.preset, grid_overrides(args), args)
@@ -131,7 +132,9 @@ def run_grid_args(args: argparse.Namespace) -> int:
     )
     try:
         rows = run_grid(spec, job)
-    except BaseException:
+    except BaseException as exc:
+        if (got := received()) is not None or isinstance(exc, KeyboardInterrupt):
+            raise interrupt_job(job, got or exc, grid_stage_ids(spec)) from None
         finish_job(job, [], status="FAILED")
         raise
     failed = [r for r in rows if r.get("error")]
@@ -178,7 +181,8 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
 def run_search_args(args: argparse.Namespace) -> int:
     import json
 
-    from raykd.orchestration.job import finish_job
+    from raykd.orchestration.interrupt import received
+    from raykd.orchestration.job import finish_job, interrupt_job
     from raykd.orchestration.preflight import load_checked_preset, preflight_search
     from raykd.orchestration.search import run_search, search_rows
     from raykd.plan.search_space import load_search
@@ -197,7 +201,9 @@ def run_search_args(args: argparse.Namespace) -> int:
     )
     try:
         out = run_search(search, base, job, resume=not args.fresh)
-    except BaseException:
+    except BaseException as exc:
+        if (got := received()) is not None or isinstance(exc, KeyboardInterrupt):
+            raise interrupt_job(job, got or exc, []) from None
         finish_job(job, [], status="FAILED")
         raise
     path = job.root / f"search-{search.name}-{job.run_id[:8]}.json"

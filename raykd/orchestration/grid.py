@@ -43,6 +43,11 @@ def run_rows(
     return [records[req.stage_id] for req in own]
 
 
+def grid_stage_ids(spec: GridSpec) -> list[str]:
+    """Every stage identity the grid's rows need (planning only: no Ray, no files)."""
+    return [req.stage_id for row in grid_rows(spec) for req in row_requests(spec, row)]
+
+
 def run_row(
     spec: GridSpec,
     row: Row,

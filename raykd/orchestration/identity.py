@@ -106,11 +106,27 @@ class StageStore:
             os.replace(folder, aside)
         return None, f"{problem} (stage moved aside to {aside})"
 
-    def log_use(self, stage_id: str, trained: bool, job: str | None) -> None:
-        """Append who used which stage, and whether it was trained or reused (job summaries)."""
-        line = json.dumps({"stage_id": stage_id, "trained": trained, "job": job, "t": time.time()})
+    def log_use(self, stage_id: str, how: str, job: str | None) -> None:
+        """Append which job used which stage and how: ``trained`` (from scratch), ``resumed``
+        (from a ``last.pt`` an interrupted job left) or ``reused`` (finished before: by another
+        job, or by an interrupted one whose driver died before recording it)."""
+        assert how in USES, how
+        event = {"stage_id": stage_id, "how": how, "trained": how != "reused", "job": job}
+        line = json.dumps({**event, "t": time.time()})
         with open(self.root / "stages" / "usage.jsonl", "a") as f:
             f.write(line + "\n")
+
+    def uses(self, job: str) -> dict[str, list[str]]:
+        """``{trained|resumed|reused: [stage ids]}`` for one job, each stage counted once (the
+        strongest use wins: trained > resumed > reused)."""
+        how: dict[str, str] = {}
+        for event in self.usage(job):
+            # Events written before "how" existed: trained True/False.
+            use = event.get("how") or ("trained" if event["trained"] else "reused")
+            sid = event["stage_id"]
+            if sid not in how or USES.index(use) < USES.index(how[sid]):
+                how[sid] = use
+        return {u: sorted(s for s, h in how.items() if h == u) for u in USES}
 
     def usage(self, job: str | None = None) -> list[dict[str, Any]]:
         path = self.root / "stages" / "usage.jsonl"
@@ -137,6 +153,7 @@ class StageStore:
 
 
 CHECKPOINTS = ("best.pt", "last.pt")
+USES = ("trained", "resumed", "reused")
 
 
 def _sha256(path: Path) -> str:

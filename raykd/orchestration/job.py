@@ -16,6 +16,12 @@ from typing import Any
 
 from raykd.orchestration.cluster import TrialResources, init_ray, plan_resources, say
 from raykd.orchestration.identity import StageStore
+from raykd.orchestration.interrupt import (
+    JobInterrupted,
+    install_handlers,
+    resume_command,
+    stage_progress,
+)
 from raykd.orchestration.runner import StageContext
 from raykd.paths import default_run_root
 from raykd.tracking import Tracking, default_tracking_uri
@@ -64,6 +70,7 @@ def start_job(
     root = Path(root or default_run_root()).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
     init_ray(address, num_cpus=num_cpus)
+    install_handlers()  # after Ray: replaces its driver's abort-on-SIGTERM
     resources = plan_resources(workers, max_concurrent)
     if local_train == "auto":
         local_train = not resources.use_gpu and resources.workers == 1
@@ -100,22 +107,42 @@ def trial_failure_config(ctx: StageContext):
     return tune.FailureConfig(max_failures=ctx.max_failures if ctx.local else 0)
 
 
+def interrupt_job(
+    job: Job, exc: KeyboardInterrupt | JobInterrupted, stage_ids: list[str]
+) -> JobInterrupted:
+    """Record an interrupted job (MLflow run KILLED, what finished) and return the exception
+    whose message is the one line the user sees; ``stage_ids``: every stage the job needed."""
+    if not isinstance(exc, JobInterrupted):
+        exc = JobInterrupted(2)  # a KeyboardInterrupt raised by a library: Ctrl-C
+    dirs = [job.ctx.store.stage_dir(sid) for sid in dict.fromkeys(stage_ids)]
+    finished, interrupted = stage_progress(dirs, job.started)
+    summary = finish_job(job, [], status="KILLED", quiet=True)
+    done = f"{len(finished)} of {len(dirs)} stages finished during this job"
+    done += f" ({summary['stages_reused']} reused)" if summary["stages_reused"] else ""
+    cut = f"; interrupted: {', '.join(interrupted)}" if interrupted else ""
+    exc.args = (
+        f"interrupted by {exc.signame}: {done}{cut}; rerun to resume (finished stages are "
+        f"reused, interrupted ones resume): {resume_command()}",
+    )
+    return exc
+
+
 def finish_job(
     job: Job,
     rows: list[dict[str, Any]],
     status: str = "FINISHED",
     warnings: list[str] | None = None,
+    quiet: bool = False,
 ) -> dict[str, Any]:
     """Log stages.json and the summary to the job run, print the summary, close the run.
 
     ``warnings`` (e.g. unequal epoch budgets from an override) are printed with the summary and
     stored in it.
     """
-    usage = job.ctx.store.usage(job.run_id)
-    trained = sorted({u["stage_id"] for u in usage if u["trained"]})
-    reused = sorted({u["stage_id"] for u in usage if not u["trained"]} - set(trained))
+    uses = job.ctx.store.uses(job.run_id)
+    trained, resumed, reused = uses["trained"], uses["resumed"], uses["reused"]
     wall = time.time() - job.started
-    records = [job.ctx.store.get(sid) for sid in trained]
+    records = [job.ctx.store.get(sid) for sid in trained + resumed]
     compute = sum(r.compute_s or 0.0 for r in records if r is not None)
     stage_wall = sum(r.wall_clock_s or 0.0 for r in records if r is not None)
     paths: dict[str, int] = {}
@@ -138,6 +165,7 @@ def finish_job(
         "overhead_fraction": round(max(0.0, wall - compute) / wall, 4) if wall else None,
         "stage_overhead_s": round(max(0.0, stage_wall - compute), 1),
         "stages_trained": len(trained),
+        "stages_resumed": len(resumed),
         "stages_reused": len(reused),
         "compute_paths": paths,  # how the trained stages computed (precision/memory format)
         "rows": rows,
@@ -153,6 +181,7 @@ def finish_job(
         {
             "wall_clock_s": summary["wall_clock_s"],
             "stages_trained": len(trained),
+            "stages_resumed": len(resumed),
             "stages_reused": len(reused),
             "overhead_s": summary["overhead_s"],
         },
@@ -174,9 +203,11 @@ def finish_job(
         summary["registered_model"] = registered
     job.tracking.close_unfinished(job.run_id)
     job.tracking.end_run(job.run_id, status)
+    if quiet:
+        return summary
     print(
         f"\n== {job.name}: {len(rows)} rows in {summary['wall_clock_s']:.0f}s; "
-        f"{len(trained)} stages trained, {len(reused)} reused =="
+        f"{len(trained)} stages trained, {len(resumed)} resumed, {len(reused)} reused =="
     )
     print(
         f"Ray/orchestration overhead: {summary['overhead_s']:.0f}s "

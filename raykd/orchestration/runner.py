@@ -33,6 +33,7 @@ from raykd.orchestration.stage_runs import (
 from raykd.orchestration.train_fn import RESULT_FILE, train_fn
 from raykd.plan.stages import StageRequest
 from raykd.tracking import Tracking
+from raykd.tracking.mlflow_store import PARENT_TAG
 from raykd.train.config import StageConfig
 from raykd.train.loop import rank_batch
 
@@ -138,7 +139,7 @@ def ensure_stages(
         if record is None:
             return False
         records[sid] = in_this_store(record, ctx)
-        ctx.store.log_use(sid, trained=False, job=ctx.parent_run_id)
+        ctx.store.log_use(sid, "reused", job=ctx.parent_run_id)
         return True
 
     pending = [sid for sid in unique if not reuse(sid)]
@@ -171,8 +172,18 @@ def in_this_store(record: StageRecord, ctx: StageContext) -> StageRecord:
 def _train_chain(chain, records, ctx: StageContext, tune_report: bool, eval_splits) -> None:
     """Train ``chain`` (stage id, request) in order in one Ray Train run; record each stage."""
     planned: dict[str, dict] = {}
+    # What each stage's folder holds before this chain runs, for honest accounting: finished
+    # by an interrupted job (its result.json exists), or to resume (its last.pt), or nothing.
+    before: dict[str, str] = {}
     for sid, req in chain:
         out = ctx.store.stage_dir(sid)
+        before[sid] = (
+            "reused"
+            if (out / RESULT_FILE).is_file()
+            else "resumed"
+            if (out / "last.pt").is_file()
+            else "trained"
+        )
         updates = {"output_dir": str(out), "progress": False, "name": sid}
         teacher_kind, teacher_run = None, ""
         if req.teacher_id is not None:
@@ -197,6 +208,9 @@ def _train_chain(chain, records, ctx: StageContext, tune_report: bool, eval_spli
             (out / TAGS_FILE).write_text(json.dumps(tags, indent=1))
             # Rank 0 opens the run when the stage starts (true start time) unless one exists.
             run_id = known_runs(out).get(ctx.tracking.uri) or _existing_run(ctx, sid)
+            if run_id and ctx.parent_run_id and before[sid] != "reused":
+                # Opened by an interrupted job: this job finishes it, so it joins this tree.
+                ctx.tracking.set_tags(run_id, {PARENT_TAG: ctx.parent_run_id})
             run_spec = {
                 "name": stage_run_name(cfg, tags),
                 "tags": tags,
@@ -257,7 +271,10 @@ def _train_chain(chain, records, ctx: StageContext, tune_report: bool, eval_spli
             # Rank 0 ended the run when the stage finished; this does not move its end time.
             ctx.tracking.log_metrics(run_id, {"wall_clock_s": stage_wall})
         record = ctx.store.put(record)
-        ctx.store.log_use(sid, trained=True, job=ctx.parent_run_id)
+        ctx.store.log_use(sid, before[sid], job=ctx.parent_run_id)
+        if before[sid] != "trained" and ctx.tracking is not None and run_id:
+            # Its run was opened under the interrupted job: this job's tree must list it too.
+            record = in_this_store(record, ctx)
         records[sid] = record
     if error is not None:
         raise error

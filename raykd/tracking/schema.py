@@ -4,8 +4,10 @@ Runs (all in one experiment per job unless ``--experiment`` says otherwise):
 
 - job run: ``raykd.role=job`` (a grid or search invocation). Artifact
   ``<job>-<id>-stages.json``: ``{"rows": [{label, row, method, ..., stage_id, mlflow_run_id,
-  val_psnr, ...}], "stages_trained": n, "stages_reused": m, ...}`` — every stage run the job
-  used, trained or reused; metrics ``stages_trained``, ``stages_reused``, ``wall_clock_s``.
+  val_psnr, ...}], "stages_trained": n, "stages_resumed": k, "stages_reused": m, ...}`` — every
+  stage run the job used, and what *this* job did with it (trained from scratch, resumed from
+  an interrupted job's ``last.pt``, reused); metrics ``stages_trained``, ``stages_resumed``,
+  ``stages_reused``, ``wall_clock_s``.
 - stage run: ``raykd.role=stage``, child of the job that *trained* it (reused stages are not
   retrained, so a later job lists them in its ``stages.json`` instead). Tags below; params =
   the flattened stage config (``precision``/``channels_last`` as requested, e.g. ``auto``) plus
