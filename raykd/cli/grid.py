@@ -27,6 +27,11 @@ def add_job_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run Train in-process (num_workers=0): debugging, tiny machines",
     )
+    g.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Ray/Tune/Train/MLflow output too (default: raykd's own lines only)",
+    )
 
 
 def _preset_names() -> list[str]:
@@ -77,8 +82,11 @@ def _start_job(
     run_name: str,
     local_default: bool | str = False,
 ):
+    from raykd.orchestration.console import set_verbose
     from raykd.orchestration.job import start_job
 
+    if args.verbose:
+        set_verbose(True)
     return start_job(
         name,
         run_name=run_name,
