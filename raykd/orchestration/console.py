@@ -31,6 +31,12 @@ VERBOSE_ENV = "RAYKD_VERBOSE"
 QUIET_LOGGERS = ("ray", "mlflow", "alembic", "optuna")
 
 
+HIDDEN_HINT = (
+    "Ray's own output (worker tracebacks) was hidden: rerun with --verbose, or read the logs "
+    "under /tmp/ray/session_latest/logs"
+)
+
+
 def set_verbose(verbose: bool) -> None:
     """Remember the choice for this process and the Ray processes it starts."""
     if verbose:
