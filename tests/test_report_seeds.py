@@ -149,6 +149,7 @@ def test_held_out_header(compared, store):
         "computed on held-out test volumes vol_c, vol_d never used for training or model "
         "selection" in md
     )
+    assert "Each run's numbers average 12 slices." in md  # 2 volumes x 6 slices
     for name in ("table_3", "table_8", "gap", "wilcoxon"):
         assert "held-out test volumes vol_c, vol_d" in (compared["out"] / f"{name}.md").read_text()
     assert "held-out test" in compared["result"].paragraph

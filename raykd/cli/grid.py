@@ -27,6 +27,11 @@ def add_job_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run Train in-process (num_workers=0): debugging, tiny machines",
     )
+    g.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Ray/Tune/Train/MLflow output too (default: raykd's own lines only)",
+    )
 
 
 def _preset_names() -> list[str]:
@@ -77,8 +82,11 @@ def _start_job(
     run_name: str,
     local_default: bool | str = False,
 ):
+    from raykd.orchestration.console import set_verbose
     from raykd.orchestration.job import start_job
 
+    if args.verbose:
+        set_verbose(True)
     return start_job(
         name,
         run_name=run_name,
@@ -142,6 +150,10 @@ def run_grid_args(args: argparse.Namespace) -> int:
     finish_job(job, rows, status=status, warnings=spec.budget_warnings())
     for r in failed:
         print(f"FAILED {r['label']}: {r['error']}", file=sys.stderr)
+    from raykd.orchestration.console import HIDDEN_HINT, is_verbose
+
+    if failed and not is_verbose():
+        print(HIDDEN_HINT, file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -213,10 +225,15 @@ def run_search_args(args: argparse.Namespace) -> int:
     job.tracking.log_artifact(job.run_id, path)
     rows = search_rows(out)
     finish_job(job, rows)
+    per_volume = base.max_slices_per_volume
+    scope = (
+        f"split val, {'at most ' + str(per_volume) if per_volume else 'all'} slices per volume, "
+        "mean over seeds"
+    )
     if "best" in out:
         print(
             f"best trial: {out['best']['params']} -> {search.objectives[0].metric} "
-            f"{out['best'][search.objectives[0].metric]:.3f}"
+            f"{out['best'][search.objectives[0].metric]:.3f} ({scope})"
         )
     for t in out.get("pareto", []):
         print(

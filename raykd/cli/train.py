@@ -8,7 +8,7 @@ import argparse
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from raykd.train.config import load_config
-    from raykd.train.evaluate import evaluate_model, write_json
+    from raykd.train.evaluate import evaluate_model, slice_count, write_json
     from raykd.train.loop import Trainer
     from raykd.train.stages import load_model
 
@@ -29,7 +29,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     report = evaluate_model(model, trainer.datasets["val"], trainer.device)
     write_json(report, result.output_dir / "eval_val.json")
     summary = ", ".join(f"{k} {v[0]:.4f}" for k, v in report["summary"].items())
-    print(f"best epoch {result.best_epoch + 1}: validation {summary}")
+    scope = slice_count(report, "val", cfg.data.max_slices_per_volume)
+    print(f"best epoch {result.best_epoch + 1}: validation {summary} ({scope})")
     print(f"checkpoint: {result.best_checkpoint}")
     return 0
 
@@ -49,7 +50,33 @@ def _eval_dataset(args: argparse.Namespace, ckpt_path: str):
     else:
         mask_cfg = MaskConfig(**stored.get("mask", {}))
     data = args.data if hasattr(args, "data") else args.input
-    return SliceDataset(data, size, build_mask(mask_cfg))
+    return SliceDataset(data, size, build_mask(mask_cfg), max_slices=args.max_slices)
+
+
+def _scope_note(args: argparse.Namespace) -> str | None:
+    """Why this PSNR may differ from the job's: a job that evaluated a subset of each volume's
+    slices (``data.max_slices_per_volume``) against all of them here, or the reverse."""
+    from raykd.train.checkpoint import checkpoint_config, load_checkpoint
+
+    stored = checkpoint_config(load_checkpoint(args.checkpoint)).get("data", {})
+    job = stored.get("max_slices_per_volume")
+    if job == args.max_slices:
+        return None
+    if job is None:
+        return (
+            f"note: the checkpoint's own validation used all slices of each volume; this one "
+            f"at most {args.max_slices} per volume"
+        )
+    return (
+        f"note: the checkpoint's own validation (its job's and MLflow's val PSNR) used at most "
+        f"{job} slices per volume (data.max_slices_per_volume); "
+        + (
+            "this one uses all of them, so the numbers differ: pass "
+            f"--max-slices {job} to evaluate the same slices"
+            if args.max_slices is None
+            else f"this one at most {args.max_slices}"
+        )
+    )
 
 
 def _model_and_data(args: argparse.Namespace, data_flag: str, data: str, what: str):
@@ -67,7 +94,7 @@ def _model_and_data(args: argparse.Namespace, data_flag: str, data: str, what: s
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from raykd.train.evaluate import evaluate_model, write_json
+    from raykd.train.evaluate import coverage, evaluate_model, write_json
 
     model, dataset, device = _model_and_data(args, "--data", args.data, "metrics")
     report = evaluate_model(model, dataset, device)
@@ -75,8 +102,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.zero_filled:
         report["zero_filled"] = evaluate_model(None, dataset, device)["summary"]
     write_json(report, args.out)
+    per_volume = f"at most {args.max_slices}" if args.max_slices else "all"
+    print(
+        f"metrics on --data {args.data}: {coverage(report)} ({per_volume} slices of each "
+        "volume; mean ± std over volumes)"
+    )
     for name, (mean, std) in report["summary"].items():
         print(f"{name:6s} {mean:.4f} ± {std:.4f}")
+    if note := _scope_note(args):
+        print(note)
     print(f"wrote {args.out}")
     return 0
 
@@ -93,8 +127,20 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         attrs={"checkpoint": str(args.checkpoint), "source": str(args.input)},
         extra={"zero_filled": rec["zero_filled"], "target": rec["target"]},
     )
-    print(f"wrote {args.out} ({rec['recon'].shape[0]} slices)")
+    vol = dataset.volumes[0]
+    per_volume = f"at most {args.max_slices}" if args.max_slices else "all"
+    print(
+        f"wrote {args.out}: volume {vol.key} of --input, {rec['recon'].shape[0]} slices "
+        f"({per_volume} of its slices)"
+    )
     return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected >= 1, got {value}")
+    return value
 
 
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
@@ -115,6 +161,12 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask", help="fixed mask .npy (default: the checkpoint's training mask)")
     p.add_argument("--acceleration", type=float, help="use a seeded Cartesian mask instead")
     p.add_argument("--mask-seed", type=int, default=0)
+    p.add_argument(
+        "--max-slices",
+        type=_positive,
+        help="at most this many evenly spaced slices per volume, as a job's "
+        "data.max_slices_per_volume does (default: all slices)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument(
         "--force",

@@ -22,8 +22,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> str:
     """
     import ray
 
+    from raykd.orchestration.console import filter_worker_output, quiet_driver, ray_logging_level
+
     if ray.is_initialized():
         return "already connected"
+    quiet_driver()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     from raykd.tracking.mlflow_store import COMMIT_ENV, git_commit
@@ -48,7 +51,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> str:
             # rewrite 127.0.0.1 to this machine's IP, where that Ray does not listen.
             loopback_only()
         try:
-            ray.init(address=target, log_to_driver=True, runtime_env=_worker_env(target))
+            ray.init(
+                address=target,
+                log_to_driver=True,
+                runtime_env=_worker_env(target),
+                logging_level=ray_logging_level(),
+            )
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise RaykdError(
                 f"cannot connect to Ray at {target} ({exc}); start a cluster with `ray start "
@@ -58,6 +66,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> str:
     else:
         start_local_ray(num_cpus)
         message = "started a private local Ray (bound to 127.0.0.1; stops with the job)"
+    if filter_worker_output():
+        message += "; Ray's own output is hidden (--verbose shows it)"
     say(message)
     return message
 
@@ -143,10 +153,13 @@ def start_local_ray(num_cpus: int | None, log_to_driver: bool = True) -> None:
     os.environ["RAY_ADDRESS"] = f"{LOOPBACK}:{port}"
     loopback_only()
     try:
+        from raykd.orchestration.console import ray_logging_level
+
         ray.init(
             address="local",
             num_cpus=num_cpus,
             log_to_driver=log_to_driver,
+            logging_level=ray_logging_level(),
             _node_ip_address=LOOPBACK,
             dashboard_host=LOOPBACK,
         )

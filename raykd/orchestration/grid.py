@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 from raykd.errors import error_summary
@@ -48,6 +49,21 @@ def grid_stage_ids(spec: GridSpec) -> list[str]:
     return [req.stage_id for row in grid_rows(spec) for req in row_requests(spec, row)]
 
 
+def stage_numbers(
+    spec: GridSpec, groups: list[list[Row]], overrides: StageOverrides = NO_OVERRIDES
+) -> dict[str, int]:
+    """Each distinct stage the rows need, numbered 1..N in the order trials train them (per
+    trial: its rows' teachers first, then their own stages, as :func:`run_rows` asks): the k and
+    N of the console's ``stage k/N``."""
+    numbers: dict[str, int] = {}
+    for rows in groups:
+        per_row = [row_requests(spec, row, overrides) for row in rows]
+        ordered = [req for reqs in per_row for req in reqs[:-1]] + [reqs[-1] for reqs in per_row]
+        for req in ordered:
+            numbers.setdefault(req.stage_id, len(numbers) + 1)
+    return numbers
+
+
 def run_row(
     spec: GridSpec,
     row: Row,
@@ -82,6 +98,7 @@ def grid_trial(config: dict[str, Any]) -> None:
                 **row.to_dict(),
                 "label": row.label,
                 **{f"val_{k}": v for k, v in val.items()},
+                "scope": eval_scope(record.output_dir, "val"),
                 "stage_id": record.stage_id,
                 "mlflow_run_id": record.mlflow_run_id or "",
             }
@@ -99,11 +116,14 @@ def run_grid(spec: GridSpec, job) -> list[dict[str, Any]]:
     """Run every row of ``spec`` through Tune trials; returns one result dict per row."""
     from ray import tune
 
+    from raykd.orchestration.console import tune_verbosity
     from raykd.orchestration.job import tune_trainable
     from raykd.orchestration.runner import context_to_dict
 
     rows = grid_rows(spec)
-    groups = [[r.to_dict() for r in group] for group in trial_groups(spec, rows)]
+    row_groups = trial_groups(spec, rows)
+    job.ctx.numbers = stage_numbers(spec, row_groups)
+    groups = [[r.to_dict() for r in group] for group in row_groups]
     spec_d = spec.model_dump(mode="json")
     name = "grid-" + hashlib.sha256(json_dumps(spec_d).encode()).hexdigest()[:10]
     storage = job.root / "tune"
@@ -117,7 +137,9 @@ def run_grid(spec: GridSpec, job) -> list[dict[str, Any]]:
             "rows": tune.grid_search(groups),
         },
         tune_config=tune.TuneConfig(max_concurrent_trials=job.resources.concurrency),
-        run_config=tune.RunConfig(name=f"{name}-{job.run_id[:8]}", storage_path=str(storage)),
+        run_config=tune.RunConfig(
+            name=f"{name}-{job.run_id[:8]}", storage_path=str(storage), verbose=tune_verbosity()
+        ),
     )
     results = tuner.fit()
     out: list[dict[str, Any]] = []
@@ -138,6 +160,17 @@ def run_grid(spec: GridSpec, job) -> list[dict[str, Any]]:
             )
     order = {r.label: i for i, r in enumerate(rows)}
     return sorted(out, key=lambda e: order.get(e["label"], len(order)))
+
+
+def eval_scope(output_dir: str, split: str) -> str:
+    """``split val: 1 volume, 4 slices``: what a stage's final metrics average over ("" when
+    its evaluation report is not there)."""
+    from raykd.train.evaluate import slice_count
+
+    path = Path(output_dir) / f"eval_{split}.json"
+    if not path.is_file():
+        return ""
+    return slice_count(json.loads(path.read_text()), split)
 
 
 def json_dumps(data: Any) -> str:

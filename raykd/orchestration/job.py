@@ -217,9 +217,13 @@ def finish_job(
     if paths:
         print("compute path of trained stages: " + ", ".join(f"{k} ×{n}" for k, n in paths.items()))
     width = max((len(r.get("label", "")) for r in rows), default=10)
+    scopes = {r.get("scope") for r in rows if r.get("scope")}
+    if len(scopes) == 1:
+        print(f"val PSNR (dB) / SSIM of each row's best checkpoint on {scopes.pop()}:")
     for r in rows:
         mark = "  <- best" if best is not None and r.get("label") == best["label"] else ""
-        print(f"  {r.get('label', ''):{width}s}  {row_outcome(r)}{mark}")
+        scope = f"  ({r['scope']})" if len(scopes) > 1 and r.get("scope") else ""
+        print(f"  {r.get('label', ''):{width}s}  {row_outcome(r)}{mark}{scope}")
     print(f"\nMLflow store: {job.tracking.uri}  (experiment '{job.tracking.experiment_name}')")
     print(f"  browse: mlflow ui --backend-store-uri {job.tracking.uri}")
     print(
@@ -332,13 +336,16 @@ def register_best_student(job: Job, rows: list[dict[str, Any]], name: str | None
         return None
     model = load_model(record.best_checkpoint, part="student")
     size = checkpoint_config(load_checkpoint(record.best_checkpoint))["data"]["size"]
-    version = register_model(
-        job.tracking,
-        best["run"],
-        model,
-        name,
-        score=best["val_psnr"],
-        size=(int(size[0]), int(size[1])),
-        label=best["label"],
-    )
+    from raykd.orchestration.console import hushed
+
+    with hushed():  # MLflow prints "Successfully registered model …" itself
+        version = register_model(
+            job.tracking,
+            best["run"],
+            model,
+            name,
+            score=best["val_psnr"],
+            size=(int(size[0]), int(size[1])),
+            label=best["label"],
+        )
     return {"name": name, "version": version, "label": best["label"], "run_id": best["run"]}

@@ -16,11 +16,12 @@ import contextlib
 import dataclasses
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from raykd.errors import RaykdError
 from raykd.orchestration.cluster import TrialResources, say
+from raykd.orchestration.console import progress
 from raykd.orchestration.identity import StageRecord, StageStore
 from raykd.orchestration.stage_runs import (
     TAGS_FILE,
@@ -50,6 +51,10 @@ class StageContext:
     local: bool = False  # train in this process instead of Ray Train workers (tests, debugging)
     # tests: {"kill_after_epoch": k, "marker": path, "kind": stage kind (optional)}
     fault_injection: dict | None = None
+    # Each stage's place among all the job needs (stage id -> k of "stage k/N"); empty: unknown.
+    numbers: dict[str, int] = field(default_factory=dict)
+    # Stages this process already announced as reused (announce each once).
+    announced: set[str] = field(default_factory=set)
 
 
 def context_to_dict(ctx: StageContext) -> dict:
@@ -63,6 +68,7 @@ def context_to_dict(ctx: StageContext) -> dict:
         "max_failures": ctx.max_failures,
         "local": ctx.local,
         "fault_injection": ctx.fault_injection,
+        "numbers": dict(ctx.numbers),
     }
 
 
@@ -76,7 +82,28 @@ def context_from_dict(data: dict) -> StageContext:
         max_failures=data["max_failures"],
         local=data["local"],
         fault_injection=data.get("fault_injection"),
+        numbers=dict(data.get("numbers") or {}),
     )
+
+
+def announce(ctx: StageContext, sid: str, cfg: StageConfig, tags: dict[str, str]) -> str:
+    """``stage 3/14  <run name> (kd)``: how the console names a stage (its MLflow run name)."""
+    total = len(ctx.numbers) or None
+    return progress(ctx.numbers.get(sid), total, stage_run_name(cfg, tags), cfg.kind)
+
+
+def _reuse_line(ctx: StageContext, sid: str, req: StageRequest, record: StageRecord) -> None:
+    """Say once that a stage trained by an earlier job is reused (not one this job trained)."""
+    if sid in ctx.announced:
+        return
+    ctx.announced.add(sid)
+    if any(u["stage_id"] == sid and u["trained"] for u in ctx.store.usage(ctx.parent_run_id)):
+        return
+    teacher = ctx.store.get(req.teacher_id) if req.teacher_id else None
+    tags = stage_tags(req.cfg, sid, req.teacher_id, teacher.kind if teacher else None) | req.tags
+    psnr = ((record.metrics or {}).get("val") or {}).get("psnr")
+    result = f", val PSNR {psnr:.2f} dB" if psnr is not None else ""
+    say(f"{announce(ctx, sid, req.cfg, tags)}: reused (trained by an earlier job{result})")
 
 
 def _existing_run(ctx: StageContext, stage_id: str) -> str | None:
@@ -138,6 +165,7 @@ def ensure_stages(
             retire_damaged_run(ctx, sid, damaged)
         if record is None:
             return False
+        _reuse_line(ctx, sid, unique[sid], record)
         records[sid] = in_this_store(record, ctx)
         ctx.store.log_use(sid, "reused", job=ctx.parent_run_id)
         return True
@@ -202,8 +230,8 @@ def _train_chain(chain, records, ctx: StageContext, tune_report: bool, eval_spli
                 )
         cfg = req.cfg.model_copy(update=updates)
         run_id, run_spec = None, None
+        tags = stage_tags(cfg, sid, req.teacher_id, teacher_kind, teacher_run) | req.tags
         if ctx.tracking is not None:
-            tags = stage_tags(cfg, sid, req.teacher_id, teacher_kind, teacher_run) | req.tags
             out.mkdir(parents=True, exist_ok=True)
             (out / TAGS_FILE).write_text(json.dumps(tags, indent=1))
             # Rank 0 opens the run when the stage starts (true start time) unless one exists.
@@ -224,10 +252,12 @@ def _train_chain(chain, records, ctx: StageContext, tune_report: bool, eval_spli
             "run_id": run_id,
             "run_spec": run_spec,
             "teacher": req.teacher_id,
+            "announce": announce(ctx, sid, cfg, tags),
         }
-    names = ", ".join(planned)
+    known = [str(ctx.numbers[sid]) for sid in planned if sid in ctx.numbers]
+    which = f": stage {', '.join(known)} of {len(ctx.numbers)}" if known else ""
     where = "in this process" if ctx.local else "in one Ray Train run"
-    say(f"training {len(planned)} stage(s) {where} ({ctx.resources.describe()}): {names}")
+    say(f"training {len(planned)} stage(s) {where} ({ctx.resources.describe()}){which}")
     t0 = time.perf_counter()
     error: BaseException | None = None
     try:
@@ -292,6 +322,7 @@ def _fit(planned: list[dict], ctx: StageContext, tune_report: bool, eval_splits)
                 "output_dir": p["output_dir"],
                 "mlflow_run_id": p["run_id"],
                 "run_spec": p["run_spec"],
+                "announce": p["announce"],
             }
             for p in planned
         ],

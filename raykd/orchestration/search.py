@@ -17,7 +17,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from ray.tune.search.optuna import OptunaSearch
 
 from raykd.errors import error_summary
-from raykd.orchestration.grid import run_row
+from raykd.orchestration.grid import run_row, stage_numbers
 from raykd.plan.presets import GridSpec
 from raykd.plan.search_space import (
     OBJECTIVES,
@@ -72,8 +72,10 @@ def search_trial(config: dict[str, Any]) -> None:
     # Seeds: the first streams per-epoch results (what ASHA judges); the objective is the mean
     # over all seeds, so a lucky seed cannot win the search.
     per_seed = []
-    for i, seed in enumerate(base.seed_list()):
-        seed_row = row.model_copy(update={"seed": seed})
+    seed_rows = [row.model_copy(update={"seed": seed}) for seed in base.seed_list()]
+    # "stage k/N" counts this trial's stages (a search does not know its trials in advance).
+    ctx.numbers = stage_numbers(spec, [[r] for r in seed_rows], overrides)
+    for i, seed_row in enumerate(seed_rows):
         record = run_row(spec, seed_row, ctx, tune_report=i == 0, overrides=overrides)
         history = _history(record.output_dir)
         best = min(history, key=lambda h: h["val/loss"]) if history else {}
@@ -119,6 +121,7 @@ def run_search(search: SearchSpec, base: GridSpec, job, resume: bool = True) -> 
     from ray.tune.schedulers import ASHAScheduler
 
     from raykd.orchestration.cluster import say
+    from raykd.orchestration.console import tune_verbosity
     from raykd.orchestration.job import trial_failure_config, tune_trainable
     from raykd.orchestration.runner import context_to_dict
 
@@ -189,6 +192,7 @@ def run_search(search: SearchSpec, base: GridSpec, job, resume: bool = True) -> 
                 name=study_name,
                 storage_path=str(storage),
                 failure_config=trial_failure_config(job.ctx),
+                verbose=tune_verbosity(),
             ),
         )
     results = tuner.fit()

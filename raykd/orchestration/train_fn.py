@@ -27,7 +27,7 @@ from raykd.models.base import count_parameters
 from raykd.orchestration.stage_runs import log_eval, open_stage_run
 from raykd.tracking.schema import METRIC_PARAMS
 from raykd.train.config import StageConfig
-from raykd.train.evaluate import evaluate_split, write_json
+from raykd.train.evaluate import evaluate_split, slice_count, write_json
 from raykd.train.loop import Trainer
 from raykd.train.stages import load_model
 
@@ -110,7 +110,8 @@ def run_chain(
             resume = out / "last.pt" if (out / "last.pt").is_file() else None
         if rank == 0:
             # Written, not print()ed: Ray Train patches print() and echoed each line twice.
-            sys.stderr.write(f"[raykd] stage {name}: {'resuming' if resume else 'starting'}\n")
+            what = stage.get("announce") or f"stage {name}"
+            sys.stderr.write(f"[raykd] {what}: {'resuming' if resume else 'starting'}\n")
             sys.stderr.flush()
         stage_report = None
         if report is not None:
@@ -166,7 +167,13 @@ def run_training(
             _die_once(fault, rank)
 
     t0 = time.perf_counter()
-    trainer = Trainer(cfg, output_dir, callbacks=[on_epoch], resume_from=resume_from)
+    trainer = Trainer(
+        cfg,
+        output_dir,
+        callbacks=[on_epoch],
+        resume_from=resume_from,
+        announce=config.get("announce"),
+    )
     fresh = trainer.balance is None  # a resumed run logged its balance the first time
     balance = trainer.calibrate()  # every rank: the measurement is averaged over ranks
     if tracking is not None and fresh:
@@ -253,6 +260,11 @@ def finish_stage(
         report = evaluate_split(model, trainer.datasets[split], trainer.device)
         path = write_json(report, result.output_dir / f"eval_{split}.json")
         summary[split] = {k: v[0] for k, v in report["summary"].items()}
+        if split == "val" and "psnr" in summary[split]:
+            trainer.log(
+                f"done: val PSNR {summary[split]['psnr']:.2f} dB of the best epoch "
+                f"({slice_count(report, split, cfg.data.max_slices_per_volume)})"
+            )
         if tracking is not None:
             log_eval(tracking, run_id, split, report)
             tracking.log_artifact(run_id, path, "eval")

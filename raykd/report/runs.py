@@ -131,6 +131,22 @@ class StageRuns(ArtifactReader):
                 names.update(str(v.get("volume", "?")) for v in report["volumes"])
         return sorted(names)
 
+    def split_slices(self, setting: Setting | None = None) -> str:
+        """How many slices each run's numbers average over, e.g. ``4 slices`` (a job
+        with ``max_slices_per_volume`` evaluates a subset; ``raykd evaluate`` all of them)."""
+        frame = self.frame if setting is None else self.in_setting(setting)
+        counts: set[int] = set()
+        for run_id in frame["run_id"]:
+            report = self.eval(run_id, quiet=True)
+            if report is not None:
+                counts.add(sum(len(v.get("slices") or []) for v in report["volumes"]))
+        if not counts:
+            return "slices not recorded"
+        if len(counts) == 1:
+            n = counts.pop()
+            return f"{n} slice{'' if n == 1 else 's'}"
+        return f"{min(counts)} to {max(counts)} slices (runs differ)"
+
     def _selection_overlap(self, setting: Setting | None = None) -> list[str]:
         """Test volumes that some run also validated on (so they chose its best checkpoint)."""
         frame = self.frame if setting is None else self.in_setting(setting)
@@ -143,7 +159,11 @@ class StageRuns(ArtifactReader):
         return sorted(overlap)
 
     def split_description(self) -> str:
-        """The sentence a table header uses to say which volumes its numbers come from.
+        """What a table header says its numbers come from: split, volumes, slices per run."""
+        return f"{self._split_sentence()} Each run's numbers average {self.split_slices()}."
+
+    def _split_sentence(self) -> str:
+        """The sentence that says which volumes the numbers come from.
 
         Test volumes are disjoint from training volumes by construction (the data split refuses
         an overlap); that they were not validation volumes — used to pick the best checkpoint —

@@ -93,6 +93,26 @@ def evaluate_split(
     return report
 
 
+def slice_count(report: dict[str, Any], split: str, max_per_volume: int | None = None) -> str:
+    """What a report's numbers average over, e.g. ``split val: 1 volume, 4 slices`` (a PSNR on
+    4 slices of a volume and one on all 34 differ; the console says which one it prints)."""
+    text = f"split {split}: {coverage(report)}"
+    if max_per_volume:
+        text += f", at most {max_per_volume} per volume"
+    return text
+
+
+def coverage(report: dict[str, Any]) -> str:
+    """``1 volume, 4 slices``: how many volumes and slices a report's metrics average over."""
+    volumes = report.get("volumes") or []
+    slices = sum(len(v.get("slices") or []) for v in volumes)
+    return f"{_count(len(volumes), 'volume')}, {_count(slices, 'slice')}"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 NULL_REASONS = {
     "nan": "undefined (e.g. an all-zero target slice: no PSNR peak, no NMSE denominator)",
     "inf": "infinite (the prediction equals the target exactly)",

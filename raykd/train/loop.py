@@ -69,8 +69,11 @@ class Trainer:
         callbacks: list[EpochCallback] | None = None,
         resume_from: str | Path | None = None,
         datasets: dict[str, SliceDataset] | None = None,
+        announce: str | None = None,
     ) -> None:
         self.cfg = cfg
+        # How log lines name the stage: a job's "stage 3/14  <run name> (kd)", else the kind.
+        self.announce = announce
         self.output_dir = Path(output_dir or cfg.output_dir)
         self.callbacks = callbacks or []
         self.rank, self.world = dist_info()
@@ -233,11 +236,15 @@ class Trainer:
         return self.balance
 
     # ---- loops ---------------------------------------------------------------------------
-    def _log(self, text: str) -> None:
+    def log(self, text: str) -> None:
+        """One line on rank 0's stderr, prefixed so a job's console keeps it (Ray's are hidden)."""
         if self.rank == 0:
+            prefix = f"[raykd] {self.announce}" if self.announce else f"[raykd {self.cfg.kind}]"
             # Written, not print()ed: Ray Train patches print() and echoed each line twice.
-            sys.stderr.write(f"[raykd {self.cfg.kind}] {text}\n")
+            sys.stderr.write(f"{prefix} {text}\n")
             sys.stderr.flush()
+
+    _log = log
 
     def _batch(self, sample) -> tuple[torch.Tensor, ...]:
         target = sample.target.to(self.device, non_blocking=True)
@@ -329,11 +336,10 @@ class Trainer:
         train_set = self.datasets["train"]
         sampler = ShardedSampler(len(train_set), self.rank, self.world, shuffle=True, seed=cfg.seed)
         loader = self._loader(train_set, sampler)
-        self._log(self.path.describe())
         self._log(
             f"{len(train_set)} train / {len(self.datasets['val'])} val slices, world size "
             f"{self.world}, global batch {cfg.data.batch_size} ({self.rank_batch} per rank), "
-            f"epochs {self.start_epoch + 1}..{cfg.optim.epochs}"
+            f"epochs {self.start_epoch + 1}..{cfg.optim.epochs}; " + self.path.describe()
         )
         if self.world > 1 and len(train_set) % self.world:
             # The sampler pads the epoch by repeating slices so every rank takes the same number
