@@ -23,6 +23,7 @@ from raykd.orchestration.interrupt import (
     stage_progress,
 )
 from raykd.orchestration.runner import StageContext
+from raykd.orchestration.tracking_repair import outage_lines, outage_summary, repair_pending
 from raykd.paths import default_run_root
 from raykd.tracking import Tracking, default_tracking_uri
 from raykd.tracking import schema as S
@@ -81,6 +82,10 @@ def start_job(
     ctx = StageContext(
         StageStore(root), tracking, resources, parent_run_id=run_id, local=bool(local_train)
     )
+    # Stage runs an earlier job could not write (a tracking outage): written now from files.
+    repaired, _ = repair_pending(ctx.store, tracking, run_id, run_id)
+    if repaired:
+        say(f"MLflow: wrote {len(repaired)} stage run(s) an earlier outage left out")
     say(f"job {name}: run directory {root}")
     say(f"MLflow: {uri} (experiment '{tracking.experiment_name}', job run {run_id})")
     where = "in the trial's process" if local_train else "as Ray Train runs"
@@ -139,6 +144,8 @@ def finish_job(
     ``warnings`` (e.g. unequal epoch budgets from an override) are printed with the summary and
     stored in it.
     """
+    repair_pending(job.ctx.store, job.tracking, job.run_id, job.run_id)
+    recovery = outage_summary(job.root, job.run_id)
     uses = job.ctx.store.uses(job.run_id)
     trained, resumed, reused = uses["trained"], uses["resumed"], uses["reused"]
     wall = time.time() - job.started
@@ -167,6 +174,7 @@ def finish_job(
         "stages_trained": len(trained),
         "stages_resumed": len(resumed),
         "stages_reused": len(reused),
+        "recovery": recovery,  # tracking outages, repairs, stage restarts (tracking_repair)
         "compute_paths": paths,  # how the trained stages computed (precision/memory format)
         "rows": rows,
         "warnings": list(warnings or []),
@@ -184,6 +192,10 @@ def finish_job(
             "stages_resumed": len(resumed),
             "stages_reused": len(reused),
             "overhead_s": summary["overhead_s"],
+            "tracking_failures": len(recovery["tracking_failed"]),
+            "tracking_repaired": len(recovery["tracking_repaired"]),
+            "tracking_pending": len(recovery["tracking_pending"]),
+            "stage_restarts": recovery["stage_restarts"],
         },
     )
     best = best_row(rows)
@@ -231,6 +243,8 @@ def finish_job(
         f"--tracking-uri {job.tracking.uri}"
     )
     print(f"stage summary: {path}")
+    for line in outage_lines(recovery):
+        print(line)
     for line in summary["warnings"]:
         print(f"WARNING: {line}")
     if registered:
