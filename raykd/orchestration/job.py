@@ -18,7 +18,7 @@ from raykd.orchestration.cluster import TrialResources, init_ray, plan_resources
 from raykd.orchestration.identity import StageStore
 from raykd.orchestration.runner import StageContext
 from raykd.paths import default_run_root
-from raykd.tracking import Tracking, default_tracking_uri
+from raykd.tracking import Tracking, default_tracking_uri, ui
 from raykd.tracking import schema as S
 from raykd.tracking.mlflow_store import NOTE_TAG
 
@@ -71,11 +71,13 @@ def start_job(
     tracking = Tracking(uri, experiment or "raykd", artifact_root=root / "mlartifacts")
     title = f"{run_name or name}-{time.strftime('%Y-%m-%d %H:%M:%S')}"
     run_id = tracking.start_run(title, tags={S.TAG_ROLE: "job"}, params=params)
+    ui.share_stages_view(tracking.client, tracking.experiment_id)
     ctx = StageContext(
         StageStore(root), tracking, resources, parent_run_id=run_id, local=bool(local_train)
     )
     say(f"job {name}: run directory {root}")
     say(f"MLflow: {uri} (experiment '{tracking.experiment_name}', job run {run_id})")
+    say(f"MLflow UI, stage runs with their results: {ui.stages_url(uri, tracking.experiment_id)}")
     where = "in the trial's process" if local_train else "as Ray Train runs"
     say(f"resources: {resources.describe()}; stages train {where}")
     return Job(name, root, ctx, tracking, run_id, time.time())
@@ -188,7 +190,13 @@ def finish_job(
         mark = "  <- best" if best is not None and r.get("label") == best["label"] else ""
         print(f"  {r.get('label', ''):{width}s}  {row_outcome(r)}{mark}")
     print(f"\nMLflow store: {job.tracking.uri}  (experiment '{job.tracking.experiment_name}')")
-    print(f"  browse: mlflow ui --backend-store-uri {job.tracking.uri}")
+    if job.tracking.uri.startswith(("http://", "https://")):
+        print("  browse:")
+    else:
+        print(f"  browse: mlflow ui --backend-store-uri {job.tracking.uri}  then open:")
+    exp = job.tracking.experiment_id
+    print(f"    {ui.stages_url(job.tracking.uri, exp)}  (every stage, results in columns)")
+    print(f"    {ui.run_url(job.tracking.uri, exp, job.run_id)}  (this job: table and figure)")
     print(
         f"  compare: python jobs/compare_runs.py --parent-run {job.run_id} "
         f"--tracking-uri {job.tracking.uri}"

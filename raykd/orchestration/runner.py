@@ -31,6 +31,7 @@ from raykd.orchestration.stage_runs import (
     stage_tags,
 )
 from raykd.orchestration.train_fn import RESULT_FILE, train_fn
+from raykd.plan.identity import used_config
 from raykd.plan.stages import StageRequest
 from raykd.tracking import Tracking
 from raykd.train.config import StageConfig
@@ -183,7 +184,7 @@ def _train_chain(chain, records, ctx: StageContext, tune_report: bool, eval_spli
             run_spec = {
                 "name": stage_run_name(cfg, tags),
                 "tags": tags,
-                "params": cfg.to_dict(),
+                "params": used_config(cfg),  # no kd.* on a teacher: one rule with identity
                 "parent_run_id": ctx.parent_run_id,
                 "teacher_stage": req.teacher_id,
             }
