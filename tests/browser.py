@@ -117,11 +117,15 @@ class Browser:
         return out["result"].get("value")
 
     def wait_for(self, expression: str, timeout_s: float = 60.0, poll_s: float = 0.5) -> Any:
-        """Poll ``expression`` until it is truthy; its last value either way."""
+        """Poll ``expression`` until it is truthy; its last value either way (a page still
+        loading may throw: no body yet)."""
         deadline = time.monotonic() + timeout_s
         value = None
         while time.monotonic() < deadline:
-            value = self.js(expression)
+            try:
+                value = self.js(expression)
+            except RuntimeError:
+                value = None
             if value:
                 return value
             time.sleep(poll_s)

@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -194,8 +195,9 @@ def test_mlflow_ui_opens_on_stage_runs_with_results(jobs, tmp_path):
     tracking = jobs["tracking"]
     exp = tracking.experiment_id
     stage_names = sorted(r.info.run_name for r in tracking.runs(ui.STAGE_FILTER))
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
+    # Not under pytest's basetemp, which later sessions on the machine rotate away.
+    shots = Path(os.environ.get("RAYKD_UI_SCREENSHOTS") or tempfile.mkdtemp(prefix="raykd-ui-"))
+    shots.mkdir(parents=True, exist_ok=True)
     with mlflow_ui(tracking.uri, _free_port(), tmp_path / "mlflow-ui.log") as base:
         url = ui.stages_url(tracking.uri, exp).replace(ui.LOCAL_UI, base)
         with Browser(tmp_path / "profile") as browser:  # fresh profile: nothing remembered
