@@ -236,10 +236,19 @@ def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def results_markdown(job: Job, rows: list[dict[str, Any]], summary: dict, best) -> str:
-    """The job run's description: the rows it printed, best marked."""
-    lines = [
-        f"**{job.name}**: {len(rows)} rows, {summary['stages_trained']} stages trained, "
-        f"{summary['stages_reused']} reused, {summary['wall_clock_s']:.0f} s.",
+    """The job run's description: the winner and a link to every stage's results first (the
+    UI shows the first lines collapsed), then the rows it printed, best marked."""
+    exp = job.tracking.experiment_id
+    view = ui.stages_url(job.tracking.uri, exp).removeprefix(ui.ui_base(job.tracking.uri) + "/")
+    lines = []
+    if best is not None:
+        link = f"[{best['label']}](#/experiments/{exp}/runs/{best['run']})" if best["run"] else ""
+        outcome = " ".join(row_outcome(best).split())
+        lines.append(f"Best: **{link or best['label']}**, val {outcome}.")
+    lines += [
+        f"[Every stage with its results]({view}) · **{job.name}**: {len(rows)} rows, "
+        f"{summary['stages_trained']} stages trained, {summary['stages_reused']} reused, "
+        f"{summary['wall_clock_s']:.0f} s.",
         "",
         "| row | val PSNR (dB) | val SSIM | |",
         "|---|---:|---:|---|",
@@ -252,8 +261,6 @@ def results_markdown(job: Job, rows: list[dict[str, Any]], summary: dict, best) 
         if not ok:
             note = str(r.get("stopped") or "failed")
         lines.append(f"| {r.get('label', '')} | {cells[0]} | {cells[1]} | {note} |")
-    if best is not None:
-        lines += ["", f"Best: **{best['label']}** (run `{best['run']}`)."]
     return "\n".join(lines)[:5000]
 
 
