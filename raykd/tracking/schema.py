@@ -8,8 +8,9 @@ Runs (all in one experiment per job unless ``--experiment`` says otherwise):
   used, trained or reused; metrics ``stages_trained``, ``stages_reused``, ``wall_clock_s``.
 - stage run: ``raykd.role=stage``, child of the job that *trained* it (reused stages are not
   retrained, so a later job lists them in its ``stages.json`` instead). Tags below; params =
-  the flattened stage config (``precision``/``channels_last`` as requested, e.g. ``auto``) plus
-  the compute path it resolved to on the worker — ``compute.device``, ``compute.cpu_capability``
+  the flattened stage config without the sections its kind never reads
+  (``precision``/``channels_last`` as requested, e.g. ``auto``) plus the compute path it
+  resolved to on the worker — ``compute.device``, ``compute.cpu_capability``
   (amx | avx512_bf16 | avx512 | avx2 | other), ``compute.precision`` (fp32 | bf16 | fp16),
   ``compute.memory_format`` (channels_last | contiguous); metrics per epoch (``train_loss``,
   ``train_<term>``, ``val_loss``, ``val_psnr`` = mean over volumes of the volume PSNR (the

@@ -48,7 +48,7 @@ def stages_view() -> dict[str, Any]:
         "selectedColumns": list(COLUMNS),
         # Widths apply to the columns named in the order only.
         "columnOrder": [RUN_NAME_COLUMN, *COLUMNS],
-        "columnWidths": {RUN_NAME_COLUMN: 320, COLUMNS[0]: 140, COLUMNS[1]: 140},
+        "columnWidths": {RUN_NAME_COLUMN: 360, COLUMNS[0]: 130, COLUMNS[1]: 130},
         "runsHiddenMode": "SHOW_ALL",
         "groupBy": None,
         "viewMaximized": False,
