@@ -25,14 +25,17 @@ from raykd.orchestration.console import progress
 from raykd.orchestration.identity import StageRecord, StageStore
 from raykd.orchestration.stage_runs import (
     TAGS_FILE,
+    existing_run,
     known_runs,
     link_reuse,
     resolve_run,
+    retire_damaged_run,
     stage_run_name,
     stage_tags,
 )
 from raykd.orchestration.tracking_repair import pending, repair_pending, short_budget
 from raykd.orchestration.train_fn import RESULT_FILE, train_fn
+from raykd.plan.identity import used_config
 from raykd.plan.stages import StageRequest
 from raykd.tracking import Tracking
 from raykd.tracking.mlflow_store import PARENT_TAG
@@ -107,30 +110,6 @@ def _reuse_line(ctx: StageContext, sid: str, req: StageRequest, record: StageRec
     say(f"{announce(ctx, sid, req.cfg, tags)}: reused (trained by an earlier job{result})")
 
 
-def _existing_run(ctx: StageContext, stage_id: str) -> str | None:
-    """An unfinished MLflow run for this stage (driver killed earlier): continue it."""
-    if ctx.tracking is None:
-        return None
-    try:
-        runs = ctx.tracking.runs(f"tags.`raykd.stage_id` = '{stage_id}'")
-    except Exception:  # an outage: the stage opens (or journals) its run when it starts
-        return None
-    for run in runs:
-        if run.info.status in ("RUNNING", "KILLED", "FAILED"):
-            return run.info.run_id
-    return None
-
-
-def retire_damaged_run(ctx: StageContext, stage_id: str, reason: str) -> None:
-    """The finished MLflow run of a stage found damaged goes to MLflow's trash (restorable),
-    tagged with why, so the retrained stage is the only run of that stage id."""
-    if ctx.tracking is None:
-        return
-    for run in ctx.tracking.runs(f"tags.`raykd.stage_id` = '{stage_id}'"):
-        ctx.tracking.set_tags(run.info.run_id, {"raykd.damaged": reason[:4000]})
-        ctx.tracking.client.delete_run(run.info.run_id)
-
-
 def ensure_stage(
     cfg: StageConfig,
     ctx: StageContext,
@@ -167,7 +146,7 @@ def ensure_stages(
         record, damaged = ctx.store.get_intact(sid)
         if damaged:
             say(f"WARNING: {damaged}; training stage {sid} again")
-            retire_damaged_run(ctx, sid, damaged)
+            retire_damaged_run(ctx.tracking, sid, damaged)
         if record is None:
             return False
         _reuse_line(ctx, sid, unique[sid], record)
@@ -241,7 +220,7 @@ def _train_chain(chain, records, ctx: StageContext, tune_report: bool, eval_spli
             (out / TAGS_FILE).write_text(json.dumps(tags, indent=1))
             # Rank 0 opens the run when the stage starts (true start time) unless one exists.
             with short_budget():
-                run_id = known_runs(out).get(ctx.tracking.uri) or _existing_run(ctx, sid)
+                run_id = known_runs(out).get(ctx.tracking.uri) or existing_run(ctx.tracking, sid)
             if run_id and ctx.parent_run_id and before[sid] != "reused":
                 # Opened by an interrupted job: this job finishes it, so it joins this tree.
                 with contextlib.suppress(Exception), short_budget():  # repaired with it
@@ -249,7 +228,7 @@ def _train_chain(chain, records, ctx: StageContext, tune_report: bool, eval_spli
             run_spec = {
                 "name": stage_run_name(cfg, tags),
                 "tags": tags,
-                "params": cfg.to_dict(),
+                "params": used_config(cfg),  # no kd.* on a teacher: one rule with identity
                 "parent_run_id": ctx.parent_run_id,
                 "teacher_stage": req.teacher_id,
             }

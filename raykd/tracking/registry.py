@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from raykd.tracking import schema as S
+
 ALIAS = "champion"
 SCORE_TAG = "raykd.val_psnr"
 
@@ -104,12 +106,19 @@ def _register_once(tracking, run_id, model, name, score, size, label) -> str:
         # saved with torch.jit.save), and torch about loading TorchScript via torch.load.
         quiet.setLevel(logging.ERROR)
         try:
+            # The logged model belongs to the run's experiment, so its artifacts land in that
+            # experiment's artifact root (the job's store); left to MLflow, it would go to the
+            # "Default" experiment, i.e. ./mlruns/0/models of the working directory.
+            logged = client.create_logged_model(
+                experiment_id=tracking.experiment_id, name="model", source_run_id=run_id
+            )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 info = mlflow.pytorch.log_model(
                     traced,
                     name="model",
                     run_id=run_id,
+                    model_id=logged.model_id,
                     # For a ScriptModule this is torch.jit.save, not pickle (the 'pt2'
                     # default is refused for TorchScript).
                     serialization_format="pickle",
@@ -129,7 +138,26 @@ def _register_once(tracking, run_id, model, name, score, size, label) -> str:
             client.set_model_version_tag(name, version, SCORE_TAG, f"{score:.6f}")
         if label:
             client.set_model_version_tag(name, version, "raykd.label", label)
+        client.update_model_version(name, version, description=version_note(client, run_id, score))
     return version
+
+
+def version_note(client, run_id: str, score: float | None) -> str:
+    """A model version's description: its row, KD method, teacher and validation PSNR."""
+    tags = client.get_run(run_id).data.tags
+    row, method = tags.get(S.TAG_ROW, "?"), tags.get(S.TAG_METHOD) or "none"
+    lines = [f"Row **{row}**, KD method **{method}**, from run `{run_id}`."]
+    if teacher := tags.get(S.TAG_TEACHER_RUN):
+        try:
+            teacher_name = client.get_run(teacher).info.run_name
+        except Exception:  # lineage from another store
+            teacher_name = "(not in this store)"
+        lines.append(f"Teacher: run `{teacher}` ({teacher_name}).")
+    else:
+        lines.append("Teacher: none (trained from the data alone).")
+    if score is not None:
+        lines.append(f"Validation PSNR (best checkpoint, whole val volumes): {score:.2f} dB.")
+    return "\n\n".join(lines)
 
 
 def _move_champion(client, name: str) -> None:
