@@ -44,6 +44,11 @@ def source_volumes(source: str, size: tuple[int, int] | None = None) -> list[Pat
         from raykd.data.sunnybrook import sunnybrook_volumes
 
         return list(sunnybrook_volumes().values())
+    if source in ("mni152_complex", "sunnybrook_complex"):
+        from raykd.data.complex import prepare_synthetic_phase
+
+        base = source[: -len("_complex")]
+        return prepare_synthetic_phase(base, source_volumes(base, size), size)
     return find_volumes(resolve_path(source))
 
 
@@ -96,6 +101,13 @@ def build_sr_mask(sr) -> MaskFunc:
 def build_datasets(cfg) -> dict[str, SliceDataset]:
     mask = build_mask(cfg.mask) if cfg.sr is None else build_sr_mask(cfg.sr)
     return {
-        split: SliceDataset(paths, cfg.size, mask, max_slices=cfg.max_slices_per_volume, sr=cfg.sr)
+        split: SliceDataset(
+            paths,
+            cfg.size,
+            mask,
+            max_slices=cfg.max_slices_per_volume,
+            sr=cfg.sr,
+            complex=getattr(cfg, "complex", False),
+        )
         for split, paths in split_volumes(cfg).items()
     }

@@ -25,6 +25,7 @@ LATER_DEFAULTS = {
     ("data", "mask", "allow_full"): False,
     ("kd", "balance"): None,
     ("sft", "balance"): None,
+    ("data", "complex"): False,
 }
 # The KD loss definitions a kd stage was trained with. Bump it whenever a method's formula,
 # reduction or default weight changes, so stages trained under another definition are never

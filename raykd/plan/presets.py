@@ -56,6 +56,8 @@ class GridSpec(BaseModel):
     student_arch: Literal["dccnn", "dcunet", "vdsr"] = "dccnn"
     teacher_taps: list[str] | None = None  # KD tap mapping ('{c}' = every block); None: defaults
     student_taps: list[str] | None = None
+    # Complex data (data.complex) for folder datasets; built-in '*_complex' datasets are complex.
+    complex: bool = False
 
     def seed_list(self) -> list[int]:
         return [self.first_seed + i for i in range(self.seeds)]

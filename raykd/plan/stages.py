@@ -140,6 +140,7 @@ def _data(spec: GridSpec, row: Row, over: StageOverrides) -> DataConfig:
         sr=_model(SRConfig, "data.sr", scale=int(acc), degradation=spec.sr_degradation)
         if sr
         else None,
+        complex=spec.complex or (ds is not None and ds.complex),
     )
 
 

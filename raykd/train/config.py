@@ -118,6 +118,12 @@ class DataConfig(_Strict):
     num_workers: Count = Field(0, ge=0)
     max_slices_per_volume: Count | None = Field(None, ge=1)
     sr: SRConfig | None = Field(None, description="set for the super-resolution task")
+    complex: bool = Field(
+        False,
+        description="complex data: read each volume's complex images ('cimage'), undersample "
+        "their measured complex k-space, train two-channel (real, imag) networks; metrics on "
+        "the magnitude (raykd.data.complex)",
+    )
 
     @model_validator(mode="after")
     def _size_positive(self) -> DataConfig:
