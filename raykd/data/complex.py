@@ -118,7 +118,12 @@ def prepare_synthetic_phase(
     cache (:func:`raykd.data.builtin.prepare_mni152`).
     """
     size = tuple(int(s) for s in size) if size else None
-    key = {"format": SYNTHETIC_PHASE_FORMAT, "base": base, "size": size, "seed": PHASE_SEED}
+    key = {
+        "format": SYNTHETIC_PHASE_FORMAT,
+        "base": base,
+        "size": list(size or []),
+        "seed": PHASE_SEED,
+    }
     key["sources"] = [p.name for p in sources]
     root = Path(cache).expanduser() if cache is not None else paths.cache_dir()
     tag = f"{size[0]}x{size[1]}" if size else "full"
