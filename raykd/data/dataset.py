@@ -88,6 +88,16 @@ class SliceDataset(Dataset[Sample]):
         ]
         self._handles: dict[int, h5py.File] = {}
         self._pid = os.getpid()
+        self.per_epoch = False  # fastMRI masks: a fresh training mask per epoch (set_epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """With ``per_epoch``: this epoch's masks (reproducible from seed, volume and epoch)."""
+        if not self.per_epoch:
+            return
+        func = dataclasses.replace(self.mask_func, epoch=epoch)
+        self._masks = [
+            torch.from_numpy(func(self.size, info.key)).unsqueeze(0) for info in self.volumes
+        ]
 
     def __len__(self) -> int:
         return len(self.index)

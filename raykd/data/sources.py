@@ -24,6 +24,12 @@ def build_mask(cfg) -> MaskFunc:
     allow_full = bool(getattr(cfg, "allow_full", False))
     if cfg.kind == "file":
         return FixedMask(resolve_path(cfg.path), allow_full=allow_full)
+    if cfg.kind.startswith("fastmri_"):
+        from raykd.data.fastmri_masks import FastMRIMask
+
+        fraction = getattr(cfg, "center_fraction", None)
+        kind = cfg.kind.removeprefix("fastmri_")
+        return FastMRIMask(kind, cfg.acceleration, fraction, seed=cfg.seed)
     return CartesianMask(
         acceleration=cfg.acceleration,
         seed=cfg.seed,
@@ -100,7 +106,7 @@ def build_sr_mask(sr) -> MaskFunc:
 
 def build_datasets(cfg) -> dict[str, SliceDataset]:
     mask = build_mask(cfg.mask) if cfg.sr is None else build_sr_mask(cfg.sr)
-    return {
+    datasets = {
         split: SliceDataset(
             paths,
             cfg.size,
@@ -111,3 +117,6 @@ def build_datasets(cfg) -> dict[str, SliceDataset]:
         )
         for split, paths in split_volumes(cfg).items()
     }
+    if getattr(cfg.mask, "per_epoch", False) and "train" in datasets:
+        datasets["train"].per_epoch = True  # Trainer calls set_epoch; val/test keep theirs
+    return datasets
