@@ -191,3 +191,30 @@ def test_complex_torchscript_export(complex_data, tmp_path):
     with torch.no_grad():
         got = packed_model(pack_inputs(zf, y, mask))
     assert got.shape == (2, 2, 32, 32)
+
+
+def test_reconstruct_and_export_commands_for_a_complex_model(complex_data, tmp_path):
+    """``raykd reconstruct`` writes the complex result ('cimage') and its magnitude ('image');
+    ``raykd export`` traces the two-channel network."""
+    import h5py
+
+    from raykd.cli import main
+    from raykd.train.loop import train_stage
+
+    extra = {**COMPLEX, "optim.epochs": "1"}
+    cfg = load_config(None, tiny_overrides(complex_data, tmp_path / "s", "student", **extra))
+    ckpt = train_stage(cfg).best_checkpoint
+    out = tmp_path / "r.h5"
+    assert (
+        main(
+            ["reconstruct", str(ckpt), "--input", str(complex_data / "vol3.h5"), "--out", str(out)]
+        )
+        == 0
+    )
+    with h5py.File(out) as f:
+        cimage, image = f["cimage"][()], f["image"][()]
+        assert cimage.dtype == np.complex64 and cimage.shape == (6, 32, 32)
+        assert np.allclose(np.abs(cimage), image, atol=1e-5)
+        assert {"zero_filled", "target"} <= set(f)
+    ts = tmp_path / "m.ts"
+    assert main(["export", str(ckpt), "--out", str(ts)]) == 0 and ts.is_file()

@@ -163,3 +163,52 @@ def test_synthetic_phase_prepare_from_magnitude_volumes(tiny_data, tmp_path):
     with h5py.File(tiny_data / "vol0.h5", "r") as f:
         assert np.allclose(np.abs(cimage), f["image"][()], rtol=1e-5)
     assert "SYNTHETIC" in attrs["note"] and np.allclose(np.abs(cimage), image)
+
+
+def test_a_folder_with_train_and_val_subfolders_is_split_by_them(complex_data_dirs):
+    from raykd.data.sources import split_volumes
+    from raykd.train.config import DataConfig
+
+    splits = split_volumes(DataConfig(source=str(complex_data_dirs), size=(32, 32), complex=True))
+    assert [p.parent.name for p in splits["train"]] == ["train", "train"]
+    assert [p.parent.name for p in splits["val"]] == ["val"]
+    assert [p.parent.name for p in splits["test"]] == ["test"]
+
+
+@pytest.fixture
+def complex_data_dirs(tmp_path):
+    from raykd.data.volumes import write_complex_volume
+
+    root = tmp_path / "prepared"
+    for split, n in (("train", 2), ("val", 1), ("test", 1)):
+        (root / split).mkdir(parents=True)
+        for v in range(n):
+            write_complex_volume(root / split / f"{split}{v}.h5", _cimage(20 + v, size=32))
+    return root
+
+
+def test_calgary_and_fastmri_presets_plan_complex_stages():
+    from raykd.plan.presets import load_preset
+    from raykd.plan.rows import grid_rows
+    from raykd.plan.stages import row_requests
+
+    for name, arch, mask in (
+        ("calgary_sr", "vdsr", "cartesian"),
+        ("calgary_sr_cpu", "vdsr", "cartesian"),
+        ("fastmri_knee", "dccnn", "fastmri_random"),
+    ):
+        spec = load_preset(name)
+        for row in grid_rows(spec):
+            for q in row_requests(spec, row):
+                assert q.cfg.data.complex and q.cfg.teacher.arch == arch
+                assert q.cfg.data.mask.kind == mask
+    paper = load_preset("calgary_sr")
+    assert paper.size == (256, 256) and paper.teacher_depth == 12
+    assert paper.student_depths == [4] and set(paper.methods) == {
+        "at",
+        "fitnets",
+        "cc",
+        "pkt",
+        "ft",
+        "nst",
+    }

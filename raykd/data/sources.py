@@ -55,7 +55,22 @@ def source_volumes(source: str, size: tuple[int, int] | None = None) -> list[Pat
 
         base = source[: -len("_complex")]
         return prepare_synthetic_phase(base, source_volumes(base, size), size)
-    return find_volumes(resolve_path(source))
+    folder = resolve_path(source)
+    own = folder_splits(folder)
+    if own is not None:
+        return [p for paths in own.values() for p in paths]
+    return find_volumes(folder)
+
+
+SPLIT_FOLDERS = ("train", "val", "test")
+
+
+def folder_splits(folder: Path) -> dict[str, list[Path]] | None:
+    """A folder holding ``train/`` and ``val/`` (and optionally ``test/``) subfolders of h5 is
+    split by them (fastMRI's singlecoil_train / singlecoil_val, CC-359's Train / Val)."""
+    if not (folder.is_dir() and (folder / "train").is_dir() and (folder / "val").is_dir()):
+        return None
+    return {s: find_volumes(folder / s) for s in SPLIT_FOLDERS if (folder / s).is_dir()}
 
 
 def select(volumes: list[Path], names: list[str], source: str, split: str) -> list[Path]:
@@ -78,12 +93,17 @@ def select(volumes: list[Path], names: list[str], source: str, split: str) -> li
 
 
 def split_volumes(cfg) -> dict[str, list[Path]]:
-    """train/val/test volume lists; default split: last volume validates, the rest train."""
+    """train/val/test volume lists; default split: the source's ``train/``, ``val/`` (``test/``)
+    subfolders when it has them (:func:`folder_splits`), else the last volume validates and the
+    rest train."""
     volumes = source_volumes(cfg.source, cfg.size)
     splits: dict[str, list[Path]] = {}
+    own = folder_splits(resolve_path(cfg.source))
+    if own is not None and cfg.train is None and cfg.val is None:
+        splits.update({k: v for k, v in own.items() if k != "test" or cfg.test is None})
     for split in ("train", "val", "test"):
         names = getattr(cfg, split)
-        if names is not None:
+        if names is not None and split not in splits:
             splits[split] = select(volumes, names, cfg.source, split)
     if "train" not in splits or "val" not in splits:
         if len(volumes) < 2:
