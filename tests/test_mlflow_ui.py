@@ -191,7 +191,7 @@ TABLE_JS = """(() => {
 @pytest.mark.timeout(1200)
 def test_mlflow_ui_opens_on_stage_runs_with_results(jobs, tmp_path):
     if find_chromium() is None:
-        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+        pytest.fail("chromium is not installed: apt-get install -y chromium (see README)")
     tracking = jobs["tracking"]
     exp = tracking.experiment_id
     stage_names = sorted(r.info.run_name for r in tracking.runs(ui.STAGE_FILTER))

@@ -25,6 +25,9 @@ LATER_DEFAULTS = {
     ("data", "mask", "allow_full"): False,
     ("kd", "balance"): None,
     ("sft", "balance"): None,
+    ("data", "complex"): False,
+    ("data", "mask", "center_fraction"): None,
+    ("data", "mask", "per_epoch"): False,
 }
 # The KD loss definitions a kd stage was trained with. Bump it whenever a method's formula,
 # reduction or default weight changes, so stages trained under another definition are never

@@ -3,7 +3,9 @@
 The registered artifact is TorchScript (``torch.jit.load`` reads a graph and tensors; nothing
 arbitrary is unpickled). Its single input packs what the network needs into one float tensor
 ``[B, 4, H, W]``: zero-filled image, real and imaginary part of the measured k-space, sampling
-mask; the output is the reconstruction ``[B, 1, H, W]``. That keeps the MLflow signature and
+mask; the output is the reconstruction ``[B, 1, H, W]``. A complex network (two image channels,
+real and imaginary) takes ``[B, 5, H, W]`` (zero-filled real and imaginary part, k-space real and
+imaginary part, mask) and returns ``[B, 2, H, W]``. That keeps the MLflow signature and
 pyfunc serving simple (MLflow has no complex dtype); :func:`pack_inputs` builds it.
 """
 
@@ -29,14 +31,18 @@ class PackedInputs(torch.nn.Module):
         super().__init__()
         self.net = net
 
+        self.c = 2 if getattr(net, "complex", False) else 1  # image channels
+
     def forward(self, packed: torch.Tensor) -> torch.Tensor:
-        zero_filled = packed[:, 0:1]
-        y = torch.complex(packed[:, 1:2], packed[:, 2:3])
-        return self.net(zero_filled, y, packed[:, 3:4])
+        c = self.c
+        zero_filled = packed[:, 0:c]
+        y = torch.complex(packed[:, c : c + 1], packed[:, c + 1 : c + 2])
+        return self.net(zero_filled, y, packed[:, c + 2 : c + 3])
 
 
 def pack_inputs(zero_filled: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    mask = mask.expand_as(zero_filled).to(zero_filled.dtype)
+    b, _, h, w = zero_filled.shape
+    mask = mask.expand(b, 1, h, w).to(zero_filled.dtype)
     return torch.cat([zero_filled, y.real, y.imag, mask], dim=1)
 
 
@@ -45,11 +51,12 @@ def scripted(model: torch.nn.Module, size: tuple[int, int]) -> tuple[Any, torch.
     from raykd.deploy.export import example_inputs
 
     wrapper = PackedInputs(model.eval()).eval()
-    example = pack_inputs(*example_inputs(2, size, seed=0))
+    cplx = bool(getattr(model, "complex", False))
+    example = pack_inputs(*example_inputs(2, size, seed=0, complex=cplx))
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(wrapper, (example,), check_trace=False)
-        check = pack_inputs(*example_inputs(3, size, seed=1))
+        check = pack_inputs(*example_inputs(3, size, seed=1, complex=cplx))
         if not torch.allclose(traced(check), wrapper(check), rtol=1e-4, atol=1e-5):
             raise RuntimeError("TorchScript export differs from the eager model")
     return traced, example[:1]
