@@ -61,7 +61,7 @@ def test_sft_trains_exactly_the_student_blocks_sft_kd_loads(teacher, student):
 
 def test_global_batch_is_split_over_the_ranks_or_refused():
     from raykd.errors import ConfigError
-    from raykd.train.loop import rank_batch
+    from raykd.train.distributed import rank_batch
 
     assert rank_batch(8, 1) == 8 and rank_batch(8, 2) == 4 and rank_batch(8, 8) == 1
     with pytest.raises(ConfigError, match=r"data.batch_size 6 .* over 4 workers"):

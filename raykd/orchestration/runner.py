@@ -40,7 +40,7 @@ from raykd.plan.stages import StageRequest
 from raykd.tracking import Tracking
 from raykd.tracking.mlflow_store import PARENT_TAG
 from raykd.train.config import StageConfig
-from raykd.train.loop import rank_batch
+from raykd.train.distributed import rank_batch
 
 
 @dataclass

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from raykd.errors import ConfigError
+
 
 def world_size() -> int:
     if dist.is_available() and dist.is_initialized():
@@ -67,3 +69,24 @@ def dist_info() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def rank_batch(global_batch: int, world: int) -> int:
+    """The per-rank batch of a global batch; a split that leaves a remainder is refused."""
+    if global_batch % world:
+        raise ConfigError(
+            f"data.batch_size {global_batch} (the global batch) cannot be split evenly over "
+            f"{world} workers; choose a batch size that is a multiple of {world}"
+        )
+    return global_batch // world
+
+
+def uneven_epoch_note(slices: int, world: int) -> str | None:
+    """The sampler pads an epoch by repeating slices so every rank takes the same number of
+    steps; the last global batch then differs from a 1-worker run's. Say so, or None."""
+    if world <= 1 or slices % world == 0:
+        return None
+    return (
+        f"{slices} train slices are not a multiple of the world size {world}: each epoch "
+        f"repeats {-slices % world} slice(s), so the result differs slightly from a 1-worker run"
+    )

@@ -27,7 +27,7 @@ from raykd.data.dataset import SliceDataset
 from raykd.data.sampling import ShardedSampler
 from raykd.data.sources import build_datasets
 from raykd.data.transforms import degrade
-from raykd.errors import CheckpointError, ConfigError
+from raykd.errors import CheckpointError
 from raykd.models.taps import FeatureTaps
 from raykd.train import balance
 from raykd.train.checkpoint import (
@@ -39,9 +39,14 @@ from raykd.train.checkpoint import (
     set_rng_state,
 )
 from raykd.train.config import StageConfig, save_config
-from raykd.train.distributed import dist_info
+from raykd.train.distributed import dist_info, rank_batch, uneven_epoch_note
 from raykd.train.precision import autocast, pick_device, resolve_path
-from raykd.train.rundir import check_resume_config, check_run_dir, write_identity
+from raykd.train.rundir import (
+    check_resume_config,
+    check_run_dir,
+    drop_records_after,
+    write_identity,
+)
 from raykd.train.seeding import seed_everything, seed_worker
 from raykd.train.stages import build_stage
 from raykd.train.validation import validate_stage
@@ -341,14 +346,8 @@ class Trainer:
             f"{self.world}, global batch {cfg.data.batch_size} ({self.rank_batch} per rank), "
             f"epochs {self.start_epoch + 1}..{cfg.optim.epochs}; " + self.path.describe()
         )
-        if self.world > 1 and len(train_set) % self.world:
-            # The sampler pads the epoch by repeating slices so every rank takes the same number
-            # of steps; the last global batch then differs from a 1-worker run's.
-            self._log(
-                f"{len(train_set)} train slices are not a multiple of the world size "
-                f"{self.world}: each epoch repeats {-len(train_set) % self.world} slice(s), so "
-                "the result differs slightly from a 1-worker run"
-            )
+        if note := uneven_epoch_note(len(train_set), self.world):
+            self._log(note)
         self.calibrate()
         ref = balance.reference_term(cfg.kind)
         for epoch in range(self.start_epoch, cfg.optim.epochs):
@@ -392,31 +391,6 @@ class Trainer:
             history=self.history,
             lineage=self.lineage,
         )
-
-
-def drop_records_after(path: Path, epochs: int) -> int:
-    """Keep the first ``epochs`` epochs' records of ``metrics.jsonl``: a run resumed from an
-    earlier checkpoint than its last written record (killed between the two) trains those epochs
-    again and must not record them twice. Returns how many records were dropped."""
-    if not path.is_file():
-        return 0
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    keep = [line for line in lines if json.loads(line).get("epoch", 0) <= epochs]
-    if len(keep) != len(lines):
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        tmp.replace(path)
-    return len(lines) - len(keep)
-
-
-def rank_batch(global_batch: int, world: int) -> int:
-    """The per-rank batch of a global batch; a split that leaves a remainder is refused."""
-    if global_batch % world:
-        raise ConfigError(
-            f"data.batch_size {global_batch} (the global batch) cannot be split evenly over "
-            f"{world} workers; choose a batch size that is a multiple of {world}"
-        )
-    return global_batch // world
 
 
 def train_stage(cfg: StageConfig, **kwargs) -> StageResult:

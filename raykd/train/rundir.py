@@ -168,3 +168,18 @@ def check_resume_config(ckpt: dict[str, Any], config: dict[str, Any], path: str 
             f"checkpoint {path}: trained with another configuration ({shown}); resuming "
             "would mix the two runs: use the same config, or --restart to start over"
         )
+
+
+def drop_records_after(path: Path, epochs: int) -> int:
+    """Keep the first ``epochs`` epochs' records of ``metrics.jsonl``: a run resumed from an
+    earlier checkpoint than its last written record (killed between the two) trains those epochs
+    again and must not record them twice. Returns how many records were dropped."""
+    if not path.is_file():
+        return 0
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    keep = [line for line in lines if json.loads(line).get("epoch", 0) <= epochs]
+    if len(keep) != len(lines):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        tmp.replace(path)
+    return len(lines) - len(keep)
