@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from raykd.errors import run_cli
+from raykd.kinds import ROW_KINDS, STAGE_KINDS
 
 
 def add_job_args(p: argparse.ArgumentParser) -> None:
@@ -60,7 +61,7 @@ def add_grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--rows",
         nargs="+",
-        help="teacher sft_teacher student equal_compute std_kd sft_kd sft_kd_random",
+        help=" ".join(ROW_KINDS),
     )
     p.add_argument("--epochs", type=int, help="epochs of every stage")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"))
@@ -119,7 +120,7 @@ def grid_overrides(args: argparse.Namespace) -> dict:
         "kd_balance": getattr(args, "kd_balance", None),
     }
     if args.epochs is not None:  # 0 is a value to refuse, not "no flag"
-        over["epochs"] = {k: args.epochs for k in ("teacher", "sft", "student", "kd")}
+        over["epochs"] = {k: args.epochs for k in STAGE_KINDS}
     return over
 
 

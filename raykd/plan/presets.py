@@ -8,17 +8,17 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from raykd import kinds
 from raykd.errors import ConfigError
+from raykd.kinds import ROW_KINDS
 from raykd.plan.budgets import Epochs, budget_warnings
 from raykd.plan.datasets import DATASETS
 from raykd.plan.package_data import GRID_FILE_NAME, search_space_file
 from raykd.train.config import format_validation_error
 
-RowName = Literal[
-    "teacher", "sft_teacher", "student", "equal_compute", "std_kd", "sft_kd", "sft_kd_random"
-]
+RowName = Literal[ROW_KINDS]  # type: ignore[valid-type]  # the values of raykd.kinds.RowKind
 # The equal-compute control is a default row: without it SFT-KD's extra training reads as a gain.
-DEFAULT_ROWS: list[str] = ["teacher", "sft_teacher", "student", "equal_compute", "std_kd", "sft_kd"]
+DEFAULT_ROWS: list[str] = list(kinds.DEFAULT_ROWS)
 
 
 class GridSpec(BaseModel):

@@ -16,6 +16,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from raykd.errors import ConfigError
+from raykd.kinds import RowKind
 from raykd.plan.budgets import equal_compute_epochs
 from raykd.plan.datasets import DATASETS, DEFAULT_SIZE
 from raykd.plan.identity import stage_identity
@@ -36,16 +37,6 @@ from raykd.train.config import (
 
 M = TypeVar("M", bound=BaseModel)
 
-# Stage kinds one row trains, dependencies first; the last is the row's own stage.
-ROW_STAGES: dict[str, tuple[StageKind, ...]] = {
-    "teacher": ("teacher",),
-    "sft_teacher": ("sft",),
-    "student": ("student",),
-    "equal_compute": ("student",),
-    "std_kd": ("teacher", "kd"),
-    "sft_kd": ("sft", "kd"),
-    "sft_kd_random": ("sft", "kd"),
-}
 # A teacher's checkpoint is known once its stage has trained: the runner fills it in.
 TEACHER_PLACEHOLDER = "resolved-by-the-stage-graph"
 
@@ -221,7 +212,7 @@ def row_stages(
     ``overrides`` apply to the row's own (last) stage; a KD row's teacher is the plain one every
     KD row shares.
     """
-    kinds = ROW_STAGES[row.kind]
+    kinds: list[StageKind] = [k.value for k in RowKind(row.kind).stages]  # type: ignore[misc]
     own = overrides
     if row.kind == "equal_compute":
         own = overrides.over(StageOverrides(epochs=equal_compute_epochs(spec.epochs)))

@@ -24,8 +24,9 @@ from pydantic import (
 )
 
 from raykd.errors import ConfigError
+from raykd.kinds import STAGE_KINDS
 
-StageKind = Literal["teacher", "sft", "student", "kd"]
+StageKind = Literal[STAGE_KINDS]  # type: ignore[valid-type]  # raykd.kinds.StageKind's values
 
 
 class _CanonicalWeights(Mapping[str, float]):
