@@ -69,6 +69,7 @@ def test_global_batch_is_split_over_the_ranks_or_refused():
 
 
 # ---- one step's gradients under torch.distributed --------------------------------------------
+@pytest.mark.slow
 def test_ddp_gradients_equal_global_batch(tmp_path):
     """2 gloo ranks, half the batch each == 1 process with the whole batch, for every stage."""
     out = tmp_path / "grads.pt"

@@ -68,6 +68,7 @@ def test_toy_method_is_configured_and_trained(toy, tiny_config, tmp_path) -> Non
     test_train.test_kd_methods_train(tiny_config, tmp_path, "toy_mean")
 
 
+@pytest.mark.slow
 def test_plugins_from_the_environment_reach_a_fresh_process(toy) -> None:
     """How Ray workers see it: the variable travels with the other RAYKD_* ones."""
     code = "from raykd.distill import available_kd_methods as a; print(a())"
