@@ -56,7 +56,8 @@ class DatasetEntry(BaseModel):
 
 def catalogue_entries(data: Any, where: str, base: Path | None = None) -> dict[str, DatasetEntry]:
     """The ``datasets:`` mapping of a preset file, validated; a relative folder ``source`` is
-    resolved against ``base`` (the file's folder)."""
+    looked up next to the file (``base``) first; a source name ('mni152', ``shared:...``) or a
+    path found nowhere there is kept as written."""
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -67,16 +68,11 @@ def catalogue_entries(data: Any, where: str, base: Path | None = None) -> dict[s
             parsed = DatasetEntry.model_validate(entry)
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc, f"{where} dataset '{name}'")) from None
-        if base is not None and parsed.source not in BUILTIN_SOURCES:
-            path = Path(parsed.source).expanduser()
-            parsed = parsed.model_copy(
-                update={"source": str(base / path if not path.is_absolute() else path)}
-            )
+        path = Path(parsed.source).expanduser()
+        if base is not None and not path.is_absolute() and (base / path).exists():
+            parsed = parsed.model_copy(update={"source": str(base / path)})
         out[str(name)] = parsed
     return out
-
-
-BUILTIN_SOURCES = ("mni152", "sunnybrook")  # sources read by name (raykd.data.sources)
 
 
 @lru_cache(maxsize=1)
