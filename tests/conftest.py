@@ -32,6 +32,14 @@ def phantom_volume(n: int, size: int, seed: int) -> np.ndarray:
     return vol
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests that start Ray (marked ``ray`` or using ``ray_session``) are slow too: the fast
+    tier (``-m "not slow"``) leaves them out."""
+    for item in items:
+        if item.get_closest_marker("ray") or "ray_session" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """Four 6-slice 32x32 volumes in raykd's layout."""

@@ -32,6 +32,7 @@ def first_batch_means(trainer: Trainer, batches: int) -> dict[str, float]:
     return sums
 
 
+@pytest.mark.slow
 def test_calibrated_kd_weight_ratio_metrics_and_resume(tiny_config, teacher_ckpt):
     overrides = {
         "teacher_checkpoint": teacher_ckpt,

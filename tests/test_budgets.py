@@ -8,8 +8,8 @@ import time
 import pytest
 
 from raykd.errors import ConfigError
+from raykd.kinds import EQUAL_BUDGET_ROWS, STUDENT_ROWS
 from raykd.plan import Row, grid_rows, load_preset, preset_names, row_requests, stage_config
-from raykd.plan.budgets import STUDENT_ROWS
 
 PRESETS = sorted(preset_names())
 
@@ -20,10 +20,10 @@ def _epochs(spec, row: Row) -> int:
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_every_student_row_gets_equal_epochs(name: str) -> None:
-    spec = load_preset(name, {"rows": [*STUDENT_ROWS, "equal_compute"], "seeds": 1})
+    spec = load_preset(name, {"rows": list(STUDENT_ROWS), "seeds": 1})
     assert spec.budget_warnings() == []
     rows = grid_rows(spec)
-    student_epochs = {_epochs(spec, r) for r in rows if r.kind in STUDENT_ROWS}
+    student_epochs = {_epochs(spec, r) for r in rows if r.kind in EQUAL_BUDGET_ROWS}
     assert student_epochs == {spec.epochs.student}
     controls = [r for r in rows if r.kind == "equal_compute"]
     assert controls and all(_epochs(spec, c) == spec.epochs.sft + spec.epochs.kd for c in controls)

@@ -69,6 +69,7 @@ def test_global_batch_is_split_over_the_ranks_or_refused():
 
 
 # ---- one step's gradients under torch.distributed --------------------------------------------
+@pytest.mark.slow
 def test_ddp_gradients_equal_global_batch(tmp_path):
     """2 gloo ranks, half the batch each == 1 process with the whole batch, for every stage."""
     out = tmp_path / "grads.pt"
@@ -90,13 +91,32 @@ def test_ddp_gradients_equal_global_batch(tmp_path):
 
 
 # ---- real 2-worker Ray Train chain vs 1 worker -----------------------------------------------
-KD_FEATURE = [("at", "sft"), ("fsp", "random"), ("sp", "sft"), ("cc", "random"),
-              ("pkt", "sft_random"), ("nst", "random")]  # fmt: skip
-KD_TRAINABLE = [("fitnets", "random"), ("ft", "sft")]  # both inits are in KD_FEATURE too
 FITNETS_TAPS = {
     "kd.teacher_taps": "['cascades.{c}.conv.{hidden}']",  # 4 channels
     "kd.student_taps": "['cascades.{c}.conv.{last}']",  # 1 channel: a 1x1-conv regressor
 }
+# The row (KD init) each built-in method is compared on, so both inits are covered; any other
+# registered method runs from a random init. Every registered method is compared.
+ROW = {"at": "sft", "fsp": "random", "sp": "sft", "cc": "random", "pkt": "sft_random",
+       "nst": "random", "fitnets": "random", "ft": "sft"}  # fmt: skip
+_PART = {"fitnets": "method.regressors.", "ft": "method.translators."}
+
+
+def _has_trainable_parts(method: str) -> bool:
+    """Whether the method trains parts of its own (a regressor, a translator) in this test."""
+    from raykd.distill import build_kd_method
+
+    taps = {"teacher_taps": ["cascades.{c}.conv.{hidden}"]} if method == "fitnets" else {}
+    taps |= {"student_taps": ["cascades.{c}.conv.{last}"]} if method == "fitnets" else {}
+    options = {"pretrain_steps": 0} if method == "ft" else {}
+    teacher, student = build_model("dccnn", 3, 2, 4, True), build_model("dccnn", 2, 2, 4, True)
+    kd = build_kd_method(method, teacher, student, **taps, **options)
+    return any(p.requires_grad for p in kd.parameters())
+
+
+_KD = [(m, ROW.get(m, "random")) for m in available_kd_methods()]
+KD_TRAINABLE = [(m, row) for m, row in _KD if _has_trainable_parts(m)]
+KD_FEATURE = [(m, row) for m, row in _KD if (m, row) not in KD_TRAINABLE]
 
 
 def _cfg(data: Path, kind: str, batch: int, **extra: str):
@@ -230,19 +250,19 @@ def test_ddp_stage_sft(ddp_chain):
 @pytest.mark.ray
 @pytest.mark.parametrize("method, row", KD_FEATURE)
 def test_ddp_stage_kd_feature_methods(ddp_chain, method, row):
-    """AT, FSP, NST (per-sample) and SP, PKT, CC (batch-coupled, gathered over ranks)."""
+    """AT, FSP, NST (per-sample) and SP, PKT (batch-coupled, gathered over ranks)."""
     _assert_same_result(ddp_chain, f"kd-{method}-{row}")
 
 
 @pytest.mark.ray
 @pytest.mark.parametrize("method, row", KD_TRAINABLE)
 def test_ddp_stage_kd_trainable_methods(ddp_chain, method, row):
-    """FitNets' regressor and FT's translator train under DDP; FT's paraphraser is pre-trained
-    on global batches, so its pre-training matches 1 worker too."""
+    """FitNets' regressor, CC's embeddings (batch-coupled) and FT's translator train under DDP;
+    FT's paraphraser is pre-trained on global batches, so its pre-training matches 1 worker."""
     label = f"kd-{method}-{row}"
     _assert_same_result(ddp_chain, label)
     stage = load_checkpoint(Path(ddp_chain[2][label].output_dir) / "last.pt")["stage"]
-    part = "method.regressors." if method == "fitnets" else "method.translators."
+    part = _PART.get(method, "method.")
     assert any(k.startswith(part) for k in stage), label
     if method == "ft":
         l1, l2 = _lineage(ddp_chain[1][label]), _lineage(ddp_chain[2][label])

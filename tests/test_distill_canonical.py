@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from raykd.distill import build_kd_method
+from raykd.distill import available_kd_methods, build_kd_method, get_kd_method
 from raykd.models.dccnn import DCCNN
 from raykd.train.config import CANONICAL_KD_WEIGHTS
 
@@ -53,18 +53,31 @@ def unit(v: list[float], eps: float = 0.0) -> list[float]:
     return [x / (norm + eps) if eps else x / norm for x in v]
 
 
+PUBLISHED_WEIGHTS = {  # RepDistiller scripts/run_cifar_distill.sh (-b); FSP's is unweighted
+    "at": 1000.0,
+    "fitnets": 100.0,
+    "sp": 3000.0,
+    "cc": 0.02,
+    "fsp": 1.0,
+    "pkt": 30000.0,
+    "nst": 50.0,
+    "ft": 200.0,
+}
+
+
 def test_canonical_weights_are_the_published_ones() -> None:
-    # RepDistiller scripts/run_cifar_distill.sh (-b); FSP's init stage is unweighted.
-    assert CANONICAL_KD_WEIGHTS == {
-        "at": 1000.0,
-        "fitnets": 100.0,
-        "sp": 3000.0,
-        "cc": 0.02,
-        "fsp": 1.0,
-        "pkt": 30000.0,
-        "nst": 50.0,
-        "ft": 200.0,
-    }
+    for name, weight in PUBLISHED_WEIGHTS.items():
+        assert get_kd_method(name).canonical_weight == weight, name
+    assert {k: CANONICAL_KD_WEIGHTS[k] for k in PUBLISHED_WEIGHTS} == PUBLISHED_WEIGHTS
+
+
+def test_every_registered_method_declares_its_canonical_weight() -> None:
+    """On its own class: a method left at the base class's 1.0 by omission is refused here."""
+    for name in available_kd_methods():
+        cls = get_kd_method(name)
+        assert "canonical_weight" in vars(cls), f"{name}: set canonical_weight on the class"
+        assert CANONICAL_KD_WEIGHTS[name] == cls.canonical_weight > 0
+    assert CANONICAL_KD_WEIGHTS.get("no-such-method", 1.0) == 1.0
 
 
 def attention(f: np.ndarray, b: int) -> list[float]:

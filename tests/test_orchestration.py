@@ -394,6 +394,7 @@ def test_search_restores_after_driver_is_killed(ray_session, tiny_data, tmp_path
     assert len(teachers) == 1, teachers
 
 
+@pytest.mark.slow
 def test_registering_a_model_leaves_the_tracking_uri_alone(tmp_path, monkeypatch):
     """A finished job must not redirect the next job of the process to its store."""
     import os
@@ -420,6 +421,7 @@ def _register_in_subprocess(db: str, artifacts: str, run_id: str, barrier) -> st
     return register_model(tracking, run_id, DCCNN(2, 1, 2), "m")
 
 
+@pytest.mark.slow
 def test_two_jobs_registering_the_same_run_at_once_add_one_version(tmp_path):
     """Two jobs that reuse the same best stage and finish together register it once."""
     import multiprocessing as mp

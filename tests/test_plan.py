@@ -44,7 +44,8 @@ TRIAL_POINTS = (
 )
 # sha256 over "label stage-id" of every request of every row, computed with the code before
 # the planning layer existed (dict rows, dotted overrides). Presets at a native size use the
-# paper's fixed masks when the shared data has them, which changes their identities.
+# paper's fixed masks (the catalogue declares them; fixed_masks: false plans Cartesian masks,
+# the identities these presets had where the shared data lacked the masks).
 DIGESTS = {
     "smoke": "a7deccc65c6238f8",
     "sr_smoke": "06ba181f1699e7ba",
@@ -60,7 +61,7 @@ DIGESTS = {
     "search:kd_weights_extended": "1adfd9bf773b1777",
     "search:pareto": "397b5db2943db7e9",
 }
-MASKED = {  # preset: (mask folder, digest with the masks, digest without)
+MASKED = {  # preset: (mask folder, digest with the masks, digest with fixed_masks: false)
     "cpu": ("cardiac_150", "ecc7e3ff83b9a39b", "424c791dee7621dd"),
     "paper": ("brain_240", "6657557de78090d4", "9543846d549f2d0d"),
     "extended": ("brain_240", "439ca0d9659f38fa", "bb4d31e4ce8fbccc"),
@@ -73,8 +74,8 @@ def _digest(entries: list[tuple[str, str]]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _preset_entries(name: str) -> list[tuple[str, str]]:
-    spec = load_preset(name)
+def _preset_entries(name: str, **overrides) -> list[tuple[str, str]]:
+    spec = load_preset(name, overrides)
     return [(r.label, q.stage_id) for r in grid_rows(spec) for q in row_requests(spec, r)]
 
 
@@ -162,17 +163,33 @@ def test_stage_identities_as_before_the_plan_layer(name):
         entries = _search_entries(name.removeprefix("search:"))
         expected = DIGESTS[name]
     elif name in MASKED:
-        folder, with_masks, without = MASKED[name]
-        masks = [shared_data_dir() / "masks" / folder / f"mask_{a}x.npy" for a in (4, 5)]
-        if any(m.is_file() for m in masks) and not all(m.is_file() for m in masks):
-            pytest.fail(f"shared data has only some of {masks}: identities are undefined here")
-        expected = with_masks if all(m.is_file() for m in masks) else without
+        _, expected, without = MASKED[name]
         entries = _preset_entries(name)
+        assert _digest(_preset_entries(name, fixed_masks=False)) == without
     else:
         entries, expected = _preset_entries(name), DIGESTS[name]
     assert entries and _digest(entries) == expected
     assert set(preset_names()) == {n for n in set(DIGESTS) | set(MASKED) if ":" not in n}
     assert search_space_names() == SEARCHES
+
+
+def test_identities_do_not_depend_on_the_shared_masks_being_here(tmp_path, monkeypatch):
+    """Planning reads configuration only: every preset plans the same stage identities with the
+    shared data empty, holding the paper's masks, and (where this machine has it) the real one."""
+    real = shared_data_dir()
+    masks = tmp_path / "with" / "masks"
+    for folder in {folder for folder, _, _ in MASKED.values()}:
+        (masks / folder).mkdir(parents=True)
+        for a in (4, 5):
+            (masks / folder / f"mask_{a}x.npy").write_bytes(b"not read by planning")
+    (tmp_path / "empty").mkdir()
+    roots = [tmp_path / "empty", tmp_path / "with"] + ([real] if (real / "masks").is_dir() else [])
+    seen = []
+    for root in roots:
+        monkeypatch.setenv("RAYKD_SHARED_DATA", str(root))
+        seen.append({name: _digest(_preset_entries(name)) for name in sorted(preset_names())})
+    assert all(d == seen[0] for d in seen)
+    assert {n: seen[0][n] for n in MASKED} == {n: v[1] for n, v in MASKED.items()}
 
 
 def test_one_typed_form_from_plan_to_trainer():

@@ -124,6 +124,7 @@ def _writer(uri: str, experiment: str, barrier, n: int, queue) -> None:
     queue.put(run_id)
 
 
+@pytest.mark.slow
 def test_concurrent_jobs_on_a_fresh_store_lose_no_writes(tmp_path):
     """Four processes create one fresh sqlite store at once (MLflow's schema migration races
     without the store lock) and write at once; every metric arrives."""

@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from raykd.errors import run_cli
+from raykd.kinds import ROW_KINDS, STAGE_KINDS
 
 
 def add_job_args(p: argparse.ArgumentParser) -> None:
@@ -35,20 +36,19 @@ def add_job_args(p: argparse.ArgumentParser) -> None:
 
 
 def _preset_names() -> list[str]:
-    import yaml
+    from raykd.plan.presets import preset_names
 
-    from raykd.plan.presets import GRID_FILE
-
-    return list(yaml.safe_load(GRID_FILE.read_text())["presets"])
+    return preset_names()
 
 
 def add_grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--preset",
-        default="smoke",
-        choices=_preset_names(),
-        help="grid preset from search_spaces/paper_grid.yaml (default: smoke; sr_* = "
-        "super-resolution, dcunet* = heterogeneous teacher)",
+        default=None,  # grid: smoke; search: the search space's base_preset
+        metavar="NAME|FILE.yaml[:NAME]",
+        help=f"grid preset: one of {', '.join(_preset_names())} (search_spaces/paper_grid.yaml; "
+        "sr_* = super-resolution, dcunet* = heterogeneous teacher), or a preset file of your "
+        "own with presets: and datasets: (default: smoke; search: the space's base_preset)",
     )
     p.add_argument("--datasets", nargs="+", help="mni152, sunnybrook, or folders of h5")
     p.add_argument("--data-path", help="where a built-in dataset's volumes are (e.g. Sunnybrook)")
@@ -60,13 +60,20 @@ def add_grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--rows",
         nargs="+",
-        help="teacher sft_teacher student equal_compute std_kd sft_kd sft_kd_random",
+        help=" ".join(ROW_KINDS),
     )
     p.add_argument("--epochs", type=int, help="epochs of every stage")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"))
     p.add_argument("--max-slices", type=int, help="slices per volume (evenly spaced)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--test", nargs="+", help="held-out test volumes")
+    p.add_argument(
+        "--no-fixed-masks",
+        dest="fixed_masks",
+        action="store_false",
+        default=None,
+        help="seeded Cartesian masks even where the paper's fixed masks apply",
+    )
     p.add_argument(
         "--kd-balance",
         type=float,
@@ -117,9 +124,10 @@ def grid_overrides(args: argparse.Namespace) -> dict:
         "test": args.test,
         "sr_degradation": args.sr_degradation,
         "kd_balance": getattr(args, "kd_balance", None),
+        "fixed_masks": getattr(args, "fixed_masks", None),
     }
     if args.epochs is not None:  # 0 is a value to refuse, not "no flag"
-        over["epochs"] = {k: args.epochs for k in ("teacher", "sft", "student", "kd")}
+        over["epochs"] = {k: args.epochs for k in STAGE_KINDS}
     return over
 
 
@@ -128,8 +136,10 @@ def run_grid_args(args: argparse.Namespace) -> int:
     from raykd.orchestration.interrupt import received
     from raykd.orchestration.job import finish_job, interrupt_job
     from raykd.orchestration.preflight import load_checked_preset, preflight_grid
+    from raykd.plan.presets import preset_label
 
-    spec, problems = load_checked_preset(args.preset, grid_overrides(args), args)
+    spec, problems = load_checked_preset(args.preset or "smoke", grid_overrides(args), args)
+    args.preset = preset_label(args.preset or "smoke")
     preflight_grid(spec, problems, args.workers)  # before Ray starts: one line per problem
     job = _start_job(
         args,
@@ -190,6 +200,12 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def search_preset(args: argparse.Namespace, search) -> str:
+    """The grid a search samples around: ``--preset`` when given (``smoke`` included), else
+    the search space's ``base_preset``."""
+    return args.preset if args.preset is not None else search.base_preset
+
+
 def run_search_args(args: argparse.Namespace) -> int:
     import json
 
@@ -200,7 +216,7 @@ def run_search_args(args: argparse.Namespace) -> int:
     from raykd.plan.search_space import load_search
 
     search = load_search(args.space, {"num_samples": args.num_samples})
-    preset = args.preset if args.preset != "smoke" else search.base_preset
+    preset = search_preset(args, search)
     base, problems = load_checked_preset(preset, grid_overrides(args), args)
     preflight_search(search, base, problems, args.workers)  # before Ray starts
     job = _start_job(

@@ -23,7 +23,14 @@ def resolve_path(text: str) -> Path:
 def build_mask(cfg) -> MaskFunc:
     allow_full = bool(getattr(cfg, "allow_full", False))
     if cfg.kind == "file":
-        return FixedMask(resolve_path(cfg.path), allow_full=allow_full)
+        path = resolve_path(cfg.path)
+        if cfg.path.startswith(SHARED_PREFIX) and not path.is_file():
+            raise DataError(
+                f"the paper's fixed mask {cfg.path} is not at {path} (RAYKD_SHARED_DATA); get "
+                "the shared data, or plan with Cartesian masks: fixed_masks: false in the "
+                "preset (--no-fixed-masks)"
+            )
+        return FixedMask(path, allow_full=allow_full)
     if cfg.kind.startswith("fastmri_"):
         from raykd.data.fastmri_masks import FastMRIMask
 

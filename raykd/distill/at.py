@@ -127,6 +127,7 @@ class AttentionTransfer(KDMethod):
     """
 
     per_sample_mean = True  # DDP: no feature gather needed
+    canonical_weight = 1000.0  # RepDistiller scripts/run_cifar_distill.sh, -b 1000
     citation = (
         "Zagoruyko, S. & Komodakis, N. Paying More Attention to Attention: Improving the "
         "Performance of Convolutional Neural Networks via Attention Transfer. ICLR 2017. "

@@ -53,8 +53,13 @@ def tap_channels(model: nn.Module, name: str) -> int:
 class KDMethod(nn.Module):
     name: ClassVar[str] = ""
     citation: ClassVar[str] = ""
+    # The weight published with the reference loss definition (RepDistiller's
+    # scripts/run_cifar_distill.sh; cite it in the class docstring): ``kd.weight``'s default.
+    # These are classification weights: for reconstruction, ``kd.balance`` calibrates instead.
+    canonical_weight: ClassVar[float] = 1.0
     # Methods with a step before distillation (factor transfer's paraphraser) set this and
-    # implement ``pretrain(teacher_features, steps)``; the trainer runs it once, rank 0 first.
+    # implement ``pretrain(teacher_features, steps)``; the trainer runs it on every rank, before
+    # the optimiser and DDP exist, on the same unshuffled global batches (Trainer._pretrain_method).
     needs_pretraining: ClassVar[bool] = False
     # True when the loss is a mean over samples of per-sample terms: DDP ranks may then compute
     # it on their local batch (gradient averaging gives the global-batch loss). False, the safe

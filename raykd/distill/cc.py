@@ -34,6 +34,7 @@ class CorrelationCongruence(KDMethod):
     nothing stops them from shrinking, so the term can fade during training.
     """
 
+    canonical_weight: ClassVar[float] = 0.02
     citation: ClassVar[str] = (
         "Peng, B., Jin, X., Liu, J., Li, D., Wu, Y., Liu, Y., Zhou, S. & Zhang, Z. "
         "Correlation Congruence for Knowledge Distillation. ICCV 2019. "

@@ -34,6 +34,7 @@ class FitNets(KDMethod):
     """
 
     per_sample_mean: ClassVar[bool] = True  # DDP: no feature gather needed
+    canonical_weight: ClassVar[float] = 100.0
     citation: ClassVar[str] = (
         "Romero, A., Ballas, N., Kahou, S. E., Chassang, A., Gatta, C. & Bengio, Y. "
         "FitNets: Hints for Thin Deep Nets. ICLR 2015. Code: github.com/HobbitLong/RepDistiller."

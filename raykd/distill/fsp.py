@@ -44,6 +44,8 @@ class FSP(KDMethod):
     """
 
     per_sample_mean: ClassVar[bool] = True  # DDP: no feature gather needed
+    # RepDistiller optimises FSP unweighted (its -b 50 multiplies a zero loss).
+    canonical_weight: ClassVar[float] = 1.0
     citation: ClassVar[str] = (
         "Yim, J., Joo, D., Bae, J. & Kim, J. A Gift from Knowledge Distillation: Fast "
         "Optimization, Network Minimization and Transfer Learning. CVPR 2017. "

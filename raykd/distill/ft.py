@@ -98,6 +98,7 @@ class FactorTransfer(KDMethod):
     """
 
     per_sample_mean: ClassVar[bool] = True  # DDP: no feature gather needed
+    canonical_weight: ClassVar[float] = 200.0
     citation: ClassVar[str] = (
         "Kim, J., Park, S. & Kwak, N. Paraphrasing Complex Network: Network Compression via "
         "Factor Transfer. NeurIPS 2018. Code: github.com/HobbitLong/RepDistiller "

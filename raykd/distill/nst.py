@@ -49,6 +49,7 @@ class NeuronSelectivityTransfer(KDMethod):
     """
 
     per_sample_mean: ClassVar[bool] = True  # DDP: no feature gather needed
+    canonical_weight: ClassVar[float] = 50.0
     citation: ClassVar[str] = (
         "Huang, Z. & Wang, N. Like What You Like: Knowledge Distill via Neuron Selectivity "
         "Transfer. arXiv:1707.01219, 2017. Code: github.com/HobbitLong/RepDistiller."

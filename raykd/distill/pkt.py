@@ -54,6 +54,7 @@ class ProbabilisticKnowledgeTransfer(KDMethod):
     trainable parameters.
     """
 
+    canonical_weight: ClassVar[float] = 30000.0
     citation: ClassVar[str] = (
         "Passalis, N. & Tefas, A. Learning Deep Representations with Probabilistic Knowledge "
         "Transfer. ECCV 2018. Code: github.com/passalis/probabilistic_kt; "

@@ -31,6 +31,7 @@ class SimilarityPreserving(KDMethod):
     batch size must agree. Row normalisation makes the loss invariant to feature scale.
     """
 
+    canonical_weight: ClassVar[float] = 3000.0
     citation: ClassVar[str] = (
         "Tung, F. & Mori, G. Similarity-Preserving Knowledge Distillation. ICCV 2019. "
         "Code: github.com/HobbitLong/RepDistiller."

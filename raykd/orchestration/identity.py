@@ -53,7 +53,7 @@ class StageRecord:
     teacher_stage: str | None = None
     metrics: dict[str, Any] | None = None
     finished_at: float = 0.0
-    wall_clock_s: float | None = None  # ensure_stage's whole call, Ray start/stop included
+    wall_clock_s: float | None = None  # ensure_stages' whole call, Ray start/stop included
     compute_s: float | None = None  # set-up, training and evaluation inside the worker
     compute: dict[str, str] | None = None  # the resolved path: device, CPU class, precision...
     # {file name: {"size": bytes, "sha256": hex}} of the stage's checkpoints when it finished;

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from raykd.kinds import STUDENT_ROWS
 from raykd.orchestration.cluster import TrialResources, init_ray, plan_resources, say
 from raykd.orchestration.identity import StageStore
 from raykd.orchestration.interrupt import (
@@ -261,9 +262,6 @@ def finish_job(
             f"version {registered['version']} ({registered['label']})"
         )
     return summary
-
-
-STUDENT_ROWS = ("student", "equal_compute", "std_kd", "sft_kd", "sft_kd_random")
 
 
 def row_outcome(r: dict[str, Any]) -> str:

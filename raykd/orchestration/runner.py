@@ -110,21 +110,6 @@ def _reuse_line(ctx: StageContext, sid: str, req: StageRequest, record: StageRec
     say(f"{announce(ctx, sid, req.cfg, tags)}: reused (trained by an earlier job{result})")
 
 
-def ensure_stage(
-    cfg: StageConfig,
-    ctx: StageContext,
-    teacher: StageRecord | None = None,
-    tune_report: bool = False,
-    eval_splits: tuple[str, ...] = ("val", "test"),
-    tags: dict[str, str] | None = None,
-) -> StageRecord:
-    """The finished record of one stage (``teacher``: the finished record of its teacher)."""
-    if cfg.kind == "kd" and teacher is None:
-        raise RaykdError("a kd stage needs the record of its teacher stage")
-    request = StageRequest(cfg, teacher.stage_id if teacher else None, dict(tags or {}))
-    return ensure_stages([request], ctx, tune_report, eval_splits)[request.stage_id]
-
-
 def ensure_stages(
     requests: list[StageRequest],
     ctx: StageContext,

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# Rows whose own stage is a student compared at equal training (the control excluded).
-STUDENT_ROWS = ("student", "std_kd", "sft_kd", "sft_kd_random")
+from raykd.kinds import EQUAL_BUDGET_ROWS
 
 
 class Epochs(BaseModel):
@@ -28,7 +27,7 @@ def equal_compute_epochs(epochs: Epochs) -> int:
 def budget_warnings(rows: list[str], epochs: Epochs) -> list[str]:
     """Where student rows get unequal epochs (plain student vs KD rows); shipped presets never
     do, an explicit override may."""
-    students = {r for r in rows if r in STUDENT_ROWS}
+    students = {r for r in rows if r in EQUAL_BUDGET_ROWS}  # the control excluded
     if len(students) > 1 and epochs.student != epochs.kd:
         return [
             f"unequal budgets: plain student {epochs.student} epochs vs KD students "

@@ -1,4 +1,5 @@
-"""Grid presets (``search_spaces/paper_grid.yaml``) and the typed grid they describe."""
+"""Grid presets (``search_spaces/paper_grid.yaml``, or a preset file of the user's own) and the
+typed grid they describe."""
 
 from __future__ import annotations
 
@@ -8,17 +9,17 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from raykd import kinds
 from raykd.errors import ConfigError
+from raykd.kinds import ROW_KINDS
 from raykd.plan.budgets import Epochs, budget_warnings
-from raykd.plan.datasets import DATASETS
+from raykd.plan.datasets import DatasetEntry, builtin_datasets, catalogue_entries
 from raykd.plan.package_data import GRID_FILE_NAME, search_space_file
-from raykd.train.config import format_validation_error
+from raykd.train.config import format_validation_error, yaml_load
 
-RowName = Literal[
-    "teacher", "sft_teacher", "student", "equal_compute", "std_kd", "sft_kd", "sft_kd_random"
-]
+RowName = Literal[ROW_KINDS]  # type: ignore[valid-type]  # the values of raykd.kinds.RowKind
 # The equal-compute control is a default row: without it SFT-KD's extra training reads as a gain.
-DEFAULT_ROWS: list[str] = ["teacher", "sft_teacher", "student", "equal_compute", "std_kd", "sft_kd"]
+DEFAULT_ROWS: list[str] = list(kinds.DEFAULT_ROWS)
 
 
 class GridSpec(BaseModel):
@@ -46,6 +47,11 @@ class GridSpec(BaseModel):
     w_imit: float = 1.0
     imit_balance: float | None = Field(None, gt=0)  # the same for the SFT imitation weight
     data_path: str | None = None  # overrides the source of a built-in dataset (e.g. Sunnybrook)
+    # Datasets the preset file defines (name -> source, size, split); built-ins are shipped.
+    catalogue: dict[str, DatasetEntry] = {}
+    # The paper's fixed masks where the catalogue declares them (native size, 4x/5x); false: the
+    # seeded Cartesian masks everywhere. Configuration, never a probe of the planning machine.
+    fixed_masks: bool = True
     test: list[str] | None = None  # held-out test volumes of the (single) dataset
     trial_unit: Literal["row", "seed"] = "row"  # Tune trial = one row, or all rows of a seed
     # Task and architectures (paper Appendix B / Table 6). For task 'sr', ``accelerations`` are
@@ -64,6 +70,11 @@ class GridSpec(BaseModel):
 
     def seed_list(self) -> list[int]:
         return [self.first_seed + i for i in range(self.seeds)]
+
+    def dataset(self, name: str) -> DatasetEntry | None:
+        """The catalogue entry of a dataset key (the preset file's, else a built-in), or None
+        for a folder of h5 named directly."""
+        return self.catalogue.get(name) or builtin_datasets().get(name)
 
     def budget_warnings(self) -> list[str]:
         """Where student rows get unequal epochs (see :mod:`raykd.plan.budgets`)."""
@@ -89,20 +100,66 @@ def preset_names() -> list[str]:
     return list(_presets())
 
 
+def is_preset_file(name: str) -> bool:
+    """``FILE.yaml`` or ``FILE.yaml:PRESET``: a preset file outside the package."""
+    return name.split(":", 1)[0].endswith((".yaml", ".yml")) if name else False
+
+
+def _file_preset(name: str) -> tuple[dict[str, Any], dict[str, DatasetEntry], str]:
+    """(preset fields, catalogue entries, where) of ``FILE.yaml[:PRESET]``; the file has the
+    form of ``paper_grid.yaml``: ``presets:`` and optionally ``datasets:``."""
+    file, _, preset = name.partition(":")
+    path = Path(file).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"preset file {path}: not found")
+    data = yaml_load(path.read_text())
+    presets = data.get("presets") if isinstance(data, dict) else None
+    if not isinstance(presets, dict) or not presets:
+        raise ConfigError(f"preset file {path}: expected a 'presets:' mapping of name -> fields")
+    if not preset:
+        if len(presets) != 1:
+            raise ConfigError(
+                f"preset file {path} holds {sorted(presets)}: name one as {file}:NAME"
+            )
+        preset = next(iter(presets))
+    if preset not in presets:
+        raise ConfigError(f"preset file {path}: no preset '{preset}'; it holds {sorted(presets)}")
+    datasets = catalogue_entries(data.get("datasets"), str(path), path.resolve().parent)
+    return presets[preset] or {}, datasets, f"{path} preset '{preset}'"
+
+
+def preset_label(name: str) -> str:
+    """A short name for jobs and runs: the shipped name, or the file's preset name."""
+    if not is_preset_file(name):
+        return name
+    file, _, preset = name.partition(":")
+    return preset or Path(file).stem
+
+
 def load_preset(name: str, overrides: dict[str, Any] | None = None) -> GridSpec:
-    """The preset ``name`` with ``overrides`` (None values: not given) applied, validated."""
-    presets = _presets()
-    if name not in presets:
-        raise ConfigError(f"unknown preset '{name}'; expected one of {sorted(presets)}")
-    data = {**presets[name], **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    """The preset ``name`` (shipped, or ``FILE.yaml[:PRESET]``) with ``overrides`` (None values:
+    not given) applied, validated."""
+    if is_preset_file(name):
+        fields, catalogue, where = _file_preset(name)
+    else:
+        presets = _presets()
+        if name not in presets:
+            raise ConfigError(
+                f"unknown preset '{name}'; expected one of {sorted(presets)} or a FILE.yaml"
+            )
+        fields, catalogue, where = presets[name], {}, f"{grid_file()} preset '{name}'"
+    data = {**fields, **{k: v for k, v in (overrides or {}).items() if v is not None}}
     try:
         spec = GridSpec.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, f"{grid_file()} preset '{name}'")) from None
+        raise ConfigError(format_validation_error(exc, where)) from None
+    named = {k: v for k, v in catalogue.items() if k in spec.datasets}
+    spec = spec.model_copy(update={"catalogue": {**spec.catalogue, **named}})
+    known = sorted({*builtin_datasets(), *catalogue})
     for ds in spec.datasets:
-        if ds not in DATASETS and not Path(ds).expanduser().is_dir():
+        if spec.dataset(ds) is None and not Path(ds).expanduser().is_dir():
             raise ConfigError(
-                f"dataset '{ds}': not a built-in ({sorted(DATASETS)}) and not a folder of h5"
+                f"dataset '{ds}': not in the catalogue ({known}) and not a folder of h5"
             )
     from raykd.distill import available_kd_methods
 

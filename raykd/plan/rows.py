@@ -6,10 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from raykd.kinds import KD_ROWS
 from raykd.plan.presets import GridSpec, RowName
-
-# Rows whose stage is a distilled student (they name a KD method).
-KD_ROWS = ("std_kd", "sft_kd", "sft_kd_random")
 
 
 class Row(BaseModel):

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from raykd.errors import ConfigError
+from raykd.kinds import KD_ROWS
 from raykd.plan.package_data import GRID_FILE_NAME, search_space_file, shipped_names
 from raykd.plan.presets import GridSpec
 from raykd.plan.rows import Row
@@ -87,7 +88,7 @@ class SearchSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     base_preset: str = "smoke"
-    row: Literal["std_kd", "sft_kd", "sft_kd_random"] = "sft_kd"
+    row: Literal[KD_ROWS] = "sft_kd"  # type: ignore[valid-type]
     num_samples: int = Field(12, ge=1)
     objectives: list[Objective]
     scheduler: Scheduler = Scheduler()

@@ -16,8 +16,9 @@ from typing import TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from raykd.errors import ConfigError
+from raykd.kinds import RowKind
 from raykd.plan.budgets import equal_compute_epochs
-from raykd.plan.datasets import DATASETS, DEFAULT_SIZE
+from raykd.plan.datasets import DEFAULT_SIZE
 from raykd.plan.identity import stage_identity
 from raykd.plan.presets import GridSpec
 from raykd.plan.rows import Row
@@ -36,16 +37,6 @@ from raykd.train.config import (
 
 M = TypeVar("M", bound=BaseModel)
 
-# Stage kinds one row trains, dependencies first; the last is the row's own stage.
-ROW_STAGES: dict[str, tuple[StageKind, ...]] = {
-    "teacher": ("teacher",),
-    "sft_teacher": ("sft",),
-    "student": ("student",),
-    "equal_compute": ("student",),
-    "std_kd": ("teacher", "kd"),
-    "sft_kd": ("sft", "kd"),
-    "sft_kd_random": ("sft", "kd"),
-}
 # A teacher's checkpoint is known once its stage has trained: the runner fills it in.
 TEACHER_PLACEHOLDER = "resolved-by-the-stage-graph"
 
@@ -110,20 +101,15 @@ def _message(err: _Invalid, source: str) -> str:
 
 
 def _data(spec: GridSpec, row: Row, over: StageOverrides) -> DataConfig:
-    ds = DATASETS.get(row.dataset)
+    ds = spec.dataset(row.dataset)
     source = spec.data_path if (spec.data_path and ds) else (ds.source if ds else row.dataset)
-    size = tuple(spec.size) if spec.size else (ds.size if ds else DEFAULT_SIZE)
+    size = tuple(spec.size) if spec.size else (ds.native_size if ds else DEFAULT_SIZE)
     acc = row.acceleration
     sr = spec.task == "sr"
     mask = _model(MaskConfig, "data.mask", kind="cartesian", acceleration=acc, seed=0)
-    if not sr and ds and ds.mask_dir and size == ds.size and float(acc) in (4.0, 5.0):
-        from raykd.paths import shared_data_dir
-
-        rel = f"masks/{ds.mask_dir}/mask_{int(acc)}x.npy"
-        if (shared_data_dir() / rel).is_file():  # the paper's fixed masks when available
-            mask = _model(
-                MaskConfig, "data.mask", kind="file", path=f"shared:{rel}", acceleration=acc
-            )
+    fixed = ds.fixed_mask(size, acc) if (ds and spec.fixed_masks and not sr) else None
+    if fixed:  # the paper's mask, from the catalogue: the same identity on every machine
+        mask = _model(MaskConfig, "data.mask", kind="file", path=fixed, acceleration=acc)
     if min(size) < 100:  # tiny smoke shapes: keep 10 low rows feasible
         mask = mask.model_copy(update={"num_low": 4})
     if spec.mask_kind != "paper":
@@ -140,7 +126,7 @@ def _data(spec: GridSpec, row: Row, over: StageOverrides) -> DataConfig:
         max_slices_per_volume=spec.max_slices_per_volume,
         train=ds.split("train") if own_splits else None,
         val=ds.split("val") if own_splits else None,
-        test=spec.test or None,
+        test=spec.test or (ds.split("test") if own_splits else None),
         sr=_model(SRConfig, "data.sr", scale=int(acc), degradation=spec.sr_degradation)
         if sr
         else None,
@@ -224,7 +210,7 @@ def row_stages(
     ``overrides`` apply to the row's own (last) stage; a KD row's teacher is the plain one every
     KD row shares.
     """
-    kinds = ROW_STAGES[row.kind]
+    kinds: list[StageKind] = [k.value for k in RowKind(row.kind).stages]  # type: ignore[misc]
     own = overrides
     if row.kind == "equal_compute":
         own = overrides.over(StageOverrides(epochs=equal_compute_epochs(spec.epochs)))

@@ -16,6 +16,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from raykd.kinds import RowKind
 from raykd.report.cells import table_notes
 from raykd.report.records import Setting
 from raykd.report.runs import StageRuns
@@ -24,7 +25,7 @@ from raykd.report.table_model import MISSING, ReportTable, Section, method_name
 DOMINATES = 10.0  # weighted term > 10× reconstruction: the term drives training
 VANISHES = 1e-3  # < 1e-3×: the term has no effect on training
 PREFIXES = ("train/ratio/", "train_ratio_")
-ROWS = {"std_kd": "Std-KD", "sft_kd": "SFT-KD", "sft_kd_random": "SFT-KD random init"}
+KD_ROWS = [r for r in RowKind if r.is_kd_row]
 
 
 @dataclass
@@ -80,7 +81,7 @@ def run_balance(runs: StageRuns, run_id: str, model: str, seed: str) -> list[Ter
 
 
 def _model(row: str, method: str) -> str:
-    return "SFT teacher" if row == "sft_teacher" else f"{method_name(method)} {ROWS[row]}"
+    return "SFT teacher" if row == "sft_teacher" else f"{method_name(method)} {RowKind(row).label}"
 
 
 def balance_table(
@@ -105,7 +106,7 @@ def balance_table(
     unlogged: list[str] = []
     for setting in runs.settings():
         rows = []
-        items = [("sft_teacher", "")] + [(r, m) for r in ROWS for m in runs.methods()]
+        items = [("sft_teacher", "")] + [(r, m) for r in KD_ROWS for m in runs.methods()]
         for row, method in items:
             for seed, run in runs.find_seeds(setting, row, method, t_depth, s_depth, True).items():
                 model = _model(row, method)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from raykd.errors import RaykdError
+from raykd.kinds import RowKind as R
 from raykd.report import ReportWarning, warn
 from raykd.report.collect import collect
 from raykd.report.records import Setting
@@ -53,11 +54,11 @@ def _figure_inputs(runs: StageRuns, method: str, t_depth, s_depth):
         seeds = runs.seeds(setting)
         label = setting.label() + (f" (seed {seeds[0]})" if len(seeds) > 1 else "")
         found = {
-            "teacher": runs.find(setting, "teacher", teacher_depth=t_depth),
-            "sft_teacher": runs.find(setting, "sft_teacher", "", t_depth, s_depth),
-            "student": runs.find(setting, "student", student_depth=s_depth),
-            "std_kd": runs.find(setting, "std_kd", method, t_depth, s_depth) if method else None,
-            "sft_kd": runs.find(setting, "sft_kd", method, t_depth, s_depth) if method else None,
+            R.TEACHER: runs.find(setting, R.TEACHER, teacher_depth=t_depth),
+            R.SFT_TEACHER: runs.find(setting, R.SFT_TEACHER, "", t_depth, s_depth),
+            R.STUDENT: runs.find(setting, R.STUDENT, student_depth=s_depth),
+            R.STD_KD: runs.find(setting, R.STD_KD, method, t_depth, s_depth) if method else None,
+            R.SFT_KD: runs.find(setting, R.SFT_KD, method, t_depth, s_depth) if method else None,
         }
         ids = {k: (None if r is None else r["run_id"]) for k, r in found.items()}
         grid.append(
@@ -65,13 +66,13 @@ def _figure_inputs(runs: StageRuns, method: str, t_depth, s_depth):
                 label,
                 {
                     k: runs.examples(ids[k]) if ids[k] else None
-                    for k in ("teacher", "student", "std_kd", "sft_kd")
+                    for k in (R.TEACHER, R.STUDENT, R.STD_KD, R.SFT_KD)
                 },
             )
         )
-        names = {"teacher": "Teacher", "student": "Student", "std_kd": "Std-KD", "sft_kd": "SFT-KD"}
+        names = {k: k.label for k in (R.TEACHER, R.STUDENT, R.STD_KD, R.SFT_KD)}
         boxes.append((label, {n: _per_slice(runs, ids[k], "ssim") for k, n in names.items()}))
-        names = {"teacher": "Teacher", "sft_teacher": "SFT teacher", **names}
+        names = {k: k.label for k in (R.TEACHER, R.SFT_TEACHER, R.STUDENT, R.STD_KD, R.SFT_KD)}
         curves.append(
             (label, {n: runs.history(ids[k]) if ids[k] else [] for k, n in names.items()})
         )

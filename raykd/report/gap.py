@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from raykd.errors import RaykdError
+from raykd.kinds import RowKind
 from raykd.report.cells import section_lead, seed_cell, table_notes
 from raykd.report.inference import BOOTSTRAP_SEED, MIN_UNITS, RESAMPLES, bootstrap_ci, unit_pairs
 from raykd.report.records import Setting
@@ -95,7 +96,7 @@ def gap_table(
     cols += [("std", "Std-KD"), ("sft", "SFT-KD")]
     cols += [("random", "SFT-KD random init")] if with_random else []
     header = ["Method"] + [name for _, name in cols]
-    rows_of = {"std": "std_kd", "sft": "sft_kd", "random": "sft_kd_random"}
+    rows_of = {"std": RowKind.STD_KD, "sft": RowKind.SFT_KD, "random": RowKind.SFT_KD_RANDOM}
 
     def fmt(g: float) -> str:
         return MISSING if math.isnan(g) else f"{g:.2f}"

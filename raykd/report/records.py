@@ -15,14 +15,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from raykd import kinds
+from raykd.kinds import StageKind
 from raykd.report.store import PARENT_TAG
 from raykd.tracking import schema as S
 
 SPLITS = ("test", "val")
 METRICS = S.METRICS
 # Rows trained without a teacher: their teacher depth is not part of their identity.
-NO_TEACHER_ROWS = ("student", "equal_compute")
-KD_ROWS = ("std_kd", "sft_kd", "sft_kd_random")
+NO_TEACHER_ROWS = kinds.NO_TEACHER_ROWS
+KD_ROWS = kinds.KD_ROWS
 
 
 @dataclass(frozen=True, order=True)
@@ -67,7 +69,7 @@ def row_of(run) -> dict[str, Any]:
     tags, params = run.data.tags, run.data.params
     kind = tags.get(S.TAG_KIND) or params.get("kind", "")
     row = tags.get(S.TAG_ROW) or (
-        S.stage_row(kind) if kind in ("teacher", "sft", "student") else ""
+        S.stage_row(kind) if kind in (StageKind.TEACHER, StageKind.SFT, StageKind.STUDENT) else ""
     )
     dataset = tags.get(S.TAG_DATASET) or Path(params.get("data.source", "unknown")).name
     acc = tags.get(S.TAG_ACCELERATION) or params.get("data.mask.acceleration", "")

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from raykd.kinds import RowKind
 from raykd.report import warn
 from raykd.report.artifacts import ArtifactReader
 from raykd.report.records import (
@@ -316,7 +317,7 @@ class StageRuns(ArtifactReader):
     def _logged_zero_filled(self, setting: Setting) -> dict[str, Any] | None:
         candidates = self.in_setting(setting)
         candidates = candidates[candidates["status"] == "FINISHED"]
-        order = {"teacher": 0, "student": 1, "sft_teacher": 2}
+        order = {RowKind.TEACHER: 0, RowKind.STUDENT: 1, RowKind.SFT_TEACHER: 2}
         candidates = candidates.assign(
             _o=candidates["row"].map(lambda r: order.get(r, 3))
         ).sort_values("_o", kind="stable")

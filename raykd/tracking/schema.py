@@ -57,6 +57,8 @@ run id.
 
 from __future__ import annotations
 
+from raykd.kinds import ROW_KINDS
+
 TAG_ROLE = "raykd.role"  # job | stage | trial | reuse | comparison
 TAG_KIND = "raykd.kind"  # teacher | sft | student | kd
 # teacher | sft_teacher | student | equal_compute | std_kd | sft_kd | sft_kd_random
@@ -79,7 +81,7 @@ TAG_REUSED_STAGE = "raykd.reused_stage"  # reuse link: the stage id it stands fo
 EVAL_ZERO_FILLED = "zero_filled"
 METRIC_PARAMS = "model_params"  # stage run: parameter count of the trained network
 
-ROWS = ("teacher", "sft_teacher", "student", "equal_compute", "std_kd", "sft_kd", "sft_kd_random")
+ROWS = ROW_KINDS  # raykd.kinds.RowKind's values
 METRICS = ("psnr", "ssim", "nmse", "hfn", "hfen", "vif")
 
 

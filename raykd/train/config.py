@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,23 +24,31 @@ from pydantic import (
 )
 
 from raykd.errors import ConfigError
+from raykd.kinds import STAGE_KINDS
 
-StageKind = Literal["teacher", "sft", "student", "kd"]
+StageKind = Literal[STAGE_KINDS]  # type: ignore[valid-type]  # raykd.kinds.StageKind's values
 
-# Each method's weight as published for its reference loss definition (RepDistiller's
-# scripts/run_cifar_distill.sh; every KD class docstring cites its definition and weight). These
-# are classification weights: for reconstruction, ``kd.balance`` calibrates the weight instead.
-CANONICAL_KD_WEIGHTS = {
-    "at": 1000.0,
-    "sp": 3000.0,
-    "cc": 0.02,
-    "fsp": 1.0,  # RepDistiller optimises FSP unweighted (its -b 50 multiplies a zero loss)
-    "fitnets": 100.0,
-    # Appendix B's extra methods.
-    "pkt": 30000.0,
-    "nst": 50.0,
-    "ft": 200.0,
-}
+
+class _CanonicalWeights(Mapping[str, float]):
+    """Each registered method's published weight (``KDMethod.canonical_weight``), read from the
+    KD registry when asked, so a method's file is the one place its weight is written."""
+
+    def _weights(self) -> dict[str, float]:
+        from raykd.distill import available_kd_methods, canonical_kd_weight
+
+        return {m: canonical_kd_weight(m) for m in available_kd_methods()}
+
+    def __getitem__(self, method: str) -> float:
+        return self._weights()[method]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._weights())
+
+    def __len__(self) -> int:
+        return len(self._weights())
+
+
+CANONICAL_KD_WEIGHTS: Mapping[str, float] = _CanonicalWeights()
 
 
 def _no_bool(value: Any) -> Any:
