@@ -200,6 +200,10 @@ def run_grid_args(args: argparse.Namespace) -> int:
     job = _start_job(
         args, f"grid-{args.preset}", f"raykd-{args.preset}", params, args.preset, workers=workers
     )
+    from raykd.orchestration.timeline import announce_estimate, log_timeline, report_actual
+    from raykd.plan.rows import grid_rows
+
+    plan = announce_estimate(job, spec, grid_rows(spec), workers)
     try:
         rows = run_grid(spec, job)
     except BaseException as exc:
@@ -209,7 +213,9 @@ def run_grid_args(args: argparse.Namespace) -> int:
         raise
     failed = [r for r in rows if r.get("error")]
     status = "FAILED" if failed else "FINISHED"
-    finish_job(job, rows, status=status, warnings=spec.budget_warnings())
+    stats = log_timeline(job)
+    summary = finish_job(job, rows, status=status, warnings=spec.budget_warnings())
+    report_actual(job, plan, summary["wall_clock_s"], stats)
     for r in failed:
         print(f"FAILED {r['label']}: {r['error']}", file=sys.stderr)
     from raykd.orchestration.console import HIDDEN_HINT, is_verbose
