@@ -49,9 +49,7 @@ def test_teacher_on_two_workers_student_on_one(ray_session, tiny_data, tmp_path)
     job_run = job.tracking.client.get_run(job.run_id)
     assert job_run.data.params["workers_per_kind"] == "teacher=2,kd=1"
     assert stats["stages"] == 2 and stats["peak_concurrency"] == 1
-    assert (
-        stats["critical_path_s"] == stats["makespan_s"] or stats["makespan_over_critical_path"] >= 1
-    )
+    assert stats["makespan_over_critical_path"] >= 1.0  # the KD student waited for its teacher
     arts = {a.path for a in job.tracking.client.list_artifacts(job.run_id, "timeline")}
     assert any(p.endswith("-timeline.png") for p in arts), arts
     timeline = json.loads(next(tmp_path.glob("*-timeline.json")).read_text())

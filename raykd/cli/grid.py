@@ -46,6 +46,11 @@ def add_job_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
     g.add_argument(
+        "--cpus-per-worker",
+        type=int,
+        help="CPUs per Ray Train worker on a CPU cluster (default: up to 4 per trial)",
+    )
+    g.add_argument(
         "--local-train",
         action="store_true",
         help="run Train in-process (num_workers=0): debugging, tiny machines",
@@ -153,6 +158,7 @@ def _start_job(
         max_concurrent=args.max_concurrent,
         local_train=True if args.local_train else local_default,
         num_cpus=args.num_cpus,
+        cpus_per_worker=args.cpus_per_worker,
     )
 
 
@@ -299,7 +305,14 @@ def run_search_args(args: argparse.Namespace) -> int:
     path.write_text(json.dumps(json_safe(out)[0], indent=1, default=str, allow_nan=False))
     job.tracking.log_artifact(job.run_id, path)
     rows = search_rows(out)
-    finish_job(job, rows)
+    from raykd.orchestration.timeline import log_timeline
+
+    stats = log_timeline(job)
+    summary = finish_job(job, rows)
+    if stats:
+        from raykd.orchestration.timeline import report_actual
+
+        report_actual(job, None, summary["wall_clock_s"], stats)
     per_volume = base.max_slices_per_volume
     scope = (
         f"split val, {'at most ' + str(per_volume) if per_volume else 'all'} slices per volume, "

@@ -256,7 +256,9 @@ def _largest_node_cpus() -> int | None:
 
 
 def plan_resources(
-    workers: int | dict[str, int] | None = None, max_concurrent: int | None = None
+    workers: int | dict[str, int] | None = None,
+    max_concurrent: int | None = None,
+    cpus_per_worker: int | None = None,
 ) -> TrialResources:
     """One GPU per worker when the cluster has GPUs; else share the CPUs.
 
@@ -284,6 +286,8 @@ def plan_resources(
         node = _largest_node_cpus()
         if node and w == 1:
             per_trial = max(1, min(per_trial, node))
+        if cpus_per_worker:  # asked for: e.g. 1 CPU per stage to run many small stages at once
+            per_trial = cpus_per_worker * w
         concurrency = max(1, cpus // per_trial)
         cpus_per_worker = max(1, per_trial // w)
         plan = TrialResources(
