@@ -109,10 +109,14 @@ def add_grid_args(p: argparse.ArgumentParser) -> None:
 
 def job_workers(args: argparse.Namespace, spec) -> dict[str, int] | None:
     """Workers per stage kind: --workers, else the preset's ``workers:``, else None (1)."""
+    from raykd.errors import ConfigError
     from raykd.plan.cost import parse_workers
 
     if args.workers:
-        return parse_workers(args.workers)
+        try:
+            return parse_workers(args.workers)
+        except ConfigError:  # pre-flight lists it with every other problem (check_job_flags)
+            return None
     return parse_workers(spec.workers) if spec.workers else None
 
 
