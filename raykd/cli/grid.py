@@ -282,7 +282,11 @@ def run_search_args(args: argparse.Namespace) -> int:
     if args.plan:
         from raykd.plan.search_space import sampled_rows
 
-        return print_plan(args, base, sampled_rows(search, base), f"search {search.name}")
+        title = (
+            f"search {search.name} (the stage settings its space can sample, one each; each of "
+            f"its {search.num_samples} trials trains its own {search.row} stage at that cost)"
+        )
+        return print_plan(args, base, sampled_rows(search, base), title)
     from raykd.orchestration.interrupt import received
     from raykd.orchestration.job import finish_job, interrupt_job
     from raykd.orchestration.search import run_search, search_rows
