@@ -100,7 +100,7 @@ def test_verbose_console_shows_ray_and_rerun_announces_reuse(quiet, job_dir):
     text = run_job(job_dir, "--verbose")
     reused = [m for m in map(STAGE.search, text.splitlines()) if m and "reused" in m[5]]
     assert sorted(int(m[1]) for m in reused) == [1, 2, 3], text[-3000:]
-    assert "0 stages trained, 3 reused" in text
+    assert "0 stages trained, 0 resumed, 3 reused" in text
     _, theirs = classify(text)
     assert theirs, "--verbose printed nothing of Ray's"
     assert any("Started a local Ray instance" in line for line in theirs), theirs[:20]

@@ -50,6 +50,11 @@ DIGESTS = {
     "sr_smoke": "06ba181f1699e7ba",
     "sr": "6fefc363dac80aa1",
     "dcunet_smoke": "9687ef116a4fd19b",
+    # Added with the complex data path (pinned when added, not computed by the old code).
+    "complex_smoke": "38f01f7eff307459",
+    "calgary_sr": "4854db9f5440cfaa",
+    "calgary_sr_cpu": "fc136574c47af00d",
+    "fastmri_knee": "3e49b5045d1a32c0",
     "search:depth_acceleration": "22076d3cdd070a02",
     "search:kd_weights": "be8b26e1232d547f",
     "search:kd_weights_extended": "1adfd9bf773b1777",

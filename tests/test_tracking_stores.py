@@ -62,7 +62,7 @@ def test_reuse_across_tracking_stores_names_tree_and_registry(
     assert not [n for n in names if BARE_HASH.match(n)], names
     assert any(re.fullmatch(r"tiny-\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", n) for n in names), names
     kd_name = _stage_runs(j1.tracking, "kd")[0].info.run_name
-    assert kd_name == f"{tiny_data.name}-3x-s42/std_kd-at-D2C2", kd_name
+    assert kd_name == f"std_kd-at-D2C2 · {tiny_data.name}-3x-s42", kd_name  # distinguishing first
     job_run = j1.tracking.client.get_run(j1.run_id)
     note = job_run.data.tags[NOTE_TAG]
     assert "| row |" in note and note.count("**best**") == 1 and "std_kd" in note
@@ -106,7 +106,7 @@ def test_reuse_across_tracking_stores_names_tree_and_registry(
     )
     assert all(r.data.tags[S.TAG_ROLE] == "reuse" for r in links)
     assert all("final_val_psnr" in r.data.metrics for r in links)
-    assert all(r.info.run_name.endswith("(reused)") for r in links)
+    assert all(r.info.run_name.startswith("reused: ") for r in links)
     mv = j3.tracking.client.get_model_version_by_alias("e-student", "champion")
     assert mv.run_id == kd_run.info.run_id
 

@@ -37,9 +37,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _eval_dataset(args: argparse.Namespace, ckpt_path: str):
     from raykd.data.dataset import SliceDataset
-    from raykd.data.sources import build_mask
+    from raykd.data.sources import build_mask, build_sr_mask
     from raykd.train.checkpoint import checkpoint_config, load_checkpoint
-    from raykd.train.config import MaskConfig
+    from raykd.train.config import MaskConfig, SRConfig
 
     stored = checkpoint_config(load_checkpoint(ckpt_path)).get("data", {})
     size = tuple(args.size) if args.size else tuple(stored.get("size", (240, 240)))
@@ -50,7 +50,17 @@ def _eval_dataset(args: argparse.Namespace, ckpt_path: str):
     else:
         mask_cfg = MaskConfig(**stored.get("mask", {}))
     data = args.data if hasattr(args, "data") else args.input
-    return SliceDataset(data, size, build_mask(mask_cfg), max_slices=args.max_slices)
+    # A complex model reads the volumes' complex images; an SR model its degradation.
+    sr = SRConfig(**stored["sr"]) if stored.get("sr") else None
+    mask = build_sr_mask(sr) if sr is not None and not args.mask else build_mask(mask_cfg)
+    return SliceDataset(
+        data,
+        size,
+        mask,
+        sr=sr,
+        complex=bool(stored.get("complex", False)),
+        max_slices=args.max_slices,
+    )
 
 
 def _scope_note(args: argparse.Namespace) -> str | None:
@@ -116,16 +126,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
-    from raykd.data.volumes import write_volume
+    from raykd.data.volumes import COMPLEX_KEY, write_volume
     from raykd.train.evaluate import reconstruct_volume
 
     model, dataset, device = _model_and_data(args, "--input", args.input, "reconstruction")
     rec = reconstruct_volume(model, dataset, 0, device)
+    extra = {"zero_filled": rec["zero_filled"], "target": rec["target"]}
+    if "recon_complex" in rec:  # complex model: the complex result too ('image' = magnitude)
+        extra[COMPLEX_KEY] = rec["recon_complex"]
     write_volume(
         args.out,
         rec["recon"],
         attrs={"checkpoint": str(args.checkpoint), "source": str(args.input)},
-        extra={"zero_filled": rec["zero_filled"], "target": rec["target"]},
+        extra=extra,
     )
     vol = dataset.volumes[0]
     per_volume = f"at most {args.max_slices}" if args.max_slices else "all"

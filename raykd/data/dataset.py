@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 from raykd.data.masks import MaskFunc
 from raykd.data.transforms import center_crop_or_pad, normalise_max
 from raykd.data.volumes import (
+    COMPLEX_KEY,
     IMAGE_KEY,
     VolumeInfo,
     find_volumes,
@@ -35,7 +36,8 @@ from raykd.errors import DataError
 
 
 class Sample(NamedTuple):
-    target: torch.Tensor  # float32 [1, H, W], max 1
+    # float32 [1, H, W], max 1; complex data: [2, H, W] (real, imag), max magnitude 1
+    target: torch.Tensor
     mask: torch.Tensor  # float32 [1, H, W], 0/1, uncentred
     volume: int  # index into SliceDataset.volumes
     slice: int  # slice index within the volume
@@ -59,14 +61,18 @@ class SliceDataset(Dataset[Sample]):
         key: str = IMAGE_KEY,
         max_slices: int | None = None,
         sr=None,
+        complex: bool = False,
     ) -> None:
+        # Complex data: the complex images under 'cimage', as two channels (real, imag).
+        self.complex = complex
+        key = COMPLEX_KEY if complex and key == IMAGE_KEY else key
         self.key = key
         self.sr = sr  # SRConfig for super-resolution: how inputs are made (transforms.degrade)
         self.size = (int(size[0]), int(size[1]))
         self.mask_func = mask_func
         self.volumes: list[VolumeInfo] = []
         for p in find_volumes(volumes):
-            info, note = scan_volume(inspect_volume(p, key), self.size, key)
+            info, note = scan_volume(inspect_volume(p, key, complex), self.size, key)
             if note:
                 # Written, not print()ed or warned: one line, also from Ray workers.
                 sys.stderr.write(f"raykd: {note}\n")
@@ -82,6 +88,16 @@ class SliceDataset(Dataset[Sample]):
         ]
         self._handles: dict[int, h5py.File] = {}
         self._pid = os.getpid()
+        self.per_epoch = False  # fastMRI masks: a fresh training mask per epoch (set_epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """With ``per_epoch``: this epoch's masks (reproducible from seed, volume and epoch)."""
+        if not self.per_epoch:
+            return
+        func = dataclasses.replace(self.mask_func, epoch=epoch)
+        self._masks = [
+            torch.from_numpy(func(self.size, info.key)).unsqueeze(0) for info in self.volumes
+        ]
 
     def __len__(self) -> int:
         return len(self.index)
@@ -102,7 +118,8 @@ class SliceDataset(Dataset[Sample]):
         return handle
 
     def read_slice(self, volume: int, slice_index: int) -> np.ndarray:
-        """The preprocessed target slice (float32 [H, W], max 1)."""
+        """The preprocessed target slice (float32 [H, W], max 1; complex data: float32
+        [2, H, W], real and imaginary parts scaled to max magnitude 1)."""
         path = self.volumes[volume].path
         try:
             raw = self._file(volume)[self.key][slice_index]
@@ -110,18 +127,23 @@ class SliceDataset(Dataset[Sample]):
             raise DataError(
                 f"{path}: cannot read slice {slice_index} of '{self.key}' ({exc})"
             ) from exc
-        raw = np.asarray(raw, dtype=np.float32)
+        raw = np.asarray(raw, dtype=np.complex64 if self.complex else np.float32)
         if not np.all(np.isfinite(raw)):
             raise DataError(
                 f"{path}: slice {slice_index} of '{self.key}' contains NaN or Inf; "
-                "expected finite magnitude values"
+                "expected finite values"
             )
+        if self.complex:
+            z = normalise_max(center_crop_or_pad(raw, self.size))
+            return np.stack([z.real, z.imag]).astype(np.float32)
         image = normalise_max(np.abs(center_crop_or_pad(raw, self.size)))
         return image.astype(np.float32, copy=False)
 
     def __getitem__(self, idx: int) -> Sample:
         volume, slice_index = self.index[idx]
-        target = torch.from_numpy(self.read_slice(volume, slice_index)).unsqueeze(0)
+        target = torch.from_numpy(self.read_slice(volume, slice_index))
+        if target.ndim == 2:
+            target = target.unsqueeze(0)
         return Sample(target, self._masks[volume], volume, slice_index)
 
     def close(self) -> None:

@@ -24,6 +24,12 @@ def build_mask(cfg) -> MaskFunc:
     allow_full = bool(getattr(cfg, "allow_full", False))
     if cfg.kind == "file":
         return FixedMask(resolve_path(cfg.path), allow_full=allow_full)
+    if cfg.kind.startswith("fastmri_"):
+        from raykd.data.fastmri_masks import FastMRIMask
+
+        fraction = getattr(cfg, "center_fraction", None)
+        kind = cfg.kind.removeprefix("fastmri_")
+        return FastMRIMask(kind, cfg.acceleration, fraction, seed=cfg.seed)
     return CartesianMask(
         acceleration=cfg.acceleration,
         seed=cfg.seed,
@@ -44,7 +50,27 @@ def source_volumes(source: str, size: tuple[int, int] | None = None) -> list[Pat
         from raykd.data.sunnybrook import sunnybrook_volumes
 
         return list(sunnybrook_volumes().values())
-    return find_volumes(resolve_path(source))
+    if source in ("mni152_complex", "sunnybrook_complex"):
+        from raykd.data.complex import prepare_synthetic_phase
+
+        base = source[: -len("_complex")]
+        return prepare_synthetic_phase(base, source_volumes(base, size), size)
+    folder = resolve_path(source)
+    own = folder_splits(folder)
+    if own is not None:
+        return [p for paths in own.values() for p in paths]
+    return find_volumes(folder)
+
+
+SPLIT_FOLDERS = ("train", "val", "test")
+
+
+def folder_splits(folder: Path) -> dict[str, list[Path]] | None:
+    """A folder holding ``train/`` and ``val/`` (and optionally ``test/``) subfolders of h5 is
+    split by them (fastMRI's singlecoil_train / singlecoil_val, CC-359's Train / Val)."""
+    if not (folder.is_dir() and (folder / "train").is_dir() and (folder / "val").is_dir()):
+        return None
+    return {s: find_volumes(folder / s) for s in SPLIT_FOLDERS if (folder / s).is_dir()}
 
 
 def select(volumes: list[Path], names: list[str], source: str, split: str) -> list[Path]:
@@ -67,12 +93,17 @@ def select(volumes: list[Path], names: list[str], source: str, split: str) -> li
 
 
 def split_volumes(cfg) -> dict[str, list[Path]]:
-    """train/val/test volume lists; default split: last volume validates, the rest train."""
+    """train/val/test volume lists; default split: the source's ``train/``, ``val/`` (``test/``)
+    subfolders when it has them (:func:`folder_splits`), else the last volume validates and the
+    rest train."""
     volumes = source_volumes(cfg.source, cfg.size)
     splits: dict[str, list[Path]] = {}
+    own = folder_splits(resolve_path(cfg.source))
+    if own is not None and cfg.train is None and cfg.val is None:
+        splits.update({k: v for k, v in own.items() if k != "test" or cfg.test is None})
     for split in ("train", "val", "test"):
         names = getattr(cfg, split)
-        if names is not None:
+        if names is not None and split not in splits:
             splits[split] = select(volumes, names, cfg.source, split)
     if "train" not in splits or "val" not in splits:
         if len(volumes) < 2:
@@ -95,7 +126,17 @@ def build_sr_mask(sr) -> MaskFunc:
 
 def build_datasets(cfg) -> dict[str, SliceDataset]:
     mask = build_mask(cfg.mask) if cfg.sr is None else build_sr_mask(cfg.sr)
-    return {
-        split: SliceDataset(paths, cfg.size, mask, max_slices=cfg.max_slices_per_volume, sr=cfg.sr)
+    datasets = {
+        split: SliceDataset(
+            paths,
+            cfg.size,
+            mask,
+            max_slices=cfg.max_slices_per_volume,
+            sr=cfg.sr,
+            complex=getattr(cfg, "complex", False),
+        )
         for split, paths in split_volumes(cfg).items()
     }
+    if getattr(cfg.mask, "per_epoch", False) and "train" in datasets:
+        datasets["train"].per_epoch = True  # Trainer calls set_epoch; val/test keep theirs
+    return datasets

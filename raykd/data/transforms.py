@@ -22,20 +22,51 @@ def ifft2(k: torch.Tensor) -> torch.Tensor:
     return torch.fft.ifft2(k, norm="ortho")
 
 
-def undersample(target: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Simulate acquisition: ``y = M ⊙ F(x)`` and the magnitude zero-filled image ``|F⁻¹(y)|``.
+def to_complex(x: torch.Tensor) -> torch.Tensor:
+    """Two channels (real, imag) [B, 2, H, W] → one complex64 channel [B, 1, H, W]."""
+    x = x.float()
+    return torch.complex(x[:, 0:1], x[:, 1:2])
 
-    ``target`` is real [..., H, W]; ``mask`` broadcasts against it. Returns ``(zero_filled, y)``
-    with ``zero_filled`` float32 and ``y`` complex64.
+
+def to_channels(z: torch.Tensor) -> torch.Tensor:
+    """One complex channel [B, 1, H, W] → two real channels (real, imag) [B, 2, H, W]."""
+    return torch.cat([z.real, z.imag], dim=1)
+
+
+def is_complex_batch(x: torch.Tensor) -> bool:
+    """Complex data travel as two real channels (real, imag); magnitude data as one."""
+    return x.ndim == 4 and x.shape[1] == 2
+
+
+def magnitude(x: torch.Tensor) -> torch.Tensor:
+    """|x| of a two-channel complex batch [B, 2, H, W] as [B, 1, H, W]; one channel unchanged.
+
+    Metrics on complex data are computed on this magnitude (fastMRI's convention).
+    """
+    if not is_complex_batch(x):
+        return x
+    return torch.sqrt(x[:, 0:1].float() ** 2 + x[:, 1:2].float() ** 2)
+
+
+def undersample(target: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Simulate acquisition: ``y = M ⊙ F(x)`` and the zero-filled image ``F⁻¹(y)``.
+
+    ``target`` is real [..., H, W] (magnitude data: the zero-filled input is ``|F⁻¹(y)|``) or a
+    complex batch as two channels [B, 2, H, W] (complex data: ``F(x)`` is the measured complex
+    k-space and the zero-filled input is ``F⁻¹(y)`` as two channels, phase kept). ``mask``
+    broadcasts against [B, 1, H, W]. Returns ``(zero_filled, y)``, float32 and complex64.
     """
     with torch.autocast(device_type=target.device.type, enabled=False):
+        if is_complex_batch(target):
+            y = fft2(to_complex(target)) * mask.to(torch.float32)
+            return to_channels(ifft2(y)), y
         y = fft2(target.float()) * mask.to(torch.float32)
         zero_filled = ifft2(y).abs()
     return zero_filled, y
 
 
 def degrade(target: torch.Tensor, mask: torch.Tensor, sr=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The network input and measured k-space for a batch of targets [B, 1, H, W].
+    """The network input and measured k-space for a batch of targets [B, 1 or 2, H, W].
 
     Reconstruction, and super-resolution by k-space truncation (``mask`` is then the low-pass
     mask): :func:`undersample`. Image-domain super-resolution (``sr.degradation == 'image'``):
@@ -51,7 +82,11 @@ def degrade(target: torch.Tensor, mask: torch.Tensor, sr=None) -> tuple[torch.Te
         low = F.interpolate(
             target.float(), size=(max(1, h // sr.scale), max(1, w // sr.scale)), mode="area"
         )
-        up = F.interpolate(low, size=(h, w), mode="bicubic", align_corners=False).clamp_min(0)
+        up = F.interpolate(low, size=(h, w), mode="bicubic", align_corners=False)
+        if is_complex_batch(target):  # real and imaginary parts resampled alike, no clamp
+            y = fft2(to_complex(up)) * mask.to(torch.float32)
+            return up, y
+        up = up.clamp_min(0)
         y = fft2(up) * mask.to(torch.float32)
     return up, y
 
@@ -76,6 +111,6 @@ def center_crop_or_pad(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def normalise_max(image: np.ndarray) -> np.ndarray:
-    """Scale a slice to max 1 (an all-zero slice stays zero rather than becoming NaN)."""
-    peak = float(np.max(image))
+    """Scale a slice to max 1 (complex: max magnitude 1; an all-zero slice stays zero)."""
+    peak = float(np.max(np.abs(image)))
     return image / peak if peak > 0 else image

@@ -5,6 +5,8 @@ Layout (the Sunnybrook files in ``../shared/data/sunnybrook`` follow it)::
     image            float32 [N, H, W]  magnitude slices, any scale (normalised per slice on read)
     slice_location   float32 [N]        optional, mm
     trigger_time     float32 [N]        optional, ms (cine phase)
+    cimage           complex64 [N, H, W] optional: the complex images (complex data, data.complex;
+                                        ``image`` then holds their magnitude)
     attrs            optional metadata (patient_id, pixel_spacing_mm, source, license, ...)
 
 Every converter in :mod:`raykd.data` writes this layout with :func:`write_volume`, and every
@@ -27,6 +29,7 @@ import numpy as np
 from raykd.errors import DataError
 
 IMAGE_KEY = "image"
+COMPLEX_KEY = "cimage"
 
 
 @dataclass(frozen=True)
@@ -59,8 +62,9 @@ def open_h5(path: str | Path) -> h5py.File:
         ) from exc
 
 
-def inspect_volume(path: str | Path, key: str = IMAGE_KEY) -> VolumeInfo:
-    """Check that ``path`` follows the layout and return its size."""
+def inspect_volume(path: str | Path, key: str = IMAGE_KEY, complex: bool = False) -> VolumeInfo:
+    """Check that ``path`` follows the layout and return its size (``complex``: ``key`` must
+    hold complex images)."""
     path = Path(path)
     with open_h5(path) as f:
         if key not in f:
@@ -74,8 +78,14 @@ def inspect_volume(path: str | Path, key: str = IMAGE_KEY) -> VolumeInfo:
             raise DataError(f"{path}: '{key}' must be a [N, H, W] dataset, got shape {shape}")
         if ds.shape[0] == 0:
             raise DataError(f"{path}: '{key}' holds no slices")
-        if np.issubdtype(ds.dtype, np.complexfloating):
+        is_complex = np.issubdtype(ds.dtype, np.complexfloating)
+        if is_complex and not complex:
             raise DataError(f"{path}: '{key}' is complex; expected magnitude (real) images")
+        if complex and not is_complex:
+            raise DataError(
+                f"{path}: '{key}' has dtype {ds.dtype}; expected complex images (complex64) for "
+                "complex data (write them with raykd prepare)"
+            )
         return VolumeInfo(path=path, num_slices=int(ds.shape[0]), shape=tuple(ds.shape[1:]))
 
 
@@ -151,7 +161,7 @@ def _scan(info: VolumeInfo, size: tuple[int, int], key: str) -> tuple[frozenset[
             cause = _nonfinite_cause(path, key, raw, offset=start)
             if cause:
                 raise DataError(cause)
-            crop = np.abs(raw[:, top : top + size[0], left : left + size[1]].astype(np.float32))
+            crop = np.abs(raw[:, top : top + size[0], left : left + size[1]]).astype(np.float32)
             flat = crop.reshape(crop.shape[0], -1)
             lo[start : start + len(flat)], hi[start : start + len(flat)] = flat.min(1), flat.max(1)
     if hi.max() == lo.min():
@@ -186,6 +196,20 @@ def find_volumes(source: str | Path | list[str | Path]) -> list[Path]:
         if not p.is_file():
             raise DataError(f"{p}: file not found")
     return paths
+
+
+def write_complex_volume(
+    path: str | Path, cimage: np.ndarray, attrs: dict[str, Any] | None = None
+) -> Path:
+    """Write complex images [N, H, W] as ``cimage`` (complex64) with their magnitude as
+    ``image``, so the file also reads as an ordinary magnitude volume."""
+    cimage = np.asarray(cimage)
+    if not np.iscomplexobj(cimage):
+        raise DataError(f"{path}: complex volume expected, got dtype {cimage.dtype}")
+    if not np.all(np.isfinite(cimage)):
+        raise DataError(f"{path}: volume contains NaN or Inf values; refusing to write it")
+    extra = {COMPLEX_KEY: cimage.astype(np.complex64)}
+    return write_volume(path, np.abs(cimage), {**(attrs or {}), "complex": True}, extra)
 
 
 def write_volume(

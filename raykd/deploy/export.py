@@ -1,7 +1,8 @@
 """Export a trained network for deployment: TorchScript (supported) and ONNX (attempted).
 
 TorchScript: ``torch.jit.trace`` over ``(zero_filled [B,1,H,W] float32, y [B,1,H,W]
-complex64, mask [B,1,H,W] or [H,W] float32)``. The graph has no data-dependent control flow
+complex64, mask [B,1,H,W] or [H,W] float32)``; a complex network takes and returns
+``[B,2,H,W]`` images (real, imag). The graph has no data-dependent control flow
 and every op broadcasts, so one trace serves any batch size and either mask shape; the export
 is checked against the eager model on a batch size other than the traced one before it is
 written. (``torch.jit`` is deprecated in recent PyTorch releases but still works and is loadable
@@ -31,14 +32,15 @@ FORMATS = ("torchscript", "onnx")
 
 
 def example_inputs(
-    batch: int, size: tuple[int, int], seed: int = 0, mask_2d: bool = False
+    batch: int, size: tuple[int, int], seed: int = 0, mask_2d: bool = False, complex: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Realistic inputs from the forward model (random image, 4x Cartesian-like row mask)."""
+    """Realistic inputs from the forward model (random image, 4x Cartesian-like row mask);
+    ``complex``: a random complex image as two channels (real, imag)."""
     from raykd.data.transforms import undersample
 
     gen = torch.Generator().manual_seed(seed)
     h, w = size
-    target = torch.rand(batch, 1, h, w, generator=gen)
+    target = torch.rand(batch, 2 if complex else 1, h, w, generator=gen)
     rows = (torch.rand(h, generator=gen) < 0.3).float()
     rows[:2] = 1.0
     rows[-2:] = 1.0
@@ -71,12 +73,13 @@ def export_torchscript(
     """Trace the checkpoint's network, verify it against eager on another batch size, save."""
     model, stored_size, arch = _load(checkpoint, part)
     size = size or stored_size
-    inputs = example_inputs(trace_batch, size)
+    cplx = bool(getattr(model, "complex", False))
+    inputs = example_inputs(trace_batch, size, complex=cplx)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         traced = torch.jit.trace(model, inputs)
     for mask_2d in (False, True):
-        zf, y, mask = example_inputs(check_batch, size, seed=1, mask_2d=mask_2d)
+        zf, y, mask = example_inputs(check_batch, size, seed=1, mask_2d=mask_2d, complex=cplx)
         with torch.no_grad():
             expected, got = model(zf, y, mask), traced(zf, y, mask)
         if not torch.allclose(expected, got, atol=atol, rtol=1e-4):
@@ -87,6 +90,8 @@ def export_torchscript(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"arch": arch, "trace_size": list(size), "inputs": "zero_filled, y, mask"}
+    if cplx:
+        meta["images"] = "complex: [B, 2, H, W] (real, imag) in and out"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.jit.save(traced, str(out), _extra_files={"raykd.json": json.dumps(meta)})
@@ -130,7 +135,7 @@ def export_onnx(
 ) -> Path:
     """Try an ONNX export; a RaykdError explains why it cannot work when it fails."""
     model, stored_size, _ = _load(checkpoint, part)
-    inputs = example_inputs(2, size or stored_size)
+    inputs = example_inputs(2, size or stored_size, complex=bool(getattr(model, "complex", False)))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Written next to ``out`` and renamed: a failed export never deletes an existing file.

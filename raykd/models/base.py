@@ -17,6 +17,12 @@ from torch import nn
 from raykd.models.fused import conv_relu, fusable
 
 
+def with_complex(arch: dict[str, Any], complex: bool) -> dict[str, Any]:
+    """``arch`` plus ``complex: True`` for two-channel complex networks; a magnitude network's
+    arch dict stays as it always was, so existing checkpoints and identities still match."""
+    return {**arch, "complex": True} if complex else arch
+
+
 def count_parameters(model: nn.Module) -> int:
     """All parameters of a network (trainable or not): the size Table 8 and searches report."""
     return sum(p.numel() for p in model.parameters())
@@ -46,6 +52,12 @@ class ConvAct(nn.Sequential):
 
 class BlockNet(nn.Module):
     block_attr: ClassVar[str] = "cascades"  # the ModuleList holding the blocks (state-dict prefix)
+    complex: bool = False  # True: images are two channels (real, imag)
+
+    @property
+    def io_channels(self) -> int:
+        """Image channels in and out: 2 for complex networks (real, imag), 1 for magnitude."""
+        return 2 if self.complex else 1
 
     @property
     def block_modules(self) -> nn.ModuleList:

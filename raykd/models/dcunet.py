@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raykd.errors import ConfigError
-from raykd.models.base import BlockNet, ConvAct
+from raykd.models.base import BlockNet, ConvAct, with_complex
 from raykd.models.dccnn import DataConsistency
 
 
@@ -24,19 +24,20 @@ def _double(c_in: int, c_out: int) -> nn.Sequential:
 
 
 class UNetCascade(nn.Module):
-    def __init__(self, levels: int, channels: int, residual: bool) -> None:
+    def __init__(self, levels: int, channels: int, residual: bool, complex: bool = False) -> None:
         super().__init__()
+        io = 2 if complex else 1  # complex images: (real, imag) channels
         widths = [channels * 2**i for i in range(levels)]
         self.enc = nn.ModuleList(
-            [_double(1 if i == 0 else widths[i - 1], widths[i]) for i in range(levels)]
+            [_double(io if i == 0 else widths[i - 1], widths[i]) for i in range(levels)]
         )
         # dec[i] brings level i+1 back to level i (dec[0] ends at full resolution).
         self.dec = nn.ModuleList(
             [_double(widths[i + 1] + widths[i], widths[i]) for i in range(levels - 1)]
         )
-        self.out = ConvAct(channels, 1, relu=False)
+        self.out = ConvAct(channels, io, relu=False)
         self.residual = residual
-        self.dc = DataConsistency()
+        self.dc = DataConsistency(complex)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         skips, h = [], x
@@ -58,7 +59,12 @@ class DCUNet(BlockNet):
     """``forward(zero_filled, y, mask)``; ``levels`` plays the role of depth in the config."""
 
     def __init__(
-        self, levels: int = 2, cascades: int = 5, channels: int = 32, residual: bool = True
+        self,
+        levels: int = 2,
+        cascades: int = 5,
+        channels: int = 32,
+        residual: bool = True,
+        complex: bool = False,
     ) -> None:
         super().__init__()
         if levels < 1 or cascades < 1:
@@ -66,20 +72,23 @@ class DCUNet(BlockNet):
                 f"DC-UNet needs levels >= 1 and cascades >= 1, got {levels} and {cascades}"
             )
         self.depth, self.num_cascades, self.channels = levels, cascades, channels
-        self.residual = residual
+        self.residual, self.complex = residual, complex
         self.cascades = nn.ModuleList(
-            [UNetCascade(levels, channels, residual) for _ in range(cascades)]
+            [UNetCascade(levels, channels, residual, complex) for _ in range(cascades)]
         )
 
     @property
     def arch(self) -> dict:
-        return {
-            "type": "dcunet",
-            "levels": self.depth,
-            "cascades": self.num_cascades,
-            "channels": self.channels,
-            "residual": self.residual,
-        }
+        return with_complex(
+            {
+                "type": "dcunet",
+                "levels": self.depth,
+                "cascades": self.num_cascades,
+                "channels": self.channels,
+                "residual": self.residual,
+            },
+            self.complex,
+        )
 
     def tap_groups(self) -> list[list[str]]:
         groups = []

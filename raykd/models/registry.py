@@ -38,15 +38,26 @@ class ModelSpec(Protocol):
     residual: bool
 
 
-def build_model(arch: str, depth: int, cascades: int, channels: int, residual: bool = True):
+def build_model(
+    arch: str,
+    depth: int,
+    cascades: int,
+    channels: int,
+    residual: bool = True,
+    complex: bool = False,
+):
     if arch not in ARCHS:
         raise ConfigError(f"unknown architecture '{arch}'; expected one of {sorted(ARCHS)}")
-    return ARCHS[arch](depth, cascades, channels, residual)
+    return ARCHS[arch](depth, cascades, channels, residual, complex=complex)
 
 
-def model_from_config(cfg: ModelSpec) -> BlockNet:
-    """The network of a model config section (teacher or student), any architecture."""
-    return build_model(cfg.arch, cfg.depth, cfg.cascades, cfg.channels, cfg.residual)
+def model_from_config(cfg: ModelSpec, complex: bool = False) -> BlockNet:
+    """The network of a model config section (teacher or student), any architecture.
+
+    ``complex`` comes from the data section (``data.complex``): the same config trains a
+    magnitude network on magnitude data and a two-channel complex one on complex data.
+    """
+    return build_model(cfg.arch, cfg.depth, cfg.cascades, cfg.channels, cfg.residual, complex)
 
 
 def model_from_arch(arch: dict[str, Any]):
@@ -57,6 +68,8 @@ def model_from_arch(arch: dict[str, Any]):
     if kind not in ARCHS:
         raise CheckpointError(f"unknown architecture {arch}")
     try:
-        return ARCHS[kind](*(arch[field] for field in ARCH_FIELDS[kind]))
+        return ARCHS[kind](
+            *(arch[field] for field in ARCH_FIELDS[kind]), complex=bool(arch.get("complex"))
+        )
     except KeyError as exc:
         raise CheckpointError(f"architecture {arch}: missing field {exc}") from None

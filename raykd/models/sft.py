@@ -31,6 +31,11 @@ class SFTModel(nn.Module):
                 f"SFT needs the same number of blocks (cascades) in teacher and student, got "
                 f"{teacher.num_blocks} and {student.num_blocks}"
             )
+        if teacher.complex != student.complex:
+            raise ConfigError(
+                "SFT needs teacher and student of the same image kind (both complex or both "
+                f"magnitude), got complex={teacher.complex} and complex={student.complex}"
+            )
         if teacher.num_blocks < 2:
             raise ConfigError("SFT needs at least 2 blocks (one branch per teacher block 1..N-1)")
         if teacher.arch["type"] == "vdsr" and teacher.channels != student.channels:

@@ -2,7 +2,8 @@
 
 ``layers`` conv3x3 layers — conv(1→C)+ReLU, (layers−2)×[conv(C→C)+ReLU], conv(C→1) — plus the
 global residual from the input (the bicubically upsampled low-resolution image, or the
-k-space-truncated one). For SFT-KD the first ``layers − 1`` convs are grouped into
+k-space-truncated one); ``complex=True``: input and output are two channels (real, imag).
+For SFT-KD the first ``layers − 1`` convs are grouped into
 ``blocks`` consecutive blocks (sizes as equal as possible, earlier blocks larger) and the
 output conv and residual close the last block, so the student-friendly teacher can branch into
 the student after any block as it does after a cascade. Teacher and student must then share the
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from raykd.errors import ConfigError
-from raykd.models.base import BlockNet, ConvAct
+from raykd.models.base import BlockNet, ConvAct, with_complex
 
 
 class VDSRBlock(nn.Module):
@@ -46,7 +47,12 @@ class VDSR(BlockNet):
     block_attr = "blocks"
 
     def __init__(
-        self, layers: int = 12, blocks: int = 3, channels: int = 64, residual: bool = True
+        self,
+        layers: int = 12,
+        blocks: int = 3,
+        channels: int = 64,
+        residual: bool = True,
+        complex: bool = False,
     ) -> None:
         super().__init__()
         if layers < 3:
@@ -56,26 +62,30 @@ class VDSR(BlockNet):
                 f"VDSR with {layers} layers can be split into 1..{layers - 1} blocks, got {blocks}"
             )
         self.depth, self.num_cascades, self.channels = layers, blocks, channels
-        self.residual = residual
-        convs = [ConvAct(1, channels, relu=True)]
+        self.residual, self.complex = residual, complex
+        io = self.io_channels  # complex images: (real, imag) channels
+        convs = [ConvAct(io, channels, relu=True)]
         convs += [ConvAct(channels, channels, relu=True) for _ in range(layers - 2)]
         sizes = block_sizes(layers - 1, blocks)
         mods, start = [], 0
         for i, size in enumerate(sizes):
-            head = ConvAct(channels, 1, relu=False) if i == blocks - 1 else None
+            head = ConvAct(channels, io, relu=False) if i == blocks - 1 else None
             mods.append(VDSRBlock(convs[start : start + size], head, residual))
             start += size
         self.blocks = nn.ModuleList(mods)
 
     @property
     def arch(self) -> dict:
-        return {
-            "type": "vdsr",
-            "layers": self.depth,
-            "blocks": self.num_cascades,
-            "channels": self.channels,
-            "residual": self.residual,
-        }
+        return with_complex(
+            {
+                "type": "vdsr",
+                "layers": self.depth,
+                "blocks": self.num_cascades,
+                "channels": self.channels,
+                "residual": self.residual,
+            },
+            self.complex,
+        )
 
     def begin(self, x: torch.Tensor):
         return x, x

@@ -23,8 +23,9 @@ from raykd.orchestration.interrupt import (
     stage_progress,
 )
 from raykd.orchestration.runner import StageContext
+from raykd.orchestration.tracking_repair import outage_lines, outage_summary, repair_pending
 from raykd.paths import default_run_root
-from raykd.tracking import Tracking, default_tracking_uri
+from raykd.tracking import Tracking, default_tracking_uri, ui
 from raykd.tracking import schema as S
 from raykd.tracking.mlflow_store import NOTE_TAG
 
@@ -79,11 +80,17 @@ def start_job(
     tracking = Tracking(uri, experiment or "raykd", artifact_root=root / "mlartifacts")
     title = f"{run_name or name}-{time.strftime('%Y-%m-%d %H:%M:%S')}"
     run_id = tracking.start_run(title, tags={S.TAG_ROLE: "job"}, params=params)
+    ui.share_stages_view(tracking.client, tracking.experiment_id)
     ctx = StageContext(
         StageStore(root), tracking, resources, parent_run_id=run_id, local=bool(local_train)
     )
+    # Stage runs an earlier job could not write (a tracking outage): written now from files.
+    repaired, _ = repair_pending(ctx.store, tracking, run_id, run_id)
+    if repaired:
+        say(f"MLflow: wrote {len(repaired)} stage run(s) an earlier outage left out")
     say(f"job {name}: run directory {root}")
     say(f"MLflow: {uri} (experiment '{tracking.experiment_name}', job run {run_id})")
+    say(f"MLflow UI, stage runs with their results: {ui.stages_url(uri, tracking.experiment_id)}")
     where = "in the trial's process" if local_train else "as Ray Train runs"
     say(f"resources: {resources.describe()}; stages train {where}")
     return Job(name, root, ctx, tracking, run_id, time.time())
@@ -140,6 +147,8 @@ def finish_job(
     ``warnings`` (e.g. unequal epoch budgets from an override) are printed with the summary and
     stored in it.
     """
+    repair_pending(job.ctx.store, job.tracking, job.run_id, job.run_id)
+    recovery = outage_summary(job.root, job.run_id)
     uses = job.ctx.store.uses(job.run_id)
     trained, resumed, reused = uses["trained"], uses["resumed"], uses["reused"]
     wall = time.time() - job.started
@@ -168,6 +177,7 @@ def finish_job(
         "stages_trained": len(trained),
         "stages_resumed": len(resumed),
         "stages_reused": len(reused),
+        "recovery": recovery,  # tracking outages, repairs, stage restarts (tracking_repair)
         "compute_paths": paths,  # how the trained stages computed (precision/memory format)
         "rows": rows,
         "warnings": list(warnings or []),
@@ -185,6 +195,10 @@ def finish_job(
             "stages_resumed": len(resumed),
             "stages_reused": len(reused),
             "overhead_s": summary["overhead_s"],
+            "tracking_failures": len(recovery["tracking_failed"]),
+            "tracking_repaired": len(recovery["tracking_repaired"]),
+            "tracking_pending": len(recovery["tracking_pending"]),
+            "stage_restarts": recovery["stage_restarts"],
         },
     )
     best = best_row(rows)
@@ -226,12 +240,20 @@ def finish_job(
         scope = f"  ({r['scope']})" if len(scopes) > 1 and r.get("scope") else ""
         print(f"  {r.get('label', ''):{width}s}  {row_outcome(r)}{mark}{scope}")
     print(f"\nMLflow store: {job.tracking.uri}  (experiment '{job.tracking.experiment_name}')")
-    print(f"  browse: mlflow ui --backend-store-uri {job.tracking.uri}")
+    if job.tracking.uri.startswith(("http://", "https://")):
+        print("  browse:")
+    else:
+        print(f"  browse: mlflow ui --backend-store-uri {job.tracking.uri}  then open:")
+    exp = job.tracking.experiment_id
+    print(f"    {ui.stages_url(job.tracking.uri, exp)}  (every stage, results in columns)")
+    print(f"    {ui.run_url(job.tracking.uri, exp, job.run_id)}  (this job: table and figure)")
     print(
         f"  compare: python jobs/compare_runs.py --parent-run {job.run_id} "
         f"--tracking-uri {job.tracking.uri}"
     )
     print(f"stage summary: {path}")
+    for line in outage_lines(recovery):
+        print(line)
     for line in summary["warnings"]:
         print(f"WARNING: {line}")
     if registered:
@@ -266,10 +288,19 @@ def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def results_markdown(job: Job, rows: list[dict[str, Any]], summary: dict, best) -> str:
-    """The job run's description: the rows it printed, best marked."""
-    lines = [
-        f"**{job.name}**: {len(rows)} rows, {summary['stages_trained']} stages trained, "
-        f"{summary['stages_reused']} reused, {summary['wall_clock_s']:.0f} s.",
+    """The job run's description: the winner and a link to every stage's results first (the
+    UI shows the first lines collapsed), then the rows it printed, best marked."""
+    exp = job.tracking.experiment_id
+    view = ui.stages_url(job.tracking.uri, exp).removeprefix(ui.ui_base(job.tracking.uri) + "/")
+    lines = []
+    if best is not None:
+        link = f"[{best['label']}](#/experiments/{exp}/runs/{best['run']})" if best["run"] else ""
+        outcome = " ".join(row_outcome(best).split())
+        lines.append(f"Best: **{link or best['label']}**, val {outcome}.")
+    lines += [
+        f"[Every stage with its results]({view}) · **{job.name}**: {len(rows)} rows, "
+        f"{summary['stages_trained']} stages trained, {summary['stages_reused']} reused, "
+        f"{summary['wall_clock_s']:.0f} s.",
         "",
         "| row | val PSNR (dB) | val SSIM | |",
         "|---|---:|---:|---|",
@@ -282,8 +313,6 @@ def results_markdown(job: Job, rows: list[dict[str, Any]], summary: dict, best) 
         if not ok:
             note = str(r.get("stopped") or "failed")
         lines.append(f"| {r.get('label', '')} | {cells[0]} | {cells[1]} | {note} |")
-    if best is not None:
-        lines += ["", f"Best: **{best['label']}** (run `{best['run']}`)."]
     return "\n".join(lines)[:5000]
 
 

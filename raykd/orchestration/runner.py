@@ -25,13 +25,17 @@ from raykd.orchestration.console import progress
 from raykd.orchestration.identity import StageRecord, StageStore
 from raykd.orchestration.stage_runs import (
     TAGS_FILE,
+    existing_run,
     known_runs,
     link_reuse,
     resolve_run,
+    retire_damaged_run,
     stage_run_name,
     stage_tags,
 )
+from raykd.orchestration.tracking_repair import pending, repair_pending, short_budget
 from raykd.orchestration.train_fn import RESULT_FILE, train_fn
+from raykd.plan.identity import used_config
 from raykd.plan.stages import StageRequest
 from raykd.tracking import Tracking
 from raykd.tracking.mlflow_store import PARENT_TAG
@@ -106,26 +110,6 @@ def _reuse_line(ctx: StageContext, sid: str, req: StageRequest, record: StageRec
     say(f"{announce(ctx, sid, req.cfg, tags)}: reused (trained by an earlier job{result})")
 
 
-def _existing_run(ctx: StageContext, stage_id: str) -> str | None:
-    """An unfinished MLflow run for this stage (driver killed earlier): continue it."""
-    if ctx.tracking is None:
-        return None
-    for run in ctx.tracking.runs(f"tags.`raykd.stage_id` = '{stage_id}'"):
-        if run.info.status in ("RUNNING", "KILLED", "FAILED"):
-            return run.info.run_id
-    return None
-
-
-def retire_damaged_run(ctx: StageContext, stage_id: str, reason: str) -> None:
-    """The finished MLflow run of a stage found damaged goes to MLflow's trash (restorable),
-    tagged with why, so the retrained stage is the only run of that stage id."""
-    if ctx.tracking is None:
-        return
-    for run in ctx.tracking.runs(f"tags.`raykd.stage_id` = '{stage_id}'"):
-        ctx.tracking.set_tags(run.info.run_id, {"raykd.damaged": reason[:4000]})
-        ctx.tracking.client.delete_run(run.info.run_id)
-
-
 def ensure_stage(
     cfg: StageConfig,
     ctx: StageContext,
@@ -162,7 +146,7 @@ def ensure_stages(
         record, damaged = ctx.store.get_intact(sid)
         if damaged:
             say(f"WARNING: {damaged}; training stage {sid} again")
-            retire_damaged_run(ctx, sid, damaged)
+            retire_damaged_run(ctx.tracking, sid, damaged)
         if record is None:
             return False
         _reuse_line(ctx, sid, unique[sid], record)
@@ -241,14 +225,16 @@ def _train_chain(chain, records, ctx: StageContext, tune_report: bool, eval_spli
             out.mkdir(parents=True, exist_ok=True)
             (out / TAGS_FILE).write_text(json.dumps(tags, indent=1))
             # Rank 0 opens the run when the stage starts (true start time) unless one exists.
-            run_id = known_runs(out).get(ctx.tracking.uri) or _existing_run(ctx, sid)
+            with short_budget():
+                run_id = known_runs(out).get(ctx.tracking.uri) or existing_run(ctx.tracking, sid)
             if run_id and ctx.parent_run_id and before[sid] != "reused":
                 # Opened by an interrupted job: this job finishes it, so it joins this tree.
-                ctx.tracking.set_tags(run_id, {PARENT_TAG: ctx.parent_run_id})
+                with contextlib.suppress(Exception), short_budget():  # repaired with it
+                    ctx.tracking.set_tags(run_id, {PARENT_TAG: ctx.parent_run_id})
             run_spec = {
                 "name": stage_run_name(cfg, tags),
                 "tags": tags,
-                "params": cfg.to_dict(),
+                "params": used_config(cfg),  # no kd.* on a teacher: one rule with identity
                 "parent_run_id": ctx.parent_run_id,
                 "teacher_stage": req.teacher_id,
             }
@@ -303,15 +289,24 @@ def _train_chain(chain, records, ctx: StageContext, tune_report: bool, eval_spli
             compute_s=result.get("compute_s"),
             compute=result.get("compute"),
         )
-        if ctx.tracking is not None and run_id:
+        if ctx.tracking is not None and run_id and not pending(p["output_dir"]):
             # Rank 0 ended the run when the stage finished; this does not move its end time.
-            ctx.tracking.log_metrics(run_id, {"wall_clock_s": stage_wall})
+            with contextlib.suppress(Exception), short_budget():  # an outage: repaired below
+                ctx.tracking.log_metrics(run_id, {"wall_clock_s": stage_wall})
         record = ctx.store.put(record)
         ctx.store.log_use(sid, before[sid], job=ctx.parent_run_id)
         if before[sid] != "trained" and ctx.tracking is not None and run_id:
             # Its run was opened under the interrupted job: this job's tree must list it too.
             record = in_this_store(record, ctx)
         records[sid] = record
+    if ctx.tracking is not None:
+        # Stages whose MLflow writes failed (an outage): rebuilt from their files if the server
+        # is back, else left for the next job (tracking_repair).
+        repaired, _ = repair_pending(ctx.store, ctx.tracking, ctx.parent_run_id, ctx.parent_run_id)
+        for sid in repaired:
+            if sid in records:
+                run = known_runs(records[sid].output_dir).get(ctx.tracking.uri)
+                records[sid] = dataclasses.replace(records[sid], mlflow_run_id=run)
     if error is not None:
         raise error
     say(f"finished {len(planned)} stage(s) in {wall:.0f}s")
@@ -337,6 +332,8 @@ def _fit(planned: list[dict], ctx: StageContext, tune_report: bool, eval_splits)
         "experiment": ctx.tracking.experiment_name if ctx.tracking else None,
         "eval_splits": list(eval_splits),
         "fault_injection": ctx.fault_injection,
+        "root": str(ctx.store.root),  # recovery events and the tracking journal
+        "job": ctx.parent_run_id,
     }
     if ctx.local:
         _fit_in_process(loop_config, tune_report)

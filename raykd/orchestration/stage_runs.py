@@ -23,6 +23,7 @@ import yaml
 
 from raykd.errors import RaykdError
 from raykd.orchestration.identity import StageRecord, StageStore
+from raykd.plan.identity import used_config
 from raykd.tracking import Tracking
 from raykd.tracking import schema as S
 from raykd.tracking.mlflow_store import NOTE_TAG, PARENT_TAG
@@ -38,7 +39,8 @@ FINAL_KEYS = ("final_", "best_val_loss", "wall_clock_s")
 
 
 def stage_run_name(cfg, tags: dict[str, str]) -> str:
-    """What a stage is, e.g. ``sunnybrook-4x-s42/sft_kd-at-D3C5`` (never a bare hash)."""
+    """What a stage is, what tells it apart first, e.g. ``sft_kd-at-D3C5 · sunnybrook-4x-s42``
+    (never a bare hash): the MLflow run table cuts long names at the right."""
     dataset = tags.get(S.TAG_DATASET) or Path(str(cfg.data.source)).name or "data"
     dataset = Path(dataset).name
     acc = tags.get(S.TAG_ACCELERATION, "")
@@ -49,7 +51,7 @@ def stage_run_name(cfg, tags: dict[str, str]) -> str:
     if cfg.kind == "sft":
         arch += f"+D{cfg.student.depth}"  # the student branches it was trained with
     method = f"-{tags[S.TAG_METHOD]}" if tags.get(S.TAG_METHOD) else ""
-    return f"{dataset}-{acc}-s{cfg.seed}/{row}{method}-{arch}{_weights(cfg)}"
+    return f"{row}{method}-{arch}{_weights(cfg)} · {dataset}-{acc}-s{cfg.seed}"
 
 
 def _weights(cfg) -> str:
@@ -66,6 +68,21 @@ def _weights(cfg) -> str:
     if cfg.kind == "sft" and (cfg.sft.w_s != 1.0 or cfg.sft.w_imit != 1.0):
         out += f"-ws{cfg.sft.w_s:.3g}-wi{cfg.sft.w_imit:.3g}"
     return out
+
+
+def run_link(experiment_id: str, run_id: str, name: str) -> str:
+    """A markdown link to a run's page, relative to the MLflow UI (descriptions render it)."""
+    return f"[{name}](#/experiments/{experiment_id}/runs/{run_id})"
+
+
+def teacher_note(tracking: Tracking, teacher_run_id: str) -> str:
+    """A KD run's description: the teacher it learned from, as a link to the teacher's run."""
+    try:
+        teacher = tracking.client.get_run(teacher_run_id)
+    except Exception:  # a lineage id from another store: say so rather than fail the stage
+        return f"Distilled from teacher run `{teacher_run_id}` (not in this tracking store)."
+    link = run_link(teacher.info.experiment_id, teacher_run_id, teacher.info.run_name)
+    return f"Distilled from teacher run {link}."
 
 
 def known_runs(stage_dir: str | Path) -> dict[str, str]:
@@ -102,6 +119,8 @@ def open_stage_run(config: dict[str, Any], stage: dict[str, Any], created: dict[
         tags = dict(spec["tags"])
         if not tags.get(S.TAG_TEACHER_RUN) and spec.get("teacher_stage") in created:
             tags[S.TAG_TEACHER_RUN] = created[spec["teacher_stage"]]
+        if tags.get(S.TAG_TEACHER_RUN):
+            tags[NOTE_TAG] = teacher_note(tracking, tags[S.TAG_TEACHER_RUN])
         run_id = tracking.start_run(spec["name"], tags, spec["parent_run_id"], spec["params"])
         remember_run(stage["output_dir"], uri, run_id)
     created[stage["stage"].get("name", "")] = run_id
@@ -171,10 +190,12 @@ def reregister(
         f"Re-registered from the stage store (`{out}`): trained under run "
         f"`{record.mlflow_run_id}` of another tracking store."
     )
+    if teacher_run:
+        tags[NOTE_TAG] += "\n\n" + teacher_note(tracking, teacher_run)
     end = record.finished_at or time.time()
     start = end - (record.wall_clock_s or record.compute_s or 0.0)
     run_id = tracking.start_run(
-        stage_run_name(cfg, tags), tags, parent_run_id, cfg.to_dict(), start_time=start
+        stage_run_name(cfg, tags), tags, parent_run_id, used_config(cfg), start_time=start
     )
     history = out / "metrics.jsonl"
     if history.is_file():
@@ -222,15 +243,15 @@ def link_reuse(
                 TAG_SOURCE_RUN: run_id,
                 TAG_REUSED_STAGE: stage_id,
                 NOTE_TAG: (
-                    f"Reused, not retrained: trained as run [{source.info.run_name}]"
-                    f"(#/experiments/{source.info.experiment_id}/runs/{run_id})."
+                    "Reused, not retrained: trained as run "
+                    f"{run_link(source.info.experiment_id, run_id, source.info.run_name)}."
                 ),
             }
         )
         tags.pop(S.TAG_STAGE_ID, None)  # only the run that trained it carries the stage id
         if git := source.data.tags.get("mlflow.source.git.commit"):
             tags["mlflow.source.git.commit"] = git
-        name = f"{source.info.run_name} (reused)"
+        name = f"reused: {source.info.run_name}"  # a prefix: the table cuts names at the right
         link = tracking.start_run(name, tags, parent_run_id)
         final = {k: v for k, v in source.data.metrics.items() if k.startswith(FINAL_KEYS)}
         tracking.log_metrics(link, final)
@@ -277,3 +298,27 @@ def stage_tags(
         S.TAG_STUDENT_DEPTH: str(cfg.student.depth) if cfg.kind != "teacher" else "",
         S.TAG_TASK: cfg.task,
     }
+
+
+def existing_run(tracking: Tracking | None, stage_id: str) -> str | None:
+    """An unfinished MLflow run for this stage (driver killed earlier): continue it."""
+    if tracking is None:
+        return None
+    try:
+        runs = tracking.runs(f"tags.`raykd.stage_id` = '{stage_id}'")
+    except Exception:  # an outage: the stage opens (or journals) its run when it starts
+        return None
+    for run in runs:
+        if run.info.status in ("RUNNING", "KILLED", "FAILED"):
+            return run.info.run_id
+    return None
+
+
+def retire_damaged_run(tracking: Tracking | None, stage_id: str, reason: str) -> None:
+    """The finished MLflow run of a stage found damaged goes to MLflow's trash (restorable),
+    tagged with why, so the retrained stage is the only run of that stage id."""
+    if tracking is None:
+        return
+    for run in tracking.runs(f"tags.`raykd.stage_id` = '{stage_id}'"):
+        tracking.set_tags(run.info.run_id, {"raykd.damaged": reason[:4000]})
+        tracking.client.delete_run(run.info.run_id)

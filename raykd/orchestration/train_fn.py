@@ -25,6 +25,13 @@ from ray.train import Checkpoint
 
 from raykd.models.base import count_parameters
 from raykd.orchestration.stage_runs import log_eval, open_stage_run
+from raykd.orchestration.tracking_repair import (
+    COMPLETE_TAG,
+    BestEffort,
+    events,
+    log_event,
+    short_retry_budget,
+)
 from raykd.tracking.schema import METRIC_PARAMS
 from raykd.train.config import StageConfig
 from raykd.train.evaluate import evaluate_split, slice_count, write_json
@@ -97,17 +104,35 @@ def run_chain(
     if ray_checkpoint is not None and (ray_checkpoint / CHAIN_STATE).is_file():
         state = json.loads((ray_checkpoint / CHAIN_STATE).read_text())
     created: dict[str, str] = {}  # MLflow runs opened in this chain, by stage name (rank 0)
+    if rank == 0 and config.get("tracking_uri"):
+        short_retry_budget()  # a dead server costs the stage seconds, not minutes per call
     for stage, finished in zip(stages, done, strict=True):
         if finished:
             continue
         if rank == 0:
-            stage = open_stage_run(config, stage, created)
+            try:
+                stage = open_stage_run(config, stage, created)
+            except Exception as exc:  # trains without a run; repaired from its files later
+                root = config.get("root") or Path(stage["output_dir"]).parents[1]
+                mark = BestEffort(None, stage["output_dir"], root, config.get("job"),
+                                  config["tracking_uri"])  # fmt: skip
+                mark.fail(exc)
+                stage = {**stage, "mlflow_run_id": None}
         name = stage["stage"].get("name", "")
         out = Path(stage["output_dir"])
         if state.get("stage") == name:
             resume = ray_checkpoint / "last.pt"
         else:
             resume = out / "last.pt" if (out / "last.pt").is_file() else None
+        if rank == 0 and config.get("root"):
+            # A stage that already started under this job and starts again was restarted (a
+            # worker died, Tune retried the trial): counted in the job summary.
+            root, job = config["root"], config.get("job")
+            if resume and any(
+                e["event"] == "stage_start" and e.get("stage") == name for e in events(root, job)
+            ):
+                log_event(root, job, "stage_restart", stage=name)
+            log_event(root, job, "stage_start", stage=name)
         if rank == 0:
             # Written, not print()ed: Ray Train patches print() and echoed each line twice.
             what = stage.get("announce") or f"stage {name}"
@@ -142,9 +167,11 @@ def run_training(
     tracking = None
     run_id = config.get("mlflow_run_id")
     if rank == 0 and run_id:
-        from raykd.tracking import Tracking
-
-        tracking = Tracking(config["tracking_uri"], config["experiment"])
+        # Best-effort: an MLflow outage never stalls or fails training (tracking_repair).
+        tracking = BestEffort.open(
+            config["tracking_uri"], config["experiment"], config["output_dir"],
+            config.get("root") or Path(config["output_dir"]).parents[1], config.get("job"),
+        )  # fmt: skip
     fault = config.get("fault_injection") or {}
     inject = fault.get("kind") in (None, cfg.kind)
 
@@ -152,8 +179,7 @@ def run_training(
     # trained again on resume, but each MLflow step is logged once.
     logged = set()
     if tracking is not None and resume_from is not None:
-        history = tracking.client.get_metric_history(run_id, "train_loss")
-        logged = {m.step for m in history}
+        logged = tracking.metric_steps(run_id, "train_loss")
 
     def on_epoch(epoch: int, metrics: dict[str, float], last_path: Path | None) -> None:
         if tracking is not None and epoch + 1 not in logged:
@@ -288,6 +314,8 @@ def finish_stage(
         tracking.log_metrics(run_id, {"best_val_loss": result.best_val_loss, METRIC_PARAMS: params})
         tracking.log_artifact(run_id, result.best_checkpoint, "checkpoints")
         tracking.log_artifact(run_id, result.output_dir / "config.yaml")
+        if getattr(tracking, "failed", None) is None:  # every write of the stage went through
+            tracking.set_tags(run_id, {COMPLETE_TAG: "1"})
         tracking.end_run(run_id, "FINISHED")  # now: the run's duration is the stage's
     (result.output_dir / RESULT_FILE).write_text(json.dumps(record, indent=1))
     return record

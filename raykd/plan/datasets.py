@@ -13,6 +13,7 @@ class BuiltinDataset:
     mask_dir: str | None = None  # masks/<mask_dir>/mask_<a>x.npy under the shared data
     train: tuple[str, ...] | None = None  # volumes per split; None: the source's own split
     val: tuple[str, ...] | None = None
+    complex: bool = False  # complex images (data.complex): two-channel networks
 
     def split(self, name: str) -> list[str] | None:
         volumes = getattr(self, name)
@@ -29,6 +30,24 @@ DATASETS: dict[str, BuiltinDataset] = {
         val=("0401",),
     ),
 }
+# Complex versions with a smooth synthetic phase (raykd.data.complex): exercise the complex path,
+# not evidence about real phase. No fixed masks: the paper's masks are for magnitude runs.
+DATASETS["mni152_complex"] = BuiltinDataset(source="mni152_complex", size=(240, 240), complex=True)
+DATASETS["sunnybrook_complex"] = BuiltinDataset(
+    source="sunnybrook_complex",
+    size=(150, 150),
+    train=("0101", "0201"),
+    val=("0301",),  # 0401 stays free for a held-out test split
+    complex=True,
+)
+# Real complex data a user prepares (``raykd prepare calgary`` / ``raykd prepare fastmri
+# --complex``) into the shared data folder (or --data-path), split by its train/ and val/
+# subfolders: CC-359's single-coil Train / Val (the paper's Appendix B: 25 / 10 volumes, centre
+# 110 slices, 256x256) and fastMRI's singlecoil_train / singlecoil_val (knee, 320x320 crop).
+DATASETS["calgary"] = BuiltinDataset(source="shared:calgary", size=(256, 256), complex=True)
+DATASETS["fastmri_knee"] = BuiltinDataset(
+    source="shared:fastmri_knee", size=(320, 320), complex=True
+)
 # Size of a folder of h5 volumes (not in the catalogue) unless the grid sets one.
 DEFAULT_SIZE = (240, 240)
 

@@ -25,6 +25,9 @@ LATER_DEFAULTS = {
     ("data", "mask", "allow_full"): False,
     ("kd", "balance"): None,
     ("sft", "balance"): None,
+    ("data", "complex"): False,
+    ("data", "mask", "center_fraction"): None,
+    ("data", "mask", "per_epoch"): False,
 }
 # The KD loss definitions a kd stage was trained with. Bump it whenever a method's formula,
 # reduction or default weight changes, so stages trained under another definition are never
@@ -33,6 +36,22 @@ KD_LOSS_DEFINITIONS = 2
 # Fields that do not change what a stage computes but were hashed before: hashed at their old
 # value whatever they are set to, so every stored identity stays valid.
 LEGACY_CONSTANTS = {"channels_last": False}
+
+
+def unused_sections(kind: str) -> tuple[str, ...]:
+    """Config sections a stage of ``kind`` never reads: left out of its identity and of the
+    params its MLflow run logs (a teacher's run has no ``kd.*``), by this one rule."""
+    unused = {"kd": kind != "kd", "sft": kind != "sft"}
+    unused |= {"student": kind == "teacher", "teacher": kind == "student"}
+    return tuple(section for section, drop in unused.items() if drop)
+
+
+def used_config(cfg: StageConfig) -> dict:
+    """``cfg`` as a dict without the sections its kind never reads (what a stage run logs)."""
+    data = cfg.to_dict()
+    for section in unused_sections(cfg.kind):
+        data.pop(section, None)
+    return data
 
 
 def stage_identity(cfg: StageConfig, teacher_id: str | None = None) -> str:
@@ -48,15 +67,8 @@ def stage_identity(cfg: StageConfig, teacher_id: str | None = None) -> str:
             node = node.get(section) if isinstance(node, dict) else None
         if isinstance(node, dict) and node.get(key, default) == default:
             node.pop(key, None)
-    # Sections a kind does not use do not change its result.
-    if cfg.kind != "kd":
-        data.pop("kd")
-    if cfg.kind != "sft":
-        data.pop("sft")
-    if cfg.kind == "teacher":
-        data.pop("student")
-    if cfg.kind == "student":
-        data.pop("teacher")
+    for section in unused_sections(cfg.kind):  # they do not change its result
+        data.pop(section)
     if cfg.kind == "kd":
         if teacher_id is None:
             raise ValueError("a kd stage identity needs its teacher's identity")

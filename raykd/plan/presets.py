@@ -61,6 +61,11 @@ class GridSpec(BaseModel):
     ) = None
     teacher_taps: list[str] | None = None  # KD tap mapping ('{c}' = every block); None: defaults
     student_taps: list[str] | None = None
+    # Complex data (data.complex) for folder datasets; built-in '*_complex' datasets are complex.
+    complex: bool = False
+    # Undersampling masks: 'paper' (fixed files where shipped, else the paper's seeded Cartesian
+    # generator) or fastMRI's line masks (raykd.data.fastmri_masks).
+    mask_kind: Literal["paper", "fastmri_random", "fastmri_equispaced"] = "paper"
 
     def seed_list(self) -> list[int]:
         return [self.first_seed + i for i in range(self.seeds)]

@@ -126,6 +126,8 @@ def _data(spec: GridSpec, row: Row, over: StageOverrides) -> DataConfig:
             )
     if min(size) < 100:  # tiny smoke shapes: keep 10 low rows feasible
         mask = mask.model_copy(update={"num_low": 4})
+    if spec.mask_kind != "paper":
+        mask = _model(MaskConfig, "data.mask", kind=spec.mask_kind, acceleration=acc, seed=0)
     own_splits = ds is not None and source == ds.source
     return _model(
         DataConfig,
@@ -142,6 +144,7 @@ def _data(spec: GridSpec, row: Row, over: StageOverrides) -> DataConfig:
         sr=_model(SRConfig, "data.sr", scale=int(acc), degradation=spec.sr_degradation)
         if sr
         else None,
+        complex=spec.complex or (ds is not None and ds.complex),
     )
 
 

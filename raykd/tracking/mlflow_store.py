@@ -26,7 +26,8 @@ from raykd.errors import RaykdError
 
 PARENT_TAG = "mlflow.parentRunId"
 NOTE_TAG = "mlflow.note.content"  # the run description shown in the MLflow UI
-# MLflow 3's UI opens an experiment on its GenAI pages unless it is marked as model training.
+# Marks the experiment as model training (the UI's kind selector reads it). MLflow 3.17's UI
+# picks its landing page from a per-browser setting instead: see raykd.tracking.ui.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 COMMIT_ENV = "RAYKD_GIT_COMMIT"  # set by the submitting side: a `ray job submit` copy has no .git
@@ -134,6 +135,9 @@ class Tracking:
 
         self.uri = tracking_uri
         self.experiment_name = experiment
+        if artifact_root is None and (db := sqlite_path(tracking_uri)) is not None:
+            # Next to the database, never MLflow's default ./mlruns of the working directory.
+            artifact_root = db.parent / "mlartifacts"
         try:
             # One process at a time creates the schema (MlflowClient migrates a fresh sqlite
             # file as it opens it) and the experiment.

@@ -3,7 +3,9 @@
 The registered artifact is TorchScript (``torch.jit.load`` reads a graph and tensors; nothing
 arbitrary is unpickled). Its single input packs what the network needs into one float tensor
 ``[B, 4, H, W]``: zero-filled image, real and imaginary part of the measured k-space, sampling
-mask; the output is the reconstruction ``[B, 1, H, W]``. That keeps the MLflow signature and
+mask; the output is the reconstruction ``[B, 1, H, W]``. A complex network (two image channels,
+real and imaginary) takes ``[B, 5, H, W]`` (zero-filled real and imaginary part, k-space real and
+imaginary part, mask) and returns ``[B, 2, H, W]``. That keeps the MLflow signature and
 pyfunc serving simple (MLflow has no complex dtype); :func:`pack_inputs` builds it.
 """
 
@@ -16,6 +18,8 @@ from typing import Any
 
 import torch
 
+from raykd.tracking import schema as S
+
 ALIAS = "champion"
 SCORE_TAG = "raykd.val_psnr"
 
@@ -27,14 +31,18 @@ class PackedInputs(torch.nn.Module):
         super().__init__()
         self.net = net
 
+        self.c = 2 if getattr(net, "complex", False) else 1  # image channels
+
     def forward(self, packed: torch.Tensor) -> torch.Tensor:
-        zero_filled = packed[:, 0:1]
-        y = torch.complex(packed[:, 1:2], packed[:, 2:3])
-        return self.net(zero_filled, y, packed[:, 3:4])
+        c = self.c
+        zero_filled = packed[:, 0:c]
+        y = torch.complex(packed[:, c : c + 1], packed[:, c + 1 : c + 2])
+        return self.net(zero_filled, y, packed[:, c + 2 : c + 3])
 
 
 def pack_inputs(zero_filled: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    mask = mask.expand_as(zero_filled).to(zero_filled.dtype)
+    b, _, h, w = zero_filled.shape
+    mask = mask.expand(b, 1, h, w).to(zero_filled.dtype)
     return torch.cat([zero_filled, y.real, y.imag, mask], dim=1)
 
 
@@ -43,11 +51,12 @@ def scripted(model: torch.nn.Module, size: tuple[int, int]) -> tuple[Any, torch.
     from raykd.deploy.export import example_inputs
 
     wrapper = PackedInputs(model.eval()).eval()
-    example = pack_inputs(*example_inputs(2, size, seed=0))
+    cplx = bool(getattr(model, "complex", False))
+    example = pack_inputs(*example_inputs(2, size, seed=0, complex=cplx))
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(wrapper, (example,), check_trace=False)
-        check = pack_inputs(*example_inputs(3, size, seed=1))
+        check = pack_inputs(*example_inputs(3, size, seed=1, complex=cplx))
         if not torch.allclose(traced(check), wrapper(check), rtol=1e-4, atol=1e-5):
             raise RuntimeError("TorchScript export differs from the eager model")
     return traced, example[:1]
@@ -104,12 +113,19 @@ def _register_once(tracking, run_id, model, name, score, size, label) -> str:
         # saved with torch.jit.save), and torch about loading TorchScript via torch.load.
         quiet.setLevel(logging.ERROR)
         try:
+            # The logged model belongs to the run's experiment, so its artifacts land in that
+            # experiment's artifact root (the job's store); left to MLflow, it would go to the
+            # "Default" experiment, i.e. ./mlruns/0/models of the working directory.
+            logged = client.create_logged_model(
+                experiment_id=tracking.experiment_id, name="model", source_run_id=run_id
+            )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 info = mlflow.pytorch.log_model(
                     traced,
                     name="model",
                     run_id=run_id,
+                    model_id=logged.model_id,
                     # For a ScriptModule this is torch.jit.save, not pickle (the 'pt2'
                     # default is refused for TorchScript).
                     serialization_format="pickle",
@@ -129,7 +145,26 @@ def _register_once(tracking, run_id, model, name, score, size, label) -> str:
             client.set_model_version_tag(name, version, SCORE_TAG, f"{score:.6f}")
         if label:
             client.set_model_version_tag(name, version, "raykd.label", label)
+        client.update_model_version(name, version, description=version_note(client, run_id, score))
     return version
+
+
+def version_note(client, run_id: str, score: float | None) -> str:
+    """A model version's description: its row, KD method, teacher and validation PSNR."""
+    tags = client.get_run(run_id).data.tags
+    row, method = tags.get(S.TAG_ROW, "?"), tags.get(S.TAG_METHOD) or "none"
+    lines = [f"Row **{row}**, KD method **{method}**, from run `{run_id}`."]
+    if teacher := tags.get(S.TAG_TEACHER_RUN):
+        try:
+            teacher_name = client.get_run(teacher).info.run_name
+        except Exception:  # lineage from another store
+            teacher_name = "(not in this store)"
+        lines.append(f"Teacher: run `{teacher}` ({teacher_name}).")
+    else:
+        lines.append("Teacher: none (trained from the data alone).")
+    if score is not None:
+        lines.append(f"Validation PSNR (best checkpoint, whole val volumes): {score:.2f} dB.")
+    return "\n\n".join(lines)
 
 
 def _move_champion(client, name: str) -> None:

@@ -10,8 +10,9 @@ Runs (all in one experiment per job unless ``--experiment`` says otherwise):
   ``stages_reused``, ``wall_clock_s``.
 - stage run: ``raykd.role=stage``, child of the job that *trained* it (reused stages are not
   retrained, so a later job lists them in its ``stages.json`` instead). Tags below; params =
-  the flattened stage config (``precision``/``channels_last`` as requested, e.g. ``auto``) plus
-  the compute path it resolved to on the worker — ``compute.device``, ``compute.cpu_capability``
+  the flattened stage config without the sections its kind never reads
+  (``precision``/``channels_last`` as requested, e.g. ``auto``) plus the compute path it
+  resolved to on the worker — ``compute.device``, ``compute.cpu_capability``
   (amx | avx512_bf16 | avx512 | avx2 | other), ``compute.precision`` (fp32 | bf16 | fp16),
   ``compute.memory_format`` (channels_last | contiguous), ``compute.world_size`` (DDP ranks),
   ``compute.global_batch`` (= ``data.batch_size``) and ``compute.rank_batch``; metrics per
@@ -32,16 +33,26 @@ Runs (all in one experiment per job unless ``--experiment`` says otherwise):
   ("stopped at epoch k by ASHA"). The search's job run carries ``raykd.optuna_storage`` and
   ``raykd.optuna_study``.
 - reuse link: ``raykd.role=reuse``, child of a job that reused a stage another job trained
-  (``<stage name> (reused)``), with ``raykd.source_run_id`` = the stage run, its raykd tags
+  (``reused: <stage name>``; left out of the shared stages view, so a rerun shows each stage
+  once), with ``raykd.source_run_id`` = the stage run, its raykd tags
   (not ``raykd.stage_id``) and final metrics. Reports read stage runs only, so a link never
   counts twice.
 
-Names: job runs ``<preset>-<date time>``; stage runs ``<dataset>-<acc>x-s<seed>/<row>[-<method>]
--D<depth>C<cascades>[-w<kd weight>]``. The job run's description (``mlflow.note.content``) is
-its results table; ``best_val_<metric>`` metrics and ``raykd.best_label`` / ``raykd.best_run_id``
-tags name its best student. A stage re-registered in a new tracking store (trained under
-another) has ``raykd.source_run_id`` = its run there; ``<stage dir>/mlflow_runs.json`` maps
-tracking URI → run id.
+Names: job runs ``<preset>-<date time>``; stage runs ``<row>[-<method>]-D<depth>C<cascades>
+[-w<kd weight>] · <dataset>-<acc>x-s<seed>`` (what tells stages apart first: the UI cuts names
+at the right). Stage params: the config without the sections its kind never reads
+(:func:`raykd.plan.identity.unused_sections`, the rule the identity uses: no ``kd.*`` on a
+teacher). A KD run's description links its teacher's run. The job run's description
+(``mlflow.note.content``) opens with the best row and a link to the stages view, then its
+results table; ``best_val_<metric>`` metrics and ``raykd.best_label`` / ``raykd.best_run_id``
+tags name its best student, registered as ``<experiment>-student`` (alias ``champion``; the
+version's description names row, KD method, teacher and val PSNR). Its logged model belongs to
+the job's experiment (artifacts under the store's artifact root, listed on the run's page).
+Experiment tags: ``mlflow.experimentKind`` and the shared runs-table view
+``mlflow.sharedViewState.raykd-stages`` (:mod:`raykd.tracking.ui`).
+A stage re-registered in a new tracking store (trained under another) has
+``raykd.source_run_id`` = its run there; ``<stage dir>/mlflow_runs.json`` maps tracking URI →
+run id.
 """
 
 from __future__ import annotations

@@ -75,7 +75,11 @@ class _Strict(BaseModel):
 
 
 class MaskConfig(_Strict):
-    kind: Literal["file", "cartesian"] = "cartesian"
+    kind: Literal["file", "cartesian", "fastmri_random", "fastmri_equispaced"] = Field(
+        "cartesian",
+        description="file | cartesian (the paper's) | fastmri_random / fastmri_equispaced "
+        "(fastMRI's line masks, raykd.data.fastmri_masks)",
+    )
     path: str | None = None
     acceleration: float = Field(4.0, ge=1.0)
     seed: Count = 0
@@ -84,11 +88,21 @@ class MaskConfig(_Strict):
     allow_full: bool = Field(
         False, description="allow a mask sampling every point (a trivial task; off by default)"
     )
+    center_fraction: float | None = Field(
+        None, gt=0, lt=1, description="fastmri_*: fully sampled centre (default 4x 0.08, 8x 0.04)"
+    )
+    per_epoch: bool = Field(
+        False,
+        description="fastmri_*: a fresh (seeded) training mask every epoch; validation and test "
+        "keep one mask per volume",
+    )
 
     @model_validator(mode="after")
     def _path_for_file(self) -> MaskConfig:
         if self.kind == "file" and not self.path:
             raise ValueError("mask.kind 'file' needs mask.path (an .npy [H, W] mask)")
+        if self.per_epoch and not self.kind.startswith("fastmri"):
+            raise ValueError("mask.per_epoch is for the fastmri_* mask kinds")
         return self
 
 
@@ -120,11 +134,22 @@ class DataConfig(_Strict):
     num_workers: Count = Field(0, ge=0)
     max_slices_per_volume: Count | None = Field(None, ge=1)
     sr: SRConfig | None = Field(None, description="set for the super-resolution task")
+    complex: bool = Field(
+        False,
+        description="complex data: read each volume's complex images ('cimage'), undersample "
+        "their measured complex k-space, train two-channel (real, imag) networks; metrics on "
+        "the magnitude (raykd.data.complex)",
+    )
 
     @model_validator(mode="after")
     def _size_positive(self) -> DataConfig:
         if min(self.size) < 8:
             raise ValueError(f"size must be at least 8x8, got {self.size}")
+        if self.mask.per_epoch and self.num_workers:
+            raise ValueError(
+                "mask.per_epoch needs num_workers 0 (DataLoader workers keep their own copy of "
+                "the dataset and would not see the new epoch's masks)"
+            )
         return self
 
 

@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from raykd.data.dataset import SliceDataset
-from raykd.data.transforms import degrade
+from raykd.data.transforms import degrade, is_complex_batch, magnitude, to_complex
 from raykd.metrics import evaluate_volume, summarise
 from raykd.train.precision import autocast
 
@@ -28,7 +28,9 @@ def reconstruct_volume(
 ) -> dict[str, np.ndarray]:
     """Target, zero-filled and reconstruction of one volume, each float32 [N, H, W].
 
-    ``model=None`` returns the zero-filled image as the reconstruction.
+    ``model=None`` returns the zero-filled image as the reconstruction. Complex data: the three
+    are magnitudes (metrics are computed on them) and ``recon_complex`` (complex64 [N, H, W])
+    holds the complex reconstruction.
     """
     device = torch.device(device)
     if model is not None:
@@ -45,10 +47,15 @@ def reconstruct_volume(
         else:
             with autocast(device, precision):
                 recon = model(zero_filled, y, mask)
-        out["target"].append(target[:, 0].cpu().numpy())
-        out["zero_filled"].append(zero_filled[:, 0].cpu().numpy())
-        out["recon"].append(recon[:, 0].float().cpu().numpy())
-    return {k: np.concatenate(v).astype(np.float32) for k, v in out.items()}
+        if is_complex_batch(target):
+            out.setdefault("recon_complex", []).append(to_complex(recon)[:, 0].cpu().numpy())
+        out["target"].append(magnitude(target)[:, 0].cpu().numpy())
+        out["zero_filled"].append(magnitude(zero_filled)[:, 0].cpu().numpy())
+        out["recon"].append(magnitude(recon)[:, 0].float().cpu().numpy())
+    return {
+        k: np.concatenate(v).astype(np.complex64 if k == "recon_complex" else np.float32)
+        for k, v in out.items()
+    }
 
 
 def evaluate_model(

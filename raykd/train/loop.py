@@ -354,6 +354,7 @@ class Trainer:
         for epoch in range(self.start_epoch, cfg.optim.epochs):
             t0 = time.perf_counter()
             sampler.set_epoch(epoch)
+            train_set.set_epoch(epoch)  # fastMRI masks with mask.per_epoch: a fresh mask
             metrics = self.train_epoch(epoch, loader)
             ratios = balance.epoch_ratios(metrics, self.stage.weights, ref)
             metrics.update(ratios)

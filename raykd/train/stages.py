@@ -161,24 +161,25 @@ class KDStage(StageModule):
 def build_stage(cfg: StageConfig) -> tuple[StageModule, dict]:
     """The stage module for ``cfg.kind`` and a dict of lineage facts (teacher checkpoint...)."""
     lineage: dict = {}
+    cplx = cfg.data.complex  # complex data: two-channel (real, imag) networks
     if cfg.kind == "teacher":
-        return PlainStage(model_from_config(cfg.teacher)), lineage
+        return PlainStage(model_from_config(cfg.teacher, cplx)), lineage
     if cfg.kind == "student":
-        return PlainStage(model_from_config(cfg.student)), lineage
+        return PlainStage(model_from_config(cfg.student, cplx)), lineage
     if cfg.kind == "sft":
-        model = SFTModel(model_from_config(cfg.teacher), model_from_config(cfg.student))
+        model = SFTModel(model_from_config(cfg.teacher, cplx), model_from_config(cfg.student, cplx))
         return SFTStage(model, cfg.sft.w_s, cfg.sft.w_imit), lineage
     # kd
     ckpt_path = Path(cfg.teacher_checkpoint)
     ckpt = load_checkpoint(ckpt_path)
     teacher_kind = ckpt["arch"].get("type")
     teacher = load_model(ckpt_path, part="teacher")
-    expected = model_from_config(cfg.teacher).arch
+    expected = model_from_config(cfg.teacher, cplx).arch
     if teacher.arch != expected:
         raise CheckpointError(
             f"teacher checkpoint {ckpt_path}: teacher is {teacher.arch}, config says {expected}"
         )
-    student = model_from_config(cfg.student)
+    student = model_from_config(cfg.student, cplx)
     if cfg.kd.init == "sft":
         if teacher_kind != "sft":
             raise CheckpointError(

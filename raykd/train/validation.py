@@ -12,6 +12,7 @@ from torch.utils.data import Subset
 
 from raykd.data.dataset import SliceDataset
 from raykd.data.sampling import validation_shard
+from raykd.data.transforms import magnitude
 from raykd.train.precision import autocast
 
 
@@ -34,6 +35,8 @@ def validate_stage(
     max, MSE over all its voxels) averaged over volumes: the same number as the final
     evaluation's ``final_val_psnr`` (:mod:`raykd.metrics`), so model selection, searches and
     tables use one PSNR. Per-volume sums are accumulated, so any sharding gives the same value.
+    Complex data (two channels): ``val/loss`` is the training L1 over real and imaginary parts,
+    ``val/psnr`` is computed on the magnitudes, like every reported metric.
     """
     stage.eval()
     idx, w = validation_shard(len(dataset), rank, world)
@@ -54,6 +57,7 @@ def validate_stage(
         pos += len(target)
         l1 = (pred - target).abs().mean(dim=(1, 2, 3))
         acc += torch.stack([(l1 * wb).sum(), wb.sum()])
+        pred, target = magnitude(pred), magnitude(target)
         sse = ((pred - target).to(dt) ** 2).sum(dim=(1, 2, 3))
         vol[0].index_add_(0, v, sse * wb.to(dt))
         vol[1].index_add_(0, v, wb.to(dt) * target[0].numel())
