@@ -21,8 +21,36 @@ def add_job_args(p: argparse.ArgumentParser) -> None:
         "else the cluster a `ray start` on this machine recorded, else a private local Ray)",
     )
     g.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
-    g.add_argument("--workers", type=int, help="Ray Train workers (DDP ranks) per stage")
+    g.add_argument(
+        "--workers",
+        help="Ray Train workers (DDP ranks) per stage: N for every kind, or per stage kind "
+        "(teacher=4,sft=4,student=1,kd=1; kinds not named: 1); default: the preset's workers, "
+        "else 1",
+    )
+    g.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the stage graph (what trains, what is reused), the critical path and a "
+        "cost estimate, then exit: no Ray, no training",
+    )
+    g.add_argument(
+        "--cluster",
+        help="the cluster --plan estimates for: NODESxCPUScpu[GPUSgpu], e.g. 4x8cpu, 16x8gpu "
+        "(default: this machine)",
+    )
+    g.add_argument(
+        "--calibrate-steps",
+        type=int,
+        default=2,
+        help="timed training steps per stage shape when the store has no measured cost "
+        "(cached in <root>/calibration.json; default 2)",
+    )
     g.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
+    g.add_argument(
+        "--cpus-per-worker",
+        type=int,
+        help="CPUs per Ray Train worker on a CPU cluster (default: up to 4 per trial)",
+    )
     g.add_argument(
         "--local-train",
         action="store_true",
@@ -75,10 +103,44 @@ def add_grid_args(p: argparse.ArgumentParser) -> None:
         help="seeded Cartesian masks even where the paper's fixed masks apply",
     )
     p.add_argument(
+        "--trial-unit",
+        choices=["row", "seed"],
+        help="Tune trial = one row (fills a cluster) or all rows of a seed",
+    )
+    p.add_argument(
         "--kd-balance",
         type=float,
         help="r: calibrate each KD weight so weighted KD = r x L1 at the start",
     )
+
+
+def job_workers(args: argparse.Namespace, spec) -> dict[str, int] | None:
+    """Workers per stage kind: --workers, else the preset's ``workers:``, else None (1)."""
+    from raykd.errors import ConfigError
+    from raykd.plan.cost import parse_workers
+
+    if args.workers:
+        try:
+            return parse_workers(args.workers)
+        except ConfigError:  # pre-flight lists it with every other problem (check_job_flags)
+            return None
+    return parse_workers(spec.workers) if spec.workers else None
+
+
+def print_plan(args: argparse.Namespace, spec, rows, title: str) -> int:
+    """``--plan``: the stage graph, critical path and estimate; nothing starts."""
+    from pathlib import Path
+
+    from raykd.orchestration.estimate import format_plan, plan_job, this_machine
+    from raykd.paths import default_run_root
+    from raykd.plan.cost import parse_cluster, parse_workers
+
+    cluster = parse_cluster(args.cluster) if args.cluster else this_machine()
+    workers = job_workers(args, spec) or parse_workers(1)
+    root = Path(args.root or default_run_root()).expanduser().resolve()
+    plan = plan_job(spec, rows, root, cluster, workers, args.calibrate_steps)
+    print(format_plan(plan, title))
+    return 0
 
 
 def _start_job(
@@ -88,6 +150,7 @@ def _start_job(
     params: dict,
     run_name: str,
     local_default: bool | str = False,
+    workers: dict[str, int] | None = None,
 ):
     from raykd.orchestration.console import set_verbose
     from raykd.orchestration.job import start_job
@@ -102,10 +165,11 @@ def _start_job(
         experiment=args.experiment or experiment,
         tracking_uri=args.tracking_uri,
         address=args.address,
-        workers=args.workers,
+        workers=workers,
         max_concurrent=args.max_concurrent,
         local_train=True if args.local_train else local_default,
         num_cpus=args.num_cpus,
+        cpus_per_worker=args.cpus_per_worker,
     )
 
 
@@ -125,6 +189,7 @@ def grid_overrides(args: argparse.Namespace) -> dict:
         "sr_degradation": args.sr_degradation,
         "kd_balance": getattr(args, "kd_balance", None),
         "fixed_masks": getattr(args, "fixed_masks", None),
+        "trial_unit": getattr(args, "trial_unit", None),
     }
     if args.epochs is not None:  # 0 is a value to refuse, not "no flag"
         over["epochs"] = {k: args.epochs for k in STAGE_KINDS}
@@ -132,22 +197,33 @@ def grid_overrides(args: argparse.Namespace) -> dict:
 
 
 def run_grid_args(args: argparse.Namespace) -> int:
-    from raykd.orchestration.grid import grid_stage_ids, run_grid
-    from raykd.orchestration.interrupt import received
-    from raykd.orchestration.job import finish_job, interrupt_job
     from raykd.orchestration.preflight import load_checked_preset, preflight_grid
     from raykd.plan.presets import preset_label
 
     spec, problems = load_checked_preset(args.preset or "smoke", grid_overrides(args), args)
     args.preset = preset_label(args.preset or "smoke")
-    preflight_grid(spec, problems, args.workers)  # before Ray starts: one line per problem
+    workers = job_workers(args, spec)
+    preflight_grid(spec, problems, workers)  # before Ray starts: one line per problem
+    if args.plan:
+        from raykd.plan.rows import grid_rows
+
+        return print_plan(args, spec, grid_rows(spec), f"grid {args.preset}")
+    from raykd.orchestration.grid import grid_stage_ids, run_grid
+    from raykd.orchestration.interrupt import received
+    from raykd.orchestration.job import finish_job, interrupt_job
+
+    params = {"preset": args.preset, **spec.model_dump(mode="json")}
+    if workers:
+        from raykd.plan.cost import describe_workers
+
+        params["workers_per_kind"] = describe_workers(workers)
     job = _start_job(
-        args,
-        f"grid-{args.preset}",
-        f"raykd-{args.preset}",
-        {"preset": args.preset, **spec.model_dump(mode="json")},
-        run_name=args.preset,
+        args, f"grid-{args.preset}", f"raykd-{args.preset}", params, args.preset, workers=workers
     )
+    from raykd.orchestration.timeline import announce_estimate, log_timeline, report_actual
+    from raykd.plan.rows import grid_rows
+
+    plan = announce_estimate(job, spec, grid_rows(spec), workers)
     try:
         rows = run_grid(spec, job)
     except BaseException as exc:
@@ -157,7 +233,9 @@ def run_grid_args(args: argparse.Namespace) -> int:
         raise
     failed = [r for r in rows if r.get("error")]
     status = "FAILED" if failed else "FINISHED"
-    finish_job(job, rows, status=status, warnings=spec.budget_warnings())
+    stats = log_timeline(job)
+    summary = finish_job(job, rows, status=status, warnings=spec.budget_warnings())
+    report_actual(job, plan, summary["wall_clock_s"], stats)
     for r in failed:
         print(f"FAILED {r['label']}: {r['error']}", file=sys.stderr)
     from raykd.orchestration.console import HIDDEN_HINT, is_verbose
@@ -209,16 +287,26 @@ def search_preset(args: argparse.Namespace, search) -> str:
 def run_search_args(args: argparse.Namespace) -> int:
     import json
 
-    from raykd.orchestration.interrupt import received
-    from raykd.orchestration.job import finish_job, interrupt_job
     from raykd.orchestration.preflight import load_checked_preset, preflight_search
-    from raykd.orchestration.search import run_search, search_rows
     from raykd.plan.search_space import load_search
 
     search = load_search(args.space, {"num_samples": args.num_samples})
     preset = search_preset(args, search)
     base, problems = load_checked_preset(preset, grid_overrides(args), args)
-    preflight_search(search, base, problems, args.workers)  # before Ray starts
+    workers = job_workers(args, base)
+    preflight_search(search, base, problems, workers)  # before Ray starts
+    if args.plan:
+        from raykd.plan.search_space import sampled_rows
+
+        title = (
+            f"search {search.name} (the stage settings its space can sample, one each; each of "
+            f"its {search.num_samples} trials trains its own {search.row} stage at that cost)"
+        )
+        return print_plan(args, base, sampled_rows(search, base), title)
+    from raykd.orchestration.interrupt import received
+    from raykd.orchestration.job import finish_job, interrupt_job
+    from raykd.orchestration.search import run_search, search_rows
+
     job = _start_job(
         args,
         f"search-{search.name}",
@@ -226,6 +314,7 @@ def run_search_args(args: argparse.Namespace) -> int:
         {"space": search.model_dump(mode="json"), "preset": preset},
         run_name=f"search-{search.name}",
         local_default=False if args.ray_train else "auto",
+        workers=workers,
     )
     try:
         out = run_search(search, base, job, resume=not args.fresh)
@@ -240,7 +329,14 @@ def run_search_args(args: argparse.Namespace) -> int:
     path.write_text(json.dumps(json_safe(out)[0], indent=1, default=str, allow_nan=False))
     job.tracking.log_artifact(job.run_id, path)
     rows = search_rows(out)
-    finish_job(job, rows)
+    from raykd.orchestration.timeline import log_timeline
+
+    stats = log_timeline(job)
+    summary = finish_job(job, rows)
+    if stats:
+        from raykd.orchestration.timeline import report_actual
+
+        report_actual(job, None, summary["wall_clock_s"], stats)
     per_volume = base.max_slices_per_volume
     scope = (
         f"split val, {'at most ' + str(per_volume) if per_volume else 'all'} slices per volume, "

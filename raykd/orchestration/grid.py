@@ -17,7 +17,7 @@ from typing import Any
 from raykd.errors import error_summary
 from raykd.plan.presets import GridSpec
 from raykd.plan.rows import Row, grid_rows, trial_groups
-from raykd.plan.stages import NO_OVERRIDES, StageOverrides, row_requests
+from raykd.plan.stages import NO_OVERRIDES, ROW_STAGES, StageOverrides, row_requests
 
 
 def run_rows(
@@ -42,6 +42,15 @@ def run_rows(
     own = [reqs[-1] for reqs in per_row]
     records = ensure_stages(deps + own, ctx, tune_report=tune_report)
     return [records[req.stage_id] for req in own]
+
+
+def dependencies_first(groups: list[list[Row]]) -> list[list[Row]]:
+    """Trials in the order that fills a cluster: every seed's teachers and plain students
+    before any KD row (stable otherwise). In table order a KD row's trial started early and held
+    its slot waiting for its teacher, while other seeds' teachers queued behind it; now the
+    teachers of all seeds train at once and each seed's KD rows start when their teacher ends.
+    """
+    return sorted(groups, key=lambda g: any(len(ROW_STAGES[r.kind]) > 1 for r in g))
 
 
 def grid_stage_ids(spec: GridSpec) -> list[str]:
@@ -121,7 +130,7 @@ def run_grid(spec: GridSpec, job) -> list[dict[str, Any]]:
     from raykd.orchestration.runner import context_to_dict
 
     rows = grid_rows(spec)
-    row_groups = trial_groups(spec, rows)
+    row_groups = dependencies_first(trial_groups(spec, rows))
     job.ctx.numbers = stage_numbers(spec, row_groups)
     groups = [[r.to_dict() for r in group] for group in row_groups]
     spec_d = spec.model_dump(mode="json")
@@ -136,7 +145,11 @@ def run_grid(spec: GridSpec, job) -> list[dict[str, Any]]:
             "ctx": context_to_dict(job.ctx),
             "rows": tune.grid_search(groups),
         },
-        tune_config=tune.TuneConfig(max_concurrent_trials=job.resources.concurrency),
+        # A trial's actor imports torch, Ray Train and MLflow (seconds; a minute on an
+        # oversubscribed node): a finished trial's actor runs the next one instead.
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=job.resources.concurrency, reuse_actors=True
+        ),
         run_config=tune.RunConfig(
             name=f"{name}-{job.run_id[:8]}", storage_path=str(storage), verbose=tune_verbosity()
         ),

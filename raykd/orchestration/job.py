@@ -59,6 +59,7 @@ def start_job(
     local_train: bool | str = False,
     num_cpus: int | None = None,
     run_name: str | None = None,
+    cpus_per_worker: int | None = None,
 ) -> Job:
     """Start (or join) Ray, open the MLflow job run and the stage store.
 
@@ -73,7 +74,7 @@ def start_job(
     root.mkdir(parents=True, exist_ok=True)
     init_ray(address, num_cpus=num_cpus)
     install_handlers()  # after Ray: replaces its driver's abort-on-SIGTERM
-    resources = plan_resources(workers, max_concurrent)
+    resources = plan_resources(workers, max_concurrent, cpus_per_worker)
     if local_train == "auto":
         local_train = not resources.use_gpu and resources.workers == 1
     uri = tracking_uri or default_tracking_uri(root)

@@ -61,10 +61,13 @@ def check_spec_flags(spec: GridSpec) -> list[str]:
     return problems
 
 
-def check_stages(spec: GridSpec, rows: list[Row], workers: int | None = None) -> list[str]:
+def check_stages(
+    spec: GridSpec, rows: list[Row], workers: int | dict[str, int] | None = None
+) -> list[str]:
     """Build and validate every stage config the rows need; generate their masks; scan data.
 
-    ``workers``: the DDP ranks per stage; each stage's (global) batch must split evenly over them.
+    ``workers``: the DDP ranks per stage (one count, or one per stage kind); each stage's
+    (global) batch must split evenly over its kind's ranks.
     """
     from raykd.data.sources import build_datasets
 
@@ -77,11 +80,14 @@ def check_stages(spec: GridSpec, rows: list[Row], workers: int | None = None) ->
             except RaykdError as exc:
                 problems.append(f"{row.label} ({kind}): {_first_line(exc)}")
                 continue
-            if workers and cfg.data.batch_size % workers:
+            n = workers.get(kind, 1) if isinstance(workers, dict) else workers
+            if n and cfg.data.batch_size % n:
+                mixed = isinstance(workers, dict) and len(set(workers.values())) > 1
+                flag = f"{kind}={n}" if mixed else str(n)
                 problems.append(
-                    f"--workers {workers}: the global batch of {row.label} ({kind}), "
+                    f"--workers {flag}: the global batch of {row.label} ({kind}), "
                     f"data.batch_size {cfg.data.batch_size}, cannot be split evenly over "
-                    f"{workers} workers; use a batch size that is a multiple of {workers}"
+                    f"{n} workers; use a batch size that is a multiple of {n}"
                 )
             key = cfg.data.model_dump_json()
             if key in seen_data:
@@ -96,13 +102,21 @@ def check_stages(spec: GridSpec, rows: list[Row], workers: int | None = None) ->
 
 def check_job_flags(args) -> list[str]:
     problems = []
+    workers = getattr(args, "workers", None)
+    if isinstance(workers, str):
+        from raykd.plan.cost import parse_workers
+
+        try:
+            parse_workers(workers)
+        except RaykdError as exc:
+            problems.append(str(exc))
     for flag, name in (
         ("--workers", "workers"),
         ("--max-concurrent", "max_concurrent"),
         ("--num-cpus", "num_cpus"),
     ):
         value = getattr(args, name, None)
-        if value is not None and value < 1:
+        if isinstance(value, int) and value < 1:
             problems.append(f"{flag} {value}: expected >= 1")
     if getattr(args, "epochs", None) is not None and args.epochs < 1:
         problems.append(f"--epochs {args.epochs}: expected >= 1")
@@ -136,7 +150,7 @@ def raise_problems(problems: list[str]) -> None:
 
 
 def preflight_grid(
-    spec: GridSpec, problems: list[str] | None = None, workers: int | None = None
+    spec: GridSpec, problems: list[str] | None = None, workers: int | dict[str, int] | None = None
 ) -> None:
     """Everything ``raykd grid`` needs, before Ray starts; one line per problem."""
     problems = list(problems or [])
@@ -151,7 +165,7 @@ def preflight_search(
     search: SearchSpec,
     base: GridSpec,
     problems: list[str] | None = None,
-    workers: int | None = None,
+    workers: int | dict[str, int] | None = None,
 ) -> None:
     """Everything ``raykd search`` needs, before Ray starts; one line per problem."""
     problems = list(problems or [])

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from raykd.errors import RaykdError
-from raykd.orchestration.cluster import TrialResources, say
+from raykd.orchestration.cluster import TrialResources, say, worker_groups
 from raykd.orchestration.console import progress
 from raykd.orchestration.identity import StageRecord, StageStore
 from raykd.orchestration.stage_runs import (
@@ -143,14 +143,20 @@ def ensure_stages(
     if not pending:
         return records
     for sid in pending:  # refused here, not retried by Ray Train on every rank
-        rank_batch(unique[sid].cfg.data.batch_size, 1 if ctx.local else ctx.resources.workers)
+        cfg = unique[sid].cfg
+        rank_batch(
+            cfg.data.batch_size, 1 if ctx.local else ctx.resources.for_kind(cfg.kind).workers
+        )
     with contextlib.ExitStack() as stack:
         for sid in sorted(pending):  # one global order: no deadlock between trials
             stack.enter_context(ctx.store.lock(sid))
         pending = [sid for sid in pending if not reuse(sid)]
-        if pending:
+        # One Ray Train run per stretch of the chain with the same worker count (workers per kind).
+        kinds = [(sid, unique[sid].cfg.kind) for sid in pending]
+        for ids, res in worker_groups(kinds, ctx.resources) if pending else []:
+            part = dataclasses.replace(ctx, resources=res)
             _train_chain(
-                [(sid, unique[sid]) for sid in pending], records, ctx, tune_report, eval_splits
+                [(sid, unique[sid]) for sid in ids], records, part, tune_report, eval_splits
             )
     return records
 

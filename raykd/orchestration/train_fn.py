@@ -307,6 +307,7 @@ def finish_stage(
         # stage's wall-clock to report Ray's start/stop overhead.
         "compute_s": time.perf_counter() - started if started else None,
         "mlflow_run_id": run_id,
+        **stage_times(started),  # the job's timeline reads them
     }
     if tracking is not None:
         params = count_parameters(model)
@@ -318,3 +319,21 @@ def finish_stage(
         tracking.end_run(run_id, "FINISHED")  # now: the run's duration is the stage's
     (result.output_dir / RESULT_FILE).write_text(json.dumps(record, indent=1))
     return record
+
+
+def stage_times(started: float | None) -> dict[str, Any]:
+    """When and where rank 0 ran this stage (epoch seconds, Ray node id, host, pid)."""
+    import os
+    import socket
+
+    now = time.time()
+    node = ""
+    if ray.is_initialized():  # not when a test calls run_chain outside Ray
+        node = ray.get_runtime_context().get_node_id() or ""
+    return {
+        "started_at": now - (time.perf_counter() - started) if started else None,
+        "finished_at": now,
+        "node_id": node,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    }

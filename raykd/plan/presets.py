@@ -4,7 +4,7 @@ typed grid they describe."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -60,6 +60,11 @@ class GridSpec(BaseModel):
     sr_degradation: Literal["kspace", "image"] = "kspace"
     teacher_arch: Literal["dccnn", "dcunet", "vdsr"] = "dccnn"
     student_arch: Literal["dccnn", "dcunet", "vdsr"] = "dccnn"
+    # Ray Train workers (DDP ranks) per stage kind, e.g. {teacher: 4, sft: 4, student: 1, kd: 1}
+    # (kinds not named: 1); --workers on the command line wins. Never part of a stage's identity.
+    workers: (
+        dict[Literal["teacher", "sft", "student", "kd"], Annotated[int, Field(ge=1)]] | None
+    ) = None
     teacher_taps: list[str] | None = None  # KD tap mapping ('{c}' = every block); None: defaults
     student_taps: list[str] | None = None
     # Complex data (data.complex) for folder datasets; built-in '*_complex' datasets are complex.
