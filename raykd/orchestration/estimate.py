@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from raykd.kinds import STAGE_KINDS
 from raykd.plan.cost import ClusterShape, StageNode, critical_path, shape_key, simulate
 from raykd.plan.presets import GridSpec
 from raykd.plan.rows import Row
@@ -149,7 +150,7 @@ def stage_costs(
     machine = _machine_key()
     wanted = {n.shape: n for n in nodes.values() if not n.stored}
     teacher_ckpt: dict[str, str] = {}
-    order = sorted(wanted, key=lambda s: ["teacher", "sft", "student", "kd"].index(s.split("|")[0]))
+    order = sorted(wanted, key=lambda s: STAGE_KINDS.index(s.split("|")[0]))
     for shape in order:
         if shape in costs:
             continue

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from raykd.errors import error_summary
+from raykd.kinds import RowKind
 from raykd.plan.presets import GridSpec
 from raykd.plan.rows import Row, grid_rows, trial_groups
-from raykd.plan.stages import NO_OVERRIDES, ROW_STAGES, StageOverrides, row_requests
+from raykd.plan.stages import NO_OVERRIDES, StageOverrides, row_requests
 
 
 def run_rows(
@@ -50,7 +51,7 @@ def dependencies_first(groups: list[list[Row]]) -> list[list[Row]]:
     its slot waiting for its teacher, while other seeds' teachers queued behind it; now the
     teachers of all seeds train at once and each seed's KD rows start when their teacher ends.
     """
-    return sorted(groups, key=lambda g: any(len(ROW_STAGES[r.kind]) > 1 for r in g))
+    return sorted(groups, key=lambda g: any(len(RowKind(r.kind).stages) > 1 for r in g))
 
 
 def grid_stage_ids(spec: GridSpec) -> list[str]:

@@ -14,9 +14,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from raykd.kinds import STAGE_KINDS
 from raykd.orchestration.identity import StageStore
 
-KIND_COLOURS = {"teacher": "tab:red", "sft": "tab:orange", "student": "tab:blue", "kd": "tab:green"}
+KIND_COLOURS = dict(
+    zip(STAGE_KINDS, ("tab:red", "tab:orange", "tab:blue", "tab:green"), strict=True)
+)
 
 
 def stage_entries(store: StageStore, stage_ids: list[str]) -> list[dict[str, Any]]:

@@ -15,11 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from raykd.errors import ConfigError
+from raykd.kinds import STAGE_KINDS
 from raykd.plan.presets import GridSpec
 from raykd.plan.rows import Row
 from raykd.plan.stages import NO_OVERRIDES, StageOverrides, row_requests
 
-KINDS = ("teacher", "sft", "student", "kd")
+KINDS = STAGE_KINDS
 
 
 def parse_workers(text: str | int | dict | None) -> dict[str, int]:

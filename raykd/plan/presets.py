@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from raykd import kinds
 from raykd.errors import ConfigError
-from raykd.kinds import ROW_KINDS
+from raykd.kinds import ROW_KINDS, STAGE_KINDS
 from raykd.plan.budgets import Epochs, budget_warnings
 from raykd.plan.datasets import DatasetEntry, builtin_datasets, catalogue_entries
 from raykd.plan.package_data import GRID_FILE_NAME, search_space_file
@@ -63,7 +63,7 @@ class GridSpec(BaseModel):
     # Ray Train workers (DDP ranks) per stage kind, e.g. {teacher: 4, sft: 4, student: 1, kd: 1}
     # (kinds not named: 1); --workers on the command line wins. Never part of a stage's identity.
     workers: (
-        dict[Literal["teacher", "sft", "student", "kd"], Annotated[int, Field(ge=1)]] | None
+        dict[Literal[STAGE_KINDS], Annotated[int, Field(ge=1)]] | None  # type: ignore[valid-type]
     ) = None
     teacher_taps: list[str] | None = None  # KD tap mapping ('{c}' = every block); None: defaults
     student_taps: list[str] | None = None
