@@ -137,6 +137,26 @@ def _grid(data: Path, root: Path, gcs: str) -> list[str]:
     ]  # fmt: skip
 
 
+def test_trial_drivers_of_ray_train_stages_run_on_the_head(tmp_path):
+    """Train's controller runs where its trial does: a trial on a worker node would die with
+    it (seen: both rows failed with an ActorUnavailableError), so such trials pin the head."""
+    from raykd.orchestration.cluster import TrialResources
+    from raykd.orchestration.identity import StageStore
+    from raykd.orchestration.job import HEAD_NODE, tune_trainable
+    from raykd.orchestration.runner import StageContext
+
+    def ctx(local: bool) -> StageContext:
+        return StageContext(
+            StageStore(tmp_path), None, TrialResources(2, False, 1, 1, 1), local=local
+        )
+
+    fn = test_trial_drivers_of_ray_train_stages_run_on_the_head
+    assert HEAD_NODE in tune_trainable(fn, ctx(False))._resources.required_resources
+    assert HEAD_NODE in tune_trainable(fn)._resources.required_resources  # the grid's trials
+    # Trials that train in their own process hold CPUs and may run on any node.
+    assert HEAD_NODE not in tune_trainable(fn, ctx(True))._resources.required_resources
+
+
 def _reference(stage_dir: Path, store: Path) -> dict:
     """The same teacher stage trained uninterrupted, in this process (the runner's local path,
     1 worker: ``data.batch_size`` is the global batch, so this is the 2-worker result)."""
