@@ -193,7 +193,9 @@ def test_worker_node_lost_mid_stage_job_finishes_on_the_head(tiny_data, tmp_path
         )
         reader.start()
         while not any(p.read_text().strip() for p in root.glob("stages/teacher-*/metrics.jsonl")):
-            assert job.poll() is None and time.time() - t0 < 300, "the teacher never trained"
+            if job.poll() is not None or time.time() - t0 > 300:
+                reader.join(timeout=10)
+                pytest.fail("the teacher never trained:\n" + "".join(x for _, x in lines)[-3000:])
             time.sleep(0.05)
         (raylet,) = [p for p in _pids(f"--node_manager_port={node_port}") if p in _pids("raylet")]
         node = _children(raylet)  # the node's Ray workers and agents
