@@ -2,12 +2,14 @@
 
 Two Ray nodes on this one host, as ``scripts/two_node_smoke.sh`` starts them (``ray start
 --head`` and ``ray start --address``, every port from a private free range, their own temp
-dirs; ``ray stop`` is never called: only the processes naming these temp dirs are stopped).
-The head has 2 CPUs, the worker node 1. While the job's placement group is made, a 1-CPU
-actor holds one head CPU, so the 2 Train workers span both nodes (as on a cluster whose head
-is busy); it is released once training runs, so the head alone can host a restarted group.
-Then the worker node's raylet is SIGKILLed mid-teacher.
-"""
+dirs; ``ray stop`` is never called: only processes naming these temp dirs or carrying this
+test's environment tag are stopped). The head has 2 CPUs, the worker node 1. While the job's
+placement group is made, a 1-CPU actor holds one head CPU, so the 2 Train workers span both
+nodes (as on a cluster whose head is busy); it is released once training runs, so the head
+alone can host a restarted group. Then the worker node's raylet and every process it started
+are SIGKILLed mid-teacher: the machine is gone. (The raylet alone is not a node loss on one
+host: its Train worker kept training over DDP's own sockets and the stage finished without a
+restart, the node being marked dead only afterwards.)"""
 
 from __future__ import annotations
 
