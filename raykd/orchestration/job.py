@@ -31,6 +31,7 @@ from raykd.tracking import schema as S
 from raykd.tracking.mlflow_store import NOTE_TAG
 
 TRIAL_MEMORY = 512 * 1024**2  # the trial driver itself; its Train workers reserve their own CPUs
+HEAD_NODE = "node:__internal_head__"  # a resource only Ray's head node has
 
 
 @dataclass
@@ -104,8 +105,10 @@ def tune_trainable(fn, ctx: StageContext | None = None):
         # Stages train in the trial's process: the trial holds the CPUs a worker would.
         cpus = ctx.resources.cpus_per_worker * ctx.resources.workers
         return tune.with_resources(fn, {"cpu": cpus, "memory": TRIAL_MEMORY})
-    # The trial driver reserves no CPU (its Train workers do); {"cpu": 0} alone raises.
-    return tune.with_resources(fn, {"cpu": 0, "memory": TRIAL_MEMORY})
+    # The trial driver reserves no CPU (its Train workers do); {"cpu": 0} alone raises. It
+    # runs on the head node, with the job's driver: Ray Train's controller follows it there,
+    # and a worker node lost mid-stage then costs a worker-group restart, not the trial.
+    return tune.with_resources(fn, {"cpu": 0, "memory": TRIAL_MEMORY, HEAD_NODE: 0.001})
 
 
 def trial_failure_config(ctx: StageContext):
