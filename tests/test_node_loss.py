@@ -154,7 +154,7 @@ def test_trial_drivers_of_ray_train_stages_run_on_the_head(tmp_path):
 
     fn = test_trial_drivers_of_ray_train_stages_run_on_the_head
     assert HEAD_NODE in tune_trainable(fn, ctx(False))._resources.required_resources
-    assert HEAD_NODE in tune_trainable(fn)._resources.required_resources  # the grid's trials
+    assert HEAD_NODE in tune_trainable(fn)._resources.required_resources  # no context: Train
     # Trials that train in their own process hold CPUs and may run on any node.
     assert HEAD_NODE not in tune_trainable(fn, ctx(True))._resources.required_resources
 

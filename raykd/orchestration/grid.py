@@ -140,7 +140,7 @@ def run_grid(spec: GridSpec, job) -> list[dict[str, Any]]:
     # A killed grid is resumed by running it again: finished stages are reused from the stage
     # store and unfinished ones continue from their last Ray Train checkpoint.
     tuner = tune.Tuner(
-        tune_trainable(grid_trial),
+        tune_trainable(grid_trial, job.ctx),
         param_space={
             "spec": spec_d,
             "ctx": context_to_dict(job.ctx),
