@@ -78,8 +78,13 @@ class GridSpec(BaseModel):
 
     def dataset(self, name: str) -> DatasetEntry | None:
         """The catalogue entry of a dataset key (the preset file's, else a built-in), or None
-        for a folder of h5 named directly."""
-        return self.catalogue.get(name) or builtin_datasets().get(name)
+        for a folder of h5 named directly (never looked up in the shipped YAML, which a cluster
+        node that got raykd through py_modules does not have)."""
+        if name in self.catalogue:
+            return self.catalogue[name]
+        if "/" in name or Path(name).expanduser().is_dir():
+            return None
+        return builtin_datasets().get(name)
 
     def budget_warnings(self) -> list[str]:
         """Where student rows get unequal epochs (see :mod:`raykd.plan.budgets`)."""
@@ -158,7 +163,11 @@ def load_preset(name: str, overrides: dict[str, Any] | None = None) -> GridSpec:
         spec = GridSpec.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, where)) from None
-    named = {k: v for k, v in catalogue.items() if k in spec.datasets}
+    # Every named entry travels inside the spec (Tune trials, Train workers): a process on a
+    # cluster node gets raykd through py_modules, without the shipped YAML next to it.
+    named = {
+        ds: e for ds in spec.datasets if (e := catalogue.get(ds) or builtin_datasets().get(ds))
+    }
     spec = spec.model_copy(update={"catalogue": {**spec.catalogue, **named}})
     known = sorted({*builtin_datasets(), *catalogue})
     for ds in spec.datasets:
