@@ -31,3 +31,13 @@ def default_run_root() -> Path:
     """Where jobs write and reports read when no ``--root`` is given: ``$RAYKD_HOME``, else
     ``~/raykd-runs`` (read at call time, so a job and its report agree in one environment)."""
     return Path(os.environ.get("RAYKD_HOME", "~/raykd-runs")).expanduser()
+
+
+def write_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename, so a reader (another
+    trial, a killed process's successor) sees the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from raykd.paths import write_atomic
 from raykd.plan.identity import (  # noqa: F401 - the identity rules live in the plan
     KD_LOSS_DEFINITIONS,
     LATER_DEFAULTS,
@@ -84,9 +85,7 @@ class StageStore:
         marker.parent.mkdir(parents=True, exist_ok=True)
         if record.checkpoints is None:
             record = replace(record, checkpoints=checkpoint_digests(Path(record.output_dir)))
-        tmp = marker.with_suffix(".tmp")
-        tmp.write_text(record.to_json())
-        os.replace(tmp, marker)
+        write_atomic(marker, record.to_json())
         return record
 
     def get_intact(self, stage_id: str) -> tuple[StageRecord | None, str | None]:

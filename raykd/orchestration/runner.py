@@ -172,6 +172,14 @@ def in_this_store(record: StageRecord, ctx: StageContext) -> StageRecord:
     return dataclasses.replace(record, mlflow_run_id=run_id)
 
 
+def prior_use(out: Path) -> str:
+    """What training a stage folder now amounts to: ``reused`` (an interrupted job finished it:
+    its result.json exists), ``resumed`` (its last.pt exists) or ``trained`` (from scratch)."""
+    if (out / RESULT_FILE).is_file():
+        return "reused"
+    return "resumed" if (out / "last.pt").is_file() else "trained"
+
+
 def _train_chain(chain, records, ctx: StageContext, tune_report: bool, eval_splits) -> None:
     """Train ``chain`` (stage id, request) in order in one Ray Train run; record each stage."""
     planned: dict[str, dict] = {}
@@ -180,13 +188,7 @@ def _train_chain(chain, records, ctx: StageContext, tune_report: bool, eval_spli
     before: dict[str, str] = {}
     for sid, req in chain:
         out = ctx.store.stage_dir(sid)
-        before[sid] = (
-            "reused"
-            if (out / RESULT_FILE).is_file()
-            else "resumed"
-            if (out / "last.pt").is_file()
-            else "trained"
-        )
+        before[sid] = prior_use(out)
         updates = {"output_dir": str(out), "progress": False, "name": sid}
         teacher_kind, teacher_run = None, ""
         if req.teacher_id is not None:

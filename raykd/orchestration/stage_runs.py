@@ -23,6 +23,7 @@ import yaml
 
 from raykd.errors import RaykdError
 from raykd.orchestration.identity import StageRecord, StageStore
+from raykd.paths import write_atomic
 from raykd.plan.identity import used_config
 from raykd.tracking import Tracking
 from raykd.tracking import schema as S
@@ -98,9 +99,7 @@ def remember_run(stage_dir: str | Path, uri: str, run_id: str) -> None:
     path = Path(stage_dir) / RUNS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {**known_runs(stage_dir), uri: run_id}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
+    write_atomic(path, json.dumps(data, indent=1))
 
 
 def open_stage_run(config: dict[str, Any], stage: dict[str, Any], created: dict[str, str]):

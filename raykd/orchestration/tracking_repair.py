@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from raykd.errors import error_summary
+from raykd.paths import write_atomic
 
 PENDING_FILE = "tracking_pending.json"
 COMPLETE_TAG = "raykd.tracking_complete"
@@ -76,9 +77,7 @@ def _write_pending(stage_dir: Path, data: dict[str, str]) -> None:
     if not data:
         path.unlink(missing_ok=True)
         return
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
+    write_atomic(path, json.dumps(data, indent=1))
 
 
 class BestEffort:

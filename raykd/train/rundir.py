@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from raykd.errors import ConfigError
+from raykd.paths import write_atomic
 
 IDENTITY_FILE = "identity.json"
 NOT_IDENTITY = {
@@ -179,7 +180,5 @@ def drop_records_after(path: Path, epochs: int) -> int:
     lines = [line for line in path.read_text().splitlines() if line.strip()]
     keep = [line for line in lines if json.loads(line).get("epoch", 0) <= epochs]
     if len(keep) != len(lines):
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        tmp.replace(path)
+        write_atomic(path, "".join(line + "\n" for line in keep))
     return len(lines) - len(keep)
