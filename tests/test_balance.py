@@ -116,6 +116,7 @@ def test_ratio_warnings() -> None:
 
 
 def test_ratios_and_weights_in_mlflow(tiny_config, teacher_ckpt, tmp_path):
+    from raykd.orchestration.messages import ChainRequest, PlannedStage
     from raykd.orchestration.train_fn import run_training
     from raykd.tracking import Tracking
 
@@ -126,14 +127,9 @@ def test_ratios_and_weights_in_mlflow(tiny_config, teacher_ckpt, tmp_path):
         "kd",
         **{"teacher_checkpoint": teacher_ckpt, "kd.method": "nst", "kd.balance": "{ratio: 0.3}"},
     )
-    config = {
-        "stage": cfg.to_dict(),
-        "output_dir": cfg.output_dir,
-        "tracking_uri": uri,
-        "experiment": "balance",
-        "mlflow_run_id": run_id,
-    }
-    run_training(config, rank=0, report=None, resume_from=None)
+    stage = PlannedStage(stage=cfg, output_dir=cfg.output_dir, mlflow_run_id=run_id)
+    chain = ChainRequest(stages=[stage], tracking_uri=uri, experiment="balance", root=str(tmp_path))
+    run_training(chain, stage, rank=0, report=None, resume_from=None)
     history = tracking.client.get_metric_history(run_id, "train_ratio_kd")
     by_step = {m.step: m.value for m in history}
     assert sorted(by_step) == [0, 1, 2]  # before training, then per epoch

@@ -66,7 +66,7 @@ def test_override_that_breaks_the_rule_is_reported(tmp_path, capsys) -> None:
     ctx = StageContext(StageStore(tmp_path), tracking, resources, parent_run_id=run_id)
     job = Job("grid-smoke", tmp_path, ctx, tracking, run_id, time.time())
     summary = finish_job(job, [], warnings=warnings)
-    assert summary["warnings"] == warnings
+    assert summary.warnings == warnings
     assert f"WARNING: {warnings[0]}" in capsys.readouterr().out
 
 

@@ -32,15 +32,15 @@ def test_complex_smoke_grid_trains_and_compares(ray_session, tmp_path, monkeypat
     rows = run_grid(spec, job)
     summary = finish_job(job, rows)
     assert len(rows) == len(grid_rows(spec)) == 14
-    assert all(not r.get("error") and r["val_psnr"] > 0 for r in rows)
-    assert summary["stages_trained"] == 14
+    assert all(r.ok and r.psnr > 0 for r in rows)
+    assert summary.stages_trained == 14
     # The registered best student is a TorchScript network on the packed complex input.
     import mlflow.pytorch
     import torch
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", job.tracking.uri)
     mlflow.set_tracking_uri(job.tracking.uri)
-    model = mlflow.pytorch.load_model(f"models:/{summary['registered_model']['name']}@champion")
+    model = mlflow.pytorch.load_model(f"models:/{summary.registered_model.name}@champion")
     assert model(torch.rand(2, 5, 64, 64)).shape == (2, 2, 64, 64)
 
     result = compare(["cx"], out_dir=tmp_path / "cmp", tracking_uri=job.tracking.uri)

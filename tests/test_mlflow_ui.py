@@ -77,24 +77,24 @@ def test_model_lives_with_the_run_and_loads_after_cwd_is_gone(jobs, tmp_path, mo
 
     assert jobs["cwd_left"] == set(), "the job wrote into its working directory"
     assert jobs["checkout_new"] == set(), "the job wrote into the checkout's mlruns/"
-    tracking, reg = jobs["tracking"], jobs["summary"]["registered_model"]
+    tracking, reg = jobs["tracking"], jobs["summary"].registered_model
     monkeypatch.chdir(tmp_path)  # the job's working directory no longer exists
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking.uri)
     mlflow.set_tracking_uri(tracking.uri)
-    model = mlflow.pytorch.load_model(f"models:/{reg['name']}@champion")
+    model = mlflow.pytorch.load_model(f"models:/{reg.name}@champion")
     assert model(torch.rand(2, 4, 32, 32)).shape == (2, 1, 32, 32)
     assert not (tmp_path / "mlruns").exists()
     # The logged model belongs to the job's experiment and store, linked to the best run.
     client = tracking.client
     (logged,) = client.search_logged_models(experiment_ids=[tracking.experiment_id])
-    assert logged.source_run_id == reg["run_id"]
+    assert logged.source_run_id == reg.run_id
     assert Path(logged.artifact_location.removeprefix("file://")).is_relative_to(jobs["root"])
-    outputs = client.get_run(reg["run_id"]).outputs.model_outputs
+    outputs = client.get_run(reg.run_id).outputs.model_outputs
     assert [o.model_id for o in outputs] == [logged.model_id]  # "Logged models (1)"
-    version = client.get_model_version(reg["name"], reg["version"])
-    best = next(r for r in jobs["rows"] if r["mlflow_run_id"] == reg["run_id"])
-    assert f"Row **{best['row']}**" in version.description
-    assert f"{best['val_psnr']:.2f} dB" in version.description
+    version = client.get_model_version(reg.name, reg.version)
+    best = next(r for r in jobs["rows"] if r.mlflow_run_id == reg.run_id)
+    assert f"Row **{best.row.kind}**" in version.description
+    assert f"{best.psnr:.2f} dB" in version.description
     assert "Teacher:" in version.description
 
 
@@ -124,14 +124,14 @@ def test_stage_runs_log_their_own_sections_and_name_their_teacher(jobs):
 @pytest.mark.ray
 def test_rerun_shows_each_stage_once_and_the_job_lists_all_rows(jobs):
     tracking, job2 = jobs["tracking"], jobs["job2"]
-    assert jobs["summary2"]["stages_trained"] == 0
+    assert jobs["summary2"].stages_trained == 0
     stages = tracking.runs(ui.STAGE_FILTER)  # what the shared view shows
     names = [r.info.run_name for r in stages]
     assert len(names) == len(set(names)) == len(ROWS), names
     children = tracking.children(job2.run_id)  # the rerun's tree: one reuse link per row
     assert sorted(c.data.tags[S.TAG_ROLE] for c in children) == ["reuse"] * len(ROWS)
     assert all(c.info.run_name.startswith("reused: ") for c in children)
-    assert [r["mlflow_run_id"] for r in jobs["rows2"]] == [r["mlflow_run_id"] for r in jobs["rows"]]
+    assert [r.mlflow_run_id for r in jobs["rows2"]] == [r.mlflow_run_id for r in jobs["rows"]]
     # The view the job prints is stored on the experiment.
     tags = tracking.client.get_experiment(tracking.experiment_id).tags
     assert ui.VIEW_TAG in tags

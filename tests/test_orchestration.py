@@ -14,6 +14,7 @@ import torch
 
 from raykd.orchestration.cluster import TrialResources
 from raykd.orchestration.identity import StageStore
+from raykd.orchestration.messages import FaultInjection
 from raykd.orchestration.runner import StageContext
 from raykd.plan.identity import stage_identity
 from raykd.plan.rows import Row, row_label
@@ -95,8 +96,8 @@ def test_grid_trains_teacher_once_and_reuses_it(ray_session, tiny_data, tmp_path
     job = start_job("grid-test", {"test": 1}, **kwargs)
     rows = run_grid(spec, job)
     summary = finish_job(job, rows)
-    assert [r["label"].split("/")[-1] for r in rows] == ["at", "sp"]
-    assert all(r["val_psnr"] > 0 and not r.get("error") for r in rows)
+    assert [r.label.split("/")[-1] for r in rows] == ["at", "sp"]
+    assert all(r.ok and r.psnr > 0 for r in rows)
     teachers = _stage_runs(job.tracking, "teacher")
     kds = _stage_runs(job.tracking, "kd")
     assert len(teachers) == 1 and len(kds) == 2  # trained exactly once, used by both trials
@@ -107,18 +108,18 @@ def test_grid_trains_teacher_once_and_reuses_it(ray_session, tiny_data, tmp_path
         assert kd.data.tags[S.TAG_ROW] == "std_kd"
         assert kd.data.tags[S.PARENT_TAG if hasattr(S, "PARENT_TAG") else "mlflow.parentRunId"]
         assert "final_val_psnr" in kd.data.metrics
-    assert summary["stages_trained"] == 3 and summary["stages_reused"] == 0
+    assert summary.stages_trained == 3 and summary.stages_reused == 0
     for run in [teacher_run, *kds]:  # how many ranks, and which batches, trained each stage
         params = run.data.params
         assert params["compute.world_size"] == "1", run.info.run_name
         assert params["compute.global_batch"] == params["compute.rank_batch"] == "2"
     # The summary says how they computed (tiny_grid pins fp32: the same on every CPU).
-    (path, n), *_ = summary["compute_paths"].items()
-    assert len(summary["compute_paths"]) == 1 and path.startswith("fp32/contiguous on ") and n == 3
+    (path, n), *_ = summary.compute_paths.items()
+    assert len(summary.compute_paths) == 1 and path.startswith("fp32/contiguous on ") and n == 3
     # The best student is in the model registry and loads back as a working model.
-    reg = summary["registered_model"]
-    best = max(rows, key=lambda r: r["val_psnr"])
-    assert reg["run_id"] == best["mlflow_run_id"]
+    reg = summary.registered_model
+    best = max(rows, key=lambda r: r.psnr)
+    assert reg.run_id == best.mlflow_run_id
     import mlflow.pytorch
 
     # mlflow.set_tracking_uri also exports $MLFLOW_TRACKING_URI, which every later job of the
@@ -126,7 +127,7 @@ def test_grid_trains_teacher_once_and_reuses_it(ray_session, tiny_data, tmp_path
     monkeypatch.setenv("MLFLOW_TRACKING_URI", job.tracking.uri)
     mlflow.set_tracking_uri(job.tracking.uri)
     # TorchScript (nothing unpickled) with one packed [B, 4, H, W] input, any batch size.
-    model = mlflow.pytorch.load_model(f"models:/{reg['name']}@champion")
+    model = mlflow.pytorch.load_model(f"models:/{reg.name}@champion")
     assert isinstance(model, torch.jit.ScriptModule)
     assert model(torch.rand(3, 4, 32, 32)).shape == (3, 1, 32, 32)
     artifacts = {a.path for a in job.tracking.client.list_artifacts(kds[0].info.run_id)}
@@ -135,9 +136,9 @@ def test_grid_trains_teacher_once_and_reuses_it(ray_session, tiny_data, tmp_path
     job2 = start_job("grid-test", {"test": 2}, **kwargs)
     rows2 = run_grid(spec.model_copy(update={"trial_unit": "seed"}), job2)  # one trial, 2 rows
     summary2 = finish_job(job2, rows2)
-    assert summary2["stages_trained"] == 0 and summary2["stages_reused"] >= 3
+    assert summary2.stages_trained == 0 and summary2.stages_reused >= 3
     assert len(_stage_runs(job2.tracking, "teacher")) == 1
-    assert [r["val_psnr"] for r in rows2] == [r["val_psnr"] for r in rows]
+    assert [r.psnr for r in rows2] == [r.psnr for r in rows]
 
 
 @pytest.mark.ray
@@ -165,7 +166,7 @@ def test_optuna_search_logs_trials_under_parent(ray_session, tiny_data, tmp_path
     job = start_job("search-test", {}, root=tmp_path, experiment="search", local_train=True)
     out = run_search(search, base, job, resume=False)
     finish_job(job, search_rows(out))
-    assert len(out["trials"]) == 3 and "best" in out
+    assert len(out.trials) == 3 and out.best is not None
     trials = job.tracking.runs(f"tags.`{S.TAG_ROLE}` = 'trial'")
     assert len(trials) == 3
     finished = [r for r in trials if r.info.status == "FINISHED"]
@@ -178,20 +179,20 @@ def test_optuna_search_logs_trials_under_parent(ray_session, tiny_data, tmp_path
     # The plain teacher is shared by every trial: trained once per seed.
     teachers = _stage_runs(job.tracking, "teacher")
     assert sorted(r.data.tags[S.TAG_SEED] for r in teachers) == ["42", "43"]
-    for t in out["trials"]:
-        if not t["error"] and t.get("stage_id"):
-            assert len(t["stage_id"].split(",")) == 2
-    study = optuna.load_study(study_name=out["study"]["name"], storage=out["study"]["storage"])
+    for t in out.trials:
+        if not t.error and t.report is not None:
+            assert len(t.report.stage_id.split(",")) == 2
+    study = optuna.load_study(study_name=out.study_name, storage=out.storage)
     assert len(study.trials) == 3
     assert study.metric_names == ["val_psnr"]  # figures and optuna-dashboard name the objective
     # Early stopping is reported as such, never as a failure; trial runs are named by params.
     import re
 
-    for t in out["trials"]:
-        assert t["error"] is None
-        assert (t["val_psnr"] is None) == bool(t["stopped"]), t
-        if t["stopped"]:
-            assert re.fullmatch(r"stopped at epoch \d+ by ASHA", t["stopped"]), t
+    for t in out.trials:
+        assert t.error is None
+        assert (t.value("val_psnr") is None) == bool(t.stopped), t
+        if t.stopped:
+            assert re.fullmatch(r"stopped at epoch \d+ by ASHA", t.stopped), t
     for run in trials:
         assert run.info.run_name.startswith("method=") and "kd_weight_scale=" in run.info.run_name
         if run.info.status == "KILLED":
@@ -219,14 +220,7 @@ def test_optuna_search_logs_trials_under_parent(ray_session, tiny_data, tmp_path
     # Extending the persisted study: a new search with the same name adds to it.
     more = search.model_copy(update={"num_samples": 1})
     run_search(more, base, job, resume=False)
-    assert (
-        len(
-            optuna.load_study(
-                study_name=out["study"]["name"], storage=out["study"]["storage"]
-            ).trials
-        )
-        == 4
-    )
+    assert len(optuna.load_study(study_name=out.study_name, storage=out.storage).trials) == 4
 
 
 @pytest.mark.ray
@@ -247,7 +241,9 @@ def test_chain_resumes_after_killed_worker(ray_session, tiny_data, tmp_path, whe
         StageStore(tmp_path / "killed_run"),
         _tracking(tmp_path),
         ONE_CPU,
-        fault_injection={"kill_after_epoch": 1, "marker": str(marker), "kind": "kd", "when": when},
+        fault_injection=FaultInjection(
+            kill_after_epoch=1, marker=str(marker), kind="kd", when=when
+        ),
     )
     records = ensure_stages([teacher, kd], ctx)
     assert marker.exists()  # the worker really was killed once, during the KD stage
@@ -380,8 +376,8 @@ def test_search_restores_after_driver_is_killed(ray_session, tiny_data, tmp_path
     base = tiny_grid(tiny_data, epochs={"teacher": 1, "sft": 1, "student": 1, "kd": 4})
     out = run_search(search, base, job, resume=True)
     finish_job(job, [])
-    assert len(out["trials"]) == 3  # the restored experiment, not a new one of 3 more
-    assert all(t.get("val_psnr") is not None and not t["error"] for t in out["trials"])
+    assert len(out.trials) == 3  # the restored experiment, not a new one of 3 more
+    assert all(t.value("val_psnr") is not None and not t.error for t in out.trials)
     # One MLflow run per stage: nothing finished before the kill was trained again. (How
     # many KD stages there are depends on where the kill fell relative to Tune's periodic
     # experiment snapshot: a trial the snapshot missed is sampled anew.)

@@ -22,6 +22,7 @@ from tests.report_helpers import cell, section, stage_tags
 
 @pytest.fixture(scope="module")
 def finished_stage(tmp_path_factory, tiny_data) -> dict:
+    from raykd.orchestration.messages import ChainRequest, PlannedStage
     from raykd.orchestration.train_fn import run_training
     from raykd.tracking import Tracking
     from raykd.train.config import load_config
@@ -41,14 +42,9 @@ def finished_stage(tmp_path_factory, tiny_data) -> dict:
     tracking = Tracking(uri, "zf", root / "artifacts")
     tags = {**stage_tags("teacher"), S.TAG_TEACHER_DEPTH: "3"}
     run_id = tracking.start_run("teacher", tags)
-    config = {
-        "stage": cfg.to_dict(),
-        "output_dir": cfg.output_dir,
-        "tracking_uri": uri,
-        "experiment": "zf",
-        "mlflow_run_id": run_id,
-    }
-    run_training(config, rank=0, report=None, resume_from=None)
+    stage = PlannedStage(stage=cfg, output_dir=cfg.output_dir, mlflow_run_id=run_id)
+    chain = ChainRequest(stages=[stage], tracking_uri=uri, experiment="zf", root=str(root))
+    run_training(chain, stage, rank=0, report=None, resume_from=None)
     return {"cfg": cfg, "uri": uri, "run_id": run_id, "tracking": tracking}
 
 

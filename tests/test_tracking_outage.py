@@ -112,7 +112,7 @@ def test_outage_longer_than_retry_budget_heals_one_run_per_stage(
     job = Job("outage", store.root, ctx, tracking, job_run, t0)
     summary = finish_job(job, [])
     out = capsys.readouterr().out
-    recovery = summary["recovery"]
+    recovery = summary.recovery
     assert set(recovery["tracking_failed"]) == set(recovery["tracking_repaired"]) == set(records)
     assert recovery["tracking_pending"] == []
     assert "2 stage run(s) repaired from the stage files" in out, out

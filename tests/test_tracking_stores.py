@@ -54,7 +54,7 @@ def test_reuse_across_tracking_stores_names_tree_and_registry(
         return j, rows, finish_job(j, rows), before
 
     j1, rows1, s1, _ = job(first)
-    assert s1["stages_trained"] == 2 and s1["registered_model"]["version"] == "1"
+    assert s1.stages_trained == 2 and s1.registered_model.version == "1"
     # Names say what a run is; the experiment opens on MLflow 3's training-runs view.
     exp = j1.tracking.client.get_experiment(j1.tracking.experiment_id)
     assert exp.tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
@@ -66,22 +66,22 @@ def test_reuse_across_tracking_stores_names_tree_and_registry(
     job_run = j1.tracking.client.get_run(j1.run_id)
     note = job_run.data.tags[NOTE_TAG]
     assert "| row |" in note and note.count("**best**") == 1 and "std_kd" in note
-    best = max((r for r in rows1 if r["row"] == "std_kd"), key=lambda r: r["val_psnr"])
-    assert job_run.data.metrics["best_val_psnr"] == pytest.approx(best["val_psnr"])
+    best = max((r for r in rows1 if r.row.kind == "std_kd"), key=lambda r: r.psnr)
+    assert job_run.data.metrics["best_val_psnr"] == pytest.approx(best.psnr)
     figures = {a.path for a in j1.tracking.client.list_artifacts(j1.run_id, "figures")}
     assert any(f.endswith("-results.png") for f in figures), figures
 
     # A new tracking store over the same --root: nothing retrains, nothing dies; the finished
     # stages are re-registered there with metrics, params, artifacts and lineage.
     j2, rows2, s2, before2 = job(second)
-    assert s2["stages_trained"] == 0 and s2["stages_reused"] == 2
-    assert [r["val_psnr"] for r in rows2] == [r["val_psnr"] for r in rows1]
+    assert s2.stages_trained == 0 and s2.stages_reused == 2
+    assert [r.psnr for r in rows2] == [r.psnr for r in rows1]
     teacher = _stage_runs(j2.tracking, "teacher")
     kd = _stage_runs(j2.tracking, "kd")
     assert len(teacher) == 1 and len(kd) == 1
     t_run, kd_run = teacher[0], kd[0]
     assert kd_run.data.tags[S.TAG_TEACHER_RUN] == t_run.info.run_id
-    assert kd_run.data.tags[TAG_SOURCE_RUN] == rows1[-1]["mlflow_run_id"]
+    assert kd_run.data.tags[TAG_SOURCE_RUN] == rows1[-1].mlflow_run_id
     assert kd_run.data.params["kind"] == "kd" and "final_val_psnr" in kd_run.data.metrics
     history = j2.tracking.client.get_metric_history(kd_run.info.run_id, "val_psnr")
     assert [m.step for m in history] == [1]  # one epoch, as trained
@@ -91,7 +91,7 @@ def test_reuse_across_tracking_stores_names_tree_and_registry(
         t_run.info.run_id,
         kd_run.info.run_id,
     }
-    assert s2["registered_model"]["run_id"] == kd_run.info.run_id
+    assert s2.registered_model.run_id == kd_run.info.run_id
     # Registering leaves the run's end time (its duration) alone.
     assert j2.tracking.client.get_run(kd_run.info.run_id).info.end_time / 1000 <= before2
 
@@ -99,7 +99,7 @@ def test_reuse_across_tracking_stores_names_tree_and_registry(
     # tree still shows every row, as light links to the runs that trained them.
     j3, _, s3, _ = job(second)
     assert len(_stage_runs(j3.tracking)) == 2
-    assert s3["registered_model"]["version"] == s2["registered_model"]["version"] == "1"
+    assert s3.registered_model.version == s2.registered_model.version == "1"
     links = _children(j3.tracking, j3.run_id)
     assert sorted(r.data.tags[TAG_SOURCE_RUN] for r in links) == sorted(
         [t_run.info.run_id, kd_run.info.run_id]

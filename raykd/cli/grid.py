@@ -231,13 +231,13 @@ def run_grid_args(args: argparse.Namespace) -> int:
             raise interrupt_job(job, got or exc, grid_stage_ids(spec)) from None
         finish_job(job, [], status="FAILED")
         raise
-    failed = [r for r in rows if r.get("error")]
+    failed = [r for r in rows if r.error]
     status = "FAILED" if failed else "FINISHED"
     stats = log_timeline(job)
     summary = finish_job(job, rows, status=status, warnings=spec.budget_warnings())
-    report_actual(job, plan, summary["wall_clock_s"], stats)
+    report_actual(job, plan, summary.wall_clock_s, stats)
     for r in failed:
-        print(f"FAILED {r['label']}: {r['error']}", file=sys.stderr)
+        print(f"FAILED {r.label}: {r.error}", file=sys.stderr)
     from raykd.orchestration.console import HIDDEN_HINT, is_verbose
 
     if failed and not is_verbose():
@@ -285,8 +285,6 @@ def search_preset(args: argparse.Namespace, search) -> str:
 
 
 def run_search_args(args: argparse.Namespace) -> int:
-    import json
-
     from raykd.orchestration.preflight import load_checked_preset, preflight_search
     from raykd.plan.search_space import load_search
 
@@ -303,10 +301,6 @@ def run_search_args(args: argparse.Namespace) -> int:
             f"its {search.num_samples} trials trains its own {search.row} stage at that cost)"
         )
         return print_plan(args, base, sampled_rows(search, base), title)
-    from raykd.orchestration.interrupt import received
-    from raykd.orchestration.job import finish_job, interrupt_job
-    from raykd.orchestration.search import run_search, search_rows
-
     job = _start_job(
         args,
         f"search-{search.name}",
@@ -316,6 +310,20 @@ def run_search_args(args: argparse.Namespace) -> int:
         local_default=False if args.ray_train else "auto",
         workers=workers,
     )
+    out = _run_search_job(args, search, base, job)
+    print_search(search, base, out)
+    return 0
+
+
+def _run_search_job(args: argparse.Namespace, search, base, job):
+    """The search, its result file on the job run, the job's summary; an interrupt or failure
+    closes the job run (KILLED / FAILED) first."""
+    from raykd.orchestration.interrupt import received
+    from raykd.orchestration.job import finish_job, interrupt_job
+    from raykd.orchestration.search import run_search, search_rows
+    from raykd.orchestration.timeline import log_timeline, report_actual
+    from raykd.strict_json import dumps_strict
+
     try:
         out = run_search(search, base, job, resume=not args.fresh)
     except BaseException as exc:
@@ -324,36 +332,29 @@ def run_search_args(args: argparse.Namespace) -> int:
         finish_job(job, [], status="FAILED")
         raise
     path = job.root / f"search-{search.name}-{job.run_id[:8]}.json"
-    from raykd.train.evaluate import json_safe  # strict JSON: a NaN objective becomes null
-
-    path.write_text(json.dumps(json_safe(out)[0], indent=1, default=str, allow_nan=False))
+    path.write_text(dumps_strict(out.model_dump(mode="json")))  # a NaN objective becomes null
     job.tracking.log_artifact(job.run_id, path)
-    rows = search_rows(out)
-    from raykd.orchestration.timeline import log_timeline
-
     stats = log_timeline(job)
-    summary = finish_job(job, rows)
+    summary = finish_job(job, search_rows(out))
     if stats:
-        from raykd.orchestration.timeline import report_actual
+        report_actual(job, None, summary.wall_clock_s, stats)
+    return out
 
-        report_actual(job, None, summary["wall_clock_s"], stats)
+
+def print_search(search, base, out) -> None:
+    """The best trial (or the Pareto front) and where the Optuna study is."""
     per_volume = base.max_slices_per_volume
     scope = (
         f"split val, {'at most ' + str(per_volume) if per_volume else 'all'} slices per volume, "
         "mean over seeds"
     )
-    if "best" in out:
-        print(
-            f"best trial: {out['best']['params']} -> {search.objectives[0].metric} "
-            f"{out['best'][search.objectives[0].metric]:.3f} ({scope})"
-        )
-    for t in out.get("pareto", []):
-        print(
-            f"pareto: {t['params']} -> "
-            + ", ".join(f"{o.metric} {t[o.metric]:.4g}" for o in search.objectives)
-        )
-    print(f"Optuna study '{out['study']['name']}' in {out['study']['storage']}")
-    return 0
+    first = search.objectives[0].metric
+    if out.best is not None:
+        print(f"best trial: {out.best.params} -> {first} {out.best.value(first):.3f} ({scope})")
+    for t in out.pareto:
+        values = ", ".join(f"{o.metric} {t.value(o.metric):.4g}" for o in search.objectives)
+        print(f"pareto: {t.params} -> {values}")
+    print(f"Optuna study '{out.study_name}' in {out.storage}")
 
 
 def search_main(argv: list[str] | None = None, prog: str = "search_kd_weights.py") -> int:

@@ -16,9 +16,12 @@ from typing import Any
 
 from raykd.errors import error_summary
 from raykd.kinds import RowKind
+from raykd.orchestration.messages import ROW_RESULTS, GridTrial, RowResult
 from raykd.plan.presets import GridSpec
 from raykd.plan.rows import Row, grid_rows, trial_groups
 from raykd.plan.stages import NO_OVERRIDES, StageOverrides, row_requests
+
+ROWS_METRIC = "rows_json"  # the Tune metric that carries a trial's rows (ROW_RESULTS JSON)
 
 
 def run_rows(
@@ -88,92 +91,77 @@ def run_row(
 def grid_trial(config: dict[str, Any]) -> None:
     """Ray Tune function trainable: one grid row, or all rows of one setting and seed.
 
-    ``config`` holds the spec's and rows' own dumps (validated back here, once) and the stage
-    context. Reports each row's result (label, stage, MLflow run, validation metrics) as JSON
-    so a multi-row trial still yields one table row per grid row.
+    Reports each row's :class:`RowResult` (label, stage, MLflow run, validation metrics) as the
+    JSON of the typed list, so a multi-row trial still yields one table row per grid row.
     """
     from ray import tune
 
-    from raykd.orchestration.runner import context_from_dict
+    from raykd.orchestration.context import context_from_spec
 
-    spec = GridSpec.model_validate(config["spec"])
-    rows = [Row.model_validate(r) for r in config["rows"]]
-    ctx = context_from_dict(config["ctx"])
-    entries = []
-    records = run_rows(spec, rows, ctx)
-    for row, record in zip(rows, records, strict=True):
-        val = (record.metrics or {}).get("val", {})
-        entries.append(
-            {
-                **row.to_dict(),
-                "label": row.label,
-                **{f"val_{k}": v for k, v in val.items()},
-                "scope": eval_scope(record.output_dir, "val"),
-                "stage_id": record.stage_id,
-                "mlflow_run_id": record.mlflow_run_id or "",
-            }
-        )
-    last = entries[-1]
-    tune.report(
-        {
-            **{k: v for k, v in last.items() if k.startswith("val_")},
-            "rows_json": json.dumps(entries),
-        }
+    trial = GridTrial.model_validate(config)  # the boundary: checked once, typed after
+    records = run_rows(trial.spec, trial.rows, context_from_spec(trial.ctx))
+    results = [row_result(row, record) for row, record in zip(trial.rows, records, strict=True)]
+    val = {f"val_{k}": v for k, v in results[-1].val.items()}
+    tune.report({**val, ROWS_METRIC: ROW_RESULTS.dump_json(results).decode()})
+
+
+def row_result(row: Row, record) -> RowResult:
+    """A finished row: its stage's validation metrics and what they average over."""
+    return RowResult(
+        label=row.label,
+        row=row,
+        val=(record.metrics or {}).get("val", {}),
+        scope=eval_scope(record.output_dir, "val"),
+        stage_id=record.stage_id,
+        mlflow_run_id=record.mlflow_run_id or None,
     )
 
 
-def run_grid(spec: GridSpec, job) -> list[dict[str, Any]]:
-    """Run every row of ``spec`` through Tune trials; returns one result dict per row."""
+def run_grid(spec: GridSpec, job) -> list[RowResult]:
+    """Run every row of ``spec`` through Tune trials; returns one result per row, table order."""
     from ray import tune
 
     from raykd.orchestration.console import tune_verbosity
+    from raykd.orchestration.context import context_spec
     from raykd.orchestration.job import tune_trainable
-    from raykd.orchestration.runner import context_to_dict
 
     rows = grid_rows(spec)
     row_groups = dependencies_first(trial_groups(spec, rows))
     job.ctx.numbers = stage_numbers(spec, row_groups)
-    groups = [[r.to_dict() for r in group] for group in row_groups]
-    spec_d = spec.model_dump(mode="json")
-    name = "grid-" + hashlib.sha256(json_dumps(spec_d).encode()).hexdigest()[:10]
-    storage = job.root / "tune"
+    trial = GridTrial(spec=spec, rows=[], ctx=context_spec(job.ctx))
+    fixed = trial.model_dump(mode="json", exclude={"rows"})
+    groups = [[r.model_dump(mode="json") for r in group] for group in row_groups]
+    name = "grid-" + hashlib.sha256(json_dumps(fixed["spec"]).encode()).hexdigest()[:10]
     # A killed grid is resumed by running it again: finished stages are reused from the stage
     # store and unfinished ones continue from their last Ray Train checkpoint.
     tuner = tune.Tuner(
         tune_trainable(grid_trial, job.ctx),
-        param_space={
-            "spec": spec_d,
-            "ctx": context_to_dict(job.ctx),
-            "rows": tune.grid_search(groups),
-        },
+        param_space={**fixed, "rows": tune.grid_search(groups)},
         # A trial's actor imports torch, Ray Train and MLflow (seconds; a minute on an
         # oversubscribed node): a finished trial's actor runs the next one instead.
         tune_config=tune.TuneConfig(
             max_concurrent_trials=job.resources.concurrency, reuse_actors=True
         ),
         run_config=tune.RunConfig(
-            name=f"{name}-{job.run_id[:8]}", storage_path=str(storage), verbose=tune_verbosity()
+            name=f"{name}-{job.run_id[:8]}",
+            storage_path=str(job.root / "tune"),
+            verbose=tune_verbosity(),
         ),
     )
-    results = tuner.fit()
-    out: list[dict[str, Any]] = []
-    for result in results:
-        metrics = dict(result.metrics or {})
-        if "rows_json" in metrics:
-            out.extend(json.loads(metrics["rows_json"]))
-            continue
-        # The trial failed before reporting: one failed entry per row it owned.
-        for data in (result.config or {}).get("rows", []):
-            row = Row.model_validate(data)
-            out.append(
-                {
-                    **row.to_dict(),
-                    "label": row.label,
-                    "error": error_summary(result.error) if result.error else "no result",
-                }
-            )
+    out = [entry for result in tuner.fit() for entry in trial_results(result)]
     order = {r.label: i for i, r in enumerate(rows)}
-    return sorted(out, key=lambda e: order.get(e["label"], len(order)))
+    return sorted(out, key=lambda e: order.get(e.label, len(order)))
+
+
+def trial_results(result) -> list[RowResult]:
+    """A finished trial's rows as it reported them; a trial that failed before reporting: one
+    failed result per row it owned."""
+    metrics = result.metrics or {}
+    if ROWS_METRIC in metrics:
+        return ROW_RESULTS.validate_json(metrics[ROWS_METRIC])
+    why = error_summary(result.error) if result.error else "no result"
+    rows = GridTrial.model_validate(result.config).rows if result.config else []
+    return [RowResult(label=row.label, row=row, error=why) for row in rows]
 
 
 def eval_scope(output_dir: str, split: str) -> str:

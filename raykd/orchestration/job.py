@@ -8,14 +8,14 @@
 
 from __future__ import annotations
 
-import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from raykd.kinds import STUDENT_ROWS
 from raykd.orchestration.cluster import TrialResources, init_ray, plan_resources, say
+from raykd.orchestration.context import StageContext
 from raykd.orchestration.identity import StageStore
 from raykd.orchestration.interrupt import (
     JobInterrupted,
@@ -23,9 +23,11 @@ from raykd.orchestration.interrupt import (
     resume_command,
     stage_progress,
 )
-from raykd.orchestration.runner import StageContext
+from raykd.orchestration.messages import JobSummary, RegisteredModel, RowResult, best_row
 from raykd.orchestration.tracking_repair import outage_lines, outage_summary, repair_pending
 from raykd.paths import default_run_root
+from raykd.report.job_results import results_figure, results_markdown, row_outcome
+from raykd.strict_json import dumps_strict
 from raykd.tracking import Tracking, default_tracking_uri, ui
 from raykd.tracking import schema as S
 from raykd.tracking.mlflow_store import NOTE_TAG
@@ -130,7 +132,7 @@ def interrupt_job(
     finished, interrupted = stage_progress(dirs, job.started)
     summary = finish_job(job, [], status="KILLED", quiet=True)
     done = f"{len(finished)} of {len(dirs)} stages finished during this job"
-    done += f" ({summary['stages_reused']} reused)" if summary["stages_reused"] else ""
+    done += f" ({summary.stages_reused} reused)" if summary.stages_reused else ""
     cut = f"; interrupted: {', '.join(interrupted)}" if interrupted else ""
     exc.args = (
         f"interrupted by {exc.signame}: {done}{cut}; rerun to resume (finished stages are "
@@ -141,217 +143,159 @@ def interrupt_job(
 
 def finish_job(
     job: Job,
-    rows: list[dict[str, Any]],
+    rows: list[RowResult],
     status: str = "FINISHED",
     warnings: list[str] | None = None,
     quiet: bool = False,
-) -> dict[str, Any]:
-    """Log stages.json and the summary to the job run, print the summary, close the run.
+) -> JobSummary:
+    """Summarise the job, log it to its MLflow run (closed with ``status``), print it.
 
     ``warnings`` (e.g. unequal epoch budgets from an override) are printed with the summary and
     stored in it.
     """
     repair_pending(job.ctx.store, job.tracking, job.run_id, job.run_id)
-    recovery = outage_summary(job.root, job.run_id)
-    uses = job.ctx.store.uses(job.run_id)
-    trained, resumed, reused = uses["trained"], uses["resumed"], uses["reused"]
-    wall = time.time() - job.started
-    records = [job.ctx.store.get(sid) for sid in trained + resumed]
-    compute = sum(r.compute_s or 0.0 for r in records if r is not None)
-    stage_wall = sum(r.wall_clock_s or 0.0 for r in records if r is not None)
-    paths: dict[str, int] = {}
-    for r in records:
-        if r is not None and r.compute:
-            c = r.compute
-            key = f"{c['compute.precision']}/{c['compute.memory_format']} on "
-            key += (
-                c["compute.device"] if c["compute.device"] != "cpu" else c["compute.cpu_capability"]
-            )
-            if "compute.world_size" in c:  # stages stored before the world size was recorded
-                key += f", world size {c['compute.world_size']}"
-            paths[key] = paths.get(key, 0) + 1
-    summary = {
-        "job_run_id": job.run_id,
-        "wall_clock_s": round(wall, 1),
-        # Everything but the stages' own set-up/training/evaluation: Ray start-up, Tune and
-        # Train scheduling, worker start/stop, MLflow calls.
-        "overhead_s": round(max(0.0, wall - compute), 1),
-        "overhead_fraction": round(max(0.0, wall - compute) / wall, 4) if wall else None,
-        "stage_overhead_s": round(max(0.0, stage_wall - compute), 1),
-        "stages_trained": len(trained),
-        "stages_resumed": len(resumed),
-        "stages_reused": len(reused),
-        "recovery": recovery,  # tracking outages, repairs, stage restarts (tracking_repair)
-        "compute_paths": paths,  # how the trained stages computed (precision/memory format)
-        "rows": rows,
-        "warnings": list(warnings or []),
-    }
-    path = job.root / f"{job.name}-{job.run_id[:8]}-stages.json"
-    from raykd.train.evaluate import json_safe  # strict JSON: a NaN metric becomes null
+    summary = log_job(job, summarise_job(job, rows, warnings), status)
+    if not quiet:
+        for line in summary_lines(job, summary):
+            print(line)
+    return summary
 
-    path.write_text(json.dumps(json_safe(summary)[0], indent=1, default=str, allow_nan=False))
+
+def summarise_job(job: Job, rows: list[RowResult], warnings: list[str] | None) -> JobSummary:
+    """What the job did, from the stage store (trained, resumed, reused; compute) and its rows."""
+    uses = job.ctx.store.uses(job.run_id)
+    wall = time.time() - job.started
+    records = [r for sid in uses["trained"] + uses["resumed"] if (r := job.ctx.store.get(sid))]
+    compute = sum(r.compute_s or 0.0 for r in records)
+    stage_wall = sum(r.wall_clock_s or 0.0 for r in records)
+    return JobSummary(
+        job_run_id=job.run_id,
+        wall_clock_s=round(wall, 1),
+        overhead_s=round(max(0.0, wall - compute), 1),
+        overhead_fraction=round(max(0.0, wall - compute) / wall, 4) if wall else None,
+        stage_overhead_s=round(max(0.0, stage_wall - compute), 1),
+        stages_trained=len(uses["trained"]),
+        stages_resumed=len(uses["resumed"]),
+        stages_reused=len(uses["reused"]),
+        recovery=outage_summary(job.root, job.run_id),
+        compute_paths=compute_paths(r.compute for r in records),
+        rows=rows,
+        warnings=list(warnings or []),
+    )
+
+
+def compute_paths(computes: Iterable[dict[str, str] | None]) -> dict[str, int]:
+    """How many stages computed each way, e.g. ``bf16/channels_last on avx512_bf16, world size
+    1``."""
+    paths: dict[str, int] = {}
+    for c in computes:
+        if not c:
+            continue
+        device = (
+            c["compute.device"] if c["compute.device"] != "cpu" else c["compute.cpu_capability"]
+        )
+        key = f"{c['compute.precision']}/{c['compute.memory_format']} on {device}"
+        if "compute.world_size" in c:  # stages stored before the world size was recorded
+            key += f", world size {c['compute.world_size']}"
+        paths[key] = paths.get(key, 0) + 1
+    return paths
+
+
+def log_job(job: Job, summary: JobSummary, status: str) -> JobSummary:
+    """The summary file, metrics, best row, description and figure on the job run; the best
+    student registered; the run closed. Returns the summary with its file and model."""
+    path = job.root / f"{job.name}-{job.run_id[:8]}-stages.json"
+    path.write_text(dumps_strict(summary.file_data()))  # strict JSON: a NaN metric is null
     job.tracking.log_artifact(job.run_id, path)
+    recovery = summary.recovery
     job.tracking.log_metrics(
         job.run_id,
         {
-            "wall_clock_s": summary["wall_clock_s"],
-            "stages_trained": len(trained),
-            "stages_resumed": len(resumed),
-            "stages_reused": len(reused),
-            "overhead_s": summary["overhead_s"],
+            "wall_clock_s": summary.wall_clock_s,
+            "stages_trained": summary.stages_trained,
+            "stages_resumed": summary.stages_resumed,
+            "stages_reused": summary.stages_reused,
+            "overhead_s": summary.overhead_s,
             "tracking_failures": len(recovery["tracking_failed"]),
             "tracking_repaired": len(recovery["tracking_repaired"]),
             "tracking_pending": len(recovery["tracking_pending"]),
             "stage_restarts": recovery["stage_restarts"],
         },
     )
-    best = best_row(rows)
-    if best is not None:
-        job.tracking.log_metrics(
-            job.run_id,
-            {f"best_{k}": best[k] for k in best if k.startswith("val_") and best[k] is not None},
-        )
+    if (best := summary.best) is not None:
+        values = {f"best_val_{k}": v for k, v in best.val.items() if v is not None}
+        job.tracking.log_metrics(job.run_id, values)
         job.tracking.set_tags(
-            job.run_id, {"raykd.best_label": best["label"], "raykd.best_run_id": best["run"]}
+            job.run_id, {"raykd.best_label": best.label, "raykd.best_run_id": best.run}
         )
-    job.tracking.set_tags(job.run_id, {NOTE_TAG: results_markdown(job, rows, summary, best)})
-    if (figure := results_figure(job, rows, best)) is not None:
+    markdown = results_markdown(summary, job.name, job.tracking.uri, job.tracking.experiment_id)
+    job.tracking.set_tags(job.run_id, {NOTE_TAG: markdown})
+    stage_dirs = {
+        r.stage_id: rec.output_dir
+        for r in summary.rows
+        if r.stage_id and (rec := job.ctx.store.get(r.stage_id))
+    }
+    figure = job.root / f"{job.name}-{job.run_id[:8]}-results.png"
+    if results_figure(summary, stage_dirs, job.name, figure) is not None:
         job.tracking.log_artifact(job.run_id, figure, "figures")
-    registered = register_best_student(job, rows)
-    if registered:
-        summary["registered_model"] = registered
+    registered = register_best_student(job, summary.rows)
     job.tracking.close_unfinished(job.run_id)
     job.tracking.end_run(job.run_id, status)
-    if quiet:
-        return summary
-    print(
-        f"\n== {job.name}: {len(rows)} rows in {summary['wall_clock_s']:.0f}s; "
-        f"{len(trained)} stages trained, {len(resumed)} resumed, {len(reused)} reused =="
-    )
-    print(
-        f"Ray/orchestration overhead: {summary['overhead_s']:.0f}s "
-        f"({100 * (summary['overhead_fraction'] or 0):.1f}% of the wall-clock; the rest is data "
-        "set-up, training and evaluation inside the workers)"
-    )
-    if paths:
-        print("compute path of trained stages: " + ", ".join(f"{k} ×{n}" for k, n in paths.items()))
-    width = max((len(r.get("label", "")) for r in rows), default=10)
-    scopes = {r.get("scope") for r in rows if r.get("scope")}
-    if len(scopes) == 1:
-        print(f"val PSNR (dB) / SSIM of each row's best checkpoint on {scopes.pop()}:")
-    for r in rows:
-        mark = "  <- best" if best is not None and r.get("label") == best["label"] else ""
-        scope = f"  ({r['scope']})" if len(scopes) > 1 and r.get("scope") else ""
-        print(f"  {r.get('label', ''):{width}s}  {row_outcome(r)}{mark}{scope}")
-    print(f"\nMLflow store: {job.tracking.uri}  (experiment '{job.tracking.experiment_name}')")
-    if job.tracking.uri.startswith(("http://", "https://")):
-        print("  browse:")
-    else:
-        print(f"  browse: mlflow ui --backend-store-uri {job.tracking.uri}  then open:")
-    exp = job.tracking.experiment_id
-    print(f"    {ui.stages_url(job.tracking.uri, exp)}  (every stage, results in columns)")
-    print(f"    {ui.run_url(job.tracking.uri, exp, job.run_id)}  (this job: table and figure)")
-    print(
-        f"  compare: python jobs/compare_runs.py --parent-run {job.run_id} "
-        f"--tracking-uri {job.tracking.uri}"
-    )
-    print(f"stage summary: {path}")
-    for line in outage_lines(recovery):
-        print(line)
-    for line in summary["warnings"]:
-        print(f"WARNING: {line}")
-    if registered:
-        print(
-            f"best student registered as MLflow model '{registered['name']}' "
-            f"version {registered['version']} ({registered['label']})"
-        )
-    return summary
+    return summary.model_copy(update={"registered_model": registered, "summary_file": str(path)})
 
 
-def row_outcome(r: dict[str, Any]) -> str:
-    """How a row ended, in words: its metrics, or why it has none."""
-    psnr, ssim = r.get("val_psnr"), r.get("val_ssim")
-    if psnr is not None and not r.get("error"):
-        return f"PSNR {psnr:6.2f}  SSIM {ssim:.4f}" if ssim is not None else f"PSNR {psnr:6.2f}"
-    if r.get("stopped"):
-        return str(r["stopped"])
-    return "(failed)"
-
-
-def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The student row (else any row) with the best validation PSNR, with its run id."""
-    ok = [r for r in rows if r.get("val_psnr") is not None and not r.get("error")]
-    pool = [r for r in ok if r.get("row") in STUDENT_ROWS] or ok
-    if not pool:
-        return None
-    best = max(pool, key=lambda r: r["val_psnr"])
-    return {**best, "run": best.get("mlflow_run_id") or best.get("trial_run_id") or ""}
-
-
-def results_markdown(job: Job, rows: list[dict[str, Any]], summary: dict, best) -> str:
-    """The job run's description: the winner and a link to every stage's results first (the
-    UI shows the first lines collapsed), then the rows it printed, best marked."""
-    exp = job.tracking.experiment_id
-    view = ui.stages_url(job.tracking.uri, exp).removeprefix(ui.ui_base(job.tracking.uri) + "/")
-    lines = []
-    if best is not None:
-        link = f"[{best['label']}](#/experiments/{exp}/runs/{best['run']})" if best["run"] else ""
-        outcome = " ".join(row_outcome(best).split())
-        lines.append(f"Best: **{link or best['label']}**, val {outcome}.")
-    lines += [
-        f"[Every stage with its results]({view}) · **{job.name}**: {len(rows)} rows, "
-        f"{summary['stages_trained']} stages trained, {summary['stages_reused']} reused, "
-        f"{summary['wall_clock_s']:.0f} s.",
-        "",
-        "| row | val PSNR (dB) | val SSIM | |",
-        "|---|---:|---:|---|",
+def summary_lines(job: Job, summary: JobSummary) -> list[str]:
+    """The end-of-job console summary: counts, overhead, each row's outcome, where to look."""
+    rows, best = summary.rows, summary.best
+    lines = [
+        f"\n== {job.name}: {len(rows)} rows in {summary.wall_clock_s:.0f}s; "
+        f"{summary.stages_trained} stages trained, {summary.stages_resumed} resumed, "
+        f"{summary.stages_reused} reused ==",
+        f"Ray/orchestration overhead: {summary.overhead_s:.0f}s "
+        f"({100 * (summary.overhead_fraction or 0):.1f}% of the wall-clock; the rest is data "
+        "set-up, training and evaluation inside the workers)",
     ]
+    if summary.compute_paths:
+        each = ", ".join(f"{k} ×{n}" for k, n in summary.compute_paths.items())
+        lines.append(f"compute path of trained stages: {each}")
+    width = max((len(r.label) for r in rows), default=10)
+    scopes = {r.scope for r in rows if r.scope}
+    if len(scopes) == 1:
+        lines.append(f"val PSNR (dB) / SSIM of each row's best checkpoint on {next(iter(scopes))}:")
     for r in rows:
-        psnr, ssim = r.get("val_psnr"), r.get("val_ssim")
-        ok = psnr is not None and not r.get("error")
-        cells = (f"{psnr:.2f}", f"{ssim:.4f}" if ssim is not None else "") if ok else ("—", "—")
-        note = "**best**" if best is not None and r.get("label") == best["label"] else ""
-        if not ok:
-            note = str(r.get("stopped") or "failed")
-        lines.append(f"| {r.get('label', '')} | {cells[0]} | {cells[1]} | {note} |")
-    return "\n".join(lines)[:5000]
+        mark = "  <- best" if best is not None and r.label == best.label else ""
+        scope = f"  ({r.scope})" if len(scopes) > 1 and r.scope else ""
+        lines.append(f"  {r.label:{width}s}  {row_outcome(r)}{mark}{scope}")
+    lines += _where_lines(job, summary)
+    lines += outage_lines(summary.recovery)
+    lines += [f"WARNING: {line}" for line in summary.warnings]
+    if (reg := summary.registered_model) is not None:
+        lines.append(
+            f"best student registered as MLflow model '{reg.name}' version {reg.version} "
+            f"({reg.label})"
+        )
+    return lines
 
 
-def results_figure(job: Job, rows: list[dict[str, Any]], best) -> Path | None:
-    """The job's key figure: final val PSNR per row (best highlighted) and val PSNR per epoch."""
-    done = [r for r in rows if r.get("val_psnr") is not None and not r.get("error")]
-    if not done:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (bars, curves) = plt.subplots(1, 2, figsize=(12, 0.35 * len(done) + 2.5))
-    labels = [r.get("label", "") for r in done]
-    colours = ["tab:red" if best and lab == best["label"] else "tab:blue" for lab in labels]
-    bars.barh(labels, [r["val_psnr"] for r in done], color=colours)
-    bars.set_xlim(min(r["val_psnr"] for r in done) - 1.0, max(r["val_psnr"] for r in done) + 0.5)
-    bars.invert_yaxis()
-    bars.set_xlabel("validation PSNR (dB), best checkpoint")
-    for r in done:
-        record = job.ctx.store.get(r["stage_id"]) if r.get("stage_id") else None
-        history = Path(record.output_dir) / "metrics.jsonl" if record else None
-        if history is None or not history.is_file():
-            continue
-        points = [json.loads(x) for x in history.read_text().splitlines() if x.strip()]
-        curves.plot([p["epoch"] for p in points], [p["val/psnr"] for p in points], marker=".")
-    curves.set_xlabel("epoch")
-    curves.set_ylabel("validation PSNR (dB)")
-    fig.suptitle(f"{job.name}: {len(done)} rows")
-    fig.tight_layout()
-    path = job.root / f"{job.name}-{job.run_id[:8]}-results.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+def _where_lines(job: Job, summary: JobSummary) -> list[str]:
+    """Where the job's runs are and how to browse and compare them."""
+    uri, exp = job.tracking.uri, job.tracking.experiment_id
+    lines = [f"\nMLflow store: {uri}  (experiment '{job.tracking.experiment_name}')"]
+    if uri.startswith(("http://", "https://")):
+        lines.append("  browse:")
+    else:
+        lines.append(f"  browse: mlflow ui --backend-store-uri {uri}  then open:")
+    return lines + [
+        f"    {ui.stages_url(uri, exp)}  (every stage, results in columns)",
+        f"    {ui.run_url(uri, exp, job.run_id)}  (this job: table and figure)",
+        f"  compare: python jobs/compare_runs.py --parent-run {job.run_id} --tracking-uri {uri}",
+        f"stage summary: {summary.summary_file}",
+    ]
 
 
-def register_best_student(job: Job, rows: list[dict[str, Any]], name: str | None = None):
+def register_best_student(
+    job: Job, rows: list[RowResult], name: str | None = None
+) -> RegisteredModel | None:
     """Register the student row with the best validation PSNR (once per run; the
     ``champion`` alias follows the best version). Name: ``<experiment>-student``."""
     from raykd.tracking.registry import register_model
@@ -359,10 +303,10 @@ def register_best_student(job: Job, rows: list[dict[str, Any]], name: str | None
     from raykd.train.stages import load_model
 
     name = name or f"{job.tracking.experiment_name}-student"
-    best = best_row([r for r in rows if r.get("row") in STUDENT_ROWS])
-    if best is None or not best["run"] or not best.get("stage_id"):
+    best = best_row([r for r in rows if r.is_student])
+    if best is None or not best.run or not best.stage_id:
         return None
-    record = job.ctx.store.get(best["stage_id"])
+    record = job.ctx.store.get(best.stage_id)
     if record is None:
         return None
     model = load_model(record.best_checkpoint, part="student")
@@ -372,11 +316,11 @@ def register_best_student(job: Job, rows: list[dict[str, Any]], name: str | None
     with hushed():  # MLflow prints "Successfully registered model …" itself
         version = register_model(
             job.tracking,
-            best["run"],
+            best.run,
             model,
             name,
-            score=best["val_psnr"],
+            score=best.psnr,
             size=(int(size[0]), int(size[1])),
-            label=best["label"],
+            label=best.label,
         )
-    return {"name": name, "version": version, "label": best["label"], "run_id": best["run"]}
+    return RegisteredModel(name=name, version=version, label=best.label, run_id=best.run)

@@ -18,6 +18,13 @@ from ray.tune.search.optuna import OptunaSearch
 
 from raykd.errors import error_summary
 from raykd.orchestration.grid import run_row, stage_numbers
+from raykd.orchestration.messages import (
+    RowResult,
+    SearchOutcome,
+    SearchTrial,
+    TrialOutcome,
+    TrialReport,
+)
 from raykd.plan.presets import GridSpec
 from raykd.plan.search_space import (
     OBJECTIVES,
@@ -50,27 +57,42 @@ def search_trial(config: dict[str, Any]) -> None:
     """Ray Tune function trainable: one sampled point → (reused) teacher → KD student."""
     from ray import tune
 
-    from raykd.models.base import count_parameters
-    from raykd.models.registry import build_model
-    from raykd.orchestration.runner import context_from_dict
+    from raykd.orchestration.context import context_from_spec
     from raykd.tracking import schema as S
 
-    search = SearchSpec.model_validate(config["search"])
-    base = GridSpec.model_validate(config["base"])
-    ctx = context_from_dict(config["ctx"])
-    params = {k: config[k] for k in search.params}
+    trial = SearchTrial.from_tune(config)  # the boundary: checked once, typed after
+    search, base, ctx = trial.search, trial.base, context_from_spec(trial.ctx)
+    params = {k: trial.params[k] for k in search.params}
     spec, row, overrides = trial_row_and_spec(search, base, params)
-    trial_id = tune.get_context().get_trial_id()
     run_id = None
     if ctx.tracking is not None:
         run_id = ctx.tracking.start_run(
             trial_name(params),
             parent_run_id=ctx.parent_run_id,
-            tags={S.TAG_ROLE: "trial", "raykd.trial_id": trial_id, "raykd.search": search.name},
+            tags={
+                S.TAG_ROLE: "trial",
+                "raykd.trial_id": tune.get_context().get_trial_id(),
+                "raykd.search": search.name,
+            },
             params={**params, "row": row.label},
         )
-    # Seeds: the first streams per-epoch results (what ASHA judges); the objective is the mean
-    # over all seeds, so a lucky seed cannot win the search.
+    report = _train_seeds(spec, row, base, ctx, overrides)
+    if ctx.tracking is not None and run_id:
+        objectives = {k: v for k, v in report.model_dump().items() if k in OBJECTIVES}
+        ctx.tracking.log_metrics(run_id, objectives)
+        ctx.tracking.set_tags(run_id, {"raykd.kd_run_id": report.kd_run_id})
+        ctx.tracking.end_run(run_id)
+    # Always report once more: a reused stage sent no per-epoch results.
+    tune.report(report.tune_metrics())
+
+
+def _train_seeds(spec: GridSpec, row, base: GridSpec, ctx, overrides) -> TrialReport:
+    """Train (or reuse) the trial's row for every seed. The first seed streams per-epoch
+    results (what ASHA judges); the objectives are means over all seeds, so a lucky seed cannot
+    win the search."""
+    from raykd.models.base import count_parameters
+    from raykd.models.registry import build_model
+
     per_seed = []
     seed_rows = [row.model_copy(update={"seed": seed}) for seed in base.seed_list()]
     # "stage k/N" counts this trial's stages (a search does not know its trials in advance).
@@ -85,27 +107,21 @@ def search_trial(config: dict[str, Any]) -> None:
     def mean(values: list[float]) -> float:
         return sum(values) / len(values) if values else float("nan")
 
-    final = {
-        "val_psnr": mean([b.get("val/psnr", float("nan")) for _, b in per_seed]),
-        "val_loss": mean([b.get("val/loss", float("nan")) for _, b in per_seed]),
-        "val_ssim": mean(
+    return TrialReport(
+        val_psnr=mean([b.get("val/psnr", float("nan")) for _, b in per_seed]),
+        val_loss=mean([b.get("val/loss", float("nan")) for _, b in per_seed]),
+        val_ssim=mean(
             [(r.metrics or {}).get("val", {}).get("ssim", float("nan")) for r, _ in per_seed]
         ),
-        "student_params": count_parameters(student),
-        "seeds": len(per_seed),
-        "stage_id": ",".join(r.stage_id for r, _ in per_seed),
-        "kd_run_id": ",".join(r.mlflow_run_id or "" for r, _ in per_seed),
-    }
-    if ctx.tracking is not None and run_id:
-        ctx.tracking.log_metrics(run_id, {k: v for k, v in final.items() if k in OBJECTIVES})
-        ctx.tracking.set_tags(run_id, {"raykd.kd_run_id": final["kd_run_id"]})
-        ctx.tracking.end_run(run_id)
-    # Always report once more: a reused stage sent no per-epoch results. The "/" names are the
-    # per-epoch keys Train reports, which the searcher and scheduler watch.
-    tune.report({**final, "val/psnr": final["val_psnr"], "val/loss": final["val_loss"]})
+        student_params=count_parameters(student),
+        seeds=len(per_seed),
+        stage_id=",".join(r.stage_id for r, _ in per_seed),
+        kd_run_id=",".join(r.mlflow_run_id or "" for r, _ in per_seed),
+    )
 
 
 def _history(output_dir: str) -> list[dict[str, float]]:
+    """A stage's per-epoch records (``metrics.jsonl``, written by the training loop)."""
     import json
 
     path = Path(output_dir) / "metrics.jsonl"
@@ -114,118 +130,153 @@ def _history(output_dir: str) -> list[dict[str, float]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def run_search(search: SearchSpec, base: GridSpec, job, resume: bool = True) -> dict[str, Any]:
-    """Run (or resume/extend) the search; returns trials and the best / Pareto-optimal ones."""
-    import optuna
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-
+def run_search(search: SearchSpec, base: GridSpec, job, resume: bool = True) -> SearchOutcome:
+    """Run (or resume/extend) the search; returns its trials and the best (one objective) or
+    Pareto-optimal (several) ones, and where its Optuna study is."""
     from raykd.orchestration.cluster import say
-    from raykd.orchestration.console import tune_verbosity
-    from raykd.orchestration.job import trial_failure_config, tune_trainable
-    from raykd.orchestration.runner import context_to_dict
 
     storage_url = f"sqlite:///{job.root / 'optuna.db'}"
     study_name = f"raykd-{search.name}"
+    _open_study(search, storage_url, study_name, job)
+    path = job.root / "tune" / study_name
+    scheduler = _scheduler(search, base)
+    if resume and _can_restore(path):
+        from ray import tune
+
+        from raykd.orchestration.job import tune_trainable
+
+        say(f"restoring Tune experiment {path} (Optuna study {study_name} in {storage_url})")
+        trainable = tune_trainable(search_trial, job.ctx)
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+    else:
+        tuner = _new_tuner(search, base, job, storage_url, study_name, scheduler)
+    trials = [_outcome(job, search, base, r, scheduler is not None) for r in tuner.fit()]
+    return _choose(search, trials, study_name, storage_url)
+
+
+def _open_study(search: SearchSpec, storage_url: str, study_name: str, job) -> None:
+    """Create (or load) the Optuna study; tell the job run where it is (the report finds it)."""
+    import optuna
+
     metrics = [o.metric for o in search.objectives]
-    modes = [o.mode for o in search.objectives]
-    single = len(metrics) == 1
-    # Per-epoch results carry Train's keys; a single objective must be one of them.
-    tune_metrics = [TUNE_KEYS.get(m, m) for m in metrics]
-    # Name the objectives in the study, so Optuna's plots and optuna-dashboard label their
-    # axes "val_psnr" rather than "objective 0".
     study = optuna.create_study(
         storage=storage_url,
         study_name=study_name,
-        directions=["maximize" if m == "max" else "minimize" for m in modes],
+        directions=["maximize" if o.mode == "max" else "minimize" for o in search.objectives],
         load_if_exists=True,
     )
+    # Name the objectives in the study, so Optuna's plots and optuna-dashboard label their
+    # axes "val_psnr" rather than "objective 0".
     if study.metric_names != metrics:
         study.set_metric_names(metrics)
-    if job.tracking is not None:  # the report finds the study from the job run
+    if job.tracking is not None:
         job.tracking.set_tags(
             job.run_id, {"raykd.optuna_storage": storage_url, "raykd.optuna_study": study_name}
         )
+
+
+def _tune_metrics(search: SearchSpec) -> list[str]:
+    """Per-epoch results carry Train's keys; a single objective must be one of them."""
+    return [TUNE_KEYS.get(o.metric, o.metric) for o in search.objectives]
+
+
+def _scheduler(search: SearchSpec, base: GridSpec):
+    if search.scheduler.type != "asha":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    # Train reports per epoch as "val/psnr"; max_t above the last report (epochs + final)
+    # so the trial driver is never killed before it closes its MLflow run.
+    return ASHAScheduler(
+        metric=_tune_metrics(search)[0],
+        mode=search.objectives[0].mode,
+        max_t=base.epochs.kd + 2,
+        grace_period=search.scheduler.grace_period,
+        reduction_factor=search.scheduler.reduction_factor,
+    )
+
+
+def _can_restore(path: Path) -> bool:
+    from ray import tune
+
+    return tune.Tuner.can_restore(str(path))
+
+
+def _new_tuner(search: SearchSpec, base: GridSpec, job, storage_url, study_name, scheduler):
+    import optuna
+    from ray import tune
+
+    from raykd.orchestration.console import tune_verbosity
+    from raykd.orchestration.context import context_spec
+    from raykd.orchestration.job import trial_failure_config, tune_trainable
+
+    single = len(search.objectives) == 1
+    metrics, modes = _tune_metrics(search), [o.mode for o in search.objectives]
     searcher = ResumableOptunaSearch(
         space={k: p.distribution() for k, p in search.params.items()},
-        metric=tune_metrics[0] if single else tune_metrics,
+        metric=metrics[0] if single else metrics,
         mode=modes[0] if single else modes,
         storage=optuna.storages.RDBStorage(storage_url),
         study_name=study_name,
         seed=base.first_seed,
     )
-    scheduler = None
-    if search.scheduler.type == "asha":
-        # Train reports per epoch as "val/psnr"; max_t above the last report (epochs + final)
-        # so the trial driver is never killed before it closes its MLflow run.
-        scheduler = ASHAScheduler(
-            metric=tune_metrics[0],
-            mode=modes[0],
-            max_t=base.epochs.kd + 2,
-            grace_period=search.scheduler.grace_period,
-            reduction_factor=search.scheduler.reduction_factor,
-        )
-    storage = job.root / "tune"
-    path = storage / study_name
-    trainable = tune_trainable(search_trial, job.ctx)
-    if resume and tune.Tuner.can_restore(str(path)):
-        say(f"restoring Tune experiment {path} (Optuna study {study_name} in {storage_url})")
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space={
-                "search": search.model_dump(mode="json"),
-                "base": base.model_dump(mode="json"),
-                "ctx": context_to_dict(job.ctx),
-            },
-            tune_config=tune.TuneConfig(
-                search_alg=searcher,
-                scheduler=scheduler,
-                num_samples=search.num_samples,
-                max_concurrent_trials=job.resources.concurrency,
-                # In-process stages: a warm trial process (torch, raykd, MLflow imported) runs
-                # the next trial; a few seconds per trial on a small box.
-                reuse_actors=job.ctx.local,
-            ),
-            run_config=tune.RunConfig(
-                name=study_name,
-                storage_path=str(storage),
-                failure_config=trial_failure_config(job.ctx),
-                verbose=tune_verbosity(),
-            ),
-        )
-    results = tuner.fit()
-    trials = []
-    for r in results:
-        m = r.metrics or {}
-        trial = {
-            "trial": m.get("trial_id") or (r.path or "?").rsplit("/", 1)[-1][:40],
-            "params": {k: (r.config or {}).get(k) for k in search.params},
-            **{k: m.get(k) for k in (*metrics, "val_ssim", "stage_id", "kd_run_id")},
-            "error": error_summary(r.error) if r.error else None,
-            "stopped": None,
-            "run_id": None,
-        }
-        if not trial["error"] and trial.get(metrics[0]) is None and scheduler is not None:
-            # No final report and no error: the scheduler stopped it after an epoch report.
-            epoch = m.get("epoch") or m.get("training_iteration")
-            trial["stopped"] = f"stopped at epoch {epoch} by ASHA"
-        trial["run_id"] = _close_trial_run(job, m.get("trial_id"), trial["stopped"])
-        if trial["stopped"] and job.tracking is not None:
-            _mark_stopped_stages(job, search, base, r.config or {}, trial["stopped"])
-        trials.append(trial)
-    done = [t for t in trials if t.get(metrics[0]) is not None and not t["error"]]
-    out: dict[str, Any] = {
-        "trials": trials,
-        "study": {"storage": storage_url, "name": study_name},
-    }
-    if single and done:
-        key, sign = metrics[0], (1 if modes[0] == "max" else -1)
-        out["best"] = max(done, key=lambda t: sign * t[key])
+    trial = SearchTrial(search=search, base=base, ctx=context_spec(job.ctx))
+    return tune.Tuner(
+        tune_trainable(search_trial, job.ctx),
+        param_space=trial.param_space(),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=search.num_samples,
+            max_concurrent_trials=job.resources.concurrency,
+            # In-process stages: a warm trial process (torch, raykd, MLflow imported) runs
+            # the next trial; a few seconds per trial on a small box.
+            reuse_actors=job.ctx.local,
+        ),
+        run_config=tune.RunConfig(
+            name=study_name,
+            storage_path=str(job.root / "tune"),
+            failure_config=trial_failure_config(job.ctx),
+            verbose=tune_verbosity(),
+        ),
+    )
+
+
+def _outcome(job, search: SearchSpec, base: GridSpec, result, scheduled: bool) -> TrialOutcome:
+    """A finished Tune trial as a typed outcome; a stopped trial's runs are closed as such."""
+    m = result.metrics or {}
+    report = TrialReport.from_tune(m)
+    error = error_summary(result.error) if result.error else None
+    stopped = None
+    if not error and report is None and scheduled:
+        # No final report and no error: the scheduler stopped it after an epoch report.
+        stopped = f"stopped at epoch {m.get('epoch') or m.get('training_iteration')} by ASHA"
+    if stopped and job.tracking is not None:
+        _mark_stopped_stages(job, search, base, result.config or {}, stopped)
+    return TrialOutcome(
+        trial=m.get("trial_id") or (result.path or "?").rsplit("/", 1)[-1][:40],
+        params={k: (result.config or {}).get(k) for k in search.params},
+        report=report,
+        error=error,
+        stopped=stopped,
+        run_id=_close_trial_run(job, m.get("trial_id"), stopped),
+    )
+
+
+def _choose(search: SearchSpec, trials, study_name: str, storage_url: str) -> SearchOutcome:
+    """The best trial (one objective) or the Pareto front (several) of the finished trials."""
+    metrics = [o.metric for o in search.objectives]
+    modes = [o.mode for o in search.objectives]
+    done = [t for t in trials if t.done and t.value(metrics[0]) is not None]
+    best, pareto = None, []
+    if len(metrics) == 1 and done:
+        sign = 1 if modes[0] == "max" else -1
+        best = max(done, key=lambda t: sign * (t.value(metrics[0]) or 0.0))
     elif done:
-        out["pareto"] = pareto_front(done, metrics, modes)
-    return out
+        pareto = pareto_front(done, metrics, modes)
+    return SearchOutcome(
+        trials=trials, study_name=study_name, storage=storage_url, best=best, pareto=pareto
+    )
 
 
 def _mark_stopped_stages(job, search, base, config: dict, why: str) -> None:
@@ -263,30 +314,35 @@ def _close_trial_run(job, trial_id: str | None, stopped: str | None) -> str | No
     return run.info.run_id
 
 
-def search_rows(out: dict[str, Any]) -> list[dict[str, Any]]:
-    """The job table's rows of a search: one per trial."""
+def search_rows(out: SearchOutcome) -> list[RowResult]:
+    """The job table's rows of a search: one per trial. The trial run is not a stage run: the
+    report follows the KD runs it trained (``stage_run_ids``)."""
     return [
-        {
-            "label": f"{t['trial']} {t['params']}",
-            "val_psnr": t.get("val_psnr"),
-            "val_ssim": t.get("val_ssim"),
-            "stopped": t.get("stopped"),
-            "error": t.get("error"),
-            # The trial run is not a stage run: the report follows the KD runs it trained.
-            "trial_run_id": t.get("run_id") or "",
-            "stage_run_ids": [r for r in (t.get("kd_run_id") or "").split(",") if r],
-        }
-        for t in out["trials"]
+        RowResult(
+            label=f"{t.trial} {t.params}",
+            val={"psnr": t.value("val_psnr"), "ssim": t.value("val_ssim")},
+            stopped=t.stopped,
+            error=t.error,
+            trial_run_id=t.run_id,
+            stage_run_ids=tuple(
+                r for r in (t.report.kd_run_id if t.report else "").split(",") if r
+            ),
+        )
+        for t in out.trials
     ]
 
 
-def pareto_front(trials: list[dict], metrics: list[str], modes: list[str]) -> list[dict]:
+def pareto_front(
+    trials: list[TrialOutcome], metrics: list[str], modes: list[str]
+) -> list[TrialOutcome]:
     """Non-dominated trials (better or equal in every objective, strictly in one)."""
     signs = [1 if m == "max" else -1 for m in modes]
 
-    def dominates(a: dict, b: dict) -> bool:
-        ge = all(s * a[k] >= s * b[k] for k, s in zip(metrics, signs, strict=True))
-        gt = any(s * a[k] > s * b[k] for k, s in zip(metrics, signs, strict=True))
-        return ge and gt
+    def dominates(a: TrialOutcome, b: TrialOutcome) -> bool:
+        pairs = [
+            (s * (a.value(k) or 0.0), s * (b.value(k) or 0.0))
+            for k, s in zip(metrics, signs, strict=True)
+        ]
+        return all(x >= y for x, y in pairs) and any(x > y for x, y in pairs)
 
     return [t for t in trials if not any(dominates(o, t) for o in trials if o is not t)]

@@ -30,6 +30,7 @@ from raykd.tracking import schema as S
 from raykd.tracking.mlflow_store import NOTE_TAG, PARENT_TAG
 
 if TYPE_CHECKING:
+    from raykd.orchestration.messages import PlannedStage
     from raykd.train.config import StageConfig
 
 RUNS_FILE = "mlflow_runs.json"
@@ -102,28 +103,29 @@ def remember_run(stage_dir: str | Path, uri: str, run_id: str) -> None:
     write_atomic(path, json.dumps(data, indent=1))
 
 
-def open_stage_run(config: dict[str, Any], stage: dict[str, Any], created: dict[str, str]):
+def open_stage_run(
+    uri: str | None, experiment: str | None, stage: PlannedStage, created: dict[str, str]
+) -> PlannedStage:
     """Rank 0, as a stage starts: its MLflow run (created now, so its start time is true;
     continued if a killed run of it exists). ``created``: runs opened earlier in the chain,
     by stage name, for a KD run's lineage tag."""
-    spec = stage.get("run_spec")
-    uri = config.get("tracking_uri")
-    if not spec or not uri:
+    spec = stage.run_spec
+    if spec is None or not uri:
         return stage
-    tracking = Tracking(uri, config["experiment"])
-    run_id = stage.get("mlflow_run_id") or known_runs(stage["output_dir"]).get(uri)
+    tracking = Tracking(uri, experiment)
+    run_id = stage.mlflow_run_id or known_runs(stage.output_dir).get(uri)
     if run_id and tracking.run_exists(run_id):
         tracking.client.update_run(run_id, status="RUNNING")
     else:
-        tags = dict(spec["tags"])
-        if not tags.get(S.TAG_TEACHER_RUN) and spec.get("teacher_stage") in created:
-            tags[S.TAG_TEACHER_RUN] = created[spec["teacher_stage"]]
+        tags = dict(spec.tags)
+        if not tags.get(S.TAG_TEACHER_RUN) and stage.teacher_stage in created:
+            tags[S.TAG_TEACHER_RUN] = created[stage.teacher_stage]
         if tags.get(S.TAG_TEACHER_RUN):
             tags[NOTE_TAG] = teacher_note(tracking, tags[S.TAG_TEACHER_RUN])
-        run_id = tracking.start_run(spec["name"], tags, spec["parent_run_id"], spec["params"])
-        remember_run(stage["output_dir"], uri, run_id)
-    created[stage["stage"].get("name", "")] = run_id
-    return {**stage, "mlflow_run_id": run_id}
+        run_id = tracking.start_run(spec.name, tags, spec.parent_run_id, spec.params)
+        remember_run(stage.output_dir, uri, run_id)
+    created[stage.name] = run_id
+    return stage.model_copy(update={"mlflow_run_id": run_id})
 
 
 def resolve_run(

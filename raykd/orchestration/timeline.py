@@ -16,6 +16,7 @@ from typing import Any
 
 from raykd.kinds import STAGE_KINDS
 from raykd.orchestration.identity import StageStore
+from raykd.orchestration.messages import StageResult
 
 KIND_COLOURS = dict(
     zip(STAGE_KINDS, ("tab:red", "tab:orange", "tab:blue", "tab:green"), strict=True)
@@ -27,15 +28,14 @@ def stage_entries(store: StageStore, stage_ids: list[str]) -> list[dict[str, Any
     out = []
     for sid in stage_ids:
         folder = store.stage_dir(sid)
-        result_path = folder / "result.json"
-        if not result_path.is_file():
+        result = StageResult.read(folder)
+        if result is None:
             continue
-        result = json.loads(result_path.read_text())
         done = store.get(sid)
-        end = result.get("finished_at") or (done.finished_at if done else None)
-        start = result.get("started_at")
-        if start is None and end is not None and result.get("compute_s"):
-            start = end - result["compute_s"]  # stages stored before times were recorded
+        end = result.finished_at or (done.finished_at if done else None)
+        start = result.started_at
+        if start is None and end is not None and result.compute_s:
+            start = end - result.compute_s  # stages stored before times were recorded
         if start is None or end is None:
             continue
         tags_path = folder / "run_tags.json"
@@ -57,10 +57,10 @@ def stage_entries(store: StageStore, stage_ids: list[str]) -> list[dict[str, Any
                 "label": label or sid,
                 "kind": done.kind if done else sid.split("-")[0],
                 "teacher_stage": done.teacher_stage if done else None,
-                "node": result.get("node_id") or "",
-                "host": result.get("host") or "",
-                "pid": result.get("pid"),
-                "world_size": int((result.get("compute") or {}).get("compute.world_size", 1)),
+                "node": result.node_id,
+                "host": result.host,
+                "pid": result.pid,
+                "world_size": int((result.compute or {}).get("compute.world_size", 1)),
                 "start": start,
                 "end": end,
             }

@@ -24,6 +24,12 @@ import torch
 from ray.train import Checkpoint
 
 from raykd.models.base import count_parameters
+from raykd.orchestration.messages import (
+    ChainRequest,
+    FaultInjection,
+    PlannedStage,
+    StageResult,
+)
 from raykd.orchestration.stage_runs import log_eval, open_stage_run
 from raykd.orchestration.tracking_repair import (
     COMPLETE_TAG,
@@ -33,12 +39,9 @@ from raykd.orchestration.tracking_repair import (
     short_retry_budget,
 )
 from raykd.tracking.schema import METRIC_PARAMS
-from raykd.train.config import StageConfig
 from raykd.train.evaluate import evaluate_split, slice_count, write_json
 from raykd.train.loop import Trainer
 from raykd.train.stages import load_model
-
-RESULT_FILE = "result.json"
 
 
 def _device() -> str:
@@ -54,7 +57,8 @@ CHAIN_STATE = "chain.json"
 
 
 def train_fn(config: dict[str, Any]) -> None:
-    """Ray Train worker entry point: train the chain of stages in ``config["stages"]``."""
+    """Ray Train worker entry point: train the chain the runner dumped into ``config``."""
+    request = ChainRequest.model_validate(config)  # the boundary: checked once, typed after
     rank = ray.train.get_context().get_world_rank()
 
     def report(metrics: dict[str, float], last_path: Path | None, stage: str) -> None:
@@ -69,9 +73,9 @@ def train_fn(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
-            run_chain(config, rank, report, Path(ckpt_dir), _device())
+            run_chain(request, rank, report, Path(ckpt_dir), _device())
     else:
-        run_chain(config, rank, report, None, _device())
+        run_chain(request, rank, report, None, _device())
 
 
 def _agree(values: list[bool]) -> list[bool]:
@@ -86,7 +90,7 @@ def _agree(values: list[bool]) -> list[bool]:
 
 
 def run_chain(
-    config: dict[str, Any],
+    request: ChainRequest,
     rank: int,
     report: Callable[[dict[str, float], Path | None, str], None] | None,
     ray_checkpoint: Path | None,
@@ -98,57 +102,63 @@ def run_chain(
     ``result.json`` exists) are skipped and the interrupted one resumes from Ray's checkpoint or
     from its own ``last.pt``.
     """
-    stages = config["stages"]
-    done = _agree([(Path(s["output_dir"]) / RESULT_FILE).is_file() for s in stages])
+    done = _agree([s.result_path.is_file() for s in request.stages])
     state = {}
     if ray_checkpoint is not None and (ray_checkpoint / CHAIN_STATE).is_file():
         state = json.loads((ray_checkpoint / CHAIN_STATE).read_text())
     created: dict[str, str] = {}  # MLflow runs opened in this chain, by stage name (rank 0)
-    if rank == 0 and config.get("tracking_uri"):
+    if rank == 0 and request.tracking_uri:
         short_retry_budget()  # a dead server costs the stage seconds, not minutes per call
-    for stage, finished in zip(stages, done, strict=True):
+    for stage, finished in zip(request.stages, done, strict=True):
         if finished:
             continue
         if rank == 0:
-            try:
-                stage = open_stage_run(config, stage, created)
-            except Exception as exc:  # trains without a run; repaired from its files later
-                root = config.get("root") or Path(stage["output_dir"]).parents[1]
-                mark = BestEffort(None, stage["output_dir"], root, config.get("job"),
-                                  config["tracking_uri"])  # fmt: skip
-                mark.fail(exc)
-                stage = {**stage, "mlflow_run_id": None}
-        name = stage["stage"].get("name", "")
-        out = Path(stage["output_dir"])
-        if state.get("stage") == name:
-            resume = ray_checkpoint / "last.pt"
+            stage = _open_run(request, stage, created)
+        if state.get("stage") == stage.name and ray_checkpoint is not None:
+            resume: Path | None = ray_checkpoint / "last.pt"
         else:
-            resume = out / "last.pt" if (out / "last.pt").is_file() else None
-        if rank == 0 and config.get("root"):
-            # A stage that already started under this job and starts again was restarted (a
-            # worker died, Tune retried the trial): counted in the job summary.
-            root, job = config["root"], config.get("job")
-            if resume and any(
-                e["event"] == "stage_start" and e.get("stage") == name for e in events(root, job)
-            ):
-                log_event(root, job, "stage_restart", stage=name)
-            log_event(root, job, "stage_start", stage=name)
+            last = Path(stage.output_dir) / "last.pt"
+            resume = last if last.is_file() else None
         if rank == 0:
-            # Written, not print()ed: Ray Train patches print() and echoed each line twice.
-            what = stage.get("announce") or f"stage {name}"
-            sys.stderr.write(f"[raykd] {what}: {'resuming' if resume else 'starting'}\n")
-            sys.stderr.flush()
+            _announce_start(request, stage, resume is not None)
         stage_report = None
         if report is not None:
 
-            def stage_report(metrics, last_path, _name=name):
+            def stage_report(metrics, last_path, _name=stage.name):
                 report(metrics, last_path, _name)
 
-        run_training({**config, **stage}, rank, stage_report, resume, device)
+        run_training(request, stage, rank, stage_report, resume, device)
+
+
+def _open_run(request: ChainRequest, stage: PlannedStage, created: dict[str, str]) -> PlannedStage:
+    """Rank 0: the stage with its MLflow run opened; without one when the server is down (it
+    trains anyway and is repaired from its files later)."""
+    try:
+        return open_stage_run(request.tracking_uri, request.experiment, stage, created)
+    except Exception as exc:
+        mark = BestEffort(None, stage.output_dir, request.root, request.job, request.tracking_uri)
+        mark.fail(exc)
+        return stage.model_copy(update={"mlflow_run_id": None})
+
+
+def _announce_start(request: ChainRequest, stage: PlannedStage, resuming: bool) -> None:
+    """Rank 0: record the start (a second start under the same job is a restart: a worker
+    died, Tune retried the trial; the job summary counts them) and say it on the console."""
+    root, job = request.root, request.job
+    if resuming and any(
+        e["event"] == "stage_start" and e.get("stage") == stage.name for e in events(root, job)
+    ):
+        log_event(root, job, "stage_restart", stage=stage.name)
+    log_event(root, job, "stage_start", stage=stage.name)
+    # Written, not print()ed: Ray Train patches print() and echoed each line twice.
+    what = stage.announce or f"stage {stage.name}"
+    sys.stderr.write(f"[raykd] {what}: {'resuming' if resuming else 'starting'}\n")
+    sys.stderr.flush()
 
 
 def run_training(
-    config: dict[str, Any],
+    request: ChainRequest,
+    stage: PlannedStage,
     rank: int,
     report: Callable[[dict[str, float], Path | None], None] | None,
     resume_from: Path | None,
@@ -159,46 +169,29 @@ def run_training(
     Shared by Ray Train workers and in-process runs (``local=True`` in the runner), so both
     paths train, log and evaluate identically.
     """
-    torch.set_num_threads(max(1, int(config.get("threads", 1))))
-    cfg = StageConfig.model_validate(config["stage"])  # the runner's model_dump, checked once
+    torch.set_num_threads(max(1, request.threads))
+    cfg = stage.stage
     if cfg.device == "auto":
         cfg = cfg.model_copy(update={"device": device})
-    output_dir = Path(config["output_dir"])
+    run_id = stage.mlflow_run_id
     tracking = None
-    run_id = config.get("mlflow_run_id")
     if rank == 0 and run_id:
         # Best-effort: an MLflow outage never stalls or fails training (tracking_repair).
         tracking = BestEffort.open(
-            config["tracking_uri"], config["experiment"], config["output_dir"],
-            config.get("root") or Path(config["output_dir"]).parents[1], config.get("job"),
-        )  # fmt: skip
-    fault = config.get("fault_injection") or {}
-    inject = fault.get("kind") in (None, cfg.kind)
-
-    # Epochs an interrupted attempt already logged (it died before its checkpoint reached Ray):
-    # trained again on resume, but each MLflow step is logged once.
-    logged = set()
+            request.tracking_uri, request.experiment, stage.output_dir, request.root, request.job
+        )
+    on_epoch = _EpochCallback(request.fault_injection, cfg.kind, rank, report, tracking, run_id)
     if tracking is not None and resume_from is not None:
-        logged = tracking.metric_steps(run_id, "train_loss")
-
-    def on_epoch(epoch: int, metrics: dict[str, float], last_path: Path | None) -> None:
-        if tracking is not None and epoch + 1 not in logged:
-            tracking.log_metrics(run_id, metrics, step=epoch + 1)
-        early = fault.get("when") == "before_report"  # logged, but no Ray checkpoint yet
-        if early and inject and fault.get("kill_after_epoch") == epoch + 1:
-            _die_once(fault, rank)
-        if report is not None:
-            report(metrics, last_path)
-        if inject and fault.get("kill_after_epoch") == epoch + 1 and not early:
-            _die_once(fault, rank)
-
+        # Epochs an interrupted attempt already logged (it died before its checkpoint reached
+        # Ray): trained again on resume, but each MLflow step is logged once.
+        on_epoch.logged |= tracking.metric_steps(run_id, "train_loss")
     t0 = time.perf_counter()
     trainer = Trainer(
         cfg,
-        output_dir,
+        Path(stage.output_dir),
         callbacks=[on_epoch],
         resume_from=resume_from,
-        announce=config.get("announce"),
+        announce=stage.announce or None,
     )
     fresh = trainer.balance is None  # a resumed run logged its balance the first time
     balance = trainer.calibrate()  # every rank: the measurement is averaged over ranks
@@ -208,17 +201,41 @@ def run_training(
         log_compute_path(tracking, run_id, trainer.compute_params())
     result = trainer.fit()
     if rank == 0:
-        splits = config.get("eval_splits", ["val"])
-        finish_stage(cfg, trainer, result, tracking, run_id, splits, started=t0)
+        finish_stage(cfg, trainer, result, tracking, run_id, request.eval_splits, started=t0)
 
 
-def _die_once(fault: dict[str, Any], rank: int) -> None:
+class _EpochCallback:
+    """Per epoch: log to MLflow (each step once), report to Ray, and (tests) die on cue."""
+
+    def __init__(
+        self, fault: FaultInjection | None, kind: str, rank: int, report, tracking, run_id
+    ):
+        self.fault, self.rank, self.report = fault, rank, report
+        self.tracking, self.run_id = tracking, run_id
+        self.inject = fault is not None and fault.kind in (None, kind)
+        self.logged: set[int] = set()
+
+    def __call__(self, epoch: int, metrics: dict[str, float], last_path: Path | None) -> None:
+        if self.tracking is not None and epoch + 1 not in self.logged:
+            self.tracking.log_metrics(self.run_id, metrics, step=epoch + 1)
+        fault = self.fault
+        due = self.inject and fault is not None and fault.kill_after_epoch == epoch + 1
+        early = fault is not None and fault.when == "before_report"  # logged, no checkpoint yet
+        if due and early:
+            _die_once(fault, self.rank)
+        if self.report is not None:
+            self.report(metrics, last_path)
+        if due and not early:
+            _die_once(fault, self.rank)
+
+
+def _die_once(fault: FaultInjection, rank: int) -> None:
     """Fault injection (tests): SIGKILL this rank once, like a preempted node or an OOM kill.
     ``when: before_report`` dies after the epoch is written and logged but before its
     checkpoint reaches Ray, so the restart resumes one epoch earlier than the files say."""
-    if rank != fault.get("rank", 0):
+    if rank != fault.rank:
         return
-    marker = Path(fault["marker"])
+    marker = Path(fault.marker)
     if not marker.exists():
         marker.touch()
         os.kill(os.getpid(), signal.SIGKILL)
@@ -271,7 +288,7 @@ def save_examples(model, trainer, split: str, out_dir: Path, n: int = 3) -> Path
 
 def finish_stage(
     cfg, trainer, result, tracking, run_id, splits, started: float | None = None
-) -> dict[str, Any]:
+) -> StageResult:
     """Rank 0: evaluate the best checkpoint per volume, log artifacts, write result.json.
 
     Each split's report carries the zero-filled input's metrics on the same volumes and slices
@@ -279,36 +296,22 @@ def finish_stage(
     """
     part = "teacher" if cfg.kind in ("teacher", "sft") else "student"
     model = load_model(result.best_checkpoint, part=part).to(trainer.device)
-    summary: dict[str, Any] = {}
-    for split in splits:
-        if split not in trainer.datasets:
-            continue
-        report = evaluate_split(model, trainer.datasets[split], trainer.device)
-        path = write_json(report, result.output_dir / f"eval_{split}.json")
-        summary[split] = {k: v[0] for k, v in report["summary"].items()}
-        if split == "val" and "psnr" in summary[split]:
-            trainer.log(
-                f"done: val PSNR {summary[split]['psnr']:.2f} dB of the best epoch "
-                f"({slice_count(report, split, cfg.data.max_slices_per_volume)})"
-            )
-        if tracking is not None:
-            log_eval(tracking, run_id, split, report)
-            tracking.log_artifact(run_id, path, "eval")
-            examples = save_examples(model, trainer, split, result.output_dir)
-            tracking.log_artifact(run_id, examples, "examples")
-    record = {
-        "best_checkpoint": str(result.best_checkpoint),
-        "best_val_loss": result.best_val_loss,
-        "best_epoch": result.best_epoch,
-        "metrics": summary,
-        "lineage": result.lineage,
-        "compute": trainer.compute_params(),
-        # Data set-up, training and evaluation inside the worker: the job subtracts it from the
-        # stage's wall-clock to report Ray's start/stop overhead.
-        "compute_s": time.perf_counter() - started if started else None,
-        "mlflow_run_id": run_id,
-        **stage_times(started),  # the job's timeline reads them
+    summary = {
+        split: _evaluate(cfg, model, trainer, result, tracking, run_id, split)
+        for split in splits
+        if split in trainer.datasets
     }
+    record = StageResult(
+        best_checkpoint=str(result.best_checkpoint),
+        best_val_loss=result.best_val_loss,
+        best_epoch=result.best_epoch,
+        metrics=summary,
+        lineage=result.lineage,
+        compute=trainer.compute_params(),
+        compute_s=time.perf_counter() - started if started else None,
+        mlflow_run_id=run_id,
+        **stage_times(started),  # the job's timeline reads them
+    )
     if tracking is not None:
         params = count_parameters(model)
         tracking.log_metrics(run_id, {"best_val_loss": result.best_val_loss, METRIC_PARAMS: params})
@@ -317,8 +320,26 @@ def finish_stage(
         if getattr(tracking, "failed", None) is None:  # every write of the stage went through
             tracking.set_tags(run_id, {COMPLETE_TAG: "1"})
         tracking.end_run(run_id, "FINISHED")  # now: the run's duration is the stage's
-    (result.output_dir / RESULT_FILE).write_text(json.dumps(record, indent=1))
+    record.write(result.output_dir)
     return record
+
+
+def _evaluate(cfg, model, trainer, result, tracking, run_id, split: str) -> dict[str, float]:
+    """One split's per-volume evaluation (file, MLflow, examples); its summary metrics."""
+    report = evaluate_split(model, trainer.datasets[split], trainer.device)
+    path = write_json(report, result.output_dir / f"eval_{split}.json")
+    summary = {k: v[0] for k, v in report["summary"].items()}
+    if split == "val" and "psnr" in summary:
+        trainer.log(
+            f"done: val PSNR {summary['psnr']:.2f} dB of the best epoch "
+            f"({slice_count(report, split, cfg.data.max_slices_per_volume)})"
+        )
+    if tracking is not None:
+        log_eval(tracking, run_id, split, report)
+        tracking.log_artifact(run_id, path, "eval")
+        examples = save_examples(model, trainer, split, result.output_dir)
+        tracking.log_artifact(run_id, examples, "examples")
+    return summary
 
 
 def stage_times(started: float | None) -> dict[str, Any]:

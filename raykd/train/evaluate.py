@@ -14,6 +14,7 @@ from tqdm import tqdm
 from raykd.data.dataset import SliceDataset
 from raykd.data.transforms import degrade, is_complex_batch, magnitude, to_complex
 from raykd.metrics import evaluate_volume, summarise
+from raykd.strict_json import json_safe
 from raykd.train.precision import autocast
 
 
@@ -118,37 +119,6 @@ def coverage(report: dict[str, Any]) -> str:
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
-NULL_REASONS = {
-    "nan": "undefined (e.g. an all-zero target slice: no PSNR peak, no NMSE denominator)",
-    "inf": "infinite (the prediction equals the target exactly)",
-    "-inf": "minus infinity",
-}
-
-
-def json_safe(data: Any) -> tuple[Any, dict[str, str]]:
-    """``data`` with every non-finite float replaced by ``None``, and why, by JSON path.
-
-    Strict JSON has no NaN/Infinity (Python writes them as bare ``NaN``, which other readers
-    reject), so metrics files carry ``null`` plus a ``null_reasons`` entry instead.
-    """
-    reasons: dict[str, str] = {}
-
-    def walk(node: Any, where: str) -> Any:
-        if isinstance(node, dict):
-            return {k: walk(v, f"{where}.{k}" if where else str(k)) for k, v in node.items()}
-        if isinstance(node, list | tuple):
-            return [walk(v, f"{where}[{i}]") for i, v in enumerate(node)]
-        if isinstance(node, np.generic):
-            node = node.item()
-        if isinstance(node, float) and not np.isfinite(node):
-            kind = "nan" if node != node else ("inf" if node > 0 else "-inf")
-            reasons[where] = NULL_REASONS[kind]
-            return None
-        return node
-
-    return walk(data, ""), reasons
 
 
 def write_json(data: dict[str, Any], path: str | Path) -> Path:
