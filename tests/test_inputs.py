@@ -21,7 +21,8 @@ from raykd.cli import main
 from raykd.data.dataset import SliceDataset
 from raykd.data.masks import CartesianMask, FixedMask
 from raykd.errors import ConfigError, DataError
-from raykd.train.evaluate import json_safe, write_json
+from raykd.strict_json import json_safe
+from raykd.train.evaluate import write_json
 from tests.conftest import tiny_overrides
 
 
