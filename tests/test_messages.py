@@ -17,6 +17,7 @@ from raykd.orchestration.cluster import TrialResources
 from raykd.orchestration.messages import (
     ROW_RESULTS,
     ChainRequest,
+    ChainState,
     ContextSpec,
     FaultInjection,
     GridTrial,
@@ -98,6 +99,7 @@ def _samples(tiny_config, tiny_data) -> list[BaseModel]:
         SearchTrial(search=_search(), base=tiny_grid(tiny_data), ctx=_ctx(), params={"m": "at"}),
         _planned(tiny_config),
         ChainRequest(stages=[_planned(tiny_config)], threads=2, root="/runs", job="job1"),
+        ChainState(stage="kd-2"),
         StageResult(best_checkpoint="/b.pt", best_val_loss=0.1, best_epoch=1, metrics={}),
         done,
         failed,

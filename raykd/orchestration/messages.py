@@ -135,6 +135,12 @@ class ChainRequest(Message):
     job: str | None = None
 
 
+class ChainState(Message):
+    """Beside the ``last.pt`` of a Ray Train checkpoint: the stage of the chain it belongs to."""
+
+    stage: str
+
+
 class StageResult(Message):
     """A finished stage's ``result.json`` (rank 0 writes it last: its presence means done).
 

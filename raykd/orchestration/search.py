@@ -251,11 +251,12 @@ def _outcome(job, search: SearchSpec, base: GridSpec, result, scheduled: bool) -
     if not error and report is None and scheduled:
         # No final report and no error: the scheduler stopped it after an epoch report.
         stopped = f"stopped at epoch {m.get('epoch') or m.get('training_iteration')} by ASHA"
+    params = {k: (result.config or {}).get(k) for k in search.params}
     if stopped and job.tracking is not None:
-        _mark_stopped_stages(job, search, base, result.config or {}, stopped)
+        _mark_stopped_stages(job, search, base, params, stopped)
     return TrialOutcome(
         trial=m.get("trial_id") or (result.path or "?").rsplit("/", 1)[-1][:40],
-        params={k: (result.config or {}).get(k) for k in search.params},
+        params=params,
         report=report,
         error=error,
         stopped=stopped,
@@ -279,13 +280,12 @@ def _choose(search: SearchSpec, trials, study_name: str, storage_url: str) -> Se
     )
 
 
-def _mark_stopped_stages(job, search, base, config: dict, why: str) -> None:
+def _mark_stopped_stages(job, search, base, params: dict[str, Any], why: str) -> None:
     """The KD stage runs a stopped trial left unfinished: KILLED with the reason."""
     from raykd.orchestration.stage_runs import mark_stopped
     from raykd.plan.stages import row_requests
 
-    params = {k: config[k] for k in search.params if k in config}
-    if len(params) != len(search.params):
+    if None in params.values():  # a trial Tune never gave a sampled point
         return
     spec, row, overrides = trial_row_and_spec(search, base, params)
     for seed in base.seed_list():

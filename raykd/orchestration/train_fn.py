@@ -8,7 +8,6 @@ the checkpoint and is the only rank that talks to MLflow. On a restart after a w
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -26,6 +25,7 @@ from ray.train import Checkpoint
 from raykd.models.base import count_parameters
 from raykd.orchestration.messages import (
     ChainRequest,
+    ChainState,
     FaultInjection,
     PlannedStage,
     StageResult,
@@ -65,7 +65,7 @@ def train_fn(config: dict[str, Any]) -> None:
         if rank == 0 and last_path is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 shutil.copy2(last_path, Path(tmp) / "last.pt")
-                (Path(tmp) / CHAIN_STATE).write_text(json.dumps({"stage": stage}))
+                (Path(tmp) / CHAIN_STATE).write_text(ChainState(stage=stage).model_dump_json())
                 ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
@@ -103,9 +103,9 @@ def run_chain(
     from its own ``last.pt``.
     """
     done = _agree([s.result_path.is_file() for s in request.stages])
-    state = {}
+    state = None  # the stage Ray's checkpoint belongs to (a restarted worker resumes it)
     if ray_checkpoint is not None and (ray_checkpoint / CHAIN_STATE).is_file():
-        state = json.loads((ray_checkpoint / CHAIN_STATE).read_text())
+        state = ChainState.model_validate_json((ray_checkpoint / CHAIN_STATE).read_text())
     created: dict[str, str] = {}  # MLflow runs opened in this chain, by stage name (rank 0)
     if rank == 0 and request.tracking_uri:
         short_retry_budget()  # a dead server costs the stage seconds, not minutes per call
@@ -114,7 +114,7 @@ def run_chain(
             continue
         if rank == 0:
             stage = _open_run(request, stage, created)
-        if state.get("stage") == stage.name and ray_checkpoint is not None:
+        if state is not None and state.stage == stage.name and ray_checkpoint is not None:
             resume: Path | None = ray_checkpoint / "last.pt"
         else:
             last = Path(stage.output_dir) / "last.pt"
