@@ -76,7 +76,10 @@ def search_trial(config: dict[str, Any]) -> None:
             },
             params={**params, "row": row.label},
         )
-    report = _train_seeds(spec, row, base, ctx, overrides)
+    # Per-epoch results carry Train's keys only: streamed when every objective is one of them
+    # (Tune refuses a result without the searcher's metrics, e.g. student_params).
+    stream = all(o.metric in TUNE_KEYS for o in search.objectives)
+    report = _train_seeds(spec, row, base, ctx, overrides, stream)
     if ctx.tracking is not None and run_id:
         objectives = {k: v for k, v in report.model_dump().items() if k in OBJECTIVES}
         ctx.tracking.log_metrics(run_id, objectives)
@@ -86,10 +89,10 @@ def search_trial(config: dict[str, Any]) -> None:
     tune.report(report.tune_metrics())
 
 
-def _train_seeds(spec: GridSpec, row, base: GridSpec, ctx, overrides) -> TrialReport:
+def _train_seeds(spec: GridSpec, row, base: GridSpec, ctx, overrides, stream: bool) -> TrialReport:
     """Train (or reuse) the trial's row for every seed. The first seed streams per-epoch
-    results (what ASHA judges); the objectives are means over all seeds, so a lucky seed cannot
-    win the search."""
+    results if ``stream`` (what ASHA judges); the objectives are means over all seeds, so a
+    lucky seed cannot win the search."""
     from raykd.models.base import count_parameters
     from raykd.models.registry import build_model
 
@@ -98,7 +101,7 @@ def _train_seeds(spec: GridSpec, row, base: GridSpec, ctx, overrides) -> TrialRe
     # "stage k/N" counts this trial's stages (a search does not know its trials in advance).
     ctx.numbers = stage_numbers(spec, [[r] for r in seed_rows], overrides)
     for i, seed_row in enumerate(seed_rows):
-        record = run_row(spec, seed_row, ctx, tune_report=i == 0, overrides=overrides)
+        record = run_row(spec, seed_row, ctx, tune_report=stream and i == 0, overrides=overrides)
         history = _history(record.output_dir)
         best = min(history, key=lambda h: h["val/loss"]) if history else {}
         per_seed.append((record, best))
