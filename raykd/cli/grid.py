@@ -96,6 +96,27 @@ def add_grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--test", nargs="+", help="held-out test volumes")
     p.add_argument(
+        "--test-slices",
+        type=int,
+        help="slices per held-out test volume (evenly spaced; default: all)",
+    )
+    p.add_argument(
+        "--folds",
+        type=int,
+        metavar="K",
+        help="cross-validation by subject: fold k tests on subject k, validates on the next, "
+        "trains on the rest (with --test: the test set stays fixed, folds rotate validation)",
+    )
+    p.add_argument(
+        "--budget-scale",
+        type=float,
+        nargs="+",
+        metavar="S",
+        dest="budget_scales",
+        help="budget study: the grid once per factor with every stage's epochs scaled "
+        "(e.g. 1 2 4; equal compute stays SFT + KD)",
+    )
+    p.add_argument(
         "--no-fixed-masks",
         dest="fixed_masks",
         action="store_false",
@@ -186,6 +207,9 @@ def grid_overrides(args: argparse.Namespace) -> dict:
         "precision": args.precision,
         "data_path": args.data_path,
         "test": args.test,
+        "test_slices": getattr(args, "test_slices", None),
+        "folds": getattr(args, "folds", None),
+        "budget_scales": getattr(args, "budget_scales", None),
         "sr_degradation": args.sr_degradation,
         "kd_balance": getattr(args, "kd_balance", None),
         "fixed_masks": getattr(args, "fixed_masks", None),
