@@ -97,7 +97,7 @@ class StageNode:
     stage_id: str
     kind: str
     seed: int
-    setting: str  # dataset/acceleration
+    setting: str  # dataset/acceleration[/budget][/fold] (Row.setting)
     epochs: int
     shape: str  # what its per-epoch cost depends on (see :func:`shape_key`)
     teacher: str | None = None
@@ -143,7 +143,7 @@ def stage_graph(
                     stage_id=sid,
                     kind=req.cfg.kind,
                     seed=row.seed,
-                    setting=f"{row.dataset}/{row.acceleration:g}x",
+                    setting=row.setting,
                     epochs=req.cfg.optim.epochs,
                     shape=shape_key(req.cfg),
                     teacher=req.teacher_id,

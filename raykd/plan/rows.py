@@ -37,14 +37,19 @@ class Row(BaseModel):
     def label(self) -> str:
         """``dataset/4x/s42/sft_kd/D3/at`` (``…/4x/b2/f1/s42/…`` in a budget study / fold 1):
         what tables and logs call the row."""
-        parts = [self.dataset, f"{self.acceleration:g}x"]
-        parts += [f"b{self.budget:g}"] if self.budget != 1 else []
-        parts += [f"f{self.fold}"] if self.fold is not None else []
-        parts += [f"s{self.seed}", self.kind]
+        parts = [self.setting, f"s{self.seed}", self.kind]
         if self.kind != "teacher":
             parts.append(f"D{self.student_depth}")
         if self.method:
             parts.append(self.method)
+        return "/".join(parts)
+
+    @property
+    def setting(self) -> str:
+        """``dataset/4x`` (``dataset/4x/b2/f1`` at budget 2, fold 1): what its seeds repeat."""
+        parts = [self.dataset, f"{self.acceleration:g}x"]
+        parts += [f"b{self.budget:g}"] if self.budget != 1 else []
+        parts += [f"f{self.fold}"] if self.fold is not None else []
         return "/".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
