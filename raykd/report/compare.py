@@ -222,7 +222,8 @@ def _summary(runs: StageRuns, t1, gap, wil, method: str, t_depth, s_depth) -> li
     for rec in wil.records:
         if rec.get("metric") != "psnr":
             continue
-        what = f"{Setting(rec['dataset'], rec['acceleration']).label()} {rec['label']} "
+        where = Setting(rec["dataset"], rec["acceleration"], budget=rec.get("budget", ""))
+        what = f"{where.label()} {rec['label']} "
         what += f"{rec['method']} PSNR"
         if "n_units" not in rec:
             lines.append(f"Paired test {what}: missing (see warnings)")
