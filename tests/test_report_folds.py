@@ -116,6 +116,7 @@ def test_folds_held_out_per_fold_and_zero_filled_merged(compared):
     # Subject k+1 validates fold k and tests fold k+1: held out within each fold.
     assert "held-out test volumes subj0, subj1, subj2, subj3 never used" in md
     assert not any("not held out" in w for w in compared["warnings"])
+    assert not (compared["out"] / "budget.md").exists()  # one budget: no budget study
     csv = pd.read_csv(compared["out"] / "table_1.csv")
     zf = csv[(csv["row"] == "zero_filled") & (csv["metric"] == "psnr")].iloc[0]
     assert zf["n_volumes"] == 4 and zf["mean"] == pytest.approx(22 + 1.5)  # every fold's subject

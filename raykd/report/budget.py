@@ -265,7 +265,8 @@ def budget_figure(table: ReportTable, path: str | Path) -> Path:
             else:
                 for j, m in enumerate(methods):
                     pts = [r for r in recs if r["quantity"] == key and r["method"] == m]
-                    _series(ax, pts, method_name(m), f"C{j}", "-", 1.0 + 0.04 * (j - 0.5))
+                    dx = 1.0 + 0.04 * (j - (len(methods) - 1) / 2)  # methods side by side
+                    _series(ax, pts, method_name(m), f"C{j}", "-", dx)
                 ax.axhline(0, color="black", lw=0.6)
             _budget_axis(ax, recs)
             ax.set_ylabel(ylabel)
