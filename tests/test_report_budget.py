@@ -166,3 +166,35 @@ def test_trend_verdict_rule():
     assert trend_verdict(pts((0.3, 0.2, 0.4), (0.1, nan, nan))).startswith("no verdict")
     shuffled = pts((0.3, 0.2, 0.4), (0.2, 0.1, 0.3), (0.1, 0.05, 0.15))[::-1]
     assert trend_verdict(shuffled) == "shrinks"
+
+
+def test_budget_study_with_folds(tmp_path):
+    """Folds and budgets combine: each budget point counts folds × seeds × volumes units."""
+    from raykd.report.folds import TAG_FOLD
+    from tests.report_helpers import compare_quietly
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking = Tracking(uri, "cv-budgets", artifact_root=tmp_path / "artifacts")
+    for budget in (1, 2):
+        for fold in (0, 1):
+            for seed in SEEDS:
+                for row, method in ROWS:
+                    psnr = np.repeat(_volumes(row, budget, seed)[fold : fold + 1, None], 2, axis=1)
+                    test, val = VOLUMES[fold], VOLUMES[1 - fold]
+                    evals = {
+                        "test": eval_json(psnr, (test,)),
+                        "val": eval_json(psnr, (val,)),
+                    }
+                    tags = {**stage_tags(row, method, seed), TAG_FOLD: str(fold)}
+                    tags[TAG_BUDGET] = str(budget)
+                    run = log_stage(tracking, tmp_path / "tmp", tags, evals)
+                    tracking.end_run(run)
+    got = compare_quietly(["cv-budgets"], uri, tmp_path / "out", log_to_mlflow=False)
+    csv = pd.read_csv(tmp_path / "out" / "budget.csv").set_index(["budget", "quantity"])
+    for b in (1, 2):
+        rec = csv.loc[(float(b), "sft_vs_std")]
+        assert rec["n_units"] == 6
+        assert rec["units"] == "folds × seeds × volumes (2 folds, 3 seeds, 1 volume per fold)"
+        assert rec["value"] == pytest.approx(SFT_STD[b], abs=1e-9)
+    assert "AT: SFT-KD's lead over Std-KD (SFT-KD − Std-KD) shrinks" in got["result"].paragraph
+    assert (tmp_path / "out" / "figures" / "budget.png").is_file()

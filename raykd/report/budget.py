@@ -94,6 +94,8 @@ def _verdict_line(method: str, key: str, points: list[LeadPoint]) -> str:
     word = trend_verdict(points)
 
     def at(p: LeadPoint) -> str:
+        if math.isnan(p.lead):
+            return f"{MISSING} at {p.budget:g}×"
         ci = "no CI" if math.isnan(p.low) else f"[{p.low:+.2f}, {p.high:+.2f}]"
         return f"{p.lead:+.2f} dB {ci} at {p.budget:g}×"
 
