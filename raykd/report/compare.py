@@ -215,10 +215,9 @@ def compare(
 
 def _summary(runs: StageRuns, t1, gap, wil, method: str, t_depth, s_depth) -> list[str]:
     frame = runs.frame
-    settings = [
-        f"{s.label()} (seed{'s' if len(runs.seeds(s)) != 1 else ''} {', '.join(runs.seeds(s))})"
-        for s in runs.settings()
-    ]
+    from raykd.report.folds import replicates_text
+
+    settings = [f"{s.label()} ({replicates_text(runs.seeds(s))})" for s in runs.settings()]
     lines = [
         f"{len(frame)} stage runs from {runs.source}; tables use the {runs.split} split; "
         f"teacher D{t_depth}, student D{s_depth}; KD methods: {', '.join(runs.methods()) or '-'}",
