@@ -159,8 +159,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "compare",
         help="paper-style tables, Wilcoxon tests and figures from MLflow runs",
         description="Read stage runs from MLflow (experiments or a job run) and write Table 1, "
-        "Table 3, Table 8, the teacher-student gap, paired tests over (seed, volume) units, the "
-        "loss balance of KD runs and figures; log them as a comparison run.",
+        "Table 3, Table 8, the teacher-student gap, paired tests over (seed, volume) units "
+        "((fold, seed, volume) with --folds runs), the loss balance of KD runs and figures, and "
+        "with runs of several --budget-scale values the budget study (budget.md, "
+        "figures/budget.png); log them as a comparison run.",
     )
     add_compare_args(p)
     p.set_defaults(func=run_compare)

@@ -3,7 +3,9 @@
 Writes to ``out_dir``: ``table_1.md/.csv``, ``table_3.md/.csv``, ``table_8.md/.csv``,
 ``gap.md/.csv``, ``wilcoxon.md/.csv`` (paired tests over (seed, volume) units, per-slice test
 descriptive), ``balance.md/.csv`` (loss-term ratios per KD row), ``figures/*.png``,
-``warnings.txt`` (every gap or imbalance the report found) and ``summary.md`` (a plain-language
+``warnings.txt`` (every gap or imbalance the report found), with runs of several
+``raykd.budget`` scales ``budget.md/.csv`` and ``figures/budget.png`` (:mod:`raykd.report.budget`)
+and ``summary.md`` (a plain-language
 paragraph of which claims hold at α = 0.05 and on how many independent units, from
 :func:`raykd.report.summary.summary_paragraph`, then the details); then logs all
 of them as artifacts of a new MLflow run tagged ``raykd.role=comparison`` (a child of the job
@@ -115,7 +117,7 @@ def compare(
     job recorded on its run.
     """
     uri = resolve_uri(tracking_uri, root)  # fail fast, before the heavy imports below
-    from raykd.report import balance, benchmarks, figures, stats, summary, table8, tables
+    from raykd.report import balance, benchmarks, budget, figures, stats, summary, table8, tables
     from raykd.report.gap import gap_table
 
     out = Path(out_dir).expanduser().resolve()
@@ -158,6 +160,12 @@ def compare(
             )
             result["fig_ssim_boxplots"] = figures.box_plots(boxes, figs / "ssim_boxplots.png")
             result["fig_val_loss"] = figures.loss_curves(curves, figs / "val_loss.png")
+            budget_lines: list[str] = []
+            if budget.has_budget_study(runs):  # several raykd.budget scales
+                bt = budget.budget_table(runs, **depth_kw)
+                result["budget"], result["budget_csv"] = bt.write(out, "budget")
+                result["fig_budget"] = budget.budget_figure(bt, figs / "budget.png")
+                budget_lines = bt.summary
             study = (optuna_storage, study_name) if optuna_storage and study_name else None
             study = study or runs.study()
             if study is not None:
@@ -169,6 +177,7 @@ def compare(
                     "--optuna-storage and --study-name for the search figures"
                 )
             paragraph = summary.summary_paragraph(runs, wil, gap, balance.balance_sentence(bal))
+            paragraph += "".join(f" {line[0].upper()}{line[1:]}." for line in budget_lines)
             details = _summary(runs, t1, gap, wil, method, t_depth, s_depth)
             lines = [paragraph, *details, *(f"loss balance {s}" for s in bal.summary)]
         finally:
@@ -206,10 +215,9 @@ def compare(
 
 def _summary(runs: StageRuns, t1, gap, wil, method: str, t_depth, s_depth) -> list[str]:
     frame = runs.frame
-    settings = [
-        f"{s.label()} (seed{'s' if len(runs.seeds(s)) != 1 else ''} {', '.join(runs.seeds(s))})"
-        for s in runs.settings()
-    ]
+    from raykd.report.folds import replicates_text
+
+    settings = [f"{s.label()} ({replicates_text(runs.seeds(s))})" for s in runs.settings()]
     lines = [
         f"{len(frame)} stage runs from {runs.source}; tables use the {runs.split} split; "
         f"teacher D{t_depth}, student D{s_depth}; KD methods: {', '.join(runs.methods()) or '-'}",
@@ -222,7 +230,8 @@ def _summary(runs: StageRuns, t1, gap, wil, method: str, t_depth, s_depth) -> li
     for rec in wil.records:
         if rec.get("metric") != "psnr":
             continue
-        what = f"{Setting(rec['dataset'], rec['acceleration']).label()} {rec['label']} "
+        where = Setting(rec["dataset"], rec["acceleration"], budget=rec.get("budget", ""))
+        what = f"{where.label()} {rec['label']} "
         what += f"{rec['method']} PSNR"
         if "n_units" not in rec:
             lines.append(f"Paired test {what}: missing (see warnings)")

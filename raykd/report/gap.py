@@ -13,7 +13,14 @@ import pandas as pd
 from raykd.errors import RaykdError
 from raykd.kinds import RowKind
 from raykd.report.cells import section_lead, seed_cell, table_notes
-from raykd.report.inference import BOOTSTRAP_SEED, MIN_UNITS, RESAMPLES, bootstrap_ci, unit_pairs
+from raykd.report.inference import (
+    BOOTSTRAP_SEED,
+    MIN_UNITS,
+    RESAMPLES,
+    bootstrap_ci,
+    clustered_ci,
+    unit_pairs,
+)
 from raykd.report.records import Setting
 from raykd.report.runs import StageRuns
 from raykd.report.table_model import MISSING, ReportTable, Section, method_name
@@ -58,7 +65,7 @@ def paired_gap(
     n = sum(g.size for g in groups)
     if n < MIN_UNITS:
         return Gap(float(np.mean([g.mean() for g in groups])), n_units=n, seeds=tuple(pairs.seeds))
-    gap, low, high = bootstrap_ci(groups)
+    gap, low, high = clustered_ci(pairs) or bootstrap_ci(groups)  # folds: fold-level CI
     return Gap(gap, low, high, n, tuple(pairs.seeds))
 
 
@@ -145,6 +152,7 @@ def gap_table(
                         "dataset": setting.dataset,
                         "acceleration": setting.acceleration,
                         "seed": setting.seed,
+                        **({"budget": setting.budget} if setting.budget else {}),
                         "method": method,
                         "framework": name,
                         "gap_db": item.gap,
