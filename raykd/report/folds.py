@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 
 from raykd.errors import RaykdError
+from raykd.tracking import schema as S
 
-TAG_FOLD = "raykd.fold"  # "0".."K-1"; absent without --folds
-TAG_BUDGET = "raykd.budget"  # budget scale of the stage's epochs ("1", "2", "4"); absent: 1
+# "0".."K-1" (absent without --folds); the budget scale of the stage's epochs (absent: 1).
+TAG_FOLD, TAG_BUDGET = S.TAG_FOLD, S.TAG_BUDGET
 SEP = "/"
 
 Tree = np.ndarray | Sequence["Tree"]
