@@ -22,7 +22,8 @@ from raykd.report.table_model import HIGHER_IS_BETTER, LEGEND, SEED_NOTE, Cell
 def report_cell(runs: StageRuns, report: dict[str, Any] | None, metric: str, run_id: str) -> Cell:
     if report is None:
         return Cell(status="missing", run_id=run_id)
-    if not all(metric in v["metrics"] for v in report["volumes"]):
+    # Absent (older evals) or undefined (null: e.g. VIF on slices smaller than its 4 scales).
+    if not all(v["metrics"].get(metric) is not None for v in report["volumes"]):
         runs.warn_once(f"run {run_id or 'zero-filled'}: no '{metric}' in its eval JSON; shown as —")
         return Cell(status="missing", run_id=run_id)
     mean, std, n = volume_summary(report, metric)
