@@ -412,9 +412,9 @@ def test_registering_a_model_leaves_the_tracking_uri_alone(tmp_path, monkeypatch
 
 
 def _register_in_subprocess(db: str, artifacts: str, run_id: str, barrier) -> str:
+    from raykd.deploy.registry import register_model
     from raykd.models.dccnn import DCCNN
     from raykd.tracking import Tracking
-    from raykd.deploy.registry import register_model
 
     tracking = Tracking(f"sqlite:///{db}", "t", artifacts)
     barrier.wait()
