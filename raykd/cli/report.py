@@ -64,9 +64,9 @@ def run_compare(args: argparse.Namespace) -> int:
                 str(w.message) for w in caught if issubclass(w.category, ReportWarning)
             ):
                 print(f"warning: {msg}", file=sys.stderr)
-    for line in result.summary:
+    for line in result.summary_lines:
         print(line)
-    print(f"wrote {len(result)} files to {result['summary'].parent}")
+    print(f"wrote {len(result.files)} files to {result.out_dir}")
     return 0
 
 

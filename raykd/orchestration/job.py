@@ -354,7 +354,7 @@ def results_figure(job: Job, rows: list[dict[str, Any]], best) -> Path | None:
 def register_best_student(job: Job, rows: list[dict[str, Any]], name: str | None = None):
     """Register the student row with the best validation PSNR (once per run; the
     ``champion`` alias follows the best version). Name: ``<experiment>-student``."""
-    from raykd.tracking.registry import register_model
+    from raykd.deploy.registry import register_model
     from raykd.train.checkpoint import checkpoint_config, load_checkpoint
     from raykd.train.stages import load_model
 
