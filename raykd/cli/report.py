@@ -166,7 +166,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_compare_args(p)
     p.set_defaults(func=run_compare)
+    _register_benchmark(sub)
+    _register_export(sub)
 
+
+def _register_benchmark(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "benchmark-inference",
         help="per-slice DC-CNN inference latency per depth (for Table 8)",
@@ -194,6 +198,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root", help="run directory for the default sqlite store")
     p.set_defaults(func=_cmd_benchmark)
 
+
+def _register_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
         help="export a trained network to TorchScript (or try ONNX)",
