@@ -19,6 +19,7 @@ from raykd.orchestration.confirm import (
     choose_winner,
     compare,
     confirm_seeds,
+    describe_default,
     top_configs,
 )
 from raykd.plan.search_space import SearchSpec, default_params, load_search
@@ -105,6 +106,11 @@ def test_default_configuration_and_fresh_seeds(tmp_path) -> None:
     assert default_params(search, base) == {"method": "sp"}  # kd_weight_scale: the preset's
     fixed = SearchSpec.model_validate({**SPACE, "default": {"kd_weight_scale": 2.0}})
     assert default_params(fixed, base) == {"kd_weight_scale": 2.0, "method": "sp"}
+    assert describe_default(search, base) == "method=sp kd_weight_scale=1"
+    kd = load_search("kd_weights")
+    assert describe_default(kd, base.model_copy(update={"kd_balance": 0.1})) == (
+        "method=sp kd_balance=0.1 output_weight=0 w_imit=1 w_s=1"
+    )
     assert confirm_seeds(base, 3) == [44, 45, 46]  # the search trained 42 and 43
     path = tmp_path / "space.yaml"
     path.write_text(json.dumps({**SPACE, "default": {"w_s": 1.0}}))
@@ -171,6 +177,7 @@ def test_confirmed_search_retrains_top_k_and_default(ray_session, tmp_path, caps
     verdict = re.compile(r"^(confirmed winner: #\d|none beats the default beyond its spread)")
     assert verdict.match(out.splitlines()[-2]), out  # the summary's line before the study's
     assert "| config | parameters | search val_psnr |" in out
+    assert "| default | method=at kd_weight_scale=1 | — | 6 |" in out  # as it trains
     (path,) = root.glob("confirm-tconf-*.json")
     conf = json.loads(path.read_text())
     assert conf["seeds"] == [43, 44] and conf["split"] == "test"

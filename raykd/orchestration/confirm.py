@@ -46,6 +46,7 @@ class ConfigResult:
     teacher_ids: list[str]  # the stage each own stage learned from, per seed
     values: dict[str, dict[tuple[str, str], float]]  # metric -> {(seed, volume): value}
     tests: dict[str, UnitTest] = field(default_factory=dict)  # metric -> test vs default
+    shown: str = ""  # how the table names its parameters (default: ``params``)
 
     @property
     def name(self) -> str:
@@ -125,6 +126,24 @@ def top_configs(out: dict[str, Any], search: SearchSpec, k: int) -> list[dict[st
             seen.add(key)
             best.append(t)
     return best[:k]
+
+
+def describe_default(search: SearchSpec, base: GridSpec) -> str:
+    """The default's value of every searched parameter, as it trains (the preset's included),
+    e.g. ``method=at kd_balance=0.1 output_weight=0 w_imit=1 w_s=1``."""
+    spec, row, over = trial_row_and_spec(search, base, default_params(search, base))
+    values = {
+        "method": row.method,
+        "kd_balance": spec.kd_balance,
+        "imit_balance": spec.imit_balance,
+        "kd_weight_scale": 1.0,  # the canonical weight
+        "output_weight": over.kd_output_weight or 0.0,
+        "w_imit": spec.w_imit,
+        "w_s": spec.w_s,
+        "student_depth": row.student_depth,
+        "acceleration": row.acceleration,
+    }
+    return trial_name({k: values[k] for k in search.params})
 
 
 def confirm_seeds(base: GridSpec, n: int) -> list[int]:
@@ -238,7 +257,7 @@ def format_table(conf: Confirmation) -> str:
     for c in conf.configs:
         search_v = "—" if c.search_value is None else f"{c.search_value:.3f}"
         n = len(c.values[METRICS[0]])
-        cells = [c.label, trial_name(c.params) or "base preset", search_v, str(n)]
+        cells = [c.label, c.shown or trial_name(c.params), search_v, str(n)]
         cells += [f"{c.mean('psnr'):.3f}", f"{c.mean('ssim'):.4f}"]
         for m, d in (("psnr", 3), ("ssim", 4)):
             t = c.tests.get(m)
@@ -311,6 +330,7 @@ def confirm_search(
     configs = [(DEFAULT_LABEL, default_params(search, base), None)]
     configs += [(f"#{i + 1}", t["params"], t[metric]) for i, t in enumerate(tops)]
     results, split = train_configs(search, base, configs, seeds, job.ctx)
+    results[0].shown = describe_default(search, base)
     for c in results[1:]:
         c.tests = {m: compare(results[0], c, m) for m in METRICS}
     winner, verdict = choose_winner(results)
