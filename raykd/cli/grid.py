@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from raykd.cli.confirm_flags import add_confirm_args
 from raykd.errors import run_cli
 from raykd.kinds import ROW_KINDS, STAGE_KINDS
 
@@ -300,6 +301,7 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
         "where a stage gets one CPU worker anyway, which saves ~12 s of Ray Train start/stop "
         "per stage chain)",
     )
+    add_confirm_args(p)
 
 
 def search_preset(args: argparse.Namespace, search) -> str:
@@ -342,6 +344,9 @@ def run_search_args(args: argparse.Namespace) -> int:
     )
     try:
         out = run_search(search, base, job, resume=not args.fresh)
+        from raykd.orchestration.confirm import confirm_search
+
+        confirmed = confirm_search(search, base, job, out, args.confirm, args.confirm_seeds)
     except BaseException as exc:
         if (got := received()) is not None or isinstance(exc, KeyboardInterrupt):
             raise interrupt_job(job, got or exc, []) from None
@@ -376,6 +381,8 @@ def run_search_args(args: argparse.Namespace) -> int:
             f"pareto: {t['params']} -> "
             + ", ".join(f"{o.metric} {t[o.metric]:.4g}" for o in search.objectives)
         )
+    if confirmed is not None:
+        print(confirmed.verdict)
     print(f"Optuna study '{out['study']['name']}' in {out['study']['storage']}")
     return 0
 
