@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from raykd.cli.confirm_flags import add_confirm_args
+from raykd.cli.study_flags import add_confirm_args, add_study_args
 from raykd.errors import run_cli
 from raykd.kinds import ROW_KINDS, STAGE_KINDS
 
@@ -86,37 +86,13 @@ def add_grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", nargs="+", help="KD methods (at fitnets fsp sp cc ...)")
     p.add_argument("--student-depths", nargs="+", type=int, help="2..4 (D2C5..D4C5)")
     p.add_argument("--seeds", type=int, help="number of seeds")
-    p.add_argument(
-        "--rows",
-        nargs="+",
-        help=" ".join(ROW_KINDS),
-    )
+    p.add_argument("--rows", nargs="+", help=" ".join(ROW_KINDS))
     p.add_argument("--epochs", type=int, help="epochs of every stage")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"))
     p.add_argument("--max-slices", type=int, help="slices per volume (evenly spaced)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--test", nargs="+", help="held-out test volumes")
-    p.add_argument(
-        "--test-slices",
-        type=int,
-        help="slices per held-out test volume (evenly spaced; default: all)",
-    )
-    p.add_argument(
-        "--folds",
-        type=int,
-        metavar="K",
-        help="cross-validation by subject: fold k tests on subject k, validates on the next, "
-        "trains on the rest (with --test: the test set stays fixed, folds rotate validation)",
-    )
-    p.add_argument(
-        "--budget-scale",
-        type=float,
-        nargs="+",
-        metavar="S",
-        dest="budget_scales",
-        help="budget study: the grid once per factor with every stage's epochs scaled "
-        "(e.g. 1 2 4; equal compute stays SFT + KD)",
-    )
+    add_study_args(p)
     p.add_argument(
         "--no-fixed-masks",
         dest="fixed_masks",

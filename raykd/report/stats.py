@@ -163,12 +163,7 @@ def contrast_test(
     }
     units = unit_pairs(runs, base, cand, metric) if base and cand else None
     if units is None or units.n == 0:
-        lacking = [n for n, f in ((contrast.baseline, base), (contrast.candidate, cand)) if not f]
-        why = f"no {' / '.join(lacking)} run" if lacking else "no seed has both runs evaluated"
-        runs.warn_once(
-            f"comparison missing: {setting.label()} {contrast.label} for "
-            f"{method_name(method)} cannot be tested ({why}); reported as missing"
-        )
+        _warn_missing(runs, setting, contrast, method, base, cand)
         return {**record, "seeds": "", "n_seeds": 0, "verdict": "missing run"}
     if units.unpaired:
         runs.warn_once(
@@ -192,6 +187,15 @@ def contrast_test(
         "slice_median_diff": desc.median_diff,
         "slice_p_value": desc.p_value,
     }
+
+
+def _warn_missing(runs: StageRuns, setting: Setting, contrast: Contrast, method: str, base, cand):
+    lacking = [n for n, f in ((contrast.baseline, base), (contrast.candidate, cand)) if not f]
+    why = f"no {' / '.join(lacking)} run" if lacking else "no seed has both runs evaluated"
+    runs.warn_once(
+        f"comparison missing: {setting.label()} {contrast.label} for "
+        f"{method_name(method)} cannot be tested ({why}); reported as missing"
+    )
 
 
 def paired_table(
