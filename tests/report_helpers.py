@@ -74,10 +74,16 @@ def stage_tags(row: str, method: str = "", seed: str = "42", student_depth: int 
 
 
 def log_stage(
-    tracking: Tracking, folder: Path, tags: dict[str, str], evals: dict[str, dict]
+    tracking: Tracking,
+    folder: Path,
+    tags: dict[str, str],
+    evals: dict[str, dict],
+    params: dict[str, Any] | None = None,
 ) -> str:
-    """A finished stage run with ``eval/eval_<split>.json`` for each of ``evals``."""
-    run = tracking.start_run(f"{tags[S.TAG_ROW]}-{tags[S.TAG_METHOD]}-{tags[S.TAG_SEED]}", tags)
+    """A stage run (end it with ``tracking.end_run``) with ``eval/eval_<split>.json`` for each
+    of ``evals`` and ``params`` (nested, flattened as stages log them: ``optim.epochs``)."""
+    name = f"{tags[S.TAG_ROW]}-{tags[S.TAG_METHOD]}-{tags[S.TAG_SEED]}"
+    run = tracking.start_run(name, tags, params=params)
     folder = folder / run
     folder.mkdir(parents=True)
     for split, report in evals.items():

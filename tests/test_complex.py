@@ -171,7 +171,7 @@ def test_complex_vdsr_super_resolution_by_kspace_truncation(complex_data, tmp_pa
 
 def test_complex_torchscript_export(complex_data, tmp_path):
     from raykd.deploy.export import example_inputs, export_torchscript, load_torchscript
-    from raykd.tracking.registry import pack_inputs, scripted
+    from raykd.deploy.registry import pack_inputs, scripted
     from raykd.train.loop import train_stage
     from raykd.train.stages import load_model
 

@@ -50,4 +50,4 @@ def test_complex_smoke_grid_trains_and_compares(ray_session, tmp_path, monkeypat
         assert label in table
     assert "—" not in table.split("## mni152_complex 4x")[1]  # no missing cell
     assert (tmp_path / "cmp" / "figures" / "reconstructions.png").is_file()
-    assert result is not None
+    assert result.files["table_1"] == (tmp_path / "cmp" / "table_1.md").resolve()

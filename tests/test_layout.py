@@ -145,3 +145,24 @@ def test_core_imports_no_upper_layer_nor_ray():
             if wrong:
                 bad[name] = wrong
     assert bad == {}, bad
+
+
+# tracking (MLflow runs, the model registry) serves the layers that deploy, report and
+# orchestrate: it never imports them (deploy/registry.py builds what tracking/registry.py
+# registers).
+ABOVE_TRACKING = ("deploy", "report", "orchestration", "cli")
+
+
+def test_tracking_imports_no_layer_above_it():
+    modules = _modules()
+    bad = {}
+    for name, path in modules.items():
+        if name == "raykd.tracking" or name.startswith("raykd.tracking."):
+            up = sorted(
+                m
+                for m in _imports(name, path, modules)
+                if (m + ".").split(".")[1] in ABOVE_TRACKING
+            )
+            if up:
+                bad[name] = up
+    assert bad == {}, bad

@@ -400,7 +400,7 @@ def test_registering_a_model_leaves_the_tracking_uri_alone(tmp_path, monkeypatch
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     tracking = _tracking(tmp_path)
     run_id = tracking.start_run("r")
-    from raykd.tracking.registry import register_model
+    from raykd.deploy.registry import register_model
 
     assert register_model(tracking, run_id, DCCNN(2, 1, 2), "m") == "1"
     assert register_model(tracking, run_id, DCCNN(2, 1, 2), "m") == "1"  # once per run
@@ -408,9 +408,9 @@ def test_registering_a_model_leaves_the_tracking_uri_alone(tmp_path, monkeypatch
 
 
 def _register_in_subprocess(db: str, artifacts: str, run_id: str, barrier) -> str:
+    from raykd.deploy.registry import register_model
     from raykd.models.dccnn import DCCNN
     from raykd.tracking import Tracking
-    from raykd.tracking.registry import register_model
 
     tracking = Tracking(f"sqlite:///{db}", "t", artifacts)
     barrier.wait()

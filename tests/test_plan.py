@@ -140,6 +140,8 @@ def test_row_is_typed_and_round_trips():
         "row": "sft_kd",
         "student_depth": 3,
         "method": "at",
+        "fold": None,
+        "budget": 1.0,
     }
     assert Row.model_validate(data) == row
     assert Row.model_validate_json(json.dumps(data)) == row

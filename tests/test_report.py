@@ -443,7 +443,7 @@ def test_gap(store, compared):
     # Headline: best method per framework (AT for both here), named.
     headline = f"no KD {no_kd:.2f} → Std-KD {std_at:.2f} (AT) → SFT-KD {sft_at:.2f} (AT)"
     assert headline in md
-    assert any(headline in line for line in compared["result"].summary)
+    assert any(headline in line for line in compared["result"].summary_lines)
 
 
 # ---- statistics ----------------------------------------------------------------------------------
@@ -537,6 +537,16 @@ def test_comparison_run_logged(store, compared):
     figs = {Path(f.path).name for f in client.list_artifacts(result.run_id, "figures")}
     assert {"reconstructions.png", "ssim_boxplots.png", "val_loss.png"} <= figs
     assert "sft_kd fsp" in (compared["out"] / "warnings.txt").read_text()
+    # The typed result: every file it names was written and logged; lines end with the run.
+    assert result.out_dir == Path(compared["out"]).resolve()
+    assert result.summary_path == result.out_dir / "summary.md"
+    assert result.warnings_path.read_text().splitlines() == list(result.warnings)
+    assert result.warnings == tuple(dict.fromkeys(compared["warnings"]))
+    assert all(path.is_file() for path in result.files.values())
+    logged = top | {f"figures/{name}" for name in figs}
+    assert {str(p.relative_to(result.out_dir)) for p in result.files.values()} <= logged
+    assert result.summary_lines[0] == result.paragraph
+    assert result.summary_lines[-1] == f"comparison run {result.run_id}"
 
 
 def test_parent_run_collects_listed_stages(store):

@@ -86,5 +86,5 @@ def test_imbalance_is_said_in_words(compared):
     assert "Loss balance is off in 2 distillation run(s): AT Std-KD seed 42" in text
     assert "reflect the loss scale, not the distillation method" in text
     assert any(
-        s.startswith("loss balance phantom 4x: CC Std-KD") for s in compared["result"].summary
+        s.startswith("loss balance phantom 4x: CC Std-KD") for s in compared["result"].summary_lines
     )

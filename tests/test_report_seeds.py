@@ -251,7 +251,7 @@ def test_summary_paragraph_states_claims(compared):
     assert "per-slice" not in text  # slice-level p-values are never quoted as evidence
     assert "\n" not in text and text.startswith("On phantom 4x (held-out test volumes, seeds 42")
     summary_md = (compared["out"] / "summary.md").read_text()
-    assert text in summary_md and result.summary[0] == text  # the CLI prints result.summary
+    assert text in summary_md and result.summary_lines[0] == text  # the CLI prints summary_lines
 
 
 def test_gap_ci_contains_true_gap(compared):

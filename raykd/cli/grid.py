@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from raykd.cli.study_flags import add_confirm_args, add_study_args
 from raykd.errors import run_cli
 from raykd.kinds import ROW_KINDS, STAGE_KINDS
 
@@ -85,16 +86,13 @@ def add_grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", nargs="+", help="KD methods (at fitnets fsp sp cc ...)")
     p.add_argument("--student-depths", nargs="+", type=int, help="2..4 (D2C5..D4C5)")
     p.add_argument("--seeds", type=int, help="number of seeds")
-    p.add_argument(
-        "--rows",
-        nargs="+",
-        help=" ".join(ROW_KINDS),
-    )
+    p.add_argument("--rows", nargs="+", help=" ".join(ROW_KINDS))
     p.add_argument("--epochs", type=int, help="epochs of every stage")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"))
     p.add_argument("--max-slices", type=int, help="slices per volume (evenly spaced)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--test", nargs="+", help="held-out test volumes")
+    add_study_args(p)
     p.add_argument(
         "--no-fixed-masks",
         dest="fixed_masks",
@@ -186,6 +184,9 @@ def grid_overrides(args: argparse.Namespace) -> dict:
         "precision": args.precision,
         "data_path": args.data_path,
         "test": args.test,
+        "test_slices": getattr(args, "test_slices", None),
+        "folds": getattr(args, "folds", None),
+        "budget_scales": getattr(args, "budget_scales", None),
         "sr_degradation": args.sr_degradation,
         "kd_balance": getattr(args, "kd_balance", None),
         "fixed_masks": getattr(args, "fixed_masks", None),
@@ -276,6 +277,7 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
         "where a stage gets one CPU worker anyway, which saves ~12 s of Ray Train start/stop "
         "per stage chain)",
     )
+    add_confirm_args(p)
 
 
 def search_preset(args: argparse.Namespace, search) -> str:
@@ -310,14 +312,15 @@ def run_search_args(args: argparse.Namespace) -> int:
         local_default=False if args.ray_train else "auto",
         workers=workers,
     )
-    out = _run_search_job(args, search, base, job)
-    print_search(search, base, out)
+    out, confirmed = _run_search_job(args, search, base, job)
+    print_search(search, base, out, confirmed)
     return 0
 
 
 def _run_search_job(args: argparse.Namespace, search, base, job):
-    """The search, its result file on the job run, the job's summary; an interrupt or failure
-    closes the job run (KILLED / FAILED) first."""
+    """The search (and its ``--confirm`` step), its result file on the job run, the job's
+    summary; an interrupt or failure closes the job run (KILLED / FAILED) first."""
+    from raykd.orchestration.confirm import confirm_search
     from raykd.orchestration.interrupt import received
     from raykd.orchestration.job import finish_job, interrupt_job
     from raykd.orchestration.search import run_search, search_rows
@@ -326,6 +329,7 @@ def _run_search_job(args: argparse.Namespace, search, base, job):
 
     try:
         out = run_search(search, base, job, resume=not args.fresh)
+        confirmed = confirm_search(search, base, job, out, args.confirm, args.confirm_seeds)
     except BaseException as exc:
         if (got := received()) is not None or isinstance(exc, KeyboardInterrupt):
             raise interrupt_job(job, got or exc, []) from None
@@ -338,11 +342,12 @@ def _run_search_job(args: argparse.Namespace, search, base, job):
     summary = finish_job(job, search_rows(out))
     if stats:
         report_actual(job, None, summary.wall_clock_s, stats)
-    return out
+    return out, confirmed
 
 
-def print_search(search, base, out) -> None:
-    """The best trial (or the Pareto front) and where the Optuna study is."""
+def print_search(search, base, out, confirmed=None) -> None:
+    """The best trial (or the Pareto front), the confirmation's verdict and where the Optuna
+    study is."""
     per_volume = base.max_slices_per_volume
     scope = (
         f"split val, {'at most ' + str(per_volume) if per_volume else 'all'} slices per volume, "
@@ -354,6 +359,8 @@ def print_search(search, base, out) -> None:
     for t in out.pareto:
         values = ", ".join(f"{o.metric} {t.value(o.metric):.4g}" for o in search.objectives)
         print(f"pareto: {t.params} -> {values}")
+    if confirmed is not None:
+        print(confirmed.verdict)
     print(f"Optuna study '{out.study_name}' in {out.storage}")
 
 

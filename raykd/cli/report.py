@@ -64,9 +64,9 @@ def run_compare(args: argparse.Namespace) -> int:
                 str(w.message) for w in caught if issubclass(w.category, ReportWarning)
             ):
                 print(f"warning: {msg}", file=sys.stderr)
-    for line in result.summary:
+    for line in result.summary_lines:
         print(line)
-    print(f"wrote {len(result)} files to {result['summary'].parent}")
+    print(f"wrote {len(result.files)} files to {result.out_dir}")
     return 0
 
 
@@ -159,12 +159,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "compare",
         help="paper-style tables, Wilcoxon tests and figures from MLflow runs",
         description="Read stage runs from MLflow (experiments or a job run) and write Table 1, "
-        "Table 3, Table 8, the teacher-student gap, paired tests over (seed, volume) units, the "
-        "loss balance of KD runs and figures; log them as a comparison run.",
+        "Table 3, Table 8, the teacher-student gap, paired tests over (seed, volume) units "
+        "((fold, seed, volume) with --folds runs), the loss balance of KD runs and figures, and "
+        "with runs of several --budget-scale values the budget study (budget.md, "
+        "figures/budget.png); log them as a comparison run.",
     )
     add_compare_args(p)
     p.set_defaults(func=run_compare)
+    _register_benchmark(sub)
+    _register_export(sub)
 
+
+def _register_benchmark(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "benchmark-inference",
         help="per-slice DC-CNN inference latency per depth (for Table 8)",
@@ -192,6 +198,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root", help="run directory for the default sqlite store")
     p.set_defaults(func=_cmd_benchmark)
 
+
+def _register_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
         help="export a trained network to TorchScript (or try ONNX)",

@@ -16,7 +16,7 @@ import hashlib
 import re
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +119,16 @@ def _read_pixels(path: Path, shape: tuple[int, int]) -> np.ndarray:
     return apply_modality_lut(pixels, ds).astype(np.float32)
 
 
+@dataclass
+class _Series:
+    """One (PatientID, SeriesInstanceUID): its first header, in-plane size and file, frames."""
+
+    header: pydicom.Dataset
+    shape: tuple[int, int]
+    first: Path
+    frames: list[_Frame] = field(default_factory=list)
+
+
 def convert_dicom_folder(
     folder: str | Path,
     out_dir: str | Path,
@@ -140,10 +150,22 @@ def convert_dicom_folder(
     folder, out_dir = Path(folder), Path(out_dir)
     if not folder.is_dir():
         raise DataError(f"{folder}: DICOM folder not found (expected a folder of .dcm files)")
+    groups = _group_series(folder, series)
+    written: list[Path] = []
+    taken: set[str] = set()
+    for key in sorted(groups):
+        frames = _unique_frames(folder, key, groups[key].frames)
+        frames.sort(key=lambda f: (f.position, f.trigger_time or 0.0, f.instance))
+        written.append(_write_series(folder, out_dir, key, groups[key], frames, taken))
+    return sorted(written)
 
-    groups: dict[tuple[str, str], list[_Frame]] = {}
-    headers: dict[tuple[str, str], pydicom.Dataset] = {}
-    shapes: dict[tuple[str, str], tuple[tuple[int, int], Path]] = {}
+
+def _group_series(
+    folder: Path, series: str | Iterable[str] | None
+) -> dict[tuple[str, str], _Series]:
+    """Read every header (no pixels) and group the image frames by (PatientID, series UID);
+    warns once about skipped files, refuses a folder without a matching image."""
+    groups: dict[tuple[str, str], _Series] = {}
     not_dicom: list[Path] = []
     no_pixels: list[Path] = []
     for path in _iter_files(folder):
@@ -157,96 +179,105 @@ def convert_dicom_folder(
         if "Rows" not in ds or "Columns" not in ds:
             no_pixels.append(path)
             continue
-        if not _matches(series, ds):
-            continue
-        frames = int(_float(ds.get("NumberOfFrames")) or 1)
-        if frames > 1 or int(ds.get("SamplesPerPixel", 1)) != 1:
-            raise DataError(
-                f"{path}: NumberOfFrames={frames}, SamplesPerPixel={ds.get('SamplesPerPixel')}; "
-                "expected single-frame greyscale images (enhanced multi-frame / colour DICOM "
-                "is not supported)"
-            )
-        key = (str(ds.get("PatientID", "") or "unknown"), str(ds.get("SeriesInstanceUID", "")))
-        shape = (int(ds.Rows), int(ds.Columns))
-        if key in shapes and shapes[key][0] != shape:
-            first_shape, first_path = shapes[key]
-            raise DataError(
-                f"{path}: Rows x Columns = {shape[0]} x {shape[1]}, but {first_path.name} of the "
-                f"same series (PatientID {key[0]}, SeriesInstanceUID {key[1]}) is "
-                f"{first_shape[0]} x {first_shape[1]}; a volume needs one in-plane size"
-            )
-        shapes.setdefault(key, (shape, path))
-        headers.setdefault(key, ds)
-        groups.setdefault(key, []).append(
-            _Frame(
-                path=path,
-                position=round(_position(ds), _POSITION_DECIMALS),
-                trigger_time=_float(ds.get("TriggerTime")),
-                instance=int(_float(ds.get("InstanceNumber")) or 0),
-                sop_uid=str(ds.get("SOPInstanceUID", path)),
-            )
-        )
-
+        if _matches(series, ds):
+            _add_frame(groups, path, ds)
     skipped = len(not_dicom) + len(no_pixels)
     if skipped:
         examples = ", ".join(p.name for p in (not_dicom + no_pixels)[:3])
         warnings.warn(
             f"{folder}: skipped {len(not_dicom)} non-DICOM file(s) and {len(no_pixels)} DICOM "
             f"file(s) without image data (e.g. {examples})",
-            stacklevel=2,
+            stacklevel=3,  # the caller of convert_dicom_folder
         )
     if not groups:
         what = f" matching series {series!r}" if series is not None else ""
         raise DataError(f"{folder}: no DICOM image files{what} found (searched all subfolders)")
+    return groups
 
-    written: list[Path] = []
-    taken: set[str] = set()
-    for key in sorted(groups):
-        patient, series_uid = key
-        frames, seen, dupes = [], set(), 0
-        for fr in groups[key]:
-            if fr.sop_uid in seen:  # the same instance copied twice into the folder
-                dupes += 1
-                continue
-            seen.add(fr.sop_uid)
-            frames.append(fr)
-        if dupes:
-            warnings.warn(
-                f"{folder}: PatientID {patient}, series {series_uid}: ignored {dupes} duplicate "
-                "SOPInstanceUID file(s)",
-                stacklevel=2,
-            )
-        frames.sort(key=lambda f: (f.position, f.trigger_time or 0.0, f.instance))
-        shape = shapes[key][0]
-        image = np.stack([_read_pixels(fr.path, shape) for fr in frames])
 
-        hdr = headers[key]
-        extra = {"slice_location": np.array([f.position for f in frames], np.float32)}
-        if all(f.trigger_time is not None for f in frames):
-            extra["trigger_time"] = np.array([f.trigger_time for f in frames], np.float32)
-        attrs: dict[str, Any] = {
-            "patient_id": patient,
-            "series_uid": series_uid,
-            "source": "dicom",
-            "source_folder": folder.name,  # a name, not a local absolute path
-        }
-        spacing = hdr.get("PixelSpacing")
-        if spacing is not None and len(spacing) == 2:
-            attrs["pixel_spacing_mm"] = np.array([float(s) for s in spacing])
-        optional = {
-            "slice_thickness_mm": _float(hdr.get("SliceThickness")),
-            "field_strength_T": _float(hdr.get("MagneticFieldStrength")),
-        }
-        attrs.update({k: v for k, v in optional.items() if v is not None})
-        for attr, tag in (
-            ("manufacturer", "Manufacturer"),
-            ("series_description", "SeriesDescription"),
-        ):
-            if hdr.get(tag):
-                attrs[attr] = str(hdr.get(tag))
-        number = hdr.get("SeriesNumber")
-        name = _output_name(
-            patient, series_uid, None if number in (None, "") else str(number), taken
+def _add_frame(groups: dict[tuple[str, str], _Series], path: Path, ds: pydicom.Dataset) -> None:
+    """File one single-frame greyscale image under its series (one in-plane size per series)."""
+    frames = int(_float(ds.get("NumberOfFrames")) or 1)
+    if frames > 1 or int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise DataError(
+            f"{path}: NumberOfFrames={frames}, SamplesPerPixel={ds.get('SamplesPerPixel')}; "
+            "expected single-frame greyscale images (enhanced multi-frame / colour DICOM "
+            "is not supported)"
         )
-        written.append(write_volume(out_dir / name, image, attrs=attrs, extra=extra))
-    return sorted(written)
+    key = (str(ds.get("PatientID", "") or "unknown"), str(ds.get("SeriesInstanceUID", "")))
+    shape = (int(ds.Rows), int(ds.Columns))
+    group = groups.setdefault(key, _Series(ds, shape, path))
+    if group.shape != shape:
+        raise DataError(
+            f"{path}: Rows x Columns = {shape[0]} x {shape[1]}, but {group.first.name} of the "
+            f"same series (PatientID {key[0]}, SeriesInstanceUID {key[1]}) is "
+            f"{group.shape[0]} x {group.shape[1]}; a volume needs one in-plane size"
+        )
+    group.frames.append(
+        _Frame(
+            path=path,
+            position=round(_position(ds), _POSITION_DECIMALS),
+            trigger_time=_float(ds.get("TriggerTime")),
+            instance=int(_float(ds.get("InstanceNumber")) or 0),
+            sop_uid=str(ds.get("SOPInstanceUID", path)),
+        )
+    )
+
+
+def _unique_frames(folder: Path, key: tuple[str, str], frames: list[_Frame]) -> list[_Frame]:
+    """The frames without repeated SOPInstanceUIDs (one instance copied twice into the
+    folder), with a warning that counts them."""
+    unique, seen, dupes = [], set(), 0
+    for fr in frames:
+        if fr.sop_uid in seen:
+            dupes += 1
+            continue
+        seen.add(fr.sop_uid)
+        unique.append(fr)
+    if dupes:
+        warnings.warn(
+            f"{folder}: PatientID {key[0]}, series {key[1]}: ignored {dupes} duplicate "
+            "SOPInstanceUID file(s)",
+            stacklevel=3,  # the caller of convert_dicom_folder
+        )
+    return unique
+
+
+def _write_series(
+    folder: Path,
+    out_dir: Path,
+    key: tuple[str, str],
+    group: _Series,
+    frames: list[_Frame],
+    taken: set[str],
+) -> Path:
+    """Read the sorted frames' pixels and write one volume with the series' header facts."""
+    patient, series_uid = key
+    image = np.stack([_read_pixels(fr.path, group.shape) for fr in frames])
+    hdr = group.header
+    extra = {"slice_location": np.array([f.position for f in frames], np.float32)}
+    if all(f.trigger_time is not None for f in frames):
+        extra["trigger_time"] = np.array([f.trigger_time for f in frames], np.float32)
+    attrs: dict[str, Any] = {
+        "patient_id": patient,
+        "series_uid": series_uid,
+        "source": "dicom",
+        "source_folder": folder.name,  # a name, not a local absolute path
+    }
+    spacing = hdr.get("PixelSpacing")
+    if spacing is not None and len(spacing) == 2:
+        attrs["pixel_spacing_mm"] = np.array([float(s) for s in spacing])
+    optional = {
+        "slice_thickness_mm": _float(hdr.get("SliceThickness")),
+        "field_strength_T": _float(hdr.get("MagneticFieldStrength")),
+    }
+    attrs.update({k: v for k, v in optional.items() if v is not None})
+    for attr, tag in (
+        ("manufacturer", "Manufacturer"),
+        ("series_description", "SeriesDescription"),
+    ):
+        if hdr.get(tag):
+            attrs[attr] = str(hdr.get(tag))
+    number = hdr.get("SeriesNumber")
+    name = _output_name(patient, series_uid, None if number in (None, "") else str(number), taken)
+    return write_volume(out_dir / name, image, attrs=attrs, extra=extra)

@@ -72,43 +72,47 @@ def convert_fastmri(
                 f"{sorted(f.keys())}"
             )
         use_kspace = has_kspace and (prefer == "kspace" or recon_key is None)
-
-        if use_kspace:
-            ds = _dataset(f, KSPACE_KEY, path)
-            if ds.ndim not in (3, 4) or not np.issubdtype(ds.dtype, np.complexfloating):
-                raise DataError(
-                    f"{path}: '{KSPACE_KEY}' has shape {ds.shape} and dtype {ds.dtype}; expected "
-                    "complex [N, H, W] (single-coil) or [N, C, H, W] (multi-coil)"
-                )
-            # One slice at a time: multi-coil brain volumes are hundreds of MB in k-space.
-            image = (
-                np.stack(
-                    [center_crop_or_pad(kspace_to_image(ds[i]), CROP) for i in range(ds.shape[0])]
-                )
-                if ds.shape[0]
-                else np.zeros((0, *CROP), np.float32)
-            )
-            source_key = KSPACE_KEY
-        else:
-            ds = _dataset(f, recon_key, path)
-            if ds.ndim != 3:
-                raise DataError(
-                    f"{path}: '{recon_key}' has shape {ds.shape}; expected magnitude [N, H, W]"
-                )
-            image = center_crop_or_pad(np.abs(ds[()]).astype(np.float32), CROP)
-            source_key = recon_key
-
+        source_key = KSPACE_KEY if use_kspace else recon_key
+        image = _kspace_image(f, path) if use_kspace else _reconstruction_image(f, recon_key, path)
         if image.shape[0] == 0:
             raise DataError(f"{path}: '{source_key}' holds no slices")
-        attrs: dict[str, Any] = {
-            "source": "fastmri",
-            "source_file": path.name,
-            "source_key": source_key,
-        }
-        for name in ("acquisition", "patient_id"):
-            value = f.attrs.get(name)
-            if isinstance(value, bytes):
-                value = value.decode(errors="replace")
-            if isinstance(value, str) and value:
-                attrs[name] = value
+        attrs = _attrs(f, path, source_key)
     return write_volume(out_path, image, attrs=attrs)
+
+
+def _kspace_image(f: h5py.File, path: Path) -> np.ndarray:
+    """[N, 320, 320] magnitude from the file's k-space (single- or multi-coil)."""
+    ds = _dataset(f, KSPACE_KEY, path)
+    if ds.ndim not in (3, 4) or not np.issubdtype(ds.dtype, np.complexfloating):
+        raise DataError(
+            f"{path}: '{KSPACE_KEY}' has shape {ds.shape} and dtype {ds.dtype}; expected "
+            "complex [N, H, W] (single-coil) or [N, C, H, W] (multi-coil)"
+        )
+    if not ds.shape[0]:
+        return np.zeros((0, *CROP), np.float32)
+    # One slice at a time: multi-coil brain volumes are hundreds of MB in k-space.
+    return np.stack([center_crop_or_pad(kspace_to_image(ds[i]), CROP) for i in range(ds.shape[0])])
+
+
+def _reconstruction_image(f: h5py.File, key: str, path: Path) -> np.ndarray:
+    """[N, 320, 320] magnitude from a stored reconstruction."""
+    ds = _dataset(f, key, path)
+    if ds.ndim != 3:
+        raise DataError(f"{path}: '{key}' has shape {ds.shape}; expected magnitude [N, H, W]")
+    return center_crop_or_pad(np.abs(ds[()]).astype(np.float32), CROP)
+
+
+def _attrs(f: h5py.File, path: Path, source_key: str) -> dict[str, Any]:
+    """Provenance plus the file's ``acquisition`` and ``patient_id`` when it has them."""
+    attrs: dict[str, Any] = {
+        "source": "fastmri",
+        "source_file": path.name,
+        "source_key": source_key,
+    }
+    for name in ("acquisition", "patient_id"):
+        value = f.attrs.get(name)
+        if isinstance(value, bytes):
+            value = value.decode(errors="replace")
+        if isinstance(value, str) and value:
+            attrs[name] = value
+    return attrs

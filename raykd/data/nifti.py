@@ -54,22 +54,7 @@ def nifti_slices(
         raise ConfigError(f"{source}: axis must be 0, 1 or 2, got {axis!r}")
     if not 0.0 <= min_foreground <= 1.0:
         raise ConfigError(f"{source}: min_foreground must be in [0, 1], got {min_foreground!r}")
-    ndim = len(img.shape)
-    if ndim == 4 and img.shape[3] == 1 and frame is None:
-        frame = 0
-    if ndim == 4:
-        if frame is None:
-            raise DataError(
-                f"{source}: 4D image of shape {img.shape} (e.g. a cine or time series); pass "
-                f"frame=<0..{img.shape[3] - 1}> to choose the 3D frame to convert"
-            )
-        if not -img.shape[3] <= frame < img.shape[3]:
-            raise DataError(f"{source}: frame={frame} out of range for {img.shape[3]} frames")
-        img = img.slicer[..., frame]
-    elif ndim != 3:
-        raise DataError(f"{source}: expected a 3D (or 4D with frame=) image, got shape {img.shape}")
-
-    img = nib.as_closest_canonical(img)
+    img = nib.as_closest_canonical(_volume_3d(img, frame, source))
     data = np.asarray(img.get_fdata(dtype=np.float32))
     if not np.all(np.isfinite(data)):
         raise DataError(f"{source}: image contains NaN or Inf voxels")
@@ -86,23 +71,50 @@ def nifti_slices(
             f"{min_foreground} (largest is {fraction.max():.3f}); lower min_foreground"
         )
     slices = np.ascontiguousarray(np.rot90(moved[keep], k=1, axes=(1, 2)), dtype=np.float32)
+    return slices, _slice_locations(img, keep, axis), _slice_attrs(img, axis)
 
-    # World coordinate along `axis` of each kept slice, taken at the in-plane centre.
+
+def _volume_3d(
+    img: nib.spatialimages.SpatialImage, frame: int | None, source: str
+) -> nib.spatialimages.SpatialImage:
+    """The image itself when 3D; frame ``frame`` of a 4D one (a single-frame 4D: frame 0)."""
+    ndim = len(img.shape)
+    if ndim == 4 and img.shape[3] == 1 and frame is None:
+        frame = 0
+    if ndim == 4:
+        if frame is None:
+            raise DataError(
+                f"{source}: 4D image of shape {img.shape} (e.g. a cine or time series); pass "
+                f"frame=<0..{img.shape[3] - 1}> to choose the 3D frame to convert"
+            )
+        if not -img.shape[3] <= frame < img.shape[3]:
+            raise DataError(f"{source}: frame={frame} out of range for {img.shape[3]} frames")
+        return img.slicer[..., frame]
+    if ndim != 3:
+        raise DataError(f"{source}: expected a 3D (or 4D with frame=) image, got shape {img.shape}")
+    return img
+
+
+def _slice_locations(
+    img: nib.spatialimages.SpatialImage, keep: np.ndarray, axis: int
+) -> np.ndarray:
+    """World coordinate along ``axis`` of each kept slice, taken at the in-plane centre."""
     centre = (np.asarray(img.shape[:3], float) - 1) / 2
     vox = np.tile(centre, (keep.size, 1))
     vox[:, axis] = keep
-    world = nib.affines.apply_affine(img.affine, vox)[:, axis].astype(np.float32)
+    return nib.affines.apply_affine(img.affine, vox)[:, axis].astype(np.float32)
 
+
+def _slice_attrs(img: nib.spatialimages.SpatialImage, axis: int) -> dict[str, Any]:
     zooms = [float(z) for z in img.header.get_zooms()[:3]]
     in_plane = [zooms[i] for i in range(3) if i != axis]
-    attrs: dict[str, Any] = {
+    return {
         # rows run along the second in-plane axis after rot90, columns along the first
         "pixel_spacing_mm": np.array([in_plane[1], in_plane[0]]),
         "slice_thickness_mm": zooms[axis],
         "orientation": "".join(nib.aff2axcodes(img.affine)),
         "slice_axis": axis,
     }
-    return slices, world, attrs
 
 
 def convert_nifti(

@@ -138,7 +138,11 @@ def build_datasets(cfg) -> dict[str, SliceDataset]:
             paths,
             cfg.size,
             mask,
-            max_slices=cfg.max_slices_per_volume,
+            # Held-out volumes in full unless limited: evaluation is cheap, the thinning is there
+            # to make training fast.
+            max_slices=getattr(cfg, "test_slices", None)
+            if split == "test"
+            else cfg.max_slices_per_volume,
             sr=cfg.sr,
             complex=getattr(cfg, "complex", False),
         )

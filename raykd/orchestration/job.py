@@ -298,7 +298,7 @@ def register_best_student(
 ) -> RegisteredModel | None:
     """Register the student row with the best validation PSNR (once per run; the
     ``champion`` alias follows the best version). Name: ``<experiment>-student``."""
-    from raykd.tracking.registry import register_model
+    from raykd.deploy.registry import register_model
     from raykd.train.checkpoint import checkpoint_config, load_checkpoint
     from raykd.train.stages import load_model
 

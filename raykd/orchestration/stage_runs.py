@@ -53,7 +53,9 @@ def stage_run_name(cfg, tags: dict[str, str]) -> str:
     if cfg.kind == "sft":
         arch += f"+D{cfg.student.depth}"  # the student branches it was trained with
     method = f"-{tags[S.TAG_METHOD]}" if tags.get(S.TAG_METHOD) else ""
-    return f"{row}{method}-{arch}{_weights(cfg)} · {dataset}-{acc}-s{cfg.seed}"
+    study = f"-b{tags[S.TAG_BUDGET]}" if tags.get(S.TAG_BUDGET) else ""
+    study += f"-f{tags[S.TAG_FOLD]}" if tags.get(S.TAG_FOLD) else ""
+    return f"{row}{method}-{arch}{_weights(cfg)} · {dataset}-{acc}{study}-s{cfg.seed}"
 
 
 def _weights(cfg) -> str:

@@ -17,6 +17,12 @@ class Epochs(BaseModel):
     student: int = Field(150, ge=1)
     kd: int = Field(150, ge=1)
 
+    def scaled(self, factor: float) -> Epochs:
+        """Every kind's epochs times ``factor`` (a budget study), rounded, at least one."""
+        if factor == 1:
+            return self
+        return Epochs(**{k: max(1, round(v * factor)) for k, v in self.model_dump().items()})
+
 
 def equal_compute_epochs(epochs: Epochs) -> int:
     """Epochs of the equal-compute control: SFT epochs + KD epochs, so SFT-KD's extra training

@@ -97,7 +97,7 @@ class StageNode:
     stage_id: str
     kind: str
     seed: int
-    setting: str  # dataset/acceleration
+    setting: str  # dataset/acceleration[/budget][/fold] (Row.setting)
     epochs: int
     shape: str  # what its per-epoch cost depends on (see :func:`shape_key`)
     teacher: str | None = None
@@ -143,7 +143,7 @@ def stage_graph(
                     stage_id=sid,
                     kind=req.cfg.kind,
                     seed=row.seed,
-                    setting=f"{row.dataset}/{row.acceleration:g}x",
+                    setting=row.setting,
                     epochs=req.cfg.optim.epochs,
                     shape=shape_key(req.cfg),
                     teacher=req.teacher_id,
@@ -185,19 +185,7 @@ def simulate(
     todo = {sid: n for sid, n in nodes.items() if not n.stored}
     if not todo:
         return 0.0
-    tail: dict[str, float] = {}
-    children: dict[str, list[str]] = {}
-    for sid, n in todo.items():
-        if n.teacher in todo:
-            children.setdefault(n.teacher, []).append(sid)
-
-    def rest(sid: str) -> float:
-        if sid not in tail:
-            tail[sid] = duration.get(sid, 0.0) + max(
-                (rest(c) for c in children.get(sid, [])), default=0.0
-            )
-        return tail[sid]
-
+    rest = _remaining_chains(todo, duration)
     free = cluster.worker_slots(cpus_per_worker)
     total = sum(free)
     running: list[tuple[float, str, list[tuple[int, int]]]] = []
@@ -212,20 +200,11 @@ def simulate(
                 and all(s != r[1] for r in running)
                 and (todo[s].teacher not in todo or todo[s].teacher in done)
             ),
-            key=lambda s: -rest(s),
+            key=lambda s: -rest[s],
         )
         for sid in ready:
-            need = min(workers.get(todo[sid].kind, 1), total)
-            node = next((i for i, f in enumerate(free) if f >= need), None)
-            if node is not None:
-                taken = [(node, need)]
-            elif sum(free) >= need:
-                taken, left = [], need
-                for i, f in enumerate(free):
-                    if left and f:
-                        taken.append((i, min(f, left)))
-                        left -= min(f, left)
-            else:
+            taken = _place(min(workers.get(todo[sid].kind, 1), total), free)
+            if taken is None:
                 continue
             for i, k in taken:
                 free[i] -= k
@@ -237,3 +216,37 @@ def simulate(
             free[i] += k
         done.add(sid)
     return now
+
+
+def _remaining_chains(todo: dict[str, StageNode], duration: dict[str, float]) -> dict[str, float]:
+    """Per stage: its duration plus its longest chain of dependants still to train."""
+    children: dict[str, list[str]] = {}
+    for sid, n in todo.items():
+        if n.teacher in todo:
+            children.setdefault(n.teacher, []).append(sid)
+    tail: dict[str, float] = {}
+
+    def rest(sid: str) -> float:
+        if sid not in tail:
+            tail[sid] = duration.get(sid, 0.0) + max(
+                (rest(c) for c in children.get(sid, [])), default=0.0
+            )
+        return tail[sid]
+
+    return {sid: rest(sid) for sid in todo}
+
+
+def _place(need: int, free: list[int]) -> list[tuple[int, int]] | None:
+    """(node, workers) taken for a stage of ``need`` workers: the first node with room for all
+    of them, else spread over the free slots; None when the cluster has too few free."""
+    node = next((i for i, f in enumerate(free) if f >= need), None)
+    if node is not None:
+        return [(node, need)]
+    if sum(free) < need:
+        return None
+    taken, left = [], need
+    for i, f in enumerate(free):
+        if left and f:
+            taken.append((i, min(f, left)))
+            left -= min(f, left)
+    return taken

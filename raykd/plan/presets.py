@@ -53,6 +53,14 @@ class GridSpec(BaseModel):
     # seeded Cartesian masks everywhere. Configuration, never a probe of the planning machine.
     fixed_masks: bool = True
     test: list[str] | None = None  # held-out test volumes of the (single) dataset
+    # Slices per held-out test volume (evenly spaced); None: all of them (evaluation is cheap,
+    # and a limit set for training speed would otherwise thin the test set too).
+    test_slices: int | None = Field(None, ge=1)
+    # Cross-validation by subject (raykd.plan.folds): K folds, each a full set of stages.
+    folds: int | None = Field(None, ge=2)
+    # Budget study: the grid once per factor, every stage's epochs scaled (equal compute =
+    # scaled SFT + scaled KD); identical stages are shared between studies by identity.
+    budget_scales: list[Annotated[float, Field(gt=0)]] = Field([1.0], min_length=1)
     trial_unit: Literal["row", "seed"] = "row"  # Tune trial = one row, or all rows of a seed
     # Task and architectures (paper Appendix B / Table 6). For task 'sr', ``accelerations`` are
     # the super-resolution scales (2, 4) and inputs are made by ``sr_degradation``.
@@ -75,6 +83,14 @@ class GridSpec(BaseModel):
 
     def seed_list(self) -> list[int]:
         return [self.first_seed + i for i in range(self.seeds)]
+
+    def fold_list(self) -> list[int | None]:
+        """Fold indices of a cross-validated grid; ``[None]`` without folds."""
+        return list(range(self.folds)) if self.folds else [None]
+
+    def epochs_at(self, budget: float) -> Epochs:
+        """Epochs per stage kind at a budget scale (1: the preset's)."""
+        return self.epochs.scaled(budget)
 
     def dataset(self, name: str) -> DatasetEntry | None:
         """The catalogue entry of a dataset key (the preset file's, else a built-in), or None
@@ -180,6 +196,15 @@ def load_preset(name: str, overrides: dict[str, Any] | None = None) -> GridSpec:
     unknown = sorted(set(spec.methods) - set(available_kd_methods()))
     if unknown:
         raise ConfigError(f"unknown KD method(s) {unknown}; expected {available_kd_methods()}")
+    if spec.folds:
+        from raykd.plan.folds import fold_split, subjects
+
+        for ds in spec.datasets:  # refused here, in one line, before anything starts
+            entry = spec.dataset(ds)
+            source = (
+                spec.data_path if (spec.data_path and entry) else (entry.source if entry else ds)
+            )
+            fold_split(ds, subjects(ds, entry, source), 0, spec.folds, spec.test)
     if spec.task == "sr":
         bad = [a for a in spec.accelerations if a != int(a) or a < 2]
         if bad:

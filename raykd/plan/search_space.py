@@ -93,12 +93,20 @@ class SearchSpec(BaseModel):
     objectives: list[Objective]
     scheduler: Scheduler = Scheduler()
     params: dict[str, ParamSpec]
+    # The configuration a confirmed search (--confirm) tests the winners against: values of
+    # some searched parameters; the others keep the base preset's values (``method``: its first).
+    default: dict[str, Any] = {}
 
     @model_validator(mode="after")
     def _check(self) -> SearchSpec:
         unknown = set(self.params) - PARAMS
         if unknown:
             raise ValueError(f"unknown search parameter(s) {sorted(unknown)}; expected {PARAMS}")
+        stray = set(self.default) - set(self.params)
+        if stray:
+            raise ValueError(
+                f"default: {sorted(stray)} not searched; expected some of {sorted(self.params)}"
+            )
         bad = {o.metric for o in self.objectives} - OBJECTIVES
         if bad:
             raise ValueError(f"unknown objective(s) {sorted(bad)}; expected {OBJECTIVES}")
@@ -172,6 +180,16 @@ def trial_row_and_spec(
     )
     overrides = StageOverrides(kd_output_weight=params.get("output_weight"))
     return spec, row, overrides
+
+
+def default_params(search: SearchSpec, base: GridSpec) -> dict[str, Any]:
+    """The default configuration as sampled parameters: the space's ``default`` values, and for a
+    searched KD method the base preset's first one; every other parameter is left out, so
+    :func:`trial_row_and_spec` keeps the base preset's value (e.g. its ``kd_balance``)."""
+    params = dict(search.default)
+    if "method" in search.params and "method" not in params:
+        params["method"] = base.methods[0]
+    return params
 
 
 def sampled_rows(search: SearchSpec, base: GridSpec) -> list[Row]:

@@ -115,6 +115,15 @@ def _data(spec: GridSpec, row: Row, over: StageOverrides) -> DataConfig:
     if spec.mask_kind != "paper":
         mask = _model(MaskConfig, "data.mask", kind=spec.mask_kind, acceleration=acc, seed=0)
     own_splits = ds is not None and source == ds.source
+    train = ds.split("train") if own_splits else None
+    val = ds.split("val") if own_splits else None
+    test = spec.test or (ds.split("test") if own_splits else None)
+    if row.fold is not None and spec.folds:
+        from raykd.plan.folds import fold_split, subjects
+
+        train, val, test = fold_split(
+            row.dataset, subjects(row.dataset, ds, source), row.fold, spec.folds, spec.test
+        )
     return _model(
         DataConfig,
         "data",
@@ -124,9 +133,10 @@ def _data(spec: GridSpec, row: Row, over: StageOverrides) -> DataConfig:
         mask=_model(MaskConfig, "data.mask", kind="cartesian", acceleration=1.0) if sr else mask,
         batch_size=over.batch_size if over.batch_size is not None else spec.batch_size,
         max_slices_per_volume=spec.max_slices_per_volume,
-        train=ds.split("train") if own_splits else None,
-        val=ds.split("val") if own_splits else None,
-        test=spec.test or (ds.split("test") if own_splits else None),
+        train=train,
+        val=val,
+        test=test,
+        test_slices=spec.test_slices,
         sr=_model(SRConfig, "data.sr", scale=int(acc), degradation=spec.sr_degradation)
         if sr
         else None,
@@ -176,7 +186,8 @@ def stage_config(
             kd = _model(KDConfig, "kd", output_weight=overrides.kd_output_weight)
         else:
             kd = KDConfig()
-        epochs = overrides.epochs if overrides.epochs is not None else getattr(spec.epochs, kind)
+        default_epochs = getattr(spec.epochs_at(row.budget), kind)
+        epochs = overrides.epochs if overrides.epochs is not None else default_epochs
         imit = spec.imit_balance
         return _model(
             StageConfig,
@@ -213,7 +224,8 @@ def row_stages(
     kinds: list[StageKind] = [k.value for k in RowKind(row.kind).stages]  # type: ignore[misc]
     own = overrides
     if row.kind == "equal_compute":
-        own = overrides.over(StageOverrides(epochs=equal_compute_epochs(spec.epochs)))
+        budget = spec.epochs_at(row.budget)
+        own = overrides.over(StageOverrides(epochs=equal_compute_epochs(budget)))
     return [(k, NO_OVERRIDES) for k in kinds[:-1]] + [(kinds[-1], own)]
 
 
@@ -222,6 +234,10 @@ def row_requests(
 ) -> list[StageRequest]:
     """The stages one row needs, dependencies first; the last one is the row's own stage."""
     tags = {"raykd.dataset": row.dataset}
+    if row.fold is not None:  # the report's unit level and budget axis (raykd.report)
+        tags["raykd.fold"] = str(row.fold)
+    if row.budget != 1:
+        tags["raykd.budget"] = f"{row.budget:g}"
     if row.kind == "equal_compute":
         tags["raykd.row"] = "equal_compute"
     requests: list[StageRequest] = []

@@ -3,12 +3,14 @@ a model: nothing here imports the train, models, data or deploy packages; tests/
 checks it).
 
 Layers, each importing only those above it: ``store`` (MLflow client, URI, run search) →
+``folds`` (cross-validation folds and budget scales: replicate keys, the nested bootstrap) →
 ``records`` (one run as a tidy record, settings) → ``artifacts`` (cached eval JSONs, examples,
 histories) → ``runs`` (``StageRuns``: split, seed pooling, cell lookup, logged zero-filled) →
 ``collect`` (which runs a report reads) → ``inference`` (paired units, bootstrap, unit tests) →
 ``table_model`` / ``cells`` (table model, rendering, pooled cells) → ``tables`` (Tables 1, 3),
 ``table8`` (with ``benchmarks``: latency runs logged by ``raykd.deploy``), ``gap``, ``stats``
-(paired-tests table), ``balance``, ``figures`` → ``summary`` → ``compare`` (``raykd compare``).
+(paired-tests table), ``balance``, ``figures``, ``budget`` (the budget study) → ``summary`` →
+``compare`` (``raykd compare``).
 
 This module stays import-light: the CLI imports it to register subcommands, so pandas, MLflow
 and matplotlib are only imported by the submodules that need them.

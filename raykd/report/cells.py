@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from raykd.report.folds import fold_note, has_folds, replicates_text
 from raykd.report.records import Setting, volume_summary
 from raykd.report.runs import StageRuns
 from raykd.report.table_model import HIGHER_IS_BETTER, LEGEND, SEED_NOTE, Cell
@@ -21,7 +22,8 @@ from raykd.report.table_model import HIGHER_IS_BETTER, LEGEND, SEED_NOTE, Cell
 def report_cell(runs: StageRuns, report: dict[str, Any] | None, metric: str, run_id: str) -> Cell:
     if report is None:
         return Cell(status="missing", run_id=run_id)
-    if not all(metric in v["metrics"] for v in report["volumes"]):
+    # Absent (older evals) or undefined (null: e.g. VIF on slices smaller than its 4 scales).
+    if not all(v["metrics"].get(metric) is not None for v in report["volumes"]):
         runs.warn_once(f"run {run_id or 'zero-filled'}: no '{metric}' in its eval JSON; shown as —")
         return Cell(status="missing", run_id=run_id)
     mean, std, n = volume_summary(report, metric)
@@ -79,6 +81,8 @@ def section_lead(runs: StageRuns, setting: Setting) -> str:
     seeds = runs.seeds(setting)
     if len(seeds) <= 1:
         return ""
+    if has_folds(seeds):
+        return f"Replicates pooled ({len(seeds)}: {replicates_text(seeds)}): {', '.join(seeds)}."
     return f"Seeds pooled ({len(seeds)}): {', '.join(seeds)}."
 
 
@@ -119,6 +123,8 @@ def record(setting: Setting, split: str, cell: Cell, metric: str, **extra: Any) 
 def table_notes(runs: StageRuns, *extra: str) -> list[str]:
     """Header lines every table shares: which split/volumes, how seeds are pooled, legend."""
     notes = [runs.split_description()]
+    if folds := fold_note(list(runs.frame["seed"])):
+        notes.append(folds)
     if any(runs.multi_seed(s) for s in runs.settings()):
         notes.append(SEED_NOTE)
     return [*notes, *extra, LEGEND]

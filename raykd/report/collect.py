@@ -108,17 +108,7 @@ def collect(
         raise RaykdError(f"split '{split}': expected one of {SPLITS}")
     client = make_client(tracking_uri)
     if not experiments and not parent_run_id:
-        with_stages = sorted(
-            {
-                e.name
-                for e in client.search_experiments()
-                if search_all(client, [e.experiment_id], f"tags.`{S.TAG_ROLE}` = 'stage'")
-            }
-        )
-        raise RaykdError(
-            "compare: give at least one --experiment or a --parent-run; experiments with "
-            f"stage runs in {tracking_uri}: {with_stages or 'none'}"
-        )
+        _refuse_no_selection(client, tracking_uri)
     runs: dict[str, Any] = {}
     job_runs = []
     exp_ids: list[str] = []
@@ -128,43 +118,11 @@ def collect(
             runs[run.info.run_id] = run
         job_runs = search_all(client, exp_ids, f"tags.`{S.TAG_ROLE}` = 'job'")
     if parent_run_id:
-        try:
-            parent = client.get_run(parent_run_id)
-        except Exception as exc:
-            raise RaykdError(f"parent run '{parent_run_id}' not found in {tracking_uri}") from exc
-        job_runs.append(parent)
+        parent, of_job, jobs = _job_runs(client, tracking_uri, parent_run_id)
+        job_runs += jobs
         if parent.info.experiment_id not in exp_ids:
             exp_ids.append(parent.info.experiment_id)
-        with tempfile.TemporaryDirectory() as tmp:
-            listed = _stages_json(client, parent_run_id, Path(tmp))
-        # A search trial's entry names the stage runs it trained (its trial run is not one).
-        listed = [{"run_id": rid} for e in listed for rid in e.get("stage_run_ids") or []] + [
-            e for e in listed if not e.get("stage_run_ids")
-        ]
-        for entry in listed:
-            if not entry["run_id"]:
-                label = entry.get("label") or entry.get("row") or "?"
-                if entry.get("stopped"):  # early stopping is a result, not a failure
-                    warn(f"job {parent_run_id}: {label} was {entry['stopped']}")
-                    continue
-                why = f": {entry['error'][:200]}" if entry.get("error") else ""
-                warn(f"job {parent_run_id}: row {label} has no stage run (it failed{why})")
-                continue
-            try:
-                run = client.get_run(entry["run_id"])
-            except Exception:
-                warn(
-                    f"stages.json of {parent_run_id} lists run {entry['run_id']}, which is not "
-                    "in the store; its numbers are reported as missing"
-                )
-                continue
-            runs[run.info.run_id] = run
-        for run in _descendants(client, parent):
-            if run.data.tags.get(S.TAG_ROLE) == "stage":
-                runs[run.info.run_id] = run
-            elif run.data.tags.get(S.TAG_ROLE) == "job":
-                job_runs.append(run)
-        runs = _best_trial_only(client, parent, runs)
+        runs = _best_trial_only(client, parent, {**runs, **of_job})
     if not runs:
         where = f"experiments {experiments}" if experiments else f"job run {parent_run_id}"
         raise RaykdError(
@@ -173,3 +131,65 @@ def collect(
         )
     source = ", ".join(experiments or []) or f"run {parent_run_id}"
     return StageRuns(client, list(runs.values()), source, exp_ids, split, job_runs, cache_dir)
+
+
+def _refuse_no_selection(client, tracking_uri: str) -> None:
+    """No experiment and no job run given: say which experiments hold stage runs."""
+    with_stages = sorted(
+        {
+            e.name
+            for e in client.search_experiments()
+            if search_all(client, [e.experiment_id], f"tags.`{S.TAG_ROLE}` = 'stage'")
+        }
+    )
+    raise RaykdError(
+        "compare: give at least one --experiment or a --parent-run; experiments with "
+        f"stage runs in {tracking_uri}: {with_stages or 'none'}"
+    )
+
+
+def _job_runs(client, tracking_uri: str, parent_run_id: str) -> tuple[Any, dict[str, Any], list]:
+    """(the job run, its stage runs by id, the job runs under it): the runs its stages.json
+    lists and every stage run below it in the run tree."""
+    try:
+        parent = client.get_run(parent_run_id)
+    except Exception as exc:
+        raise RaykdError(f"parent run '{parent_run_id}' not found in {tracking_uri}") from exc
+    runs: dict[str, Any] = {}
+    job_runs = [parent]
+    with tempfile.TemporaryDirectory() as tmp:
+        listed = _stages_json(client, parent_run_id, Path(tmp))
+    # A search trial's entry names the stage runs it trained (its trial run is not one).
+    listed = [{"run_id": rid} for e in listed for rid in e.get("stage_run_ids") or []] + [
+        e for e in listed if not e.get("stage_run_ids")
+    ]
+    for entry in listed:
+        run = _listed_run(client, parent_run_id, entry)
+        if run is not None:
+            runs[run.info.run_id] = run
+    for run in _descendants(client, parent):
+        if run.data.tags.get(S.TAG_ROLE) == "stage":
+            runs[run.info.run_id] = run
+        elif run.data.tags.get(S.TAG_ROLE) == "job":
+            job_runs.append(run)
+    return parent, runs, job_runs
+
+
+def _listed_run(client, parent_run_id: str, entry: dict[str, Any]):
+    """The stage run a stages.json entry names, or None with a warning saying why not."""
+    if not entry["run_id"]:
+        label = entry.get("label") or entry.get("row") or "?"
+        if entry.get("stopped"):  # early stopping is a result, not a failure
+            warn(f"job {parent_run_id}: {label} was {entry['stopped']}")
+            return None
+        why = f": {entry['error'][:200]}" if entry.get("error") else ""
+        warn(f"job {parent_run_id}: row {label} has no stage run (it failed{why})")
+        return None
+    try:
+        return client.get_run(entry["run_id"])
+    except Exception:
+        warn(
+            f"stages.json of {parent_run_id} lists run {entry['run_id']}, which is not "
+            "in the store; its numbers are reported as missing"
+        )
+        return None

@@ -3,7 +3,9 @@
 Writes to ``out_dir``: ``table_1.md/.csv``, ``table_3.md/.csv``, ``table_8.md/.csv``,
 ``gap.md/.csv``, ``wilcoxon.md/.csv`` (paired tests over (seed, volume) units, per-slice test
 descriptive), ``balance.md/.csv`` (loss-term ratios per KD row), ``figures/*.png``,
-``warnings.txt`` (every gap or imbalance the report found) and ``summary.md`` (a plain-language
+``warnings.txt`` (every gap or imbalance the report found), with runs of several
+``raykd.budget`` scales ``budget.md/.csv`` and ``figures/budget.png`` (:mod:`raykd.report.budget`)
+and ``summary.md`` (a plain-language
 paragraph of which claims hold at α = 0.05 and on how many independent units, from
 :func:`raykd.report.summary.summary_paragraph`, then the details); then logs all
 of them as artifacts of a new MLflow run tagged ``raykd.role=comparison`` (a child of the job
@@ -14,7 +16,9 @@ alone. The comparison run goes to the first experiment given (or the job run's e
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,17 +32,31 @@ from raykd.report.store import resolve_uri
 from raykd.tracking import schema as S
 
 
-class Comparison(dict):
-    """``{name: path}`` of everything written, plus the comparison run id and the summary.
+@dataclass(frozen=True)
+class Comparison:
+    """What :func:`compare` wrote and concluded.
 
-    ``paragraph`` is the plain-language verdict; ``summary`` starts with it (the CLI prints
-    ``summary`` line by line).
+    ``files`` maps a short name (``table_1``, ``table_1_csv``, ``fig_val_loss``, ``warnings``,
+    ``summary``, ...) to each file written under ``out_dir``, in writing order (the comparison
+    run logs them all); ``summary_lines`` starts with ``paragraph``, the plain-language verdict
+    (the CLI prints the lines one by one); ``warnings`` are the report's distinct warning
+    messages; ``run_id`` is the comparison's MLflow run, None when it was not logged.
     """
 
+    out_dir: Path
+    files: dict[str, Path]
+    paragraph: str
+    summary_lines: tuple[str, ...]
+    warnings: tuple[str, ...]
     run_id: str | None = None
-    paragraph: str = ""
-    summary: list[str]
-    warnings: list[str]
+
+    @property
+    def summary_path(self) -> Path:
+        return self.files["summary"]
+
+    @property
+    def warnings_path(self) -> Path:
+        return self.files["warnings"]
 
 
 def _figure_inputs(runs: StageRuns, method: str, t_depth, s_depth):
@@ -114,102 +132,165 @@ def compare(
     choice, when it was run). ``optuna_storage``/``study_name`` override the study a search
     job recorded on its run.
     """
-    uri = resolve_uri(tracking_uri, root)  # fail fast, before the heavy imports below
-    from raykd.report import balance, benchmarks, figures, stats, summary, table8, tables
-    from raykd.report.gap import gap_table
-
+    uri = resolve_uri(tracking_uri, root)  # fail fast, before the heavy imports of _build
     out = Path(out_dir).expanduser().resolve()
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    result = Comparison()
+    study = (optuna_storage, study_name) if optuna_storage and study_name else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ReportWarning)
         runs = collect(uri, experiments, parent_run_id, split)
         try:
-            t_depth = teacher_depth or runs.teacher_depth()
-            s_depth = student_depth or runs.student_depth()
-            methods = runs.methods()
-            if method and method not in methods:
-                raise RaykdError(f"KD method '{method}' has no runs; runs exist for {methods}")
-            method = method or ("at" if "at" in methods else (methods[0] if methods else ""))
-            depth_kw = {"student_depth": s_depth, "teacher_depth": t_depth}
-            t1 = tables.table_1(runs, **depth_kw)
-            t3 = tables.table_3(runs, **depth_kw)
-            bench = benchmarks.latest_benchmark(runs.client, runs.experiment_ids)
-            t8 = table8.table_8(runs, bench, method=method or None, teacher_depth=t_depth)
-            gap = gap_table(runs, **depth_kw)
-            wil = stats.paired_table(runs, **depth_kw)
-            bal = balance.balance_table(runs, **depth_kw)
-            for name, table in (
-                ("table_1", t1),
-                ("table_3", t3),
-                ("table_8", t8),
-                ("gap", gap),
-                ("wilcoxon", wil),
-                ("balance", bal),
-            ):
-                md, csv = table.write(out, name)
-                result[name] = md
-                result[f"{name}_csv"] = csv
-
-            grid, boxes, curves = _figure_inputs(runs, method, t_depth, s_depth)
-            figs = out / "figures"
-            result["fig_reconstructions"] = figures.reconstruction_grid(
-                grid, figs / "reconstructions.png"
-            )
-            result["fig_ssim_boxplots"] = figures.box_plots(boxes, figs / "ssim_boxplots.png")
-            result["fig_val_loss"] = figures.loss_curves(curves, figs / "val_loss.png")
-            study = (optuna_storage, study_name) if optuna_storage and study_name else None
-            study = study or runs.study()
-            if study is not None:
-                for path in figures.search_figures(study[0], study[1], figs):
-                    result[f"fig_{path.stem}"] = path
-            elif runs.trial_runs():
-                warn(
-                    "trial runs found but no Optuna study recorded on the job run; pass "
-                    "--optuna-storage and --study-name for the search figures"
-                )
-            paragraph = summary.summary_paragraph(runs, wil, gap, balance.balance_sentence(bal))
-            details = _summary(runs, t1, gap, wil, method, t_depth, s_depth)
-            lines = [paragraph, *details, *(f"loss balance {s}" for s in bal.summary)]
+            files, lines, method = _build(runs, out, method, teacher_depth, student_depth, study)
         finally:
             runs.close()
-    messages = [str(w.message) for w in caught if issubclass(w.category, ReportWarning)]
-    for w in caught:  # hand every warning on to the caller (tests, logs, the CLI's stderr)
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    result.warnings = list(dict.fromkeys(messages))
-    (out / "warnings.txt").write_text("\n".join(result.warnings) + ("\n" if messages else ""))
-    result["warnings"] = out / "warnings.txt"
-    lines.append(
-        f"{len(result.warnings)} warning(s) (missing runs/values, loss balance): see warnings.txt"
-    )
-    result.summary = lines
-    result.paragraph = paragraph
-    (out / "summary.md").write_text(
-        f"# Comparison summary\n\n{paragraph}\n\n## Details\n\n"
-        + "\n".join(f"- {s}" for s in lines[1:])
-        + "\n"
-    )
-    result["summary"] = out / "summary.md"
+    warned = _hand_on(caught)
+    files["warnings"] = out / "warnings.txt"
+    files["warnings"].write_text("\n".join(warned) + ("\n" if warned else ""))
+    lines.append(f"{len(warned)} warning(s) (missing runs/values, loss balance): see warnings.txt")
+    files["summary"] = _write_summary(out, lines)
+    run_id = None
     if log_to_mlflow:
-        result.run_id = _log(
+        run_id = _log(
             uri,
             runs,
-            result,
+            files,
             split=runs.split,
             parent_run_id=parent_run_id,
             experiments=experiments,
             method=method,
         )
-        result.summary.append(f"comparison run {result.run_id}")
-    return result
+        lines.append(f"comparison run {run_id}")
+    return Comparison(out, files, lines[0], tuple(lines), warned, run_id)
+
+
+def _build(
+    runs: StageRuns,
+    out: Path,
+    method: str | None,
+    teacher_depth: int | None,
+    student_depth: int | None,
+    study: tuple[str, str] | None,
+) -> tuple[dict[str, Path], list[str], str]:
+    """Tables, figures and the summary lines (paragraph first); returns the files written,
+    the lines and the KD method used."""
+    from raykd.report import balance, summary
+
+    t_depth = teacher_depth or runs.teacher_depth()
+    s_depth = student_depth or runs.student_depth()
+    method = _pick_method(runs, method)
+    tables = _tables(runs, method, t_depth, s_depth)
+    files: dict[str, Path] = {}
+    for name, table in tables.items():
+        files[name], files[f"{name}_csv"] = table.write(out, name)
+    grid, boxes, curves = _figure_inputs(runs, method, t_depth, s_depth)
+    files.update(_figures(runs, out / "figures", grid, boxes, curves, study))
+    budget_files, budget_lines = _budget_study(runs, out, t_depth, s_depth)
+    files.update(budget_files)
+    wil, gap, bal = tables["wilcoxon"], tables["gap"], tables["balance"]
+    paragraph = summary.summary_paragraph(runs, wil, gap, balance.balance_sentence(bal))
+    paragraph += "".join(f" {line[0].upper()}{line[1:]}." for line in budget_lines)
+    details = _summary(runs, tables["table_1"], gap, wil, method, t_depth, s_depth)
+    return files, [paragraph, *details, *(f"loss balance {s}" for s in bal.summary)], method
+
+
+def _budget_study(
+    runs: StageRuns, out: Path, t_depth: int, s_depth: int
+) -> tuple[dict[str, Path], list[str]]:
+    """With runs of several ``raykd.budget`` scales: the budget table, figure and verdicts."""
+    from raykd.report import budget
+
+    if not budget.has_budget_study(runs):
+        return {}, []
+    table = budget.budget_table(runs, student_depth=s_depth, teacher_depth=t_depth)
+    files = dict(zip(("budget", "budget_csv"), table.write(out, "budget"), strict=True))
+    files["fig_budget"] = budget.budget_figure(table, out / "figures" / "budget.png")
+    return files, list(table.summary)
+
+
+def _pick_method(runs: StageRuns, method: str | None) -> str:
+    """The KD method asked for (it must have runs), else AT when run, else the first run."""
+    methods = runs.methods()
+    if method and method not in methods:
+        raise RaykdError(f"KD method '{method}' has no runs; runs exist for {methods}")
+    return method or ("at" if "at" in methods else (methods[0] if methods else ""))
+
+
+def _tables(runs: StageRuns, method: str, t_depth: int, s_depth: int) -> dict[str, Any]:
+    """Every table by its file name, built in the order their warnings are listed."""
+    from raykd.report import balance, benchmarks, stats, table8, tables
+    from raykd.report.gap import gap_table
+
+    depth_kw = {"student_depth": s_depth, "teacher_depth": t_depth}
+    t1 = tables.table_1(runs, **depth_kw)
+    t3 = tables.table_3(runs, **depth_kw)
+    bench = benchmarks.latest_benchmark(runs.client, runs.experiment_ids)
+    t8 = table8.table_8(runs, bench, method=method or None, teacher_depth=t_depth)
+    gap = gap_table(runs, **depth_kw)
+    wil = stats.paired_table(runs, **depth_kw)
+    bal = balance.balance_table(runs, **depth_kw)
+    return {
+        "table_1": t1,
+        "table_3": t3,
+        "table_8": t8,
+        "gap": gap,
+        "wilcoxon": wil,
+        "balance": bal,
+    }
+
+
+def _figures(
+    runs: StageRuns,
+    figs: Path,
+    grid: list[Any],
+    boxes: list[Any],
+    curves: list[Any],
+    study: tuple[str, str] | None,
+) -> dict[str, Path]:
+    """Fig. 3, 4a and 4b, then the search figures of the Optuna study (given or recorded)."""
+    from raykd.report import figures
+
+    files = {
+        "fig_reconstructions": figures.reconstruction_grid(grid, figs / "reconstructions.png"),
+        "fig_ssim_boxplots": figures.box_plots(boxes, figs / "ssim_boxplots.png"),
+        "fig_val_loss": figures.loss_curves(curves, figs / "val_loss.png"),
+    }
+    study = study or runs.study()
+    if study is not None:
+        for path in figures.search_figures(study[0], study[1], figs):
+            files[f"fig_{path.stem}"] = path
+    elif runs.trial_runs():
+        warn(
+            "trial runs found but no Optuna study recorded on the job run; pass "
+            "--optuna-storage and --study-name for the search figures"
+        )
+    return files
+
+
+def _hand_on(caught: list[warnings.WarningMessage]) -> tuple[str, ...]:
+    """Re-issue every caught warning to the caller (tests, logs, the CLI's stderr); returns
+    the distinct report warnings in order."""
+    messages = [str(w.message) for w in caught if issubclass(w.category, ReportWarning)]
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return tuple(dict.fromkeys(messages))
+
+
+def _write_summary(out: Path, lines: list[str]) -> Path:
+    """``summary.md``: the paragraph (``lines[0]``), then the details as a list."""
+    path = out / "summary.md"
+    path.write_text(
+        f"# Comparison summary\n\n{lines[0]}\n\n## Details\n\n"
+        + "\n".join(f"- {s}" for s in lines[1:])
+        + "\n"
+    )
+    return path
 
 
 def _summary(runs: StageRuns, t1, gap, wil, method: str, t_depth, s_depth) -> list[str]:
     frame = runs.frame
-    settings = [
-        f"{s.label()} (seed{'s' if len(runs.seeds(s)) != 1 else ''} {', '.join(runs.seeds(s))})"
-        for s in runs.settings()
-    ]
+    from raykd.report.folds import replicates_text
+
+    settings = [f"{s.label()} ({replicates_text(runs.seeds(s))})" for s in runs.settings()]
     lines = [
         f"{len(frame)} stage runs from {runs.source}; tables use the {runs.split} split; "
         f"teacher D{t_depth}, student D{s_depth}; KD methods: {', '.join(runs.methods()) or '-'}",
@@ -222,7 +303,8 @@ def _summary(runs: StageRuns, t1, gap, wil, method: str, t_depth, s_depth) -> li
     for rec in wil.records:
         if rec.get("metric") != "psnr":
             continue
-        what = f"{Setting(rec['dataset'], rec['acceleration']).label()} {rec['label']} "
+        where = Setting(rec["dataset"], rec["acceleration"], budget=rec.get("budget", ""))
+        what = f"{where.label()} {rec['label']} "
         what += f"{rec['method']} PSNR"
         if "n_units" not in rec:
             lines.append(f"Paired test {what}: missing (see warnings)")
@@ -240,7 +322,7 @@ def _summary(runs: StageRuns, t1, gap, wil, method: str, t_depth, s_depth) -> li
     return lines
 
 
-def _log(uri: str, runs: StageRuns, result: Comparison, **info) -> str:
+def _log(uri: str, runs: StageRuns, files: dict[str, Path], **info) -> str:
     from raykd.tracking import Tracking
 
     tracking = Tracking(uri, _experiment_name(runs))
@@ -262,7 +344,7 @@ def _log(uri: str, runs: StageRuns, result: Comparison, **info) -> str:
         },
     )
     try:
-        for path in result.values():
+        for path in files.values():
             sub = "figures" if path.parent.name == "figures" else None
             tracking.log_artifact(run_id, path, sub)
     except Exception as exc:

@@ -13,7 +13,14 @@ import pandas as pd
 from raykd.errors import RaykdError
 from raykd.kinds import RowKind
 from raykd.report.cells import section_lead, seed_cell, table_notes
-from raykd.report.inference import BOOTSTRAP_SEED, MIN_UNITS, RESAMPLES, bootstrap_ci, unit_pairs
+from raykd.report.inference import (
+    BOOTSTRAP_SEED,
+    MIN_UNITS,
+    RESAMPLES,
+    bootstrap_ci,
+    clustered_ci,
+    unit_pairs,
+)
 from raykd.report.records import Setting
 from raykd.report.runs import StageRuns
 from raykd.report.table_model import MISSING, ReportTable, Section, method_name
@@ -58,8 +65,12 @@ def paired_gap(
     n = sum(g.size for g in groups)
     if n < MIN_UNITS:
         return Gap(float(np.mean([g.mean() for g in groups])), n_units=n, seeds=tuple(pairs.seeds))
-    gap, low, high = bootstrap_ci(groups)
+    gap, low, high = clustered_ci(pairs) or bootstrap_ci(groups)  # folds: fold-level CI
     return Gap(gap, low, high, n, tuple(pairs.seeds))
+
+
+# The KD columns and the row kind whose students they compare with the teacher.
+_KD_ROWS = {"std": RowKind.STD_KD, "sft": RowKind.SFT_KD, "random": RowKind.SFT_KD_RANDOM}
 
 
 def gap_table(
@@ -76,11 +87,27 @@ def gap_table(
     """
     t_depth = teacher_depth or runs.teacher_depth()
     s_depth = student_depth or runs.student_depth()
-    methods = runs.methods()
-    with_equal = (runs.frame["row"] == "equal_compute").any()
-    with_random = (runs.frame["row"] == "sft_kd_random").any()
     table = ReportTable("Teacher–student PSNR gap (dB)")
-    table.notes = table_notes(
+    table.notes = _notes(runs, t_depth, s_depth)
+    cols = _columns(runs)
+    header = ["Method"] + [name for _, name in cols]
+    for setting in runs.settings():
+        seeds = runs.seeds(setting)
+        teacher = runs.find_seeds(setting, "teacher", teacher_depth=t_depth)
+        t_psnr = seed_cell(runs, teacher, "psnr", seeds)
+        shared, gaps = _setting_gaps(runs, setting, teacher, cols, t_depth, s_depth)
+        headline = _headline(setting.label(), shared["none"], gaps)
+        table.summary.append(headline)
+        lead = " ".join(x for x in (section_lead(runs, setting), f"**{headline}**") if x)
+        rows = _rows(gaps, shared, cols)
+        table.sections.append(Section(setting.label(), header, rows, lead=lead))
+        teacher_psnr = t_psnr.mean if t_psnr.status == "ok" else math.nan
+        table.records += _records(runs, setting, gaps, cols, teacher_psnr)
+    return table
+
+
+def _notes(runs: StageRuns, t_depth: int, s_depth: int) -> list[str]:
+    return table_notes(
         runs,
         f"gap = volume PSNR(teacher D{t_depth}) − PSNR(student D{s_depth}) paired per (seed, "
         "volume), mean over volumes per seed, then over seeds; reference: the plain teacher in "
@@ -91,74 +118,104 @@ def gap_table(
         f"{MIN_UNITS} (seed, volume) units, too few for a CI.",
         "Headline: the best (smallest-gap) method of each framework, named in brackets.",
     )
+
+
+def _columns(runs: StageRuns) -> list[tuple[str, str]]:
+    """(key, header) per column; the two controls only when the store has their rows."""
+    with_equal = (runs.frame["row"] == "equal_compute").any()
+    with_random = (runs.frame["row"] == "sft_kd_random").any()
     cols = [("none", "no KD")]
     cols += [("equal", "equal compute")] if with_equal else []
     cols += [("std", "Std-KD"), ("sft", "SFT-KD")]
     cols += [("random", "SFT-KD random init")] if with_random else []
-    header = ["Method"] + [name for _, name in cols]
-    rows_of = {"std": RowKind.STD_KD, "sft": RowKind.SFT_KD, "random": RowKind.SFT_KD_RANDOM}
+    return cols
 
-    def fmt(g: float) -> str:
-        return MISSING if math.isnan(g) else f"{g:.2f}"
 
-    for setting in runs.settings():
-        seeds = runs.seeds(setting)
-        teacher = runs.find_seeds(setting, "teacher", teacher_depth=t_depth)
-        t_psnr = seed_cell(runs, teacher, "psnr", seeds)
-        label = setting.label()
+def _setting_gaps(
+    runs: StageRuns,
+    setting: Setting,
+    teacher: dict[str, pd.Series],
+    cols: list[tuple[str, str]],
+    t_depth: int,
+    s_depth: int,
+) -> tuple[dict[str, Gap], dict[str, dict[str, Gap]]]:
+    """The method-free gaps (no KD, equal compute) and, per method, every column's gap."""
 
-        def gap_of(row: str, method: str = "", _s: Setting = setting, _t=teacher) -> Gap:
-            student = runs.find_seeds(_s, row, method, t_depth, s_depth)
-            what = f"{_s.label()} teacher vs {row}{' ' + method if method else ''}"
-            return paired_gap(runs, _t, student, what)
+    def gap_of(row: str, method: str = "") -> Gap:
+        student = runs.find_seeds(setting, row, method, t_depth, s_depth)
+        what = f"{setting.label()} teacher vs {row}{' ' + method if method else ''}"
+        return paired_gap(runs, teacher, student, what)
 
-        shared = {"none": gap_of("student")}
-        if with_equal:
-            shared["equal"] = gap_of("equal_compute")
-        gaps: dict[str, dict[str, Gap]] = {}
-        for method in methods:
-            gaps[method] = {**shared}
-            for fw in ("std", "sft", "random"):
-                if fw != "random" or with_random:
-                    gaps[method][fw] = gap_of(rows_of[fw], method)
-        rows = [[method_name(m)] + [g[k].text() for k, _ in cols] for m, g in gaps.items()]
-        means = {
-            k: _nanmean([g[k].gap for g in gaps.values()]) if k in rows_of else shared[k].gap
-            for k, _ in cols
-        }
-        rows.append(["mean over methods"] + [fmt(means[k]) for k, _ in cols])
-        points = {m: {k: g.gap for k, g in gm.items()} for m, gm in gaps.items()}
-        best = {fw: _best_gap(points, fw) for fw in ("std", "sft")}
-        no_kd = shared["none"]
-        headline = (
-            f"{label}: gap (dB) no KD {fmt(no_kd.gap)} → Std-KD {fmt(best['std'][1])} "
-            f"({best['std'][0]}) → SFT-KD {fmt(best['sft'][1])} ({best['sft'][0]})"
-        )
-        table.summary.append(headline)
-        lead = " ".join(x for x in (section_lead(runs, setting), f"**{headline}**") if x)
-        table.sections.append(Section(label, header, rows, lead=lead))
-        for method, g in gaps.items():
-            for fw, name in cols:
-                item = g[fw]
-                table.records.append(
-                    {
-                        "dataset": setting.dataset,
-                        "acceleration": setting.acceleration,
-                        "seed": setting.seed,
-                        "method": method,
-                        "framework": name,
-                        "gap_db": item.gap,
-                        "ci_low": item.low,
-                        "ci_high": item.high,
-                        "ci": "hierarchical_bootstrap95" if not math.isnan(item.low) else "",
-                        "n_units": item.n_units,
-                        "n_seeds": len(item.seeds),
-                        "seeds": ";".join(item.seeds),
-                        "teacher_psnr": t_psnr.mean if t_psnr.status == "ok" else math.nan,
-                        "split": runs.split,
-                    }
-                )
-    return table
+    keys = {k for k, _ in cols}
+    shared = {"none": gap_of("student")}
+    if "equal" in keys:
+        shared["equal"] = gap_of("equal_compute")
+    gaps: dict[str, dict[str, Gap]] = {}
+    for method in runs.methods():
+        gaps[method] = {**shared}
+        for fw, row in _KD_ROWS.items():
+            if fw in keys:
+                gaps[method][fw] = gap_of(row, method)
+    return shared, gaps
+
+
+def _rows(
+    gaps: dict[str, dict[str, Gap]], shared: dict[str, Gap], cols: list[tuple[str, str]]
+) -> list[list[str]]:
+    """One row per method, then the mean over methods (the method-free columns as they are)."""
+    rows = [[method_name(m)] + [g[k].text() for k, _ in cols] for m, g in gaps.items()]
+    means = {
+        k: _nanmean([g[k].gap for g in gaps.values()]) if k in _KD_ROWS else shared[k].gap
+        for k, _ in cols
+    }
+    rows.append(["mean over methods"] + [_fmt(means[k]) for k, _ in cols])
+    return rows
+
+
+def _headline(label: str, no_kd: Gap, gaps: dict[str, dict[str, Gap]]) -> str:
+    points = {m: {k: g.gap for k, g in gm.items()} for m, gm in gaps.items()}
+    best = {fw: _best_gap(points, fw) for fw in ("std", "sft")}
+    return (
+        f"{label}: gap (dB) no KD {_fmt(no_kd.gap)} → Std-KD {_fmt(best['std'][1])} "
+        f"({best['std'][0]}) → SFT-KD {_fmt(best['sft'][1])} ({best['sft'][0]})"
+    )
+
+
+def _records(
+    runs: StageRuns,
+    setting: Setting,
+    gaps: dict[str, dict[str, Gap]],
+    cols: list[tuple[str, str]],
+    teacher_psnr: float,
+) -> list[dict[str, object]]:
+    out: list[dict[str, object]] = []
+    for method, g in gaps.items():
+        for fw, name in cols:
+            item = g[fw]
+            out.append(
+                {
+                    "dataset": setting.dataset,
+                    "acceleration": setting.acceleration,
+                    "seed": setting.seed,
+                    **({"budget": setting.budget} if setting.budget else {}),
+                    "method": method,
+                    "framework": name,
+                    "gap_db": item.gap,
+                    "ci_low": item.low,
+                    "ci_high": item.high,
+                    "ci": "hierarchical_bootstrap95" if not math.isnan(item.low) else "",
+                    "n_units": item.n_units,
+                    "n_seeds": len(item.seeds),
+                    "seeds": ";".join(item.seeds),
+                    "teacher_psnr": teacher_psnr,
+                    "split": runs.split,
+                }
+            )
+    return out
+
+
+def _fmt(g: float) -> str:
+    return MISSING if math.isnan(g) else f"{g:.2f}"
 
 
 def _nanmean(values: list[float]) -> float:

@@ -20,6 +20,10 @@ Per contrast, with ``d`` = candidate − baseline per unit:
 :class:`UnitPairs` is the one paired type: (seed, volume) units here, (seed, volume, slice)
 pairs for the descriptive per-slice test of :mod:`raykd.report.stats`.
 
+With cross-validation folds a replicate is a (fold, seed) model (key ``fold/seed``), a unit a
+(fold, seed, volume) triple, and the CI comes from :func:`raykd.report.folds.nested_bootstrap`
+(folds, then seeds within each fold, then volumes); :func:`clustered_ci` picks it.
+
 A verdict needs ``n ≥`` :data:`MIN_UNITS` and both to agree (p < α *and* a CI that excludes 0).
 ``MIN_UNITS = 6``: the smallest two-sided p an exact signed-rank (or sign) test can reach on
 ``n`` units is ``2 / 2**n`` — 0.0625 at n = 5, 0.031 at n = 6 — so below 6 units a verdict of
@@ -38,6 +42,14 @@ import numpy as np
 from scipy import stats
 
 from raykd.errors import RaykdError
+from raykd.report.folds import (
+    fold_tree,
+    has_folds,
+    nested_bootstrap,
+    nested_mean,
+    split_key,
+    units_text,
+)
 from raykd.report.records import seed_key
 from raykd.report.runs import StageRuns
 
@@ -89,6 +101,16 @@ class UnitPairs:
         diff = self.candidate - self.baseline
         groups = [diff[(seed_of == s) & np.isfinite(diff)] for s in self.seeds]
         return [g for g in groups if g.size]
+
+    def by_fold(self) -> list[list[np.ndarray]] | None:
+        """:meth:`by_seed` nested by cross-validation fold; None when the units have no folds."""
+        if not has_folds(self.seeds):
+            return None
+        diff = self.candidate - self.baseline
+        seed_of = np.array([k[0] for k in self.keys], dtype=object)
+        kept = [(s, diff[(seed_of == s) & np.isfinite(diff)]) for s in self.seeds]
+        kept = [(s, g) for s, g in kept if g.size]
+        return fold_tree([s for s, _ in kept], [g for _, g in kept]) if kept else None
 
 
 def slice_values(report: dict[str, Any], metric: str) -> dict[tuple[str, int], float]:
@@ -247,6 +269,15 @@ def bootstrap_ci(
     return float(values.mean()), float(ci.low), float(ci.high)
 
 
+def clustered_ci(
+    pairs: UnitPairs, resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED
+) -> tuple[float, float, float] | None:
+    """The fold-level CI (estimate, low, high) of ``pairs`` when its units have folds, else None
+    (callers then use the seed-clustered :func:`hierarchical_bootstrap` / :func:`bootstrap_ci`)."""
+    tree = pairs.by_fold()
+    return None if tree is None else nested_bootstrap(tree, resamples, seed)
+
+
 @dataclass
 class UnitTest:
     """The unit-level result of one contrast (differences candidate − baseline)."""
@@ -263,6 +294,7 @@ class UnitTest:
     significant: bool
     better: str  # "candidate" | "baseline" | "" (no verdict or no difference)
     verdict: str
+    n_folds: int = 0  # cross-validation folds (0: none); n_seeds then counts distinct seeds
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -270,6 +302,8 @@ class UnitTest:
     @property
     def units(self) -> str:
         s, v = self.n_seeds, self.n_volumes
+        if self.n_folds:
+            return units_text(self.n_folds, s, v)
         return f"{s} seed{'s' if s != 1 else ''} × {v} volume{'s' if v != 1 else ''}"
 
 
@@ -284,7 +318,8 @@ def unit_test(
     names: tuple[str, str] = ("baseline", "candidate"),
     resamples: int = RESAMPLES,
 ) -> UnitTest:
-    """Wilcoxon signed-rank test and hierarchical bootstrap CI over (seed, volume) units.
+    """Wilcoxon signed-rank test and hierarchical bootstrap CI over (seed, volume) units, or
+    (fold, seed, volume) units with the fold-level bootstrap when the replicates have folds.
 
     ``names`` (baseline, candidate) word the verdict. Undefined units (NaN, or an infinite PSNR
     of an exact reconstruction) are left out and counted in ``n_dropped``.
@@ -295,12 +330,22 @@ def unit_test(
     n_vol = max((g.size for g in groups), default=0)
     dropped = pairs.n - n
     mean = float(np.mean([g.mean() for g in groups])) if groups else math.nan
-    base = (n, len(groups), n_vol, dropped, mean)
+    folds = pairs.by_fold()
+    n_seeds, n_folds = len(groups), 0
+    if folds is not None:  # folds × seeds: count distinct seeds, weigh every fold the same
+        n_folds, mean = len(folds), nested_mean(folds)
+        n_seeds = len({split_key(k[0])[1] for k in pairs.keys})
+    base = (n, n_seeds, n_vol, dropped, mean)
+
+    def result(*rest: Any) -> UnitTest:
+        return UnitTest(*base, *rest, n_folds=n_folds)
+
     if n == 0:
-        return UnitTest(*base, *(math.nan,) * 3, False, False, "", "not testable (no pairs)")
+        return result(*(math.nan,) * 3, False, False, "", "not testable (no pairs)")
     if n < MIN_UNITS:
-        return UnitTest(*base, *(math.nan,) * 3, False, False, "", f"no verdict: {refusal(n)}")
-    _, low, high = hierarchical_bootstrap(groups, resamples)
+        return result(*(math.nan,) * 3, False, False, "", f"no verdict: {refusal(n)}")
+    ci = clustered_ci(pairs, resamples)
+    _, low, high = ci if ci is not None else hierarchical_bootstrap(groups, resamples)
     p = 1.0 if not np.any(diff != 0) else float(stats.wilcoxon(diff).pvalue)
     excludes_zero = low > 0 or high < 0
     significant = bool(p < alpha and excludes_zero)
@@ -310,7 +355,8 @@ def unit_test(
         who = names[1] if better == "candidate" else names[0]
         verdict = f"{who} better (p < {alpha:g}, CI excludes 0)"
     elif p < alpha:
-        verdict = f"no significant difference (p < {alpha:g} but the seed-clustered CI includes 0)"
+        cluster = "fold-clustered" if n_folds else "seed-clustered"
+        verdict = f"no significant difference (p < {alpha:g} but the {cluster} CI includes 0)"
     else:
         verdict = f"no significant difference (p ≥ {alpha:g})"
-    return UnitTest(*base, low, high, p, True, significant, better, verdict)
+    return result(low, high, p, True, significant, better, verdict)

@@ -2,7 +2,8 @@
 params), plus the sort keys and per-volume summaries the tables share.
 
 A :class:`Setting` is one dataset × acceleration block of the tables whatever the seeds: seeds
-are pooled inside it (``seed`` restricts it to one seed).
+are pooled inside it (``seed`` restricts it to one seed). A budget study (runs tagged
+``raykd.budget``) makes each budget scale its own block (``budget``), so no table mixes budgets.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pandas as pd
 
 from raykd import kinds
 from raykd.kinds import StageKind
+from raykd.report.folds import SEP, TAG_BUDGET, TAG_FOLD, budget_label
 from raykd.report.store import PARENT_TAG
 from raykd.tracking import schema as S
 
@@ -29,16 +31,19 @@ KD_ROWS = kinds.KD_ROWS
 
 @dataclass(frozen=True, order=True)
 class Setting:
-    """One dataset × acceleration block of the tables (``seed`` restricts it to one seed)."""
+    """One dataset × acceleration block of the tables (``seed`` restricts it to one seed;
+    ``budget``, the budget scale, is "" unless the store holds a budget study)."""
 
     dataset: str
     acceleration: str
     seed: str = ""
+    budget: str = ""
 
     def label(self, with_seed: bool = False) -> str:
         acc = self.acceleration
         # Super-resolution settings are tagged 'sr<scale>' ('sr2' → "SR x2").
         text = f"{self.dataset} SR x{acc[2:]}" if acc.startswith("sr") else f"{self.dataset} {acc}x"
+        text += f" budget {self.budget}×" if self.budget else ""
         return f"{text} seed {self.seed}" if with_seed and self.seed else text
 
 
@@ -49,12 +54,16 @@ def _int_or_none(value: Any) -> int | None:
         return None
 
 
-def seed_key(value: str) -> tuple[float, str]:
-    """Sort key for seed tags: numeric order (9 before 10), untagged/odd ones last."""
-    try:
-        return float(value), value
-    except ValueError:
-        return float("inf"), value
+def seed_key(value: str) -> tuple[tuple[float, str], ...]:
+    """Sort key for seed tags: numeric order (9 before 10), untagged/odd ones last; a
+    ``fold/seed`` key (cross-validation) sorts by fold, then seed."""
+    out = []
+    for part in value.split(SEP):
+        try:
+            out.append((float(part), part))
+        except ValueError:
+            out.append((float("inf"), part))
+    return tuple(out)
 
 
 def acc_key(value: str) -> float:
@@ -96,6 +105,9 @@ def row_of(run) -> dict[str, Any]:
         "dataset": dataset,
         "acceleration": acc,
         "seed": tags.get(S.TAG_SEED) or params.get("seed", ""),
+        "fold": tags.get(TAG_FOLD, ""),
+        "budget": budget_label(tags.get(TAG_BUDGET)),
+        "epochs": _int_or_none(params.get("optim.epochs")),
         "teacher_depth": _int_or_none(t_depth),
         "student_depth": _int_or_none(s_depth),
         "teacher_cascades": _int_or_none(params.get("teacher.cascades")),

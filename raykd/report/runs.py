@@ -8,6 +8,10 @@ Seeds are pooled: a setting is one dataset × acceleration block whatever the se
 :meth:`StageRuns.find_seeds` returns one run per seed, so the tables can report the spread over
 training seeds instead of one seed's luck.
 
+Cross-validation folds (``raykd.fold``) make each (fold, seed) a replicate keyed
+``"<fold>/<seed>"`` in the ``seed`` column (the tag's own value stays in ``seed_tag``); budget
+scales (``raykd.budget``) split settings (see :mod:`raykd.report.folds`).
+
 The zero-filled baseline is read, never computed: every stage logs the zero-filled input's
 report of its split in its eval JSON (``zero_filled``, :data:`raykd.tracking.schema
 .EVAL_ZERO_FILLED`); :meth:`StageRuns.zero_filled` takes it from any run of the setting.
@@ -24,6 +28,7 @@ import pandas as pd
 from raykd.kinds import RowKind
 from raykd.report import warn
 from raykd.report.artifacts import ArtifactReader
+from raykd.report.folds import merge_fold_reports, unit_key
 from raykd.report.records import (
     KD_ROWS,
     METRICS,
@@ -61,11 +66,26 @@ class StageRuns(ArtifactReader):
         self.source = source
         self.experiment_ids = experiment_ids
         self.job_runs = job_runs or []
-        self._zf: dict[tuple[str, str], dict[str, Any] | None] = {}
+        self._zf: dict[tuple[str, ...], dict[str, Any] | None] = {}
         self.frame = pd.DataFrame.from_records([row_of(r) for r in runs])
+        self._replicates()
         self.available = {r.info.run_id: self.eval_splits(r.info.run_id) for r in runs}
         self.split = split or self._pick_split()
         self._add_metrics()
+
+    def _replicates(self) -> None:
+        """Fold runs: replicate key fold/seed; budgets: "" unless the store has a budget study."""
+        f = self.frame
+        f["seed_tag"] = f["seed"]
+        if (f["fold"] != "").any():
+            if (f["fold"] == "").any():
+                warn(
+                    "some stage runs carry raykd.fold and some do not; the latter are "
+                    "replicates of their own (no fold) and pair only with each other"
+                )
+            f["seed"] = [unit_key(k, s) for k, s in zip(f["fold"], f["seed_tag"], strict=True)]
+        if set(f["budget"]) == {"1"}:
+            f["budget"] = ""
 
     def _pick_split(self) -> str:
         with_eval = [s for s in self.available.values() if s]
@@ -105,9 +125,14 @@ class StageRuns(ArtifactReader):
         return f"{Setting(r['dataset'], r['acceleration']).label()} {r['row']}{method}"
 
     def settings(self) -> list[Setting]:
-        """Dataset × acceleration blocks, sorted; seeds are pooled inside a block."""
-        keys = {Setting(r["dataset"], r["acceleration"]) for _, r in self.frame.iterrows()}
-        return sorted(keys, key=lambda s: (s.dataset, acc_key(s.acceleration)))
+        """Dataset × acceleration (× budget) blocks, sorted; seeds are pooled inside a block."""
+        keys = {
+            Setting(r["dataset"], r["acceleration"], budget=r["budget"])
+            for _, r in self.frame.iterrows()
+        }
+        return sorted(
+            keys, key=lambda s: (s.dataset, acc_key(s.acceleration), float(s.budget or 1))
+        )
 
     def seeds(self, setting: Setting) -> list[str]:
         """Seeds with any stage run (finished or not) in the setting, numeric order.
@@ -151,12 +176,16 @@ class StageRuns(ArtifactReader):
     def _selection_overlap(self, setting: Setting | None = None) -> list[str]:
         """Test volumes that some run also validated on (so they chose its best checkpoint)."""
         frame = self.frame if setting is None else self.in_setting(setting)
-        test = set(self.split_volumes(setting))
         overlap: set[str] = set()
-        for run_id in frame["run_id"]:
-            val = self.eval(run_id, quiet=True, split="val")
-            if val is not None:
-                overlap |= test & {str(v.get("volume", "?")) for v in val["volumes"]}
+        for _, fold in frame.groupby("fold"):  # a fold tests and selects on its own subjects
+            test: set[str] = set()
+            for run_id in fold["run_id"]:
+                report = self.eval(run_id, quiet=True)
+                test |= {str(v.get("volume", "?")) for v in (report or {}).get("volumes", [])}
+            for run_id in fold["run_id"]:
+                val = self.eval(run_id, quiet=True, split="val")
+                if val is not None:
+                    overlap |= test & {str(v.get("volume", "?")) for v in val["volumes"]}
         return sorted(overlap)
 
     def split_description(self) -> str:
@@ -199,6 +228,7 @@ class StageRuns(ArtifactReader):
     def in_setting(self, setting: Setting) -> pd.DataFrame:
         f = self.frame
         mask = (f["dataset"] == setting.dataset) & (f["acceleration"] == setting.acceleration)
+        mask &= f["budget"] == setting.budget
         if setting.seed:
             mask &= f["seed"] == setting.seed
         return f[mask]
@@ -309,7 +339,7 @@ class StageRuns(ArtifactReader):
         Runs finished before stages logged it have none: zero-filled is then missing, with one
         warning saying why (it is never recomputed here).
         """
-        key = (setting.dataset, setting.acceleration)
+        key = (setting.dataset, setting.acceleration, setting.budget)
         if key not in self._zf:
             self._zf[key] = self._logged_zero_filled(setting)
         return self._zf[key]
@@ -321,11 +351,16 @@ class StageRuns(ArtifactReader):
         candidates = candidates.assign(
             _o=candidates["row"].map(lambda r: order.get(r, 3))
         ).sort_values("_o", kind="stable")
-        for run_id in candidates["run_id"]:
+        per_fold: dict[str, dict[str, Any]] = {}  # folds test different subjects: merge them
+        for run_id, fold in zip(candidates["run_id"], candidates["fold"], strict=True):
             report = self.eval(run_id, quiet=True)
             zf = None if report is None else report.get(S.EVAL_ZERO_FILLED)
             if isinstance(zf, dict) and isinstance(zf.get("volumes"), list):
-                return zf
+                per_fold.setdefault(fold, zf)
+        if len(per_fold) == 1:
+            return next(iter(per_fold.values()))
+        if per_fold:
+            return merge_fold_reports(per_fold)
         self.warn_once(
             f"zero-filled for {setting.label()}: no stage run of this setting logged zero-filled "
             f"metrics for the {self.split} split (runs finished before stages logged them at "

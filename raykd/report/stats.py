@@ -28,6 +28,7 @@ from scipy import stats
 
 from raykd.errors import RaykdError
 from raykd.report.cells import section_lead, table_notes
+from raykd.report.folds import has_folds
 from raykd.report.inference import ALPHA, MIN_UNITS, slice_pairs, unit_pairs, unit_test
 from raykd.report.records import Setting
 from raykd.report.runs import StageRuns
@@ -151,6 +152,7 @@ def contrast_test(
         "dataset": setting.dataset,
         "acceleration": setting.acceleration,
         "seed": setting.seed,
+        **({"budget": setting.budget} if setting.budget else {}),
         "comparison": contrast.key,
         "label": contrast.label,
         "method": method,
@@ -161,12 +163,7 @@ def contrast_test(
     }
     units = unit_pairs(runs, base, cand, metric) if base and cand else None
     if units is None or units.n == 0:
-        lacking = [n for n, f in ((contrast.baseline, base), (contrast.candidate, cand)) if not f]
-        why = f"no {' / '.join(lacking)} run" if lacking else "no seed has both runs evaluated"
-        runs.warn_once(
-            f"comparison missing: {setting.label()} {contrast.label} for "
-            f"{method_name(method)} cannot be tested ({why}); reported as missing"
-        )
+        _warn_missing(runs, setting, contrast, method, base, cand)
         return {**record, "seeds": "", "n_seeds": 0, "verdict": "missing run"}
     if units.unpaired:
         runs.warn_once(
@@ -192,6 +189,15 @@ def contrast_test(
     }
 
 
+def _warn_missing(runs: StageRuns, setting: Setting, contrast: Contrast, method: str, base, cand):
+    lacking = [n for n, f in ((contrast.baseline, base), (contrast.candidate, cand)) if not f]
+    why = f"no {' / '.join(lacking)} run" if lacking else "no seed has both runs evaluated"
+    runs.warn_once(
+        f"comparison missing: {setting.label()} {contrast.label} for "
+        f"{method_name(method)} cannot be tested ({why}); reported as missing"
+    )
+
+
 def paired_table(
     runs: StageRuns,
     metrics: tuple[str, ...] = ("psnr", "ssim", "hfn", "vif"),
@@ -202,7 +208,8 @@ def paired_table(
     """Every contrast of :data:`CONTRASTS` per setting, method and metric."""
     t_depth = teacher_depth or runs.teacher_depth()
     s_depth = student_depth or runs.student_depth()
-    table = ReportTable(f"Paired tests over independent (seed, volume) units (α = {alpha:g})")
+    unit = "(fold, seed, volume)" if has_folds(list(runs.frame["seed"])) else "(seed, volume)"
+    table = ReportTable(f"Paired tests over independent {unit} units (α = {alpha:g})")
     table.notes = table_notes(
         runs,
         "Unit = one trained model pair (seed) on one volume, value = the volume's metric (volume "

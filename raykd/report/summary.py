@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from raykd.report.folds import has_folds, replicates_text
 from raykd.report.inference import ALPHA, MIN_UNITS, refusal
 from raykd.report.runs import StageRuns
 from raykd.report.stats import CONTRASTS, format_p
@@ -64,14 +65,18 @@ def summary_paragraph(
             for r in paired.records
             if r["metric"] == "psnr"
             and (r["dataset"], r["acceleration"]) == (setting.dataset, setting.acceleration)
+            and r.get("budget", "") == setting.budget
         ]
         seeds = runs.seeds(setting)
         split = "held-out test" if runs.split == "test" else "validation"
-        seed_text = f"seed{'s' if len(seeds) != 1 else ''} {', '.join(seeds) or '?'}"
+        model, ci = "(seed) on one volume", "a seed-clustered 95% bootstrap CI"
+        if has_folds(seeds):
+            model = "(fold, seed) on one test volume of its fold (units = folds × seeds × volumes)"
+            ci = "a fold-level 95% bootstrap CI (folds, then seeds, then volumes)"
         head = (
-            f"On {setting.label()} ({split} volumes, {seed_text}; unit of inference: one trained "
-            "model pair (seed) on one volume; two-sided Wilcoxon signed-rank test on per-unit "
-            f"volume-PSNR differences and a seed-clustered 95% bootstrap CI, α = {alpha:g}; "
+            f"On {setting.label()} ({split} volumes, {replicates_text(seeds)}; unit of inference: "
+            f"one trained model pair {model}; two-sided Wilcoxon signed-rank test on per-unit "
+            f"volume-PSNR differences and {ci}, α = {alpha:g}; "
             f"a verdict needs ≥ {MIN_UNITS} units, p < {alpha:g} and a CI excluding 0)"
         )
         tested = [r for r in recs if r.get("testable")]
@@ -102,6 +107,7 @@ def _gap_sentence(gap: ReportTable | None, setting) -> str:
         for r in (gap.records if gap is not None else [])
         if r["framework"] == "no KD"
         and (r["dataset"], r["acceleration"]) == (setting.dataset, setting.acceleration)
+        and r.get("budget", "") == setting.budget
     ]
     if not gaps or math.isnan(gaps[0]["gap_db"]):
         return ""

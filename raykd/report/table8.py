@@ -14,6 +14,7 @@ import pandas as pd
 
 from raykd.report import warn
 from raykd.report.cells import mark_best, record, section_lead, seed_cell, table_notes
+from raykd.report.records import Setting
 from raykd.report.runs import StageRuns
 from raykd.report.table_model import NOT_APPLICABLE, ReportTable, Section, method_name
 
@@ -76,6 +77,11 @@ def _params_text(params: int | None, reference: int | None = None) -> str:
     return f"{params}{ratio}"
 
 
+METRICS = ("psnr", "ssim", "hfn", "vif")
+# Column groups: the student trained alone, with Std-KD and with SFT-KD.
+FRAMEWORKS = {"orig": "Original", "std": "KD", "sft": "SFT-KD"}
+
+
 def table_8(
     runs: StageRuns,
     latency: Any | None = None,
@@ -88,16 +94,32 @@ def table_8(
     ``latency`` is a :class:`raykd.report.benchmarks.Benchmark` (the latest benchmark run) or None:
     then the column says "not measured". Bold: best of original/KD/SFT-KD per depth and metric.
     """
-    metrics = ("psnr", "ssim", "hfn", "vif")
     t_depth = teacher_depth or runs.teacher_depth()
     methods = runs.methods()
     method = method or ("at" if "at" in methods else (methods[0] if methods else ""))
     table = ReportTable("Table 8: compression (student depth), parameters, latency, quality")
-    fws = {"orig": "Original", "std": "KD", "sft": "SFT-KD"}
     header = ["Model", "Parameters", "Latency (ms)"] + [
-        f"{fws[fw]} {m.upper()}" for fw in fws for m in metrics
+        f"{FRAMEWORKS[fw]} {m.upper()}" for fw in FRAMEWORKS for m in METRICS
     ]
-    table.notes = [
+    table.notes = _notes(runs, latency, method)
+    for setting in runs.settings():
+        seeds = runs.seeds(setting)
+        row, records, t_params = _teacher_row(runs, setting, seeds, latency, t_depth)
+        rows = [row]
+        table.records += records
+        for depth in runs.student_depths():
+            row, records = _student_row(
+                runs, setting, seeds, latency, method, (t_depth, depth), t_params
+            )
+            rows.append(row)
+            table.records += records
+        lead = section_lead(runs, setting)
+        table.sections.append(Section(setting.label(), header, rows, lead=lead))
+    return table
+
+
+def _notes(runs: StageRuns, latency: Any | None, method: str) -> list[str]:
+    notes = [
         f"Mean ± std over volumes unless pooled over seeds; KD method: "
         f"{method_name(method) if method else 'none run'}; source: {runs.source}.",
         "Parameters: as the runs logged them (else a benchmark of the same network); % = "
@@ -105,97 +127,107 @@ def table_8(
         "Bold: best of Original/KD/SFT-KD per depth and metric.",
     ]
     if latency is None:
-        table.notes.append(
+        notes.append(
             "Latency not measured: no benchmark run (raykd.role=benchmark) in the store; run "
             "`raykd benchmark-inference --tracking-uri ... --experiment ...` first."
         )
         warn("Table 8: latency not measured (no benchmark run found in the MLflow store)")
     else:
-        table.notes.append(
+        notes.append(
             latency.describe() + " A model whose depth, cascades or channels were not "
             "benchmarked shows 'not measured'."
         )
-    table.notes = table_notes(runs, *table.notes)
-    for setting in runs.settings():
-        seeds = runs.seeds(setting)
-        teachers = runs.find_seeds(setting, "teacher", teacher_depth=t_depth)
-        t_run = next(iter(teachers.values()), None)
-        t_casc, t_ch = _arch_of(t_run, "teacher")
-        t_arch = _arch_name(t_run, "teacher")
-        t_params = (
-            _params(runs, list(teachers.values()), latency, t_arch, t_depth, t_casc, t_ch)
-            if t_depth
-            else 0
+    return table_notes(runs, *notes)
+
+
+def _teacher_row(
+    runs: StageRuns, setting: Setting, seeds: list[str], latency: Any | None, t_depth: int
+) -> tuple[list[str], list[dict], int | None]:
+    """The teacher's row (its KD columns blank), its records and its parameter count."""
+    teachers = runs.find_seeds(setting, "teacher", teacher_depth=t_depth)
+    t_run = next(iter(teachers.values()), None)
+    t_casc, t_ch = _arch_of(t_run, "teacher")
+    t_arch = _arch_name(t_run, "teacher")
+    t_params = (
+        _params(runs, list(teachers.values()), latency, t_arch, t_depth, t_casc, t_ch)
+        if t_depth
+        else 0
+    )
+    t_cells = {m: seed_cell(runs, teachers, m, seeds) for m in METRICS}
+    row = [
+        f"Teacher ({model_label(t_arch, t_depth, t_casc)})",
+        _params_text(t_params),
+        _latency_text(latency, t_depth, t_casc, t_ch),
+        *[t_cells[m].text(m) for m in METRICS],
+        *[NOT_APPLICABLE] * (2 * len(METRICS)),
+    ]
+    ms = _latency_ms(latency, t_depth, t_casc, t_ch)
+    records = [
+        record(
+            setting,
+            runs.split,
+            t_cells[m],
+            m,
+            model="teacher",
+            framework="original",
+            depth=t_depth,
+            params=t_params,
+            latency_ms=ms,
         )
-        rows = []
-        t_cells = {m: seed_cell(runs, teachers, m, seeds) for m in metrics}
-        blank = [NOT_APPLICABLE] * (2 * len(metrics))
-        rows.append(
-            [
-                f"Teacher ({model_label(t_arch, t_depth, t_casc)})",
-                _params_text(t_params),
-                _latency_text(latency, t_depth, t_casc, t_ch),
-                *[t_cells[m].text(m) for m in metrics],
-                *blank,
-            ]
+        for m in METRICS
+    ]
+    return row, records, t_params
+
+
+def _student_row(
+    runs: StageRuns,
+    setting: Setting,
+    seeds: list[str],
+    latency: Any | None,
+    method: str,
+    depths: tuple[int, int],
+    t_params: int | None,
+) -> tuple[list[str], list[dict]]:
+    """One student depth's row (bold: best framework per metric) and its records;
+    ``depths``: (teacher, student)."""
+    t_depth, depth = depths
+    found = {
+        "orig": runs.find_seeds(setting, "student", student_depth=depth),
+        "std": runs.find_seeds(setting, "std_kd", method, t_depth, depth) if method else {},
+        "sft": runs.find_seeds(setting, "sft_kd", method, t_depth, depth) if method else {},
+    }
+    any_run = next((r for f in found.values() for r in f.values()), None)
+    casc, ch = _arch_of(any_run, "student")
+    s_arch = _arch_name(any_run, "student")
+    runs_of_depth = [r for f in found.values() for r in f.values()]
+    params = _params(runs, runs_of_depth, latency, s_arch, depth, casc, ch)
+    cells = {fw: {m: seed_cell(runs, f, m, seeds) for m in METRICS} for fw, f in found.items()}
+    for m in METRICS:
+        mark_best([cells[fw][m] for fw in FRAMEWORKS], m)
+    row = [
+        f"Student ({model_label(s_arch, depth, casc)})",
+        _params_text(params, t_params),
+        _latency_text(latency, depth, casc, ch),
+        *[cells[fw][m].text(m) for fw in FRAMEWORKS for m in METRICS],
+    ]
+    ms = _latency_ms(latency, depth, casc, ch)
+    records = [
+        record(
+            setting,
+            runs.split,
+            cells[fw][m],
+            m,
+            model="student",
+            framework=fw_name,
+            method=method if fw != "orig" else "",
+            depth=depth,
+            params=params,
+            latency_ms=ms,
         )
-        for m in metrics:
-            table.records.append(
-                record(
-                    setting,
-                    runs.split,
-                    t_cells[m],
-                    m,
-                    model="teacher",
-                    framework="original",
-                    depth=t_depth,
-                    params=t_params,
-                    latency_ms=_latency_ms(latency, t_depth, t_casc, t_ch),
-                )
-            )
-        for depth in runs.student_depths():
-            found = {
-                "orig": runs.find_seeds(setting, "student", student_depth=depth),
-                "std": runs.find_seeds(setting, "std_kd", method, t_depth, depth) if method else {},
-                "sft": runs.find_seeds(setting, "sft_kd", method, t_depth, depth) if method else {},
-            }
-            any_run = next((r for f in found.values() for r in f.values()), None)
-            casc, ch = _arch_of(any_run, "student")
-            s_arch = _arch_name(any_run, "student")
-            runs_of_depth = [r for f in found.values() for r in f.values()]
-            params = _params(runs, runs_of_depth, latency, s_arch, depth, casc, ch)
-            cells = {
-                fw: {m: seed_cell(runs, f, m, seeds) for m in metrics} for fw, f in found.items()
-            }
-            for m in metrics:
-                mark_best([cells[fw][m] for fw in fws], m)
-            rows.append(
-                [
-                    f"Student ({model_label(s_arch, depth, casc)})",
-                    _params_text(params, t_params),
-                    _latency_text(latency, depth, casc, ch),
-                    *[cells[fw][m].text(m) for fw in fws for m in metrics],
-                ]
-            )
-            for fw, fw_name in fws.items():
-                for m in metrics:
-                    table.records.append(
-                        record(
-                            setting,
-                            runs.split,
-                            cells[fw][m],
-                            m,
-                            model="student",
-                            framework=fw_name,
-                            method=method if fw != "orig" else "",
-                            depth=depth,
-                            params=params,
-                            latency_ms=_latency_ms(latency, depth, casc, ch),
-                        )
-                    )
-        lead = section_lead(runs, setting)
-        table.sections.append(Section(setting.label(), header, rows, lead=lead))
-    return table
+        for fw, fw_name in FRAMEWORKS.items()
+        for m in METRICS
+    ]
+    return row, records
 
 
 def _latency_ms(latency: Any | None, depth: int | None, cascades: int, channels: int) -> float:

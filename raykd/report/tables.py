@@ -8,6 +8,7 @@ teacher–student gap: :mod:`raykd.report.gap`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from raykd.report.cells import mark_best, record, report_cell, section_lead, seed_cell, table_notes
@@ -21,6 +22,18 @@ from raykd.report.table_model import (
     Section,
     method_name,
 )
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One row of a setting's section: its label, kind (``kd`` for a method's row), method,
+    cells per framework and metric, and whether it competes for bold."""
+
+    label: str
+    row: str
+    method: str
+    cells: dict[str, dict[str, Cell]]
+    contender: bool
 
 
 def model_table(
@@ -42,12 +55,27 @@ def model_table(
     """
     t_depth = teacher_depth or runs.teacher_depth()
     s_depth = student_depth or runs.student_depth()
-    methods = runs.methods()
-    with_random = (runs.frame["row"] == "sft_kd_random").any()
-    with_equal = (runs.frame["row"] == "equal_compute").any()
     table = ReportTable(title)
+    table.notes = _notes(runs, t_depth, s_depth)
+    header = ["Model"] + [f"{FRAMEWORKS[fw]} {m.upper()}" for fw in FRAMEWORKS for m in metrics]
+    for setting in runs.settings():
+        entries = _entries(runs, setting, metrics, t_depth, s_depth)
+        for m in metrics:
+            mark_best([e.cells[fw][m] for e in entries if e.contender for fw in FRAMEWORKS], m)
+        rows = [
+            [e.label] + [e.cells[fw][m].text(m) for fw in FRAMEWORKS for m in metrics]
+            for e in entries
+        ]
+        table.records += _records(runs, setting, entries, metrics, t_depth, s_depth)
+        lead = section_lead(runs, setting)
+        table.sections.append(Section(setting.label(), header, rows, lead=lead))
+    return table
+
+
+def _notes(runs: StageRuns, t_depth: int, s_depth: int) -> list[str]:
     arch = f"teacher D{t_depth}, student D{s_depth}"
-    table.notes = table_notes(
+    with_equal = (runs.frame["row"] == "equal_compute").any()
+    return table_notes(
         runs,
         f"Mean ± std over volumes unless pooled over seeds; {arch}; source: {runs.source}.",
         "Teacher row: the Std-KD column is the plain teacher, the SFT-KD column the "
@@ -62,67 +90,74 @@ def model_table(
             else []
         ),
     )
-    header = ["Model"] + [f"{FRAMEWORKS[fw]} {m.upper()}" for fw in FRAMEWORKS for m in metrics]
-    for setting in runs.settings():
-        zf = runs.zero_filled(setting)
-        seeds = runs.seeds(setting)
 
-        def cells_of(
-            row: str, method: str = "", _s: Setting = setting, _seeds: list[str] = seeds
-        ) -> dict[str, Cell]:
-            found = runs.find_seeds(_s, row, method, t_depth, s_depth)
-            return {m: seed_cell(runs, found, m, _seeds) for m in metrics}
 
-        na = {m: Cell(status="n/a") for m in metrics}
-        entries: list[tuple[str, str, str, dict[str, dict[str, Cell]], bool]] = []
-        zf_cells = {m: report_cell(runs, zf, m, "") for m in metrics}
-        # Super-resolution: the network input is the interpolated low-resolution image.
-        zf_name = "LR input" if setting.acceleration.startswith("sr") else "ZF"
-        entries.append((zf_name, "zero_filled", "", {"std": zf_cells, "sft": dict(na)}, False))
-        teacher = {"std": cells_of("teacher"), "sft": cells_of("sft_teacher")}
-        entries.append(("Teacher", "teacher", "", teacher, False))
-        entries.append(("Student", "student", "", {"std": cells_of("student"), "sft": na}, True))
-        if with_equal:
-            cells = {"std": dict(na), "sft": cells_of("equal_compute")}
-            entries.append((EQUAL_COMPUTE, "equal_compute", "", cells, True))
+def _entries(
+    runs: StageRuns, setting: Setting, metrics: tuple[str, ...], t_depth: int, s_depth: int
+) -> list[_Entry]:
+    """The section's rows in table order: ZF (or LR input), Teacher, Student, the
+    equal-compute control, one row per KD method, SFT-KD with random init per method."""
+    zf = runs.zero_filled(setting)
+    seeds = runs.seeds(setting)
+
+    def cells_of(row: str, method: str = "") -> dict[str, Cell]:
+        found = runs.find_seeds(setting, row, method, t_depth, s_depth)
+        return {m: seed_cell(runs, found, m, seeds) for m in metrics}
+
+    na = {m: Cell(status="n/a") for m in metrics}
+    zf_cells = {m: report_cell(runs, zf, m, "") for m in metrics}
+    # Super-resolution: the network input is the interpolated low-resolution image.
+    zf_name = "LR input" if setting.acceleration.startswith("sr") else "ZF"
+    entries = [_Entry(zf_name, "zero_filled", "", {"std": zf_cells, "sft": dict(na)}, False)]
+    teacher = {"std": cells_of("teacher"), "sft": cells_of("sft_teacher")}
+    entries.append(_Entry("Teacher", "teacher", "", teacher, False))
+    entries.append(_Entry("Student", "student", "", {"std": cells_of("student"), "sft": na}, True))
+    if (runs.frame["row"] == "equal_compute").any():
+        cells = {"std": dict(na), "sft": cells_of("equal_compute")}
+        entries.append(_Entry(EQUAL_COMPUTE, "equal_compute", "", cells, True))
+    methods = runs.methods()
+    for method in methods:
+        cells = {"std": cells_of("std_kd", method), "sft": cells_of("sft_kd", method)}
+        entries.append(_Entry(method_name(method), "kd", method, cells, True))
+    if (runs.frame["row"] == "sft_kd_random").any():
         for method in methods:
-            cells = {"std": cells_of("std_kd", method), "sft": cells_of("sft_kd", method)}
-            entries.append((method_name(method), "kd", method, cells, True))
-        if with_random:
-            for method in methods:
-                cells = {"std": dict(na), "sft": cells_of("sft_kd_random", method)}
-                entries.append(
-                    (f"{method_name(method)} (SFT-KD, random init)", "kd", method, cells, True)
-                )
-        for m in metrics:
-            mark_best([e[3][fw][m] for e in entries if e[4] for fw in FRAMEWORKS], m)
-        rows = []
-        for label, row, method, cells, _ in entries:
-            rows.append([label] + [cells[fw][m].text(m) for fw in FRAMEWORKS for m in metrics])
-            for fw in FRAMEWORKS:
-                for m in metrics:
-                    cell = cells[fw][m]
-                    if cell.status == "n/a":
-                        continue
-                    table.records.append(
-                        record(
-                            setting,
-                            runs.split,
-                            cell,
-                            m,
-                            model=label,
-                            row=_schema_row(row, fw, label),
-                            method=method,
-                            framework=FRAMEWORKS[fw] if row == "kd" else "",
-                            teacher_depth=t_depth if row != "zero_filled" else None,
-                            student_depth=s_depth
-                            if row not in ("teacher", "zero_filled")
-                            else None,
-                        )
+            cells = {"std": dict(na), "sft": cells_of("sft_kd_random", method)}
+            label = f"{method_name(method)} (SFT-KD, random init)"
+            entries.append(_Entry(label, "kd", method, cells, True))
+    return entries
+
+
+def _records(
+    runs: StageRuns,
+    setting: Setting,
+    entries: list[_Entry],
+    metrics: tuple[str, ...],
+    t_depth: int,
+    s_depth: int,
+) -> list[dict[str, Any]]:
+    """One CSV record per filled cell, named by the schema's row kinds."""
+    out = []
+    for e in entries:
+        for fw in FRAMEWORKS:
+            for m in metrics:
+                cell = e.cells[fw][m]
+                if cell.status == "n/a":
+                    continue
+                out.append(
+                    record(
+                        setting,
+                        runs.split,
+                        cell,
+                        m,
+                        model=e.label,
+                        row=_schema_row(e.row, fw, e.label),
+                        method=e.method,
+                        framework=FRAMEWORKS[fw] if e.row == "kd" else "",
+                        teacher_depth=t_depth if e.row != "zero_filled" else None,
+                        student_depth=s_depth if e.row not in ("teacher", "zero_filled") else None,
                     )
-        lead = section_lead(runs, setting)
-        table.sections.append(Section(setting.label(), header, rows, lead=lead))
-    return table
+                )
+    return out
 
 
 def _schema_row(row: str, fw: str, label: str) -> str:

@@ -142,6 +142,12 @@ class DataConfig(_Strict):
     )
     num_workers: Count = Field(0, ge=0)
     max_slices_per_volume: Count | None = Field(None, ge=1)
+    test_slices: Count | None = Field(
+        None,
+        ge=1,
+        description="slices per test volume (evenly spaced); None: all of them, whatever "
+        "max_slices_per_volume thins for training and validation",
+    )
     sr: SRConfig | None = Field(None, description="set for the super-resolution task")
     complex: bool = Field(
         False,

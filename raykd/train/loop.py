@@ -32,7 +32,6 @@ from raykd.models.taps import FeatureTaps
 from raykd.train import balance
 from raykd.train.checkpoint import (
     check_arch,
-    clean_stale_temp,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -42,10 +41,12 @@ from raykd.train.config import StageConfig, save_config
 from raykd.train.distributed import dist_info, rank_batch, uneven_epoch_note
 from raykd.train.precision import autocast, pick_device, resolve_path
 from raykd.train.rundir import (
+    METRICS_FILE,
+    append_record,
     check_resume_config,
     check_run_dir,
     drop_records_after,
-    write_identity,
+    start_run_dir,
 )
 from raykd.train.seeding import seed_everything, seed_worker
 from raykd.train.stages import build_stage
@@ -195,7 +196,7 @@ class Trainer:
         self.best_epoch = int(ckpt["best_epoch"])
         self.history = json.loads(ckpt["history"])
         if self.rank == 0:
-            drop_records_after(self.output_dir / "metrics.jsonl", self.start_epoch)
+            drop_records_after(self.output_dir / METRICS_FILE, self.start_epoch)
         if ckpt.get("balance") and json.loads(ckpt["balance"]):
             # The calibrated weights of the interrupted run, not a new measurement.
             self.balance = json.loads(ckpt["balance"])
@@ -332,12 +333,8 @@ class Trainer:
     def fit(self) -> StageResult:
         cfg = self.cfg
         if self.rank == 0:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            clean_stale_temp(self.output_dir)
+            start_run_dir(cfg.to_dict(), self.output_dir, fresh=self.start_epoch == 0)
             save_config(cfg, self.output_dir / "config.yaml")
-            write_identity(cfg.to_dict(), self.output_dir)
-            if self.start_epoch == 0:  # a fresh run starts a fresh history
-                (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
         train_set = self.datasets["train"]
         sampler = ShardedSampler(len(train_set), self.rank, self.world, shuffle=True, seed=cfg.seed)
         loader = self._loader(train_set, sampler)
@@ -349,37 +346,11 @@ class Trainer:
         if note := uneven_epoch_note(len(train_set), self.world):
             self._log(note)
         self.calibrate()
-        ref = balance.reference_term(cfg.kind)
         for epoch in range(self.start_epoch, cfg.optim.epochs):
             t0 = time.perf_counter()
             sampler.set_epoch(epoch)
             train_set.set_epoch(epoch)  # fastMRI masks with mask.per_epoch: a fresh mask
-            metrics = self.train_epoch(epoch, loader)
-            ratios = balance.epoch_ratios(metrics, self.stage.weights, ref)
-            metrics.update(ratios)
-            for line in balance.ratio_warnings(ratios, self.stage.weights):
-                self._log(f"epoch {epoch + 1}: {line}")
-            metrics.update(self.validate())
-            metrics.update(
-                epoch=epoch + 1,
-                lr=self.optimizer.param_groups[0]["lr"],
-                epoch_time_s=time.perf_counter() - t0,
-            )
-            improved = metrics["val/loss"] < self.best_val
-            if improved:
-                self.best_val, self.best_epoch = metrics["val/loss"], epoch
-            self.history.append(metrics)
-            if self.rank == 0:
-                if improved:
-                    save_checkpoint(self.best_path, self._payload(epoch, full=False))
-                save_checkpoint(self.last_path, self._payload(epoch, full=True))
-                with open(self.output_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(metrics) + "\n")
-            self._log(
-                f"epoch {epoch + 1}/{cfg.optim.epochs} loss {metrics['train/loss']:.4f} "
-                f"val L1 {metrics['val/loss']:.4f} val PSNR {metrics['val/psnr']:.2f} dB"
-                f"{' *' if improved else ''} ({metrics['epoch_time_s']:.1f}s)"
-            )
+            metrics = self._epoch(epoch, loader, t0)
             for cb in self.callbacks:
                 cb(epoch, metrics, self.last_path if self.rank == 0 else None)
         return StageResult(
@@ -391,6 +362,37 @@ class Trainer:
             history=self.history,
             lineage=self.lineage,
         )
+
+    def _epoch(self, epoch: int, loader: DataLoader, t0: float) -> dict[str, float]:
+        """Train and validate one epoch, then record it: history, checkpoints and
+        ``metrics.jsonl`` (rank 0), one log line."""
+        cfg = self.cfg
+        metrics = self.train_epoch(epoch, loader)
+        ratios = balance.epoch_ratios(metrics, self.stage.weights, balance.reference_term(cfg.kind))
+        metrics.update(ratios)
+        for line in balance.ratio_warnings(ratios, self.stage.weights):
+            self._log(f"epoch {epoch + 1}: {line}")
+        metrics.update(self.validate())
+        metrics.update(
+            epoch=epoch + 1,
+            lr=self.optimizer.param_groups[0]["lr"],
+            epoch_time_s=time.perf_counter() - t0,
+        )
+        improved = metrics["val/loss"] < self.best_val
+        if improved:
+            self.best_val, self.best_epoch = metrics["val/loss"], epoch
+        self.history.append(metrics)
+        if self.rank == 0:
+            if improved:
+                save_checkpoint(self.best_path, self._payload(epoch, full=False))
+            save_checkpoint(self.last_path, self._payload(epoch, full=True))
+            append_record(self.output_dir, metrics)
+        self._log(
+            f"epoch {epoch + 1}/{cfg.optim.epochs} loss {metrics['train/loss']:.4f} "
+            f"val L1 {metrics['val/loss']:.4f} val PSNR {metrics['val/psnr']:.2f} dB"
+            f"{' *' if improved else ''} ({metrics['epoch_time_s']:.1f}s)"
+        )
+        return metrics
 
 
 def train_stage(cfg: StageConfig, **kwargs) -> StageResult:

@@ -22,6 +22,7 @@ from raykd.errors import ConfigError
 from raykd.paths import write_atomic
 
 IDENTITY_FILE = "identity.json"
+METRICS_FILE = "metrics.jsonl"  # one JSON record per finished epoch
 NOT_IDENTITY = {
     "name",
     "output_dir",
@@ -139,6 +140,24 @@ def write_identity(config: dict[str, Any], out: str | Path) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(run_identity(config), indent=1, sort_keys=True))
     tmp.replace(path)
+
+
+def start_run_dir(config: dict[str, Any], out: Path, fresh: bool) -> None:
+    """Rank 0, before the first epoch: the folder with the run's identity, no stale temporary
+    checkpoint, and for a fresh run no history left from an earlier one."""
+    from raykd.train.checkpoint import clean_stale_temp
+
+    out.mkdir(parents=True, exist_ok=True)
+    clean_stale_temp(out)
+    write_identity(config, out)
+    if fresh:
+        (out / METRICS_FILE).unlink(missing_ok=True)
+
+
+def append_record(out: Path, record: dict[str, Any]) -> None:
+    """One epoch's metrics as a line of ``metrics.jsonl``."""
+    with open(out / METRICS_FILE, "a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def move_aside(out: str | Path) -> Path | None:
