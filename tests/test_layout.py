@@ -18,7 +18,17 @@ ROOT = Path(__file__).resolve().parents[1] / "raykd"
 CHECKED = ("raykd",)
 # Arrows point down: the core (data, models, KD methods, training, metrics) never imports the
 # layers above it, nor Ray/MLflow/Optuna, so it runs and is tested without them.
-CORE = ("data", "models", "distill", "train", "metrics", "errors", "paths", "outputs")
+CORE = (
+    "data",
+    "models",
+    "distill",
+    "train",
+    "metrics",
+    "errors",
+    "paths",
+    "outputs",
+    "strict_json",
+)
 UPPER = ("plan", "orchestration", "tracking", "report", "deploy", "cli")
 MAX_LINES = 400
 
