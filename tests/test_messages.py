@@ -215,3 +215,40 @@ def test_stage_result_reads_what_the_finish_path_writes(tiny_config, tmp_path):
     (tmp_path / "old" / "result.json").write_text(json.dumps(old))
     assert StageResult.read(tmp_path / "old").started_at is None
     assert StageResult.read(tmp_path / "missing") is None
+
+
+def test_stage_record_round_trips_and_reads_done_json_of_older_stages(tmp_path):
+    """``done.json`` is read by every process that reuses a stage: typed, frozen, and the
+    files written before the checkpoint digests existed still load."""
+    from pydantic import ValidationError
+
+    from raykd.orchestration.identity import StageRecord, StageStore
+
+    store = StageStore(tmp_path)
+    out = store.stage_dir("teacher-abc")
+    out.mkdir(parents=True)
+    (out / "best.pt").write_bytes(b"weights")
+    old = {  # a done.json as stages stored before 2026-12 wrote it
+        "stage_id": "teacher-abc",
+        "kind": "teacher",
+        "output_dir": str(out),
+        "best_checkpoint": str(out / "best.pt"),
+        "best_val_loss": 0.03,
+        "best_epoch": 4,
+        "mlflow_run_id": None,
+        "teacher_stage": None,
+        "metrics": {"val": {"psnr": 30.1}},
+        "finished_at": 1.0,
+    }
+    (out / "done.json").write_text(json.dumps(old))
+    record = store.get("teacher-abc")
+    assert record is not None and record.metrics == {"val": {"psnr": 30.1}}
+    assert record.checkpoints is None
+    assert StageRecord.model_validate_json(record.to_json()) == record
+    with pytest.raises(ValidationError):
+        record.best_epoch = 5  # frozen
+    with pytest.raises(ValidationError):
+        StageRecord.model_validate({**old, "surprise": 1})
+    stored = store.put(record)
+    assert stored.checkpoints is not None and "best.pt" in stored.checkpoints
+    assert store.get("teacher-abc") == stored

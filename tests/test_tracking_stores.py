@@ -179,9 +179,14 @@ def test_unregistrable_stage_says_what_to_do(tmp_path):
     out = store.stage_dir("teacher-0123456789ab")
     out.mkdir(parents=True)
     record = StageRecord(
-        "teacher-0123456789ab", "teacher", str(out), str(out / "best.pt"), 0.1, 0,
+        stage_id="teacher-0123456789ab",
+        kind="teacher",
+        output_dir=str(out),
+        best_checkpoint=str(out / "best.pt"),
+        best_val_loss=0.1,
+        best_epoch=0,
         mlflow_run_id="0" * 32,
-    )  # fmt: skip
+    )
     tracking = Tracking(f"sqlite:///{tmp_path / 'other.db'}", "e")
     with pytest.raises(RaykdError, match="cannot be re-registered .* pass --tracking-uri") as err:
         resolve_run(record, store, tracking, None)

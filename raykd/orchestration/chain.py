@@ -9,7 +9,6 @@ The workers get one :class:`~raykd.orchestration.messages.ChainRequest` (dumped 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -207,7 +206,7 @@ def _record_chain(
         for sid in repaired:
             if sid in records:
                 run = known_runs(records[sid].output_dir).get(ctx.tracking.uri)
-                records[sid] = dataclasses.replace(records[sid], mlflow_run_id=run)
+                records[sid] = records[sid].model_copy(update={"mlflow_run_id": run})
 
 
 def _stage_record(

@@ -3,7 +3,6 @@ of its Tune trials share, and what rebuilds it inside a trial (:class:`ContextSp
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 from raykd.orchestration.cluster import TrialResources
@@ -75,4 +74,4 @@ def in_this_store(record: StageRecord, ctx: StageContext) -> StageRecord:
     run_id = resolve_run(record, ctx.store, ctx.tracking, ctx.parent_run_id)
     if ctx.parent_run_id:
         link_reuse(ctx.tracking, ctx.parent_run_id, record.stage_id, run_id, ctx.store)
-    return dataclasses.replace(record, mlflow_run_id=run_id)
+    return record.model_copy(update={"mlflow_run_id": run_id})

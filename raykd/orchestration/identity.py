@@ -27,9 +27,10 @@ import os
 import time
 import zipfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict
 
 from raykd.paths import write_atomic
 from raykd.plan.identity import (  # noqa: F401 - the identity rules live in the plan
@@ -42,8 +43,11 @@ from raykd.plan.identity import (  # noqa: F401 - the identity rules live in the
 )
 
 
-@dataclass
-class StageRecord:
+class StageRecord(BaseModel):
+    """A finished stage (``done.json``): written by the process that trained it, read by every
+    trial, job and search that reuses it — typed and frozen on both sides."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
     stage_id: str
     kind: str
     output_dir: str
@@ -62,7 +66,7 @@ class StageRecord:
     checkpoints: dict[str, dict[str, Any]] | None = None
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
+        return self.model_dump_json(indent=1)
 
 
 class StageStore:
@@ -77,14 +81,16 @@ class StageStore:
         marker = self.stage_dir(stage_id) / "done.json"
         if not marker.is_file():
             return None
-        return StageRecord(**json.loads(marker.read_text()))
+        return StageRecord.model_validate_json(marker.read_text())
 
     def put(self, record: StageRecord) -> StageRecord:
         """Mark a stage finished, with the digests of its checkpoints as they are now."""
         marker = self.stage_dir(record.stage_id) / "done.json"
         marker.parent.mkdir(parents=True, exist_ok=True)
         if record.checkpoints is None:
-            record = replace(record, checkpoints=checkpoint_digests(Path(record.output_dir)))
+            record = record.model_copy(
+                update={"checkpoints": checkpoint_digests(Path(record.output_dir))}
+            )
         write_atomic(marker, record.to_json())
         return record
 
