@@ -105,7 +105,7 @@ def test_fold_units_counted_and_named(compared):
     assert "held-out test volumes, 4 folds (0, 1, 2, 3) × seeds 42, 43;" in text
     assert "(fold, seed) on one test volume of its fold" in text and "fold-level 95%" in text
     assert f"n = 8 units: {units}" in text
-    details = compared["result"].summary
+    details = compared["result"].summary_lines
     assert "settings: phantom 4x (4 folds (0, 1, 2, 3) × seeds 42, 43)" in details
     assert any(f"n = 8 units ({units}) → SFT-KD better" in line for line in details)
     assert (
