@@ -252,3 +252,34 @@ def test_stage_record_round_trips_and_reads_done_json_of_older_stages(tmp_path):
     stored = store.put(record)
     assert stored.checkpoints is not None and "best.pt" in stored.checkpoints
     assert store.get("teacher-abc") == stored
+
+
+def test_short_mlflow_retry_budget_only_while_the_chain_runs(tiny_config, tmp_path, monkeypatch):
+    """Rank 0 of a chain fails MLflow calls in seconds while it trains; an in-process trial
+    gets its usual budget back afterwards (the settings were leaking into it)."""
+    import os
+
+    from raykd.orchestration.tracking_repair import WORKER_HTTP_ENV
+    from raykd.orchestration.train_fn import run_chain
+
+    for key in WORKER_HTTP_ENV:
+        monkeypatch.delenv(key, raising=False)
+    cfg = tiny_config("student", "student-env")
+    stage = PlannedStage(stage=cfg, output_dir=cfg.output_dir)
+    request = ChainRequest(
+        stages=[stage],
+        root=str(tmp_path),
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        experiment="env",
+    )
+    seen = []
+
+    def report(metrics, last_path, name):
+        seen.append({k: os.environ.get(k) for k in WORKER_HTTP_ENV})
+
+    run_chain(request, 0, report, None)
+    assert seen and all(s == WORKER_HTTP_ENV for s in seen)
+    assert all(k not in os.environ for k in WORKER_HTTP_ENV)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "99")  # the user's own setting wins
+    run_chain(request, 0, report, None)  # finished: skipped, the setting untouched
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "99"

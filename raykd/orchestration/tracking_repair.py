@@ -40,11 +40,6 @@ WORKER_HTTP_ENV = {
 }
 
 
-def short_retry_budget() -> None:
-    for key, value in WORKER_HTTP_ENV.items():
-        os.environ.setdefault(key, value)
-
-
 def log_event(root: str | Path, job: str | None, event: str, **fields: Any) -> None:
     """Append a recovery event (``tracking_failed``, ``tracking_repaired``, ``stage_restart``)
     to ``<root>/stages/events.jsonl``; the job summary counts them."""
@@ -99,10 +94,10 @@ class BestEffort:
 
     @classmethod
     def open(cls, uri: str, experiment: str, stage_dir, root, job) -> BestEffort:
-        """Connect (short retry budget); a server that is down gives a failed instance."""
+        """Connect; a server that is down gives a failed instance. Callers hold
+        :func:`short_budget` while they use it (a dead server costs seconds, not minutes)."""
         from raykd.tracking import Tracking
 
-        short_retry_budget()
         try:
             return cls(Tracking(uri, experiment), stage_dir, root, job)
         except Exception as exc:

@@ -8,6 +8,7 @@ the checkpoint and is the only rank that talks to MLflow. On a restart after a w
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -36,7 +37,7 @@ from raykd.orchestration.tracking_repair import (
     BestEffort,
     events,
     log_event,
-    short_retry_budget,
+    short_budget,
 )
 from raykd.tracking.schema import METRIC_PARAMS
 from raykd.train.evaluate import evaluate_split, slice_count, write_json
@@ -106,9 +107,17 @@ def run_chain(
     state = None  # the stage Ray's checkpoint belongs to (a restarted worker resumes it)
     if ray_checkpoint is not None and (ray_checkpoint / CHAIN_STATE).is_file():
         state = ChainState.model_validate_json((ray_checkpoint / CHAIN_STATE).read_text())
+    # Rank 0's MLflow calls fail in seconds while the chain runs (a dead server costs a stage
+    # seconds, not minutes per call); the process's settings are restored after it, so an
+    # in-process trial's other MLflow calls keep the usual budget.
+    tracked = rank == 0 and request.tracking_uri
+    with short_budget() if tracked else contextlib.nullcontext():
+        _run_stages(request, done, state, rank, report, ray_checkpoint, device)
+
+
+def _run_stages(request, done, state, rank, report, ray_checkpoint, device) -> None:
+    """The chain's unfinished stages in order (see :func:`run_chain`)."""
     created: dict[str, str] = {}  # MLflow runs opened in this chain, by stage name (rank 0)
-    if rank == 0 and request.tracking_uri:
-        short_retry_budget()  # a dead server costs the stage seconds, not minutes per call
     for stage, finished in zip(request.stages, done, strict=True):
         if finished:
             continue
