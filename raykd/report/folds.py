@@ -61,7 +61,7 @@ def nested_mean(tree: Tree) -> float:
     return float(np.mean([nested_mean(child) for child in tree]))
 
 
-def _draw(tree: Tree, m: int, rng: np.random.Generator) -> np.ndarray:
+def bootstrap_replicates(tree: Tree, m: int, rng: np.random.Generator) -> np.ndarray:
     """``m`` bootstrap replicates of :func:`nested_mean`, resampling every level with
     replacement (the children of each drawn node are drawn again, independently)."""
     if isinstance(tree, np.ndarray):
@@ -74,7 +74,7 @@ def _draw(tree: Tree, m: int, rng: np.random.Generator) -> np.ndarray:
         for g, child in enumerate(tree):
             drawn = np.flatnonzero(top[:, slot] == g)
             if drawn.size:
-                out[drawn] += _draw(child, drawn.size, rng)
+                out[drawn] += bootstrap_replicates(child, drawn.size, rng)
     return out / k
 
 
@@ -96,7 +96,7 @@ def nested_bootstrap(
 
     check(tree)
     rng = np.random.default_rng(seed)
-    boot = _draw(tree, resamples, rng)
+    boot = bootstrap_replicates(tree, resamples, rng)
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(boot, [tail, 100 - tail])
     return nested_mean(tree), float(low), float(high)

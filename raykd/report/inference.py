@@ -43,6 +43,7 @@ from scipy import stats
 
 from raykd.errors import RaykdError
 from raykd.report.folds import (
+    bootstrap_replicates,
     fold_tree,
     has_folds,
     nested_bootstrap,
@@ -222,18 +223,9 @@ def hierarchical_bootstrap(
     """
     if not groups or any(g.size == 0 for g in groups):
         raise RaykdError("hierarchical_bootstrap: every seed needs at least one value")
-    rng = np.random.default_rng(seed)
-    k = len(groups)
     estimate = float(np.mean([g.mean() for g in groups]))
-    top = rng.integers(0, k, (resamples, k))
-    boot = np.zeros(resamples)
-    for slot in range(k):
-        for g, values in enumerate(groups):
-            drawn = np.flatnonzero(top[:, slot] == g)
-            if drawn.size:
-                inner = rng.integers(0, values.size, (drawn.size, values.size))
-                boot[drawn] += values[inner].mean(axis=1)
-    boot /= k
+    # The two-level case of the nested resampling (folds add a level): the same draws.
+    boot = bootstrap_replicates(list(groups), resamples, np.random.default_rng(seed))
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(boot, [tail, 100 - tail])
     return estimate, float(low), float(high)
