@@ -217,3 +217,26 @@ def test_confirmed_search_retrains_top_k_and_default(ray_session, tmp_path, caps
     assert set(kd) | teachers <= trained
     # The search trained seed 42 only: 1 teacher + 3 KD stages, none shared with the confirmation.
     assert len(trained) == 4 + 6 + 2
+
+    # A confirmation that fails (injected here) loses nothing of the search: its result file is
+    # written and logged before the confirmation starts, and the job run ends FAILED.
+    from raykd.errors import RaykdError
+
+    def broken_confirmation(*_args, **_kw):
+        raise RaykdError("injected confirmation failure")
+
+    import raykd.orchestration.confirm as confirm_module
+
+    def results() -> set[Path]:  # not the job's <name>-<id>-stages.json
+        return {p for p in root.glob("search-tconf-*.json") if not p.stem.endswith("-stages")}
+
+    before = results()
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(confirm_module, "confirm_search", broken_confirmation)
+        assert search_main(argv) == 2
+    assert "error: injected confirmation failure" in capsys.readouterr().err
+    (written,) = results() - before
+    assert len(json.loads(written.read_text())["trials"]) == SPACE["num_samples"]
+    (failed,) = tracking.runs("attributes.status = 'FAILED'")
+    assert written.name in {a.path for a in tracking.client.list_artifacts(failed.info.run_id)}

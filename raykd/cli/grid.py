@@ -327,17 +327,19 @@ def _run_search_job(args: argparse.Namespace, search, base, job):
     from raykd.orchestration.timeline import log_timeline, report_actual
     from raykd.strict_json import dumps_strict
 
+    out = None
     try:
         out = run_search(search, base, job, resume=not args.fresh)
+        # Written before --confirm: a failed confirmation loses nothing of the search.
+        path = job.root / f"search-{search.name}-{job.run_id[:8]}.json"
+        path.write_text(dumps_strict(out.model_dump(mode="json")))  # a NaN objective -> null
+        job.tracking.log_artifact(job.run_id, path)
         confirmed = confirm_search(search, base, job, out, args.confirm, args.confirm_seeds)
     except BaseException as exc:
         if (got := received()) is not None or isinstance(exc, KeyboardInterrupt):
             raise interrupt_job(job, got or exc, []) from None
-        finish_job(job, [], status="FAILED")
+        finish_job(job, search_rows(out) if out is not None else [], status="FAILED")
         raise
-    path = job.root / f"search-{search.name}-{job.run_id[:8]}.json"
-    path.write_text(dumps_strict(out.model_dump(mode="json")))  # a NaN objective becomes null
-    job.tracking.log_artifact(job.run_id, path)
     stats = log_timeline(job)
     summary = finish_job(job, search_rows(out))
     if stats:
