@@ -66,9 +66,11 @@ def test_folds_of_a_folder_dataset_are_its_volumes(tiny_data):
     assert len(ids) == 4
 
 
-def test_folds_refused_at_load_for_a_dataset_too_small():
+def test_folds_refused_at_load_for_a_dataset_too_small_or_of_one_subject():
     with pytest.raises(ConfigError, match="folds: dataset 'sunnybrook'"):
         load_preset("cpu", {"folds": 5})
+    with pytest.raises(ConfigError, match="one subject"):  # MNI152's slabs are one brain
+        load_preset("smoke", {"folds": 2})
 
 
 def test_budget_scales_every_stage_and_keeps_equal_compute(tiny_data):

@@ -16,6 +16,9 @@ from typing import NamedTuple
 from raykd.errors import ConfigError
 from raykd.plan.datasets import DatasetEntry
 
+# Built-in sources whose volumes are parts of one subject (MNI152: slabs of one template brain).
+ONE_SUBJECT = ("mni152", "mni152_complex")
+
 
 class FoldSplit(NamedTuple):
     train: list[str]
@@ -26,6 +29,12 @@ class FoldSplit(NamedTuple):
 def subjects(name: str, entry: DatasetEntry | None, source: str) -> list[str]:
     """The dataset's subjects (volumes) in catalogue order: its train, val, test lists, else the
     volumes found in its folder (by file stem)."""
+    if source in ONE_SUBJECT:
+        raise ConfigError(
+            f"folds: dataset '{name}' is one subject (its volumes are slabs of one brain); "
+            "cross-validation by subject needs several subjects (e.g. sunnybrook, or a folder "
+            "with one h5 per subject)"
+        )
     if entry is not None and (entry.train or entry.val or entry.test):
         listed = [*(entry.train or ()), *(entry.val or ()), *(entry.test or ())]
         return list(dict.fromkeys(listed))
