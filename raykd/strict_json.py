@@ -6,6 +6,7 @@ Shared by the metrics files (:func:`raykd.train.evaluate.write_json`) and the jo
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,15 @@ def json_safe(data: Any) -> tuple[Any, dict[str, str]]:
         return node
 
     return walk(data, ""), reasons
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file (``metrics.jsonl``, ``events.jsonl``, ``usage.jsonl``);
+    [] when it does not exist, blank lines skipped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def dumps_strict(data: Any) -> str:

@@ -23,6 +23,7 @@ from raykd.plan.cost import ClusterShape, StageNode, critical_path, shape_key, s
 from raykd.plan.presets import GridSpec
 from raykd.plan.rows import Row
 from raykd.plan.stages import row_requests
+from raykd.strict_json import read_jsonl
 
 # Ray Train's start/stop per stage when nothing measured says otherwise (ray-notes: 8-15 s to
 # the first training line, ~1.7 s teardown with the fast health check).
@@ -45,16 +46,8 @@ class Cost:
 
 
 def _epoch_times(stage_dir: Path) -> list[float]:
-    path = stage_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            t = json.loads(line).get("epoch_time_s")
-            if t is not None:
-                out.append(float(t))
-    return out
+    records = read_jsonl(stage_dir / "metrics.jsonl")
+    return [float(r["epoch_time_s"]) for r in records if r.get("epoch_time_s") is not None]
 
 
 def stored_costs(root: Path) -> dict[str, Cost]:

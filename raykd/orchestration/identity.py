@@ -41,6 +41,7 @@ from raykd.plan.identity import (  # noqa: F401 - the identity rules live in the
     NON_IDENTITY_DATA,
     stage_identity,
 )
+from raykd.strict_json import read_jsonl
 
 
 class StageRecord(BaseModel):
@@ -134,10 +135,7 @@ class StageStore:
         return {u: sorted(s for s, h in how.items() if h == u) for u in USES}
 
     def usage(self, job: str | None = None) -> list[dict[str, Any]]:
-        path = self.root / "stages" / "usage.jsonl"
-        if not path.is_file():
-            return []
-        events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        events = read_jsonl(self.root / "stages" / "usage.jsonl")
         return [e for e in events if job is None or e["job"] == job]
 
     @contextlib.contextmanager

@@ -125,12 +125,9 @@ def _train_seeds(spec: GridSpec, row, base: GridSpec, ctx, overrides, stream: bo
 
 def _history(output_dir: str) -> list[dict[str, float]]:
     """A stage's per-epoch records (``metrics.jsonl``, written by the training loop)."""
-    import json
+    from raykd.strict_json import read_jsonl
 
-    path = Path(output_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(Path(output_dir) / "metrics.jsonl")
 
 
 def run_search(search: SearchSpec, base: GridSpec, job, resume: bool = True) -> SearchOutcome:

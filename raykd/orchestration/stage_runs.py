@@ -25,6 +25,7 @@ from raykd.errors import RaykdError
 from raykd.orchestration.identity import StageRecord, StageStore
 from raykd.paths import write_atomic
 from raykd.plan.identity import used_config
+from raykd.strict_json import read_jsonl
 from raykd.tracking import Tracking
 from raykd.tracking import schema as S
 from raykd.tracking.mlflow_store import NOTE_TAG, PARENT_TAG
@@ -200,12 +201,8 @@ def reregister(
     run_id = tracking.start_run(
         stage_run_name(cfg, tags), tags, parent_run_id, used_config(cfg), start_time=start
     )
-    history = out / "metrics.jsonl"
-    if history.is_file():
-        for line in history.read_text().splitlines():
-            if line.strip():
-                m = json.loads(line)
-                tracking.log_metrics(run_id, m, step=int(m.get("epoch", 0)))
+    for m in read_jsonl(out / "metrics.jsonl"):
+        tracking.log_metrics(run_id, m, step=int(m.get("epoch", 0)))
     for split in ("val", "test"):
         path = out / f"eval_{split}.json"
         if not path.is_file():

@@ -26,6 +26,7 @@ from typing import Any
 
 from raykd.errors import error_summary
 from raykd.paths import write_atomic
+from raykd.strict_json import read_jsonl
 
 PENDING_FILE = "tracking_pending.json"
 COMPLETE_TAG = "raykd.tracking_complete"
@@ -51,11 +52,7 @@ def log_event(root: str | Path, job: str | None, event: str, **fields: Any) -> N
 
 
 def events(root: str | Path, job: str) -> list[dict[str, Any]]:
-    path = Path(root) / "stages" / EVENTS_FILE
-    if not path.is_file():
-        return []
-    out = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    return [e for e in out if e.get("job") == job]
+    return [e for e in read_jsonl(Path(root) / "stages" / EVENTS_FILE) if e.get("job") == job]
 
 
 def pending(stage_dir: str | Path) -> dict[str, str]:

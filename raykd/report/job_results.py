@@ -7,10 +7,10 @@ stages' per-epoch ``metrics.jsonl``; draws and writes, never builds a model. The
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from raykd.strict_json import read_jsonl
 from raykd.tracking import ui
 
 if TYPE_CHECKING:
@@ -93,7 +93,4 @@ def results_figure(
 
 def _history(stage_dir: str | None) -> list[dict]:
     """A stage's per-epoch records (``metrics.jsonl``); [] when it has none."""
-    history = Path(stage_dir) / "metrics.jsonl" if stage_dir else None
-    if history is None or not history.is_file():
-        return []
-    return [json.loads(x) for x in history.read_text().splitlines() if x.strip()]
+    return read_jsonl(Path(stage_dir) / "metrics.jsonl") if stage_dir else []
