@@ -7,8 +7,12 @@ H (640, twice oversampled), phase encoding along W; ``reconstruction_esc`` float
 [slices, 320, 320] = |centre crop 320×320 of the centred orthonormal inverse 2D FFT|; attrs
 ``max``, ``norm``, ``acquisition``, ``patient_id``. The converter computes the same complex image
 (``fftshift(ifft2(ifftshift(k)))``, ortho), crops it to 320×320 as fastMRI does (``crop=None``:
-keep the full measured grid, whose k-space is then exactly the measured one) and transposes it
-so fastMRI's phase-encode columns become raykd's phase-encode rows (raykd masks keep rows).
+keep the full measured grid, whose k-space is then exactly the measured one: ``kspace_grid:
+measured``, the input of ``data.kspace: measured``) and transposes it so fastMRI's phase-encode
+columns become raykd's phase-encode rows (raykd masks keep rows; ``phase_encoding: rows``).
+On the full grid, raykd's uncentred ``fft2`` of the stored image is the file's k-space
+``ifftshift``-ed and transposed, times ``(-1)^(ky+kx)`` for even sizes (the image-domain
+``fftshift``): the same measured values on the same lines, the sign pattern a fixed phase.
 
 Calgary-Campinas 12-channel raw data (CC-359, Souza et al. 2018; read as NKI-AI/direct's
 ``CalgaryCampinasDataset`` does, direct/data/datasets.py): one h5 per volume with ``kspace``
@@ -38,7 +42,13 @@ import h5py
 import numpy as np
 
 from raykd.data.transforms import center_crop_or_pad
-from raykd.data.volumes import open_h5, write_complex_volume
+from raykd.data.volumes import (
+    MEASURED_GRID,
+    PHASE_ENCODING_ATTR,
+    PHASE_ENCODING_ROWS,
+    open_h5,
+    write_complex_volume,
+)
 from raykd.errors import DataError
 
 FASTMRI_CROP = (320, 320)
@@ -105,7 +115,9 @@ def convert_fastmri_complex(
         source_key="kspace",
         layout="transposed: phase encoding along axis 0 (raykd rows)",
         crop=list(crop) if crop else "none (the full measured grid)",
+        kspace_grid=MEASURED_GRID if crop is None else "cropped",
     )
+    attrs[PHASE_ENCODING_ATTR] = PHASE_ENCODING_ROWS
     return write_complex_volume(out_path, np.stack(slices), attrs)
 
 
@@ -180,5 +192,8 @@ def convert_calgary(
         coil_combination="sensitivity-weighted, maps from the central "
         f"{CALGARY_CALIB} lines/columns normalised by their RSS, reference-coil phase",
         slices=f"{keep.start}..{keep.stop - 1} of {n}",
+        phase_encoding_note="rows are ky, columns kz (both phase encoded, 3D acquisition; "
+        "kz partial Fourier); line masks sample ky",
     )
+    attrs[PHASE_ENCODING_ATTR] = PHASE_ENCODING_ROWS
     return write_complex_volume(out_path, np.stack(out), attrs)

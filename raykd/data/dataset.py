@@ -6,6 +6,12 @@ training device, so k-space never goes through the DataLoader.
 
 h5 files are opened once per process (DataLoader workers included) and kept open; the reference
 implementation re-opened the file and the mask for every slice.
+
+``kspace="measured"`` (fastMRI single-coil volumes converted on their full measured grid,
+``raykd prepare fastmri --kspace measured``): slices are read on that grid, so their k-space is
+the file's own and masks span its full phase-encode width; every slice of a volume is scaled by
+one number (the volume's peak magnitude), so volume metrics are fastMRI's; ``size`` is then the
+crop that is scored (:meth:`SliceDataset.scored`, fastMRI's 320x320), not the input size.
 """
 
 from __future__ import annotations
@@ -26,11 +32,14 @@ from raykd.data.transforms import center_crop_or_pad, normalise_max
 from raykd.data.volumes import (
     COMPLEX_KEY,
     IMAGE_KEY,
+    MEASURED_GRID,
     VolumeInfo,
     find_volumes,
     inspect_volume,
     open_h5,
+    phase_encoding,
     scan_volume,
+    volume_attr,
 )
 from raykd.errors import DataError
 
@@ -62,6 +71,7 @@ class SliceDataset(Dataset[Sample]):
         max_slices: int | None = None,
         sr=None,
         complex: bool = False,
+        kspace: str = "simulated",
     ) -> None:
         # Complex data: the complex images under 'cimage', as two channels (real, imag).
         self.complex = complex
@@ -77,6 +87,13 @@ class SliceDataset(Dataset[Sample]):
                 # Written, not print()ed or warned: one line, also from Ray workers.
                 sys.stderr.write(f"raykd: {note}\n")
             self.volumes.append(info)
+        _check_layout(self.volumes, mask_func)
+        self.kspace = kspace
+        self.mask_shape = self.size  # the k-space grid the masks span
+        self._peaks: list[float] | None = None  # measured: one scale per volume
+        if kspace == "measured":
+            self.mask_shape = _measured_grid(self.volumes, complex, key)
+            self._peaks = [_volume_peak(v.path, key) for v in self.volumes]
         if max_slices is not None:  # evenly spaced subset per volume (smoke runs, tests)
             self.volumes = [_subsample(v, max_slices) for v in self.volumes]
         self.index: list[tuple[int, int]] = [
@@ -84,7 +101,8 @@ class SliceDataset(Dataset[Sample]):
         ]
         # One mask per volume, computed now (fails early on a bad mask, costs nothing per item).
         self._masks = [
-            torch.from_numpy(mask_func(self.size, info.key)).unsqueeze(0) for info in self.volumes
+            torch.from_numpy(mask_func(self.mask_shape, info.key)).unsqueeze(0)
+            for info in self.volumes
         ]
         self._handles: dict[int, h5py.File] = {}
         self._pid = os.getpid()
@@ -96,7 +114,7 @@ class SliceDataset(Dataset[Sample]):
             return
         func = dataclasses.replace(self.mask_func, epoch=epoch)
         self._masks = [
-            torch.from_numpy(func(self.size, info.key)).unsqueeze(0) for info in self.volumes
+            torch.from_numpy(func(self.mask_shape, info.key)).unsqueeze(0) for info in self.volumes
         ]
 
     def __len__(self) -> int:
@@ -133,11 +151,23 @@ class SliceDataset(Dataset[Sample]):
                 f"{path}: slice {slice_index} of '{self.key}' contains NaN or Inf; "
                 "expected finite values"
             )
+        if self._peaks is not None:  # measured: the full grid, one scale for the volume
+            z = raw / self._peaks[volume]
+            return np.stack([z.real, z.imag]).astype(np.float32)
         if self.complex:
             z = normalise_max(center_crop_or_pad(raw, self.size))
             return np.stack([z.real, z.imag]).astype(np.float32)
         image = normalise_max(np.abs(center_crop_or_pad(raw, self.size)))
         return image.astype(np.float32, copy=False)
+
+    def scored(self, x: torch.Tensor) -> torch.Tensor:
+        """The part of an image batch [..., H, W] that metrics score: measured k-space, the
+        centre ``size`` crop of the full grid (fastMRI's 320x320); otherwise all of it."""
+        if self.kspace != "measured":
+            return x
+        h, w = x.shape[-2:]
+        top, left = (h - self.size[0]) // 2, (w - self.size[1]) // 2
+        return x[..., top : top + self.size[0], left : left + self.size[1]]
 
     def __getitem__(self, idx: int) -> Sample:
         volume, slice_index = self.index[idx]
@@ -155,3 +185,47 @@ class SliceDataset(Dataset[Sample]):
         state = self.__dict__.copy()
         state["_handles"] = {}  # never pickle open files (spawned workers, Ray)
         return state
+
+
+def _check_layout(volumes: list[VolumeInfo], mask_func: MaskFunc) -> None:
+    """A mask of phase-encode rows (fastMRI's) is refused on a volume whose phase encoding
+    runs along its columns (:func:`raykd.data.volumes.phase_encoding`)."""
+    if not getattr(mask_func, "phase_encode_rows", False):
+        return
+    for info in volumes:
+        layout = phase_encoding(info.path)
+        if layout not in (None, "rows"):
+            raise DataError(
+                f"{info.path}: phase encoding runs along its {layout}, but the fastMRI mask "
+                "samples rows; convert the file again with raykd prepare fastmri (which puts "
+                "phase encoding along rows)"
+            )
+
+
+def _measured_grid(volumes: list[VolumeInfo], complex: bool, key: str) -> tuple[int, int]:
+    """The one k-space grid of a measured-k-space dataset (every volume on its full grid)."""
+    if not complex:
+        raise DataError("measured k-space needs complex volumes (data.complex: true)")
+    for info in volumes:
+        if volume_attr(info.path, "kspace_grid") != MEASURED_GRID:
+            raise DataError(
+                f"{info.path}: not on its measured k-space grid (cropped or simulated); convert "
+                "the fastMRI file with raykd prepare fastmri --kspace measured"
+            )
+    grids = {info.shape: info.path.name for info in volumes}
+    if len(grids) > 1:
+        raise DataError(
+            f"measured k-space: volumes on different grids {sorted(grids.items())}; one batch "
+            "needs one grid, so put volumes of one grid (phase-encode width) in a folder"
+        )
+    return next(iter(grids))
+
+
+def _volume_peak(path: Path, key: str) -> float:
+    """The largest magnitude in a volume (its one scale in measured mode)."""
+    peak = 0.0
+    with open_h5(path) as f:
+        ds = f[key]
+        for start in range(0, ds.shape[0], 16):
+            peak = max(peak, float(np.abs(ds[start : start + 16]).max()))
+    return peak or 1.0

@@ -5,6 +5,12 @@ The reference reconstruction is preferred by default because it is exactly what 
 leaderboard compares against; ``prefer="kspace"`` recomputes the image instead (needed for the
 test split, which has no reconstructions). Either way the result is a 320x320 magnitude image,
 the fastMRI evaluation crop. raykd then re-simulates acquisition with its own masks.
+
+Layout: fastMRI images have the readout along their rows and phase encoding along their
+columns; raykd masks keep whole *rows*, so every fastMRI path (this one and
+:func:`raykd.data.complex_readers.convert_fastmri_complex`) transposes each slice, putting
+phase encoding along raykd's rows, and records it in the volume's ``phase_encoding`` attribute
+(:data:`raykd.data.volumes.PHASE_ENCODING_ATTR`).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import h5py
 import numpy as np
 
 from raykd.data.transforms import center_crop_or_pad
-from raykd.data.volumes import open_h5, write_volume
+from raykd.data.volumes import PHASE_ENCODING_ATTR, PHASE_ENCODING_ROWS, open_h5, write_volume
 from raykd.errors import ConfigError, DataError
 
 RECONSTRUCTION_KEYS = ("reconstruction_esc", "reconstruction_rss")
@@ -52,7 +58,8 @@ def convert_fastmri(
     *,
     prefer: Literal["reconstruction", "kspace"] = "reconstruction",
 ) -> Path:
-    """Convert one fastMRI single- or multi-coil file to the raykd layout, 320x320 magnitude.
+    """Convert one fastMRI single- or multi-coil file to the raykd layout, 320x320 magnitude,
+    transposed so that phase encoding runs along raykd's rows (module docstring).
 
     Source, by ``prefer``: ``reconstruction_esc`` (single-coil) or ``reconstruction_rss``
     (multi-coil) as stored, or ``kspace`` [N, H, W] (single-coil) / [N, C, H, W] (multi-coil,
@@ -77,7 +84,8 @@ def convert_fastmri(
         if image.shape[0] == 0:
             raise DataError(f"{path}: '{source_key}' holds no slices")
         attrs = _attrs(f, path, source_key)
-    return write_volume(out_path, image, attrs=attrs)
+    # fastMRI's phase-encode columns → raykd's rows (the axis raykd's masks sample).
+    return write_volume(out_path, np.ascontiguousarray(image.transpose(0, 2, 1)), attrs=attrs)
 
 
 def _kspace_image(f: h5py.File, path: Path) -> np.ndarray:
@@ -108,6 +116,8 @@ def _attrs(f: h5py.File, path: Path, source_key: str) -> dict[str, Any]:
         "source": "fastmri",
         "source_file": path.name,
         "source_key": source_key,
+        PHASE_ENCODING_ATTR: PHASE_ENCODING_ROWS,
+        "layout": "transposed: fastMRI's phase-encode columns are raykd's rows",
     }
     for name in ("acquisition", "patient_id"):
         value = f.attrs.get(name)

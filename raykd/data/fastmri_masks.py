@@ -9,10 +9,11 @@ the file name (``tuple(map(ord, "file1000.h5"))`` into a ``numpy.random.RandomSt
 fastMRI data transforms do); training draws a fresh one each time unless seeded.
 
 Here the same draws, in the same order, give the same line pattern as the ``fastmri`` package
-for the same seed; the pattern is then moved to raykd's layout: lines are rows (axis 0; the
-fastMRI converter transposes images so that fastMRI's phase-encode columns are rows) and
-k-space is uncentred (``ifftshift`` of the centred pattern). ``epoch`` ≥ 0 gives a fresh,
-reproducible mask per training epoch (the seed then also holds the epoch).
+for the same seed; the pattern is then moved to raykd's layout: lines are rows (axis 0; both
+fastMRI converters, magnitude and complex, transpose images so that fastMRI's phase-encode
+columns are rows, and record ``phase_encoding: rows``; a volume recording another layout is
+refused) and k-space is uncentred (``ifftshift`` of the centred pattern). ``epoch`` ≥ 0 gives
+a fresh, reproducible mask per training epoch (the seed then also holds the epoch).
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ def centred_lines(
 class FastMRIMask(MaskFunc):
     """fastMRI random / equispaced line masks, one per volume (file-name seed), in raykd's
     uncentred row layout; ``epoch`` ≥ 0: a fresh reproducible mask for that training epoch."""
+
+    phase_encode_rows = True  # refused on volumes whose phase encoding runs along columns
 
     kind: str
     acceleration: float

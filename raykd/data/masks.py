@@ -23,6 +23,9 @@ class MaskFunc:
     """Produces the mask for one volume. Same ``(shape, volume_key)`` → same mask, every epoch."""
 
     allow_empty = False  # only EmptyMask: image-domain SR measures no k-space at all
+    # True for masks that stand for one acquisition's phase-encode lines (fastMRI's): a volume
+    # recording phase encoding along its columns is then refused (raykd.data.dataset).
+    phase_encode_rows = False
     allow_full = False  # a mask sampling everything makes the task trivial (identity)
 
     def __call__(self, shape: tuple[int, int], volume_key: str = "") -> np.ndarray:

@@ -30,6 +30,12 @@ from raykd.errors import DataError
 
 IMAGE_KEY = "image"
 COMPLEX_KEY = "cimage"
+# Which axis of a slice [H, W] is phase encoding: "rows" (axis 0, what raykd's line masks
+# sample) or "columns". Written by the fastMRI and Calgary-Campinas converters.
+PHASE_ENCODING_ATTR = "phase_encoding"
+PHASE_ENCODING_ROWS = "rows"
+# ``kspace_grid`` of a volume kept on the file's full measured k-space grid (no crop).
+MEASURED_GRID = "measured"
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,25 @@ def inspect_volume(path: str | Path, key: str = IMAGE_KEY, complex: bool = False
                 "complex data (write them with raykd prepare)"
             )
         return VolumeInfo(path=path, num_slices=int(ds.shape[0]), shape=tuple(ds.shape[1:]))
+
+
+def volume_attr(path: str | Path, name: str) -> Any:
+    """One attribute of a volume (bytes decoded), None when absent."""
+    with open_h5(path) as f:
+        value = f.attrs.get(name)
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+def phase_encoding(path: str | Path) -> str | None:
+    """The phase-encode axis a volume records ("rows" | "columns"), None when unknown.
+
+    A fastMRI volume without the attribute was written by the magnitude converter before it
+    transposed (fastMRI's own layout: phase encoding along the columns).
+    """
+    value = volume_attr(path, PHASE_ENCODING_ATTR)
+    if value is None and volume_attr(path, "source") == "fastmri":
+        return "columns"
+    return None if value is None else str(value)
 
 
 F32_MAX = float(np.finfo(np.float32).max)
