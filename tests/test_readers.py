@@ -306,9 +306,11 @@ def test_fastmri_kspace_singlecoil_and_multicoil(tmp_path: Path) -> None:
         f.attrs["acquisition"] = "CORPD_FBK"
     out = convert_fastmri(src, tmp_path / "out.h5")
     inspect_volume(out)
+    crop_t = image[:, 10:330, 5:325].transpose(0, 2, 1)  # phase encoding (columns) → rows
     with h5py.File(out) as f:
-        np.testing.assert_allclose(f["image"][()], image[:, 10:330, 5:325], atol=1e-4)
+        np.testing.assert_allclose(f["image"][()], crop_t, atol=1e-4)
         assert f.attrs["acquisition"] == "CORPD_FBK" and f.attrs["source_key"] == "kspace"
+        assert f.attrs["phase_encoding"] == "rows"
 
     # Multi-coil: coil images c_k * image with sum |c_k|^2 = 1 -> RSS gives back |image|.
     weights = np.array([0.6, 0.8j])
@@ -317,7 +319,7 @@ def test_fastmri_kspace_singlecoil_and_multicoil(tmp_path: Path) -> None:
     with h5py.File(multi, "w") as f:
         f["kspace"] = _centred_kspace(coils).astype(np.complex64)
     with h5py.File(convert_fastmri(multi, tmp_path / "multi_out.h5")) as f:
-        np.testing.assert_allclose(f["image"][()], image[:, 10:330, 5:325], atol=1e-4)
+        np.testing.assert_allclose(f["image"][()], crop_t, atol=1e-4)
 
 
 def test_fastmri_reconstruction_prefer_and_errors(tmp_path: Path) -> None:
@@ -328,7 +330,7 @@ def test_fastmri_reconstruction_prefer_and_errors(tmp_path: Path) -> None:
         f["reconstruction_esc"] = recon
         f["kspace"] = _centred_kspace(other).astype(np.complex64)
     with h5py.File(convert_fastmri(src, tmp_path / "r.h5")) as f:
-        np.testing.assert_array_equal(f["image"][()], recon)
+        np.testing.assert_array_equal(f["image"][()], recon.transpose(0, 2, 1))
         assert f.attrs["source_key"] == "reconstruction_esc"
     with h5py.File(convert_fastmri(src, tmp_path / "k.h5", prefer="kspace")) as f:
         np.testing.assert_allclose(f["image"][()], other, atol=1e-4)

@@ -63,6 +63,12 @@ def _converter(args: argparse.Namespace):
 
         crop = _crop(args, None)
         return lambda f, t: make_complex_volume(f, t, crop, seed=args.phase_seed)
+    if args.kspace == "measured":  # the full measured grid
+        from raykd.data.complex_readers import convert_fastmri_complex
+
+        if args.crop is not None or args.what != "fastmri":
+            raise RaykdError("prepare: --kspace measured is for fastmri and keeps the full grid")
+        return lambda f, t: convert_fastmri_complex(f, t, None)
     if args.complex:
         from raykd.data.complex_readers import FASTMRI_CROP, convert_fastmri_complex
 
@@ -109,6 +115,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--complex",
         action="store_true",
         help="fastmri: keep the phase (single-coil k-space → complex volume, 'cimage')",
+    )
+    p.add_argument(
+        "--kspace",
+        choices=["simulated", "measured"],
+        default="simulated",
+        help="fastmri: 'measured' keeps single-coil k-space on its full measured grid (complex, "
+        "no crop) for data.kspace: measured; 'simulated' (default): 320x320 images",
     )
     p.add_argument(
         "--crop",

@@ -31,6 +31,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     summary = ", ".join(f"{k} {v[0]:.4f}" for k, v in report["summary"].items())
     scope = slice_count(report, "val", cfg.data.max_slices_per_volume)
     print(f"best epoch {result.best_epoch + 1}: validation {summary} ({scope})")
+    print(f"data: {trainer.datasets['val'].describe_kspace()}")
     print(f"checkpoint: {result.best_checkpoint}")
     return 0
 
@@ -60,6 +61,7 @@ def _eval_dataset(args: argparse.Namespace, ckpt_path: str):
         sr=sr,
         complex=bool(stored.get("complex", False)),
         max_slices=args.max_slices,
+        kspace=stored.get("kspace", "simulated"),  # measured: the checkpoint's grid and crop
     )
 
 

@@ -160,6 +160,14 @@ class SliceDataset(Dataset[Sample]):
         image = normalise_max(np.abs(center_crop_or_pad(raw, self.size)))
         return image.astype(np.float32, copy=False)
 
+    def describe_kspace(self) -> str:
+        """One phrase for a run's log: which k-space it trains on."""
+        if self.kspace != "measured":
+            return "k-space simulated from the images"
+        grid = "x".join(map(str, self.mask_shape))
+        crop = "x".join(map(str, self.size))
+        return f"measured k-space ({grid} grid, phase encoding along rows; scored on {crop})"
+
     def scored(self, x: torch.Tensor) -> torch.Tensor:
         """The part of an image batch [..., H, W] that metrics score: measured k-space, the
         centre ``size`` crop of the full grid (fastMRI's 320x320); otherwise all of it."""

@@ -145,6 +145,7 @@ def build_datasets(cfg) -> dict[str, SliceDataset]:
             else cfg.max_slices_per_volume,
             sr=cfg.sr,
             complex=getattr(cfg, "complex", False),
+            kspace=getattr(cfg, "kspace", "simulated"),
         )
         for split, paths in split_volumes(cfg).items()
     }

@@ -29,6 +29,7 @@ LATER_DEFAULTS = {
     ("data", "mask", "center_fraction"): None,
     ("data", "mask", "per_epoch"): False,
     ("data", "test_slices"): None,
+    ("data", "kspace"): "simulated",
 }
 # The KD loss definitions a kd stage was trained with. Bump it whenever a method's formula,
 # reduction or default weight changes, so stages trained under another definition are never

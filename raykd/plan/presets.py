@@ -80,6 +80,9 @@ class GridSpec(BaseModel):
     # Undersampling masks: 'paper' (fixed files where shipped, else the paper's seeded Cartesian
     # generator) or fastMRI's line masks (raykd.data.fastmri_masks).
     mask_kind: Literal["paper", "fastmri_random", "fastmri_equispaced"] = "paper"
+    # 'measured': fastMRI single-coil volumes on their measured k-space grid (data.kspace);
+    # 'simulated' (the paper's): k-space re-simulated from the cropped images.
+    kspace: Literal["simulated", "measured"] = "simulated"
 
     def seed_list(self) -> list[int]:
         return [self.first_seed + i for i in range(self.seeds)]

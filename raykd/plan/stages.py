@@ -141,6 +141,7 @@ def _data(spec: GridSpec, row: Row, over: StageOverrides) -> DataConfig:
         if sr
         else None,
         complex=spec.complex or (ds is not None and ds.complex),
+        kspace=spec.kspace,
     )
 
 

@@ -155,11 +155,25 @@ class DataConfig(_Strict):
         "their measured complex k-space, train two-channel (real, imag) networks; metrics on "
         "the magnitude (raykd.data.complex)",
     )
+    kspace: Literal["simulated", "measured"] = Field(
+        "simulated",
+        description="'simulated': k-space re-simulated from the (cropped) images, the paper's "
+        "setting; 'measured': fastMRI single-coil volumes on their full measured grid (raykd "
+        "prepare fastmri --kspace measured), masks over the file's phase-encode width, size = "
+        "the scored centre crop (fastMRI's 320x320); needs complex: true and a fastmri_* mask",
+    )
 
     @model_validator(mode="after")
     def _size_positive(self) -> DataConfig:
         if min(self.size) < 8:
             raise ValueError(f"size must be at least 8x8, got {self.size}")
+        if self.kspace == "measured" and not (
+            self.complex and self.mask.kind.startswith("fastmri")
+        ):
+            raise ValueError(
+                "kspace 'measured' needs complex: true and a fastmri_random/fastmri_equispaced "
+                "mask (the file's own complex k-space, fastMRI's masks)"
+            )
         if self.mask.per_epoch and self.num_workers:
             raise ValueError(
                 "mask.per_epoch needs num_workers 0 (DataLoader workers keep their own copy of "

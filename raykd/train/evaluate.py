@@ -31,7 +31,8 @@ def reconstruct_volume(
 
     ``model=None`` returns the zero-filled image as the reconstruction. Complex data: the three
     are magnitudes (metrics are computed on them) and ``recon_complex`` (complex64 [N, H, W])
-    holds the complex reconstruction.
+    holds the complex reconstruction. Measured k-space (``dataset.kspace``): the three are the
+    centre crop fastMRI scores (``dataset.scored``); ``recon_complex`` keeps the full grid.
     """
     device = torch.device(device)
     if model is not None:
@@ -50,9 +51,9 @@ def reconstruct_volume(
                 recon = model(zero_filled, y, mask)
         if is_complex_batch(target):
             out.setdefault("recon_complex", []).append(to_complex(recon)[:, 0].cpu().numpy())
-        out["target"].append(magnitude(target)[:, 0].cpu().numpy())
-        out["zero_filled"].append(magnitude(zero_filled)[:, 0].cpu().numpy())
-        out["recon"].append(magnitude(recon)[:, 0].float().cpu().numpy())
+        # Measured k-space: the centre crop fastMRI scores (dataset.scored), else the image.
+        for key, x in (("target", target), ("zero_filled", zero_filled), ("recon", recon)):
+            out[key].append(dataset.scored(magnitude(x))[:, 0].float().cpu().numpy())
     return {
         k: np.concatenate(v).astype(np.complex64 if k == "recon_complex" else np.float32)
         for k, v in out.items()
@@ -87,7 +88,8 @@ def evaluate_model(
             }
         )
     summary = summarise([v["metrics"] for v in volumes])
-    return {"volumes": volumes, "summary": {k: list(v) for k, v in summary.items()}}
+    out = {"volumes": volumes, "summary": {k: list(v) for k, v in summary.items()}}
+    return {**out, "kspace": dataset.kspace} if dataset.kspace != "simulated" else out
 
 
 def evaluate_split(

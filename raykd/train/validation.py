@@ -57,7 +57,8 @@ def validate_stage(
         pos += len(target)
         l1 = (pred - target).abs().mean(dim=(1, 2, 3))
         acc += torch.stack([(l1 * wb).sum(), wb.sum()])
-        pred, target = magnitude(pred), magnitude(target)
+        # Scored on the magnitude; measured k-space: on the centre crop (fastMRI's 320x320).
+        pred, target = dataset.scored(magnitude(pred)), dataset.scored(magnitude(target))
         sse = ((pred - target).to(dt) ** 2).sum(dim=(1, 2, 3))
         vol[0].index_add_(0, v, sse * wb.to(dt))
         vol[1].index_add_(0, v, wb.to(dt) * target[0].numel())
