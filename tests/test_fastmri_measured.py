@@ -12,7 +12,7 @@ import torch
 
 from raykd.cli import main as raykd_main
 from raykd.data.complex_readers import convert_fastmri_complex
-from raykd.data.dataset import SliceDataset
+from raykd.data.dataset import SliceDataset, check_one_grid
 from raykd.data.fastmri_masks import FastMRIMask
 from raykd.errors import DataError
 from raykd.train.evaluate import evaluate_model
@@ -83,7 +83,7 @@ def test_validation_and_evaluation_metrics_are_fastmri_evaluate_on_the_same_volu
     # The simulated mode on the same file scores another problem: a 320x320 re-simulation.
     cropped = convert_fastmri_complex(src, tmp_path / "c" / "file1001.h5")
     sim = SliceDataset(cropped, (RECON, RECON), FastMRIMask("random", 4, 0.08), complex=True)
-    assert sim.mask_shape == (RECON, RECON) and ds.mask_shape == (W, H)
+    assert sim.mask_shapes == [(RECON, RECON)] and ds.mask_shapes == [(W, H)]
 
 
 def test_measured_mode_refusals(tmp_path):
@@ -98,8 +98,12 @@ def test_measured_mode_refusals(tmp_path):
         SliceDataset(full, (RECON, RECON), mask, kspace="measured")
     src2 = write_fastmri(tmp_path / "raw" / "file2.h5", knee_like(1, H, W + 4, 2))
     other = convert_fastmri_complex(src2, tmp_path / "b" / "file2.h5", crop=None)
+    mixed = SliceDataset([full, other], (RECON, RECON), mask, complex=True, kspace="measured")
+    assert mixed.mask_shapes == [(W, H), (W + 4, H)]  # each file's own phase-encode width
+    assert mixed[0].mask.shape[-2:] == (W, H) and mixed[1].mask.shape[-2:] == (W + 4, H)
+    check_one_grid(mixed, batch_size=1)  # one slice per batch: any grids
     with pytest.raises(DataError, match="volumes on different grids") as err:
-        SliceDataset([full, other], (RECON, RECON), mask, complex=True, kspace="measured")
+        check_one_grid(mixed, batch_size=2)
     assert "\n" not in str(err.value)
     from raykd.errors import ConfigError
     from raykd.train.config import load_config

@@ -152,7 +152,7 @@ def test_measured_kspace_same_lines_and_images_as_fastmri(files, tmp_path, kind,
         cimage = f["cimage"][()]
     mask = FastMRIMask(kind, acc, cf)
     ours = SliceDataset(out, (RECON, RECON), mask, complex=True, kspace="measured")
-    assert ours.mask_shape == (W, H)
+    assert ours.mask_shapes == [(W, H)]
     cls = subsample.RandomMaskFunc if kind == "random" else subsample.EquiSpacedMaskFunc
     for i, (kspace, _, target, _, fname, _) in enumerate(_theirs(files, "singlecoil")):
         # raykd's k-space of the stored image is the file's, transposed and uncentred.

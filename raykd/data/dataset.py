@@ -89,10 +89,11 @@ class SliceDataset(Dataset[Sample]):
             self.volumes.append(info)
         _check_layout(self.volumes, mask_func)
         self.kspace = kspace
-        self.mask_shape = self.size  # the k-space grid the masks span
+        # The k-space grid each volume's mask spans: measured, the volume's own full grid.
+        self.mask_shapes = [self.size] * len(self.volumes)
         self._peaks: list[float] | None = None  # measured: one scale per volume
         if kspace == "measured":
-            self.mask_shape = _measured_grid(self.volumes, complex, key)
+            self.mask_shapes = _measured_grids(self.volumes, complex)
             self._peaks = [_volume_peak(v.path, key) for v in self.volumes]
         if max_slices is not None:  # evenly spaced subset per volume (smoke runs, tests)
             self.volumes = [_subsample(v, max_slices) for v in self.volumes]
@@ -101,8 +102,8 @@ class SliceDataset(Dataset[Sample]):
         ]
         # One mask per volume, computed now (fails early on a bad mask, costs nothing per item).
         self._masks = [
-            torch.from_numpy(mask_func(self.mask_shape, info.key)).unsqueeze(0)
-            for info in self.volumes
+            torch.from_numpy(mask_func(shape, info.key)).unsqueeze(0)
+            for shape, info in zip(self.mask_shapes, self.volumes, strict=True)
         ]
         self._handles: dict[int, h5py.File] = {}
         self._pid = os.getpid()
@@ -114,7 +115,8 @@ class SliceDataset(Dataset[Sample]):
             return
         func = dataclasses.replace(self.mask_func, epoch=epoch)
         self._masks = [
-            torch.from_numpy(func(self.mask_shape, info.key)).unsqueeze(0) for info in self.volumes
+            torch.from_numpy(func(shape, info.key)).unsqueeze(0)
+            for shape, info in zip(self.mask_shapes, self.volumes, strict=True)
         ]
 
     def __len__(self) -> int:
@@ -164,7 +166,7 @@ class SliceDataset(Dataset[Sample]):
         """One phrase for a run's log: which k-space it trains on."""
         if self.kspace != "measured":
             return "k-space simulated from the images"
-        grid = "x".join(map(str, self.mask_shape))
+        grid = ", ".join(sorted({"x".join(map(str, s)) for s in self.mask_shapes}))
         crop = "x".join(map(str, self.size))
         return f"measured k-space ({grid} grid, phase encoding along rows; scored on {crop})"
 
@@ -210,8 +212,8 @@ def _check_layout(volumes: list[VolumeInfo], mask_func: MaskFunc) -> None:
             )
 
 
-def _measured_grid(volumes: list[VolumeInfo], complex: bool, key: str) -> tuple[int, int]:
-    """The one k-space grid of a measured-k-space dataset (every volume on its full grid)."""
+def _measured_grids(volumes: list[VolumeInfo], complex: bool) -> list[tuple[int, int]]:
+    """Each volume's full measured grid (a measured-k-space dataset reads nothing else)."""
     if not complex:
         raise DataError("measured k-space needs complex volumes (data.complex: true)")
     for info in volumes:
@@ -220,13 +222,19 @@ def _measured_grid(volumes: list[VolumeInfo], complex: bool, key: str) -> tuple[
                 f"{info.path}: not on its measured k-space grid (cropped or simulated); convert "
                 "the fastMRI file with raykd prepare fastmri --kspace measured"
             )
-    grids = {info.shape: info.path.name for info in volumes}
-    if len(grids) > 1:
+    return [info.shape for info in volumes]
+
+
+def check_one_grid(dataset: SliceDataset, batch_size: int) -> None:
+    """Slices of different grids cannot share a batch: refused unless batches hold one slice."""
+    pairs = zip(dataset.mask_shapes, dataset.volumes, strict=True)
+    grids = {shape: v.path.name for shape, v in pairs}
+    if len(grids) > 1 and batch_size > 1:
         raise DataError(
-            f"measured k-space: volumes on different grids {sorted(grids.items())}; one batch "
-            "needs one grid, so put volumes of one grid (phase-encode width) in a folder"
+            f"measured k-space: volumes on different grids {sorted(grids.items())} cannot share "
+            f"a batch of {batch_size}; set data.batch_size 1 (as fastMRI's baselines) or put "
+            "volumes of one phase-encode width in a folder"
         )
-    return next(iter(grids))
 
 
 def _volume_peak(path: Path, key: str) -> float:

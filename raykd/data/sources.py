@@ -149,6 +149,11 @@ def build_datasets(cfg) -> dict[str, SliceDataset]:
         )
         for split, paths in split_volumes(cfg).items()
     }
+    if getattr(cfg, "kspace", "simulated") == "measured":
+        from raykd.data.dataset import check_one_grid
+
+        for dataset in datasets.values():
+            check_one_grid(dataset, cfg.batch_size)
     if getattr(cfg.mask, "per_epoch", False) and "train" in datasets:
         datasets["train"].per_epoch = True  # Trainer calls set_epoch; val/test keep theirs
     return datasets
