@@ -160,3 +160,23 @@ def test_fastmri_knee_style_smoke_run_in_measured_mode_trains_and_reports_it(tmp
     cfg = load_config(None, overrides)
     simulated = cfg.model_copy(update={"data": cfg.data.model_copy(update={"kspace": "simulated"})})
     assert stage_identity(cfg) != stage_identity(simulated)
+
+
+def test_presets_plan_their_mode_and_resimulation_stays_the_default():
+    from raykd.plan.presets import load_preset
+    from raykd.plan.rows import grid_rows
+    from raykd.plan.stages import row_requests
+
+    for name, mode, batch in (
+        ("fastmri_knee_measured", "measured", 1),
+        ("fastmri_knee", "simulated", 4),
+    ):
+        spec = load_preset(name)
+        requests = [q for r in grid_rows(spec)[:3] for q in row_requests(spec, r)]
+        assert requests and {q.cfg.data.kspace for q in requests} == {mode}
+        assert {q.cfg.data.batch_size for q in requests} == {batch}
+        assert {q.cfg.data.mask.kind for q in requests} == {"fastmri_random"}
+    for name in ("smoke", "cpu", "paper"):
+        spec = load_preset(name)
+        row = grid_rows(spec)[0]
+        assert all(q.cfg.data.kspace == "simulated" for q in row_requests(spec, row))

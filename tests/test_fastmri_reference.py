@@ -187,6 +187,11 @@ def test_fastmri_mask_refused_on_a_volume_with_phase_encoding_along_columns(file
     with pytest.raises(DataError, match="phase encoding runs along its columns"):
         SliceDataset(out, (RECON, RECON), FastMRIMask("random", 4))
     SliceDataset(out, (RECON, RECON), CartesianMask(4))  # the paper's masks are not refused
+    # A complex volume from before the attribute: its converter transposed, and said so.
+    old = convert_fastmri_complex(files / "singlecoil" / "file1000.h5", tmp_path / "c.h5")
+    with h5py.File(old, "a") as f:
+        del f.attrs["phase_encoding"]
+    SliceDataset(old, (RECON, RECON), FastMRIMask("random", 4), complex=True)
 
 
 def _fastmri_evaluate():

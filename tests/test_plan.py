@@ -56,6 +56,8 @@ DIGESTS = {
     "calgary_sr": "4854db9f5440cfaa",
     "calgary_sr_cpu": "fc136574c47af00d",
     "fastmri_knee": "3e49b5045d1a32c0",
+    # Added with measured-k-space mode (data.kspace: measured; pinned when added).
+    "fastmri_knee_measured": "fe874be3183a9a0a",
     "search:depth_acceleration": "22076d3cdd070a02",
     "search:kd_weights": "be8b26e1232d547f",
     "search:kd_weights_extended": "1adfd9bf773b1777",

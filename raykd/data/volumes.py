@@ -105,12 +105,14 @@ def volume_attr(path: str | Path, name: str) -> Any:
 def phase_encoding(path: str | Path) -> str | None:
     """The phase-encode axis a volume records ("rows" | "columns"), None when unknown.
 
-    A fastMRI volume without the attribute was written by the magnitude converter before it
-    transposed (fastMRI's own layout: phase encoding along the columns).
+    A fastMRI volume without the attribute was written before it existed: by the complex
+    converter (transposed, ``layout`` says so: rows) or by the magnitude converter, which did
+    not transpose then (fastMRI's own layout: phase encoding along the columns).
     """
     value = volume_attr(path, PHASE_ENCODING_ATTR)
     if value is None and volume_attr(path, "source") == "fastmri":
-        return "columns"
+        # The complex converter transposed before the attribute existed, and said so.
+        return "rows" if str(volume_attr(path, "layout")).startswith("transposed") else "columns"
     return None if value is None else str(value)
 
 
