@@ -94,6 +94,13 @@ def test_measured_mode_refusals(tmp_path):
     with pytest.raises(DataError, match=r"file1\.h5: not on its measured k-space grid"):
         SliceDataset(cropped, (RECON, RECON), mask, complex=True, kspace="measured")
     full = convert_fastmri_complex(src, tmp_path / "b" / "file1.h5", crop=None)
+    import h5py
+
+    test_split = write_fastmri(tmp_path / "raw" / "file9.h5", knee_like(1, H, W, 9))
+    with h5py.File(test_split, "a") as f:  # fastMRI's test files: undersampled, with 'mask'
+        f["mask"] = (np.arange(W) % 4 == 0).astype(bool)
+    with pytest.raises(DataError, match=r"file9\.h5: 'kspace' is undersampled"):
+        convert_fastmri_complex(test_split, tmp_path / "t.h5", crop=None)
     with pytest.raises(DataError, match="measured k-space needs complex volumes"):
         SliceDataset(full, (RECON, RECON), mask, kspace="measured")
     src2 = write_fastmri(tmp_path / "raw" / "file2.h5", knee_like(1, H, W + 4, 2))

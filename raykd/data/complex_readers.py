@@ -99,6 +99,11 @@ def convert_fastmri_complex(
             raise DataError(f"{path}: 'kspace' has shape {ds.shape}{what}; expected {expected}")
         if ds.shape[0] == 0:
             raise DataError(f"{path}: 'kspace' holds no slices")
+        if crop is None and "mask" in f and not np.all(np.asarray(f["mask"]) != 0):
+            raise DataError(
+                f"{path}: 'kspace' is undersampled ('mask' samples some lines only: a test-split "
+                "file); the measured grid needs fully sampled k-space"
+            )
         if crop is not None and (ds.shape[1] < crop[0] or ds.shape[2] < crop[1]):
             raise DataError(
                 f"{path}: 'kspace' slices are {ds.shape[1]}x{ds.shape[2]}, smaller than the "
