@@ -52,6 +52,7 @@ def test_builtin_catalogue_is_read_from_the_shipped_yaml() -> None:
         "sunnybrook_complex",
         "calgary",
         "fastmri_knee",
+        "fastmri_knee_measured",
     }
     assert all(cat[n].complex for n in set(cat) - {"mni152", "sunnybrook"})
     assert cat["mni152"] == DatasetEntry(source="mni152", size=(240, 240), masks="brain_240")

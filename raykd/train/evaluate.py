@@ -32,7 +32,7 @@ def reconstruct_volume(
     ``model=None`` returns the zero-filled image as the reconstruction. Complex data: the three
     are magnitudes (metrics are computed on them) and ``recon_complex`` (complex64 [N, H, W])
     holds the complex reconstruction. Measured k-space (``dataset.kspace``): the three are the
-    centre crop fastMRI scores (``dataset.scored``); ``recon_complex`` keeps the full grid.
+    centre crop fastMRI scores (``dataset.scored``), ``recon_complex`` too.
     """
     device = torch.device(device)
     if model is not None:
@@ -50,7 +50,8 @@ def reconstruct_volume(
             with autocast(device, precision):
                 recon = model(zero_filled, y, mask)
         if is_complex_batch(target):
-            out.setdefault("recon_complex", []).append(to_complex(recon)[:, 0].cpu().numpy())
+            z = dataset.scored(to_complex(recon))[:, 0]
+            out.setdefault("recon_complex", []).append(z.cpu().numpy())
         # Measured k-space: the centre crop fastMRI scores (dataset.scored), else the image.
         for key, x in (("target", target), ("zero_filled", zero_filled), ("recon", recon)):
             out[key].append(dataset.scored(magnitude(x))[:, 0].float().cpu().numpy())
