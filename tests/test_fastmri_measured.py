@@ -5,6 +5,7 @@ scored on their own k-space, full phase-encode width, fastMRI's masks, metrics o
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -187,3 +188,62 @@ def test_presets_plan_their_mode_and_resimulation_stays_the_default():
         spec = load_preset(name)
         row = grid_rows(spec)[0]
         assert all(q.cfg.data.kspace == "simulated" for q in row_requests(spec, row))
+
+
+def _prepared_knee(tmp_path) -> Path:
+    """Synthetic fastMRI single-coil files prepared on their measured grid into train/ val/."""
+    root = tmp_path / "fastmri_knee_measured"
+    for split, names in (("train", ["file1000", "file1001"]), ("val", ["file1002"])):
+        raw = tmp_path / "raw" / split
+        raw.mkdir(parents=True)
+        for i, name in enumerate(names):
+            write_fastmri(raw / f"{name}.h5", knee_like(2, H, W, 20 + i + len(split)))
+        args = ["prepare", "fastmri", str(raw), str(root / split), "--kspace", "measured"]
+        assert raykd_main(args) == 0
+    return root
+
+
+@pytest.mark.ray
+def test_fastmri_knee_measured_style_grid_trains_and_logs_its_mode(ray_session, tmp_path):
+    """``fastmri_knee_measured`` reduced to a smoke grid (a preset file of the same form) on
+    synthetic fastMRI files: real Ray, MLflow; every stage's params say ``data.kspace``."""
+    import mlflow
+    import yaml
+
+    from raykd.orchestration.grid import run_grid
+    from raykd.orchestration.job import finish_job, start_job
+    from raykd.plan.presets import load_preset
+
+    root = _prepared_knee(tmp_path)
+    preset = {
+        "datasets": {"knee": {"source": str(root), "size": [320, 320], "complex": True}},
+        "presets": {
+            "knee_measured_smoke": {
+                "datasets": ["knee"],
+                "kspace": "measured",
+                "mask_kind": "fastmri_random",
+                "accelerations": [4],
+                "rows": ["teacher", "student", "std_kd"],
+                "methods": ["at"],
+                "teacher_depth": 3,
+                "student_depths": [2],
+                "cascades": 2,
+                "channels": 4,
+                "max_slices_per_volume": 1,
+                "epochs": {"teacher": 1, "sft": 1, "student": 1, "kd": 1},
+                "batch_size": 1,
+                "precision": "fp32",
+                "trial_unit": "seed",
+            }
+        },
+    }
+    path = tmp_path / "knee.yaml"
+    path.write_text(yaml.safe_dump(preset))
+    spec = load_preset(str(path))
+    job = start_job("knee-measured", {}, root=tmp_path / "job", experiment="km", local_train=True)
+    rows = run_grid(spec, job)
+    finish_job(job, rows)
+    assert len(rows) == 3 and all(r.ok and np.isfinite(r.psnr) for r in rows)
+    mlflow.set_tracking_uri(job.tracking.uri)
+    runs = mlflow.search_runs(experiment_names=["km"], filter_string="params.kind != ''")
+    assert len(runs) >= 3 and set(runs["params.data.kspace"]) == {"measured"}
