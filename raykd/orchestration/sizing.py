@@ -152,9 +152,7 @@ def _describe_nodes(nodes: list[tuple[float, float]]) -> str:
     return "; ".join(gpu) + (f"; {cpu_only} CPU-only node(s)" if cpu_only else "")
 
 
-def _size_gpu(
-    nodes, w: int, per_kind, cpus_per_worker: int | None, share: float
-) -> TrialResources:
+def _size_gpu(nodes, w: int, per_kind, cpus_per_worker: int | None, share: float) -> TrialResources:
     """GPU sizing, per node: a worker's CPUs and GPU share must fit on one GPU node."""
     gpu_nodes = [(c, g) for c, g in nodes if g > 0]
     largest = max(c for c, _ in gpu_nodes)
@@ -172,9 +170,7 @@ def _size_gpu(
         cpw = max(1, min(math.floor(c / (g * stages_per_gpu(need))) for c, g in gpu_nodes))
         cpw = min(cpw, max(1, int(largest)))
     # Workers of the widest kind that fit at once: per node, by GPUs and by CPUs.
-    slots = sum(
-        min(math.floor(g / need + 1e-9), math.floor(c / cpw + 1e-9)) for c, g in gpu_nodes
-    )
+    slots = sum(min(math.floor(g / need + 1e-9), math.floor(c / cpw + 1e-9)) for c, g in gpu_nodes)
     if slots < w:
         gpus = sum(g for _, g in gpu_nodes)
         raise RaykdError(
