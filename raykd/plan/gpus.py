@@ -86,3 +86,9 @@ def describe_gpus(workers: dict[str, int], share: float) -> str:
         per = f" ({stages_per_gpu(s)} stages at once per GPU)" if s < 1 else ""
         parts.append(f"{who} {n} worker(s) × {s:g} GPU{per}")
     return "; ".join(parts)
+
+
+def on_device(spec, use_gpu: bool):
+    """The spec whose stages train on the job's device class: ``device: cuda`` on a GPU
+    cluster (GPU stage identities), unchanged on CPU."""
+    return spec.model_copy(update={"device": "cuda"}) if use_gpu else spec
