@@ -12,6 +12,14 @@ import os
 
 from raykd.errors import RaykdError
 
+# Scheduling tests on a Ray cluster that only *declares* GPUs (``ray start --num-gpus``): the
+# trial still asks Ray for its GPU share and must get one, then trains on the CPU.
+TRAIN_ON_CPU_ENV = "RAYKD_TRAIN_ON_CPU"
+
+
+def _train_on_cpu() -> bool:
+    return os.environ.get(TRAIN_ON_CPU_ENV) == "1"
+
 
 def visible_index(gpu_id: str, visible: str | None) -> int:
     """The torch index of Ray's GPU ``gpu_id`` among ``CUDA_VISIBLE_DEVICES`` (``visible``):
@@ -51,6 +59,8 @@ def trial_device(use_gpu: bool) -> str:
             "this trial trains on a GPU but Ray assigned it none (was it started outside a "
             "Tune trial that asked for a GPU?)"
         )
+    if _train_on_cpu():
+        return "cpu"
     if problem := _cuda_problem():
         raise RaykdError(f"Ray assigned GPU {ids[0]} to this trial but torch sees {problem}")
     return f"cuda:{visible_index(ids[0], os.environ.get('CUDA_VISIBLE_DEVICES'))}"
@@ -58,6 +68,8 @@ def trial_device(use_gpu: bool) -> str:
 
 def rank_device(use_gpu: bool) -> str:
     """A Ray Train rank's device (``ray.train.torch.get_device``), checked against the plan."""
+    if _train_on_cpu():
+        return "cpu"
     try:
         import ray.train.torch
 
@@ -88,7 +100,7 @@ def stage_device(planned: str, assigned: str) -> str:
     if planned == "auto" or assigned == "auto":  # assigned "auto": outside Ray (tests, CLI)
         return assigned if planned == "auto" else planned
     if planned == "cuda":
-        if not assigned.startswith("cuda"):
+        if not assigned.startswith("cuda") and not _train_on_cpu():
             raise RaykdError(
                 f"stage planned for a GPU (device: cuda) but this process got {assigned!r}"
             )
