@@ -146,7 +146,9 @@ def test_four_quarter_gpu_stages_run_at_once_on_one_gpu(gpu_cluster, tiny_data, 
     (the last started before the first ended)."""
     gcs, env = gpu_cluster
     root = tmp_path / "runs"
-    argv = _grid(tiny_data, root, gcs, "--seeds", "4", "--epochs", "6")
+    # Tune starts the four trials some seconds apart (~10 s each on a loaded 2-core box):
+    # the stages train long enough for all four to be running at once.
+    argv = _grid(tiny_data, root, gcs, "--seeds", "4", "--epochs", "16")
     argv += ["--gpus-per-worker", "0.25", "--local-train"]
     out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-4000:]
@@ -155,6 +157,6 @@ def test_four_quarter_gpu_stages_run_at_once_on_one_gpu(gpu_cluster, tiny_data, 
     assert len(results) == 4
     starts = [r["started_at"] for r in results]
     ends = [r["finished_at"] for r in results]
-    assert max(starts) < min(ends), (starts, ends)
+    assert max(starts) < min(ends), (starts, ends)  # one instant with all four running
     assert len({r["node_id"] for r in results}) == 1  # the GPU node (the head has no GPU)
     assert all(r["compute"]["compute.device"] == "cpu" for r in results)  # forced, as asked
