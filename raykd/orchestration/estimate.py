@@ -149,11 +149,9 @@ def _machine_key(device=None) -> str:
     """The device class a calibration ran on: ``cpu-<class>`` or ``cuda-<GPU model>``."""
     import torch
 
-    from raykd.train.precision import cpu_capability
+    from raykd.train.precision import device_label
 
-    if device is not None and device.type == "cuda":
-        return "cuda-" + torch.cuda.get_device_name(device).replace(" ", "_")
-    return f"cpu-{cpu_capability()}"
+    return device_label(device if device is not None else torch.device("cpu"))
 
 
 def stage_costs(

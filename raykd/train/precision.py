@@ -181,6 +181,15 @@ def configure_cuda(path: ComputePath, device: torch.device) -> None:
     torch.backends.cuda.matmul.fp32_precision = "ieee"
 
 
+def device_label(device: torch.device) -> str:
+    """The device class result files are named by: ``cpu-<class>`` (``cpu-amx``) or
+    ``cuda-<GPU model>`` (``cuda-NVIDIA_H100_80GB_HBM3``), so a GPU's never overwrites a CPU's."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return "cuda-" + "".join(c if c.isalnum() or c in "-." else "_" for c in name)
+    return f"cpu-{cpu_capability()}"
+
+
 def autocast(device: torch.device, precision: str):
     if precision == "fp32":
         return contextlib.nullcontext()
