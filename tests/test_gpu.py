@@ -239,3 +239,69 @@ def test_on_gpu_a_cpu_checkpoint_resumes_on_the_gpu_and_back(tiny_config):
     three = {"optim": cfg.optim.model_copy(update={"epochs": 3}), "device": "cpu"}
     back = Trainer(cfg.model_copy(update=three), resume_from=last)
     assert back.start_epoch == 2
+
+
+# ---- --plan on a GPU cluster ------------------------------------------------------------------
+def _cache_calibration(root, spec) -> None:
+    """A calibration cache for every shape the paper grid plans, on CPU and on GPU: the plan
+    then measures nothing (the timing of calibration is not this test's business)."""
+    import json
+
+    from raykd.orchestration.estimate import CALIBRATION_FILE, _machine_key
+    from raykd.plan.cost import stage_graph
+
+    rows = grid_rows(spec)
+    shapes = {
+        n.shape for s in (spec, gpus.on_device(spec, True)) for n in stage_graph(s, rows).values()
+    }
+    cost = {"epoch_s": 60.0, "fixed_s": 12.0, "source": "test cache"}
+    root.mkdir(parents=True, exist_ok=True)
+    cache = {f"{_machine_key()}|{shape}": cost for shape in shapes}
+    (root / CALIBRATION_FILE).write_text(json.dumps(cache))
+
+
+@pytest.mark.slow
+def test_paper_plan_shows_gpus_per_stage_concurrency_and_gpu_hours(tmp_path, shared_data):
+    """``raykd grid --preset paper --plan --gpus-per-worker 0.25`` in at most 30 s, no Ray, no
+    training: on a GPU cluster the GPU share, stages per GPU and GPU-hours; on this CPU machine
+    a line saying the share would not be used."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    root = tmp_path / "root"
+    _cache_calibration(root, load_preset("paper", {}))
+    code = "import sys\nfrom raykd.cli import main\nrc = main(sys.argv[1:])\n"
+    code += "print('RAY_IMPORTED', 'ray' in sys.modules, 'RC', rc)\n"
+    base = ["grid", "--preset", "paper", "--plan", "--gpus-per-worker", "0.25", "--root", str(root)]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    outs = {}
+    for name, extra in (("gpu", ["--cluster", "1x16cpu1gpu"]), ("here", [])):
+        t0 = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-c", code, *base, *extra],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        seconds = time.perf_counter() - t0
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert seconds <= 30, f"{name}: {seconds:.1f} s"
+        outs[name] = done.stdout
+    gpu = outs["gpu"]
+    assert "RAY_IMPORTED False RC 0" in gpu and "calibrated here" not in gpu
+    assert "plan grid paper: 168 stages, 168 to train" in gpu
+    assert "4 CPU(s) per worker" in gpu  # 16 CPUs over 4 stages on the GPU
+    assert "GPUs per stage: every stage 1 worker(s) × 0.25 GPU (4 stages at once per GPU)" in gpu
+    assert "concurrency per GPU: 4 stage(s) at once" in gpu
+    hours = float(gpu.split(" GPU-hours")[0].rsplit(", ", 1)[1])
+    cpu_hours = float(gpu.split(" CPU-hours")[0].rsplit(", ", 1)[1])
+    assert hours > 0 and cpu_hours == pytest.approx(hours * 4 / 0.25, rel=1e-3)
+    assert "|cuda: test cache, cached" in gpu  # GPU stages: shapes (and identities) of their own
+    here = outs["here"]
+    assert "0.25 GPU (4 stages at once per GPU) asked for, but this cluster has no GPU" in here
+    assert "0.00 GPU-hours" in here
