@@ -214,6 +214,30 @@ def cpus_per_worker(cluster: ClusterShape, workers: dict[str, int], per_gpu: int
     return max(1, min(4, cluster.cpus_per_node) // max(workers.values(), default=1))
 
 
+def _cpu_speed_note(cluster: ClusterShape, costs: dict[str, Cost]) -> str:
+    """Said when a GPU cluster is planned with per-worker speeds calibrated on a CPU."""
+    on_cpu = any("calibrated here" in c.source and "cuda-" not in c.source for c in costs.values())
+    if cluster.gpus_per_node and on_cpu:
+        return (
+            "per-worker speeds were calibrated on this machine's CPU, not on a GPU: on GPUs "
+            "expect the training part to be many times shorter"
+        )
+    return ""
+
+
+def _gpu_packing(
+    cluster: ClusterShape, workers: dict[str, int], gpus_per_worker: float | None
+) -> tuple[float, int, dict[str, float]]:
+    """(share of a single-worker stage, stages per GPU, GPUs per worker by kind); CPU: 0, 1, {}."""
+    from raykd.plan.gpus import kind_shares, stages_per_gpu
+
+    if not cluster.gpus_per_node:
+        return 0.0, 1, {}
+    share = gpus_per_worker or 1.0
+    per_gpu = stages_per_gpu(share) if max(workers.values(), default=1) == 1 else 1
+    return share, per_gpu, kind_shares(workers, share)
+
+
 def plan_job(
     spec: GridSpec,
     rows: list[Row],
@@ -228,7 +252,6 @@ def plan_job(
     DDP rank a whole GPU (:mod:`raykd.plan.gpus`)."""
     from raykd.orchestration.identity import StageStore
     from raykd.plan.cost import stage_graph
-    from raykd.plan.gpus import kind_shares, stages_per_gpu
 
     store = StageStore(root)
     nodes = stage_graph(spec, rows, lambda sid: store.get(sid) is not None)
@@ -241,9 +264,7 @@ def plan_job(
     }
     known = all(not math.isnan(d) for d in duration.values())
     cp, chain = critical_path(nodes, duration) if known else (math.nan, [])
-    share = (gpus_per_worker or 1.0) if cluster.gpus_per_node else 0.0
-    per_gpu = stages_per_gpu(share) if share and max(workers.values(), default=1) == 1 else 1
-    gpus = kind_shares(workers, share) if share else {}
+    share, per_gpu, gpus = _gpu_packing(cluster, workers, gpus_per_worker)
     cpw = cpus_per_worker(cluster, workers, per_gpu)
     makespan = simulate(nodes, duration, workers, cluster, cpw, per_gpu) if known else math.nan
     worker_s = sum(duration[s] * workers.get(nodes[s].kind, 1) for s in duration)
@@ -272,15 +293,7 @@ def plan_job(
         "stages_per_gpu": per_gpu,
         "sources": {s: costs[s].source for s in {n.shape for n in nodes.values()} if s in costs},
         "durations": duration,
-        "note": (
-            "per-worker speeds were calibrated on this machine's CPU, not on a GPU: on GPUs "
-            "expect the training part to be many times shorter"
-            if cluster.gpus_per_node
-            and any(
-                "calibrated here" in c.source and "cuda-" not in c.source for c in costs.values()
-            )
-            else ""
-        ),
+        "note": _cpu_speed_note(cluster, costs),
     }
 
 
