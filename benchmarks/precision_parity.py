@@ -5,12 +5,14 @@
 
 For each seed, both runs use the same seed, data (Sunnybrook 4x with the paper's 150x150 mask from
 $RAYKD_SHARED_DATA, train 0101/0201/0301, validate 0401, ``--max-slices`` evenly spaced slices
-per volume), and budget. The "fast" run is the stage config's defaults (``precision: auto``,
+per volume), and budget, on this machine's device (its GPU where there is one). The "fast" run
+is the stage config's defaults (``precision: auto``,
 ``channels_last: auto``) — what a user gets — unless ``--fast-precision`` forces one; where
 ``auto`` is fp32 (AVX2) the script says so and forces bf16, which runs (slowly) on any CPU.
 The best checkpoint of each run is evaluated on the validation volume in fp32, as every
 stage's final metrics are (``final_val_psnr``/``ssim``). Results go to
-benchmarks/results/precision_parity_<class>.json.
+benchmarks/results/precision_parity_<device class>.json (``cpu-amx``, ``cuda-<GPU model>``: a
+GPU's result never overwrites a CPU's).
 
 Verdict: the mean over seeds of (fast − fp32) validation PSNR must be within ±0.1 dB. One seed
 is not enough: after 10 epochs the two runs follow different trajectories (bf16 rounding acts
@@ -33,7 +35,12 @@ from raykd.paths import shared_data_dir  # noqa: E402
 from raykd.train.config import load_config  # noqa: E402
 from raykd.train.evaluate import evaluate_model  # noqa: E402
 from raykd.train.loop import Trainer  # noqa: E402
-from raykd.train.precision import cpu_capability, pick_device, resolve_path  # noqa: E402
+from raykd.train.precision import (  # noqa: E402
+    cpu_capability,
+    device_label,
+    pick_device,
+    resolve_path,
+)
 from raykd.train.stages import load_model  # noqa: E402
 
 
@@ -91,7 +98,8 @@ def main() -> int:
     elif resolve_path("auto", "auto", pick_device("auto")).precision == "fp32":
         fast_over, note = ["precision=bf16"], "auto is fp32 on this machine; bf16 forced"
     load = [round(x, 2) for x in os.getloadavg()]
-    print(f"CPU capability {cpu_capability()}, fast run: {note}, load average {load}", flush=True)
+    label = device_label(pick_device("auto"))
+    print(f"device {label}, fast run: {note}, load average {load}", flush=True)
     import statistics
     import tempfile
 
@@ -127,10 +135,7 @@ def main() -> int:
         f"mean difference over {len(runs)} seed(s) {diff:+.3f} dB PSNR{spread}, "
         f"{diff_ssim:+.4f} SSIM: {verdict} (|mean dPSNR| <= 0.1 dB)"
     )
-    out = Path(
-        args.out
-        or Path(__file__).parent / "results" / f"precision_parity_cpu-{cpu_capability()}.json"
-    )
+    out = Path(args.out or Path(__file__).parent / "results" / f"precision_parity_{label}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     setup = {
         "data": "sunnybrook 4x (paper mask), 150x150, train 0101/0201/0301, val 0401",
@@ -140,6 +145,7 @@ def main() -> int:
         "model": "D5C5, 32 channels",
         "fast": note,
         "cpu_capability": cpu_capability(),
+        "device": label,
         "load_average_before": load,
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }

@@ -9,9 +9,10 @@ KD step with the teacher forward) both steps run in this process on the same sha
 then interleaved timed repeats (plain, raykd, raykd, plain, ...); the table shows median
 slices/s, the ratio and achieved GFLOP/s (FLOPs counted by torch's FlopCounterMode), and the
 same per CPU second of this process (robust to other processes on a shared box). Results go
-to benchmarks/results/train_step_<class>.json (cpu-amx, cpu-avx512_bf16, cpu-avx2, cuda), with
-the load average before and after (other processes on a shared box skew both sides); a run of
-some cases or with --set writes a file named after them instead of replacing that one.
+to benchmarks/results/train_step_<class>.json (cpu-amx, cpu-avx512_bf16, cpu-avx2,
+cuda-<model>), with the load average before and after (other processes on a shared box skew
+both sides); a run of some cases or with --set writes a file named after them instead of
+replacing that one.
 """
 
 from __future__ import annotations
@@ -41,7 +42,12 @@ from raykd.models.taps import FeatureTaps  # noqa: E402
 from raykd.train.checkpoint import save_checkpoint  # noqa: E402
 from raykd.train.config import load_config  # noqa: E402
 from raykd.train.loop import Trainer  # noqa: E402
-from raykd.train.precision import cpu_capability, cpu_has_amx, cpu_has_avx512_bf16  # noqa: E402
+from raykd.train.precision import (  # noqa: E402
+    cpu_capability,
+    cpu_has_amx,
+    cpu_has_avx512_bf16,
+    device_label,
+)
 
 CASES = {
     "d5c5_240": {"kind": "teacher", "size": 240, "teacher": 5, "student": 3},
@@ -191,7 +197,7 @@ def load_average() -> list[float]:
 def default_out(device: torch.device, capability: str, cases: list[str], over: list[str]) -> Path:
     """``results/train_step_<class>.json`` for a full run of the defaults; a run of some cases
     or with ``--set`` overrides gets a name of its own, so it never replaces the class's file."""
-    cls = "cuda" if device.type == "cuda" else f"cpu-{capability}"
+    cls = device_label(device) if device.type == "cuda" else f"cpu-{capability}"  # cuda-<model>
     name = f"train_step_{cls}"
     if list(cases) != list(CASES):
         name += "_" + "-".join(cases)

@@ -6,11 +6,18 @@ Real h5 files, real torch; shapes are tiny so the whole suite stays fast on 2 CP
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
+# The suite runs on CPU, also on a machine with GPUs: hide them before torch (or a Ray worker
+# this process starts, which inherits the environment) initialises CUDA. Tests that need a GPU
+# are marked ``gpu`` and run only with RAYKD_TEST_GPU=1 (which keeps the GPUs visible).
+if os.environ.get("RAYKD_TEST_GPU") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from raykd.data.volumes import write_volume
 from raykd.train.config import load_config
@@ -32,12 +39,31 @@ def phantom_volume(n: int, size: int, seed: int) -> np.ndarray:
     return vol
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "gpu: needs a CUDA GPU (run with RAYKD_TEST_GPU=1); skipped without one"
+    )
+
+
+def gpu_skip_reason() -> str | None:
+    """Why a ``gpu`` test cannot run here (None: it can)."""
+    if os.environ.get("RAYKD_TEST_GPU") != "1":
+        return "GPU tests run with RAYKD_TEST_GPU=1 (the CPU suite hides GPUs)"
+    if not torch.cuda.is_available():
+        return "no CUDA device on this machine"
+    return None
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests that start Ray (marked ``ray`` or using ``ray_session``) are slow too: the fast
-    tier (``-m "not slow"``) leaves them out."""
+    tier (``-m "not slow"``) leaves them out. ``gpu`` tests skip, with the reason, where no
+    GPU can be used."""
+    reason = gpu_skip_reason()
     for item in items:
         if item.get_closest_marker("ray") or "ray_session" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("gpu") and reason:
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from raykd.cli.plan import job_workers, print_plan
 from raykd.cli.study_flags import add_confirm_args, add_study_args
 from raykd.errors import run_cli
 from raykd.kinds import ROW_KINDS, STAGE_KINDS
+from raykd.plan.gpus import on_device
 
 
 def add_job_args(p: argparse.ArgumentParser) -> None:
@@ -50,7 +52,15 @@ def add_job_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--cpus-per-worker",
         type=int,
-        help="CPUs per Ray Train worker on a CPU cluster (default: up to 4 per trial)",
+        help="CPUs per Ray Train worker (default: on CPU up to 4 per trial; on GPU each "
+        "worker's share of its GPU node's CPUs)",
+    )
+    g.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        help="GPU share of a single-worker stage on a GPU cluster, e.g. 0.25: four stages at "
+        "once per GPU (DDP ranks always get whole GPUs; default: the preset's "
+        "gpus_per_worker, else 0.25 for <= 64 channels on <= 256 px slices, else 1)",
     )
     g.add_argument(
         "--local-train",
@@ -112,35 +122,6 @@ def add_grid_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def job_workers(args: argparse.Namespace, spec) -> dict[str, int] | None:
-    """Workers per stage kind: --workers, else the preset's ``workers:``, else None (1)."""
-    from raykd.errors import ConfigError
-    from raykd.plan.cost import parse_workers
-
-    if args.workers:
-        try:
-            return parse_workers(args.workers)
-        except ConfigError:  # pre-flight lists it with every other problem (check_job_flags)
-            return None
-    return parse_workers(spec.workers) if spec.workers else None
-
-
-def print_plan(args: argparse.Namespace, spec, rows, title: str) -> int:
-    """``--plan``: the stage graph, critical path and estimate; nothing starts."""
-    from pathlib import Path
-
-    from raykd.orchestration.estimate import format_plan, plan_job, this_machine
-    from raykd.paths import default_run_root
-    from raykd.plan.cost import parse_cluster, parse_workers
-
-    cluster = parse_cluster(args.cluster) if args.cluster else this_machine()
-    workers = job_workers(args, spec) or parse_workers(1)
-    root = Path(args.root or default_run_root()).expanduser().resolve()
-    plan = plan_job(spec, rows, root, cluster, workers, args.calibrate_steps)
-    print(format_plan(plan, title))
-    return 0
-
-
 def _start_job(
     args: argparse.Namespace,
     name: str,
@@ -149,9 +130,11 @@ def _start_job(
     run_name: str,
     local_default: bool | str = False,
     workers: dict[str, int] | None = None,
+    spec=None,
 ):
     from raykd.orchestration.console import set_verbose
     from raykd.orchestration.job import start_job
+    from raykd.plan.gpus import spec_gpus_per_worker
 
     if args.verbose:
         set_verbose(True)
@@ -168,6 +151,7 @@ def _start_job(
         local_train=True if args.local_train else local_default,
         num_cpus=args.num_cpus,
         cpus_per_worker=args.cpus_per_worker,
+        gpus_per_worker=spec_gpus_per_worker(spec, args.gpus_per_worker) if spec else None,
     )
 
 
@@ -218,9 +202,9 @@ def run_grid_args(args: argparse.Namespace) -> int:
         from raykd.plan.cost import describe_workers
 
         params["workers_per_kind"] = describe_workers(workers)
-    job = _start_job(
-        args, f"grid-{args.preset}", f"raykd-{args.preset}", params, args.preset, workers=workers
-    )
+    p = args.preset
+    job = _start_job(args, f"grid-{p}", f"raykd-{p}", params, p, False, workers, spec)
+    spec = on_device(spec, job.resources.use_gpu)
     from raykd.orchestration.timeline import announce_estimate, log_timeline, report_actual
     from raykd.plan.rows import grid_rows
 
@@ -311,7 +295,9 @@ def run_search_args(args: argparse.Namespace) -> int:
         run_name=f"search-{search.name}",
         local_default=False if args.ray_train else "auto",
         workers=workers,
+        spec=base,
     )
+    base = on_device(base, job.resources.use_gpu)
     out, confirmed = _run_search_job(args, search, base, job)
     print_search(search, base, out, confirmed)
     return 0

@@ -67,6 +67,7 @@ def train_chain(
     request = ChainRequest(
         stages=list(planned.values()),
         threads=ctx.resources.threads,
+        use_gpu=ctx.resources.use_gpu,
         tracking_uri=ctx.tracking.uri if ctx.tracking else None,
         experiment=ctx.tracking.experiment_name if ctx.tracking else None,
         eval_splits=tuple(eval_splits),
@@ -260,7 +261,8 @@ def _scaling(res):
     return ScalingConfig(
         num_workers=res.workers,
         use_gpu=res.use_gpu,
-        resources_per_worker={"CPU": res.cpus_per_worker} | ({"GPU": 1} if res.use_gpu else {}),
+        resources_per_worker={"CPU": res.cpus_per_worker}
+        | ({"GPU": res.gpu_share(res.workers)} if res.use_gpu else {}),
     )
 
 
@@ -286,7 +288,9 @@ def _train_run_config(request: ChainRequest, ctx: StageContext, tune_report: boo
 
 
 def _fit_in_process(request: ChainRequest, tune_report: bool) -> None:
-    """Train in this process (no Ray Train workers): tests, debugging, tiny machines."""
+    """Train in this process (no Ray Train workers): tests, debugging, tiny machines. On the
+    device Ray assigned this trial (its GPU share, or the CPU even where GPUs are visible)."""
+    from raykd.orchestration.devices import trial_device
     from raykd.orchestration.train_fn import run_chain
 
     report = None
@@ -296,4 +300,4 @@ def _fit_in_process(request: ChainRequest, tune_report: bool) -> None:
         def report(metrics, _last_path, _stage):
             tune.report(metrics)
 
-    run_chain(request, 0, report, None)
+    run_chain(request, 0, report, None, trial_device(request.use_gpu))

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from raykd.errors import RaykdError
+from raykd.orchestration.sizing import (  # noqa: F401 - trial sizing lives there
+    TrialResources,
+    plan_resources,
+    worker_groups,
+)
 
 LOOPBACK = "127.0.0.1"
 
@@ -190,112 +193,6 @@ def _probe(address: str, timeout_s: float = 5.0) -> None:
             f"cannot reach a Ray cluster at {address} ({exc}); start one with `ray start "
             "--head`, or unset RAY_ADDRESS / drop --address to run on a local Ray"
         ) from exc
-
-
-@dataclass(frozen=True)
-class TrialResources:
-    workers: int  # Ray Train workers per stage (DDP ranks); the most any kind gets
-    use_gpu: bool
-    cpus_per_worker: float
-    concurrency: int  # trials at once
-    threads: int  # torch threads per worker
-    # Workers per stage kind (teacher, sft, student, kd); None: ``workers`` for every kind.
-    per_kind: dict[str, int] | None = None
-    trial_cpus: float = 0.0  # CPUs one trial's stage shares out over its workers (CPU only)
-
-    def for_kind(self, kind: str) -> TrialResources:
-        """The resources one stage of ``kind`` trains with: its own worker count; on CPU the
-        trial's CPU share split over those workers (so 1 worker gets all of it)."""
-        n = (self.per_kind or {}).get(kind, self.workers)
-        if self.use_gpu:
-            return dataclasses.replace(self, workers=n, per_kind=None)
-        share = self.trial_cpus or self.cpus_per_worker * self.workers
-        cpw = max(1, int(share) // n)
-        return dataclasses.replace(self, workers=n, cpus_per_worker=cpw, threads=cpw, per_kind=None)
-
-    def describe(self) -> str:
-        device = "GPU" if self.use_gpu else f"{self.cpus_per_worker:g} CPU"
-        if self.per_kind and len(set(self.per_kind.values())) > 1:
-            each = ", ".join(
-                f"{k} {self.for_kind(k).workers} × "
-                + ("GPU" if self.use_gpu else f"{self.for_kind(k).cpus_per_worker:g} CPU")
-                for k in self.per_kind
-            )
-            return f"{self.concurrency} trial(s) at once; workers per stage kind: {each}"
-        return (
-            f"{self.concurrency} trial(s) at once, each stage on {self.workers} worker(s) × "
-            f"{device}"
-        )
-
-
-def worker_groups(
-    stages: list[tuple[str, str]], res: TrialResources
-) -> list[tuple[list[str], TrialResources]]:
-    """Split a chain of ``(stage id, kind)`` where the worker count changes: each part runs as
-    one Ray Train run with its kind's workers (order kept, so a teacher still precedes its KD
-    students)."""
-    parts: list[tuple[list[str], TrialResources]] = []
-    for sid, kind in stages:
-        r = res.for_kind(kind)
-        if parts and parts[-1][1] == r:
-            parts[-1][0].append(sid)
-        else:
-            parts.append(([sid], r))
-    return parts
-
-
-def _largest_node_cpus() -> int | None:
-    """CPUs of the biggest alive node: one Train worker cannot span nodes."""
-    import ray
-
-    try:
-        sizes = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
-    except Exception:  # an old or odd cluster: no cap
-        return None
-    return int(max(sizes)) if sizes else None
-
-
-def plan_resources(
-    workers: int | dict[str, int] | None = None,
-    max_concurrent: int | None = None,
-    cpus_per_worker: int | None = None,
-) -> TrialResources:
-    """One GPU per worker when the cluster has GPUs; else share the CPUs.
-
-    On CPU, DDP gives no speed-up on a small box (2 procs × 1 thread ≈ 1 proc × 2 threads), so
-    the default is one worker that uses all CPUs a trial gets. ``workers``: a count for every
-    stage kind, or one per kind (the widest kind sizes the trial).
-    """
-    import ray
-
-    per_kind = dict(workers) if isinstance(workers, dict) else None
-    if per_kind and len(set(per_kind.values())) == 1:
-        workers, per_kind = next(iter(per_kind.values())), None
-    res = ray.cluster_resources()
-    cpus = max(1, int(res.get("CPU", 1)))
-    gpus = int(res.get("GPU", 0))
-    w = max(per_kind.values()) if per_kind else (workers or 1)
-    if gpus > 0:
-        concurrency = max(1, gpus // w)
-        cpus_per_worker = max(1, cpus // gpus)  # feed each GPU's data loading with its share
-        plan = TrialResources(w, True, cpus_per_worker, concurrency, cpus_per_worker, per_kind)
-    else:
-        # Up to 4 CPUs go to one trial (no more than the biggest node has: a worker lives on
-        # one node); bigger clusters run several trials at once.
-        per_trial = cpus if cpus <= 4 else 4
-        node = _largest_node_cpus()
-        if node and w == 1:
-            per_trial = max(1, min(per_trial, node))
-        if cpus_per_worker:  # asked for: e.g. 1 CPU per stage to run many small stages at once
-            per_trial = cpus_per_worker * w
-        concurrency = max(1, cpus // per_trial)
-        cpus_per_worker = max(1, per_trial // w)
-        plan = TrialResources(
-            w, False, cpus_per_worker, concurrency, cpus_per_worker, per_kind, per_trial
-        )
-    if max_concurrent:
-        plan = dataclasses.replace(plan, concurrency=min(plan.concurrency, max_concurrent))
-    return plan
 
 
 def say(text: str) -> None:

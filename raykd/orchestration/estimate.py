@@ -102,6 +102,7 @@ def calibrate(cfg, steps: int = 2, teacher_ckpt: str | None = None) -> tuple[Cos
         _DATASETS[key] = build_datasets(cfg.data)
     datasets = _DATASETS[key]
     update = {"output_dir": str(tmp / cfg.kind), "progress": False, "resume": False}
+    update["device"] = calibration_device(cfg.device)
     if cfg.kind == "kd":
         update["teacher_checkpoint"] = teacher_ckpt
     batch_size = min(2, cfg.data.batch_size)  # some KD methods (cc, sp) need 2 slices
@@ -110,25 +111,47 @@ def calibrate(cfg, steps: int = 2, teacher_ckpt: str | None = None) -> tuple[Cos
     trainer = Trainer(cfg, datasets=datasets)
     batch = trainer._batch(next(iter(trainer._loader(datasets["train"]))))
     trainer.step(*batch)  # warm-up
+    _sync(trainer.device)  # CUDA kernels are asynchronous: the warm-up ends before timing
     t0 = time.perf_counter()
     for _ in range(steps):
         loss, _terms = trainer.step(*batch)
     loss.item()
+    _sync(trainer.device)
     slice_s = (time.perf_counter() - t0) / steps / batch_size
     n_train, n_val = len(datasets["train"]), len(datasets.get("val") or [])
     epoch_s = n_train * slice_s + n_val * slice_s / 3
     ckpt = None
     if cfg.kind in ("teacher", "sft"):
         ckpt = str(save_checkpoint(tmp / "teacher.pt", trainer._payload(0, full=False)))
-    threads = torch.get_num_threads()
-    source = f"calibrated here ({steps} timed 2-slice steps, {threads} thread(s))"
+    where = _machine_key(trainer.device)
+    if trainer.device.type == "cpu":
+        where += f", {torch.get_num_threads()} thread(s)"
+    source = f"calibrated here ({steps} timed 2-slice steps, {where})"
     return Cost(epoch_s, DEFAULT_START_S + 2 * epoch_s / 3, source), ckpt
 
 
-def _machine_key() -> str:
-    from raykd.train.precision import cpu_capability
+def calibration_device(planned: str) -> str:
+    """Where a plan times a stage: this machine's GPU for a GPU stage when it has one, else its
+    CPU (the result names which: ``_machine_key``)."""
+    import torch
 
-    return f"cpu-{cpu_capability()}"
+    return "cuda" if planned.startswith("cuda") and torch.cuda.is_available() else "cpu"
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _machine_key(device=None) -> str:
+    """The device class a calibration ran on: ``cpu-<class>`` or ``cuda-<GPU model>``."""
+    import torch
+
+    from raykd.train.precision import device_label
+
+    return device_label(device if device is not None else torch.device("cpu"))
 
 
 def stage_costs(
@@ -140,14 +163,17 @@ def stage_costs(
     costs = stored_costs(root)
     cache_path = root / CALIBRATION_FILE
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
-    machine = _machine_key()
     wanted = {n.shape: n for n in nodes.values() if not n.stored}
     teacher_ckpt: dict[str, str] = {}
     order = sorted(wanted, key=lambda s: STAGE_KINDS.index(s.split("|")[0]))
     for shape in order:
         if shape in costs:
             continue
-        key = f"{machine}|{shape}"
+        import torch
+
+        planned = configs[wanted[shape].stage_id].device
+        dev = torch.device(calibration_device(planned))
+        key = f"{_machine_key(dev)}|{shape}"
         if key in cache:
             costs[shape] = Cost(**{**cache[key], "source": cache[key]["source"] + ", cached"})
             continue
@@ -179,12 +205,37 @@ def this_machine() -> ClusterShape:
     return ClusterShape(1, os.cpu_count() or 1, gpus)
 
 
-def cpus_per_worker(cluster: ClusterShape, workers: dict[str, int]) -> int:
-    """As :func:`~raykd.orchestration.cluster.plan_resources` sizes workers: a GPU's share of
-    the node's CPUs, else up to 4 CPUs per trial split over its workers."""
+def cpus_per_worker(cluster: ClusterShape, workers: dict[str, int], per_gpu: int = 1) -> int:
+    """As :func:`~raykd.orchestration.sizing.size_trials` sizes workers: a worker's share of
+    its GPU node's CPUs (``per_gpu`` workers per GPU), else up to 4 CPUs per trial split over
+    its workers."""
     if cluster.gpus_per_node:
-        return max(1, cluster.cpus_per_node // cluster.gpus_per_node)
+        return max(1, cluster.cpus_per_node // (cluster.gpus_per_node * per_gpu))
     return max(1, min(4, cluster.cpus_per_node) // max(workers.values(), default=1))
+
+
+def _cpu_speed_note(cluster: ClusterShape, costs: dict[str, Cost]) -> str:
+    """Said when a GPU cluster is planned with per-worker speeds calibrated on a CPU."""
+    on_cpu = any("calibrated here" in c.source and "cuda-" not in c.source for c in costs.values())
+    if cluster.gpus_per_node and on_cpu:
+        return (
+            "per-worker speeds were calibrated on this machine's CPU, not on a GPU: on GPUs "
+            "expect the training part to be many times shorter"
+        )
+    return ""
+
+
+def _gpu_packing(
+    cluster: ClusterShape, workers: dict[str, int], gpus_per_worker: float | None
+) -> tuple[float, int, dict[str, float]]:
+    """(share of a single-worker stage, stages per GPU, GPUs per worker by kind); CPU: 0, 1, {}."""
+    from raykd.plan.gpus import kind_shares, stages_per_gpu
+
+    if not cluster.gpus_per_node:
+        return 0.0, 1, {}
+    share = gpus_per_worker or 1.0
+    per_gpu = stages_per_gpu(share) if max(workers.values(), default=1) == 1 else 1
+    return share, per_gpu, kind_shares(workers, share)
 
 
 def plan_job(
@@ -194,8 +245,11 @@ def plan_job(
     cluster: ClusterShape,
     workers: dict[str, int],
     steps: int = 2,
+    gpus_per_worker: float | None = None,
 ) -> dict:
-    """The job's stage graph with costs, critical path, makespan and resource-hours."""
+    """The job's stage graph with costs, critical path, makespan and resource-hours. On a GPU
+    cluster a single-worker stage holds ``gpus_per_worker`` of a GPU (None: a whole one), a
+    DDP rank a whole GPU (:mod:`raykd.plan.gpus`)."""
     from raykd.orchestration.identity import StageStore
     from raykd.plan.cost import stage_graph
 
@@ -210,9 +264,13 @@ def plan_job(
     }
     known = all(not math.isnan(d) for d in duration.values())
     cp, chain = critical_path(nodes, duration) if known else (math.nan, [])
-    cpw = cpus_per_worker(cluster, workers)
-    makespan = simulate(nodes, duration, workers, cluster, cpw) if known else math.nan
+    share, per_gpu, gpus = _gpu_packing(cluster, workers, gpus_per_worker)
+    cpw = cpus_per_worker(cluster, workers, per_gpu)
+    makespan = simulate(nodes, duration, workers, cluster, cpw, per_gpu) if known else math.nan
     worker_s = sum(duration[s] * workers.get(nodes[s].kind, 1) for s in duration)
+    gpu_s = sum(
+        duration[s] * workers.get(nodes[s].kind, 1) * gpus.get(nodes[s].kind, 0) for s in duration
+    )
     table: dict[str, dict[str, list[int]]] = {}
     for n in nodes.values():
         cell = table.setdefault(f"{n.setting}/s{n.seed}", {}).setdefault(n.kind, [0, 0])
@@ -229,15 +287,13 @@ def plan_job(
         "workers": workers,
         "cpus_per_worker": cpw,
         "cpu_hours": worker_s * cpw / 3600,
-        "gpu_hours": worker_s / 3600 if cluster.gpus_per_node else 0.0,
+        "gpu_hours": gpu_s / 3600,
+        "gpus_per_worker": share,  # single-worker stages; DDP ranks: whole GPUs
+        "gpus_asked": gpus_per_worker,
+        "stages_per_gpu": per_gpu,
         "sources": {s: costs[s].source for s in {n.shape for n in nodes.values()} if s in costs},
         "durations": duration,
-        "note": (
-            "per-worker speeds were calibrated on this machine's CPU, not on a GPU: on GPUs "
-            "expect the training part to be many times shorter"
-            if cluster.gpus_per_node and any("calibrated" in c.source for c in costs.values())
-            else ""
-        ),
+        "note": _cpu_speed_note(cluster, costs),
     }
 
 
@@ -246,6 +302,25 @@ def _hms(seconds: float) -> str:
         return "unknown"
     h, rest = divmod(int(round(seconds)), 3600)
     return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def _gpu_lines(plan: dict) -> list[str]:
+    """GPUs per stage and stages at once per GPU (GPU clusters only)."""
+    from raykd.plan.gpus import describe_gpus
+
+    if not plan.get("gpus_per_worker"):
+        if not plan.get("gpus_asked"):
+            return []
+        asked = describe_gpus(plan["workers"], plan["gpus_asked"])
+        return [
+            f"  GPUs per stage: {asked} asked for, but this cluster has no GPU (plan a GPU "
+            "cluster with --cluster NODESxCPUScpuGPUSgpu, e.g. 1x16cpu1gpu); concurrency per "
+            "GPU: none; 0 GPU-hours"
+        ]
+    return [
+        f"  GPUs per stage: {describe_gpus(plan['workers'], plan['gpus_per_worker'])}; "
+        f"concurrency per GPU: {plan['stages_per_gpu']} stage(s) at once"
+    ]
 
 
 def format_plan(plan: dict, title: str) -> str:
@@ -265,6 +340,7 @@ def format_plan(plan: dict, title: str) -> str:
         f"  critical path {_hms(plan['critical_path_s'])}: {chain}",
         f"  cluster {plan['cluster']}, workers per kind {describe_workers(plan['workers'])}, "
         f"{plan['cpus_per_worker']} CPU(s) per worker",
+        *_gpu_lines(plan),
         f"  estimate: wall-clock {_hms(plan['makespan_s'])}, {plan['cpu_hours']:.2f} CPU-hours, "
         f"{plan['gpu_hours']:.2f} GPU-hours (ideal DDP scaling; per-worker speed as measured)",
         "  per-epoch costs from:",

@@ -9,9 +9,11 @@ resolves to: the identity is computed by the trial driver, which need not run on
 (GPU, CPU class) that trains the stage, and ``auto``'s accuracy is parity-checked against fp32
 (``benchmarks/precision_parity.py``, within 0.1 dB). What a stage actually ran with is
 recorded with it (``compute`` in ``result.json``, ``compute.*`` MLflow params). Whoever needs
-fp32 arithmetic asks for ``precision: fp32`` and gets a stage of its own. The memory format
-only changes the layout (the same arithmetic in another reduction order, like the thread count)
-and is not part of the identity. Runs land in
+fp32 arithmetic asks for ``precision: fp32`` and gets a stage of its own. The device class
+does enter a GPU stage's identity (``device: cuda`` in its plan; CPU identities are unchanged),
+and reuse checks the device a stored stage recorded against the class it is planned for. The
+memory format only changes the layout (the same arithmetic in another reduction order, like the
+thread count) and is not part of the identity. Runs land in
 ``<root>/stages/<kind>-<id>/``; ``done.json`` marks a finished stage. A file lock serialises
 concurrent trials that need the same stage, so the second one waits and reuses the result.
 This module does not import Ray: it works the same from a test, a trial or a script.
@@ -39,6 +41,7 @@ from raykd.plan.identity import (  # noqa: F401 - the identity rules live in the
     LEGACY_CONSTANTS,
     NON_IDENTITY,
     NON_IDENTITY_DATA,
+    device_class,
     stage_identity,
 )
 from raykd.strict_json import read_jsonl
@@ -95,15 +98,22 @@ class StageStore:
         write_atomic(marker, record.to_json())
         return record
 
-    def get_intact(self, stage_id: str) -> tuple[StageRecord | None, str | None]:
+    def get_intact(
+        self, stage_id: str, device: str | None = None
+    ) -> tuple[StageRecord | None, str | None]:
         """``(record, None)`` for a finished stage whose checkpoints are intact; ``(None,
         problem)`` for a damaged one, whose folder is then moved aside (``<id>.damaged-<time>``)
         so the stage trains again from scratch and the evidence is kept; ``(None, None)`` for a
-        stage that never finished."""
+        stage that never finished. ``device``: the device class (``cpu`` | ``cuda``) the stage
+        is planned for; a record trained on the other class (stored before the class entered
+        GPU identities) is never reused as this one: it is moved aside the same way."""
         record = self.get(stage_id)
         if record is None:
             return None, None
         problem = damaged_checkpoint(Path(record.output_dir), record.checkpoints)
+        trained_on = (record.compute or {}).get("compute.device")
+        if problem is None and device and trained_on and device_class(trained_on) != device:
+            problem = f"stage {stage_id} was trained on {trained_on}, not on a {device} device"
         if problem is None:
             return record, None
         folder = self.stage_dir(stage_id)

@@ -63,6 +63,7 @@ def start_job(
     num_cpus: int | None = None,
     run_name: str | None = None,
     cpus_per_worker: int | None = None,
+    gpus_per_worker: float | None = None,
 ) -> Job:
     """Start (or join) Ray, open the MLflow job run and the stage store.
 
@@ -70,14 +71,15 @@ def start_job(
     ``local_train``: True trains stages in the trial's own process instead of Ray Train
     workers; ``"auto"`` does so where a stage would get a single CPU worker anyway (no GPU, no
     DDP), which saves Ray Train's start/stop (~12 s) per stage chain — most of a small
-    search's wall-clock. A failed trial is retried by Tune and its stage resumes from
-    ``last.pt``, as a restarted Train worker would.
+    search's wall-clock. ``gpus_per_worker``: the GPU share of a single-worker stage's worker
+    on a GPU cluster (:mod:`raykd.plan.gpus`; None: a whole GPU). A failed trial is retried
+    by Tune and its stage resumes from ``last.pt``, as a restarted Train worker would.
     """
     root = Path(root or default_run_root()).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
     init_ray(address, num_cpus=num_cpus)
     install_handlers()  # after Ray: replaces its driver's abort-on-SIGTERM
-    resources = plan_resources(workers, max_concurrent, cpus_per_worker)
+    resources = plan_resources(workers, max_concurrent, cpus_per_worker, gpus_per_worker)
     if local_train == "auto":
         local_train = not resources.use_gpu and resources.workers == 1
     uri = tracking_uri or default_tracking_uri(root)
@@ -103,7 +105,13 @@ def start_job(
 def tune_trainable(fn, ctx: StageContext | None = None):
     from ray import tune
 
-    if ctx is not None and ctx.local and not ctx.resources.use_gpu:
+    if ctx is not None and ctx.local and ctx.resources.use_gpu:
+        # Stages train in the trial's process, on the GPU (share) Ray assigns the trial: it
+        # holds what one worker would (raykd.orchestration.devices picks that GPU).
+        res = ctx.resources
+        need = {"cpu": res.cpus_per_worker, "gpu": res.gpu_share(1), "memory": TRIAL_MEMORY}
+        return tune.with_resources(fn, need)
+    if ctx is not None and ctx.local:
         # Stages train in the trial's process: the trial holds the CPUs a worker would.
         cpus = ctx.resources.cpus_per_worker * ctx.resources.workers
         return tune.with_resources(fn, {"cpu": cpus, "memory": TRIAL_MEMORY})

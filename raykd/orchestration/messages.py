@@ -127,6 +127,7 @@ class ChainRequest(Message):
 
     stages: list[PlannedStage]
     threads: int = 1
+    use_gpu: bool = False  # each rank must get a CUDA device from Ray (never a CPU fallback)
     tracking_uri: str | None = None
     experiment: str | None = None
     eval_splits: tuple[str, ...] = ("val",)

@@ -19,7 +19,7 @@ import dataclasses
 from raykd.orchestration.chain import train_chain
 from raykd.orchestration.cluster import say, worker_groups
 from raykd.orchestration.context import StageContext, announce, in_this_store
-from raykd.orchestration.identity import StageRecord
+from raykd.orchestration.identity import StageRecord, device_class
 from raykd.orchestration.stage_runs import retire_damaged_run, stage_tags
 from raykd.plan.stages import StageRequest
 from raykd.train.distributed import rank_batch
@@ -59,7 +59,7 @@ def ensure_stages(
     records: dict[str, StageRecord] = {}
 
     def reuse(sid: str) -> bool:
-        record, damaged = ctx.store.get_intact(sid)
+        record, damaged = ctx.store.get_intact(sid, device_class(unique[sid].cfg.device))
         if damaged:
             say(f"WARNING: {damaged}; training stage {sid} again")
             retire_damaged_run(ctx.tracking, sid, damaged)

@@ -181,7 +181,8 @@ def announce_estimate(job, spec, rows, workers: dict[str, int] | None) -> dict |
 
     try:
         per_kind = workers or parse_workers(job.resources.workers)
-        plan = plan_job(spec, rows, job.root, cluster_shape(), per_kind)
+        share = job.resources.gpus_per_worker or None
+        plan = plan_job(spec, rows, job.root, cluster_shape(), per_kind, gpus_per_worker=share)
     except Exception as exc:  # noqa: BLE001 - an estimate is advice, not a precondition
         say(f"no estimate ({type(exc).__name__}: {exc})")
         return None

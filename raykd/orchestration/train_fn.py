@@ -24,6 +24,7 @@ import torch
 from ray.train import Checkpoint
 
 from raykd.models.base import count_parameters
+from raykd.orchestration.devices import rank_device, stage_device
 from raykd.orchestration.messages import (
     ChainRequest,
     ChainState,
@@ -44,16 +45,6 @@ from raykd.train.evaluate import evaluate_split, slice_count, write_json
 from raykd.train.loop import Trainer
 from raykd.train.stages import load_model
 
-
-def _device() -> str:
-    try:
-        import ray.train.torch
-
-        return str(ray.train.torch.get_device())
-    except Exception:
-        return "cpu"
-
-
 CHAIN_STATE = "chain.json"
 
 
@@ -71,12 +62,13 @@ def train_fn(config: dict[str, Any]) -> None:
         else:
             ray.train.report(metrics)
 
+    device = rank_device(request.use_gpu)  # a rank without its device fails here, clearly
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
-            run_chain(request, rank, report, Path(ckpt_dir), _device())
+            run_chain(request, rank, report, Path(ckpt_dir), device)
     else:
-        run_chain(request, rank, report, None, _device())
+        run_chain(request, rank, report, None, device)
 
 
 def _agree(values: list[bool]) -> list[bool]:
@@ -180,8 +172,7 @@ def run_training(
     """
     torch.set_num_threads(max(1, request.threads))
     cfg = stage.stage
-    if cfg.device == "auto":
-        cfg = cfg.model_copy(update={"device": device})
+    cfg = cfg.model_copy(update={"device": stage_device(cfg.device, device)})
     run_id = stage.mlflow_run_id
     tracking = None
     if rank == 0 and run_id:

@@ -63,7 +63,8 @@ def describe_workers(workers: dict[str, int]) -> str:
 
 @dataclass(frozen=True)
 class ClusterShape:
-    """Nodes × (CPUs, GPUs) a plan is estimated for; GPUs are one per worker."""
+    """Nodes × (CPUs, GPUs) a plan is estimated for; a GPU holds ``per_gpu`` single-worker
+    stages at once (:mod:`raykd.plan.gpus`), a DDP rank a whole GPU."""
 
     nodes: int
     cpus_per_node: int
@@ -73,10 +74,10 @@ class ClusterShape:
         gpu = f" + {self.gpus_per_node} GPU" if self.gpus_per_node else ""
         return f"{self.nodes} node(s) × {self.cpus_per_node} CPU{gpu}"
 
-    def worker_slots(self, cpus_per_worker: int) -> list[int]:
-        """How many workers each node holds at once."""
+    def worker_slots(self, cpus_per_worker: int, per_gpu: int = 1) -> list[int]:
+        """How many workers each node holds at once (GPU: in shares of 1/``per_gpu`` GPU)."""
         if self.gpus_per_node:
-            return [self.gpus_per_node] * self.nodes
+            return [self.gpus_per_node * per_gpu] * self.nodes
         return [max(1, self.cpus_per_node // max(1, cpus_per_worker))] * self.nodes
 
 
@@ -123,6 +124,7 @@ def shape_key(cfg) -> str:
             f"slices{d.max_slices_per_volume or 'all'}",
             f"b{d.batch_size}",
             cfg.precision,
+            *(["cuda"] if cfg.device.startswith("cuda") else []),  # GPU stages cost otherwise
         ]
     )
 
@@ -178,15 +180,17 @@ def simulate(
     workers: dict[str, int],
     cluster: ClusterShape,
     cpus_per_worker: int = 1,
+    per_gpu: int = 1,
 ) -> float:
     """Makespan of a list schedule: ready stages start longest-remaining-chain first on the
     first node with room for all their workers (Ray Train packs a stage's workers; a stage
-    wider than any node spreads over free slots)."""
+    wider than any node spreads over free slots). On GPUs a single-worker stage takes one
+    share (1/``per_gpu`` GPU), a DDP rank a whole GPU (``per_gpu`` shares)."""
     todo = {sid: n for sid, n in nodes.items() if not n.stored}
     if not todo:
         return 0.0
     rest = _remaining_chains(todo, duration)
-    free = cluster.worker_slots(cpus_per_worker)
+    free = cluster.worker_slots(cpus_per_worker, per_gpu)
     total = sum(free)
     running: list[tuple[float, str, list[tuple[int, int]]]] = []
     done: set[str] = set()
@@ -203,7 +207,8 @@ def simulate(
             key=lambda s: -rest[s],
         )
         for sid in ready:
-            taken = _place(min(workers.get(todo[sid].kind, 1), total), free)
+            n = workers.get(todo[sid].kind, 1)
+            taken = _place(min(n * (per_gpu if n > 1 else 1), total), free)
             if taken is None:
                 continue
             for i, k in taken:

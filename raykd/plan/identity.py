@@ -1,9 +1,10 @@
 """Stage identities: a hash of everything that determines a stage's result.
 
 The identity covers kind, data (source, splits, size, mask), models, optimisation, stage
-weights, KD settings, precision, seed and, for a KD run, the *identity of its teacher stage*
-(not the checkpoint path). Why precision enters as the requested policy, and how the stage
-store uses identities: :mod:`raykd.orchestration.identity`. Pure (no Ray, no files).
+weights, KD settings, precision, seed, the device class when it is a GPU and, for a KD run, the
+*identity of its teacher stage* (not the checkpoint path). Why precision enters as the
+requested policy, and how the stage store uses identities:
+:mod:`raykd.orchestration.identity`. Pure (no Ray, no files).
 """
 
 from __future__ import annotations
@@ -35,6 +36,14 @@ LATER_DEFAULTS = {
 # reduction or default weight changes, so stages trained under another definition are never
 # reused silently. 2: the RepDistiller reference definitions (summed tap pairs, issue 12).
 KD_LOSS_DEFINITIONS = 2
+
+
+def device_class(device: str) -> str:
+    """``cuda`` for any CUDA device spec (``cuda``, ``cuda:1``), else ``cpu`` (``auto`` is
+    planned as CPU: a GPU job plans its stages with ``device: cuda``)."""
+    return "cuda" if device.startswith("cuda") else "cpu"
+
+
 # Fields that do not change what a stage computes but were hashed before: hashed at their old
 # value whatever they are set to, so every stored identity stays valid.
 LEGACY_CONSTANTS = {"channels_last": False}
@@ -71,6 +80,10 @@ def stage_identity(cfg: StageConfig, teacher_id: str | None = None) -> str:
             node.pop(key, None)
     for section in unused_sections(cfg.kind):  # they do not change its result
         data.pop(section)
+    if device_class(cfg.device) != "cpu":
+        # A GPU stage computes otherwise (cuDNN kernels, bf16/fp16 units): never reused as a
+        # CPU one nor the reverse. Left out on CPU, so every CPU identity stays as it was.
+        data["device_class"] = device_class(cfg.device)
     if cfg.kind == "kd":
         if teacher_id is None:
             raise ValueError("a kd stage identity needs its teacher's identity")

@@ -73,6 +73,12 @@ class GridSpec(BaseModel):
     workers: (
         dict[Literal[STAGE_KINDS], Annotated[int, Field(ge=1)]] | None  # type: ignore[valid-type]
     ) = None
+    # Share of a GPU per Ray Train worker of a single-worker stage (0.25: four stages at once per
+    # GPU); DDP kinds always get whole GPUs; None: the rule in raykd.plan.gpus. Not identity.
+    gpus_per_worker: float | None = Field(None, gt=0, le=1)
+    # Device class the stages train on, set by the job from its cluster (None: CPU, the stage
+    # identities of every CPU run); "cuda" enters each stage's identity (raykd.plan.identity).
+    device: Literal["cuda"] | None = None
     teacher_taps: list[str] | None = None  # KD tap mapping ('{c}' = every block); None: defaults
     student_taps: list[str] | None = None
     # Complex data (data.complex) for folder datasets; built-in '*_complex' datasets are complex.

@@ -208,6 +208,7 @@ def stage_config(
             kd=kd,
             teacher_checkpoint=TEACHER_PLACEHOLDER if kind == "kd" else None,
             precision=spec.precision,
+            device=spec.device or "auto",  # "cuda": the job trains on GPUs (identity)
             progress=False,
         )
     except _Invalid as err:

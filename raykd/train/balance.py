@@ -102,7 +102,7 @@ def measure_terms(trainer: Trainer, batches: int) -> dict[str, float]:
     state afterwards, so training proceeds exactly as it would without the measurement.
     """
     cfg, stage = trainer.cfg, trainer.stage
-    state = rng_state()
+    state = rng_state(trainer.device)
     train_set = trainer.datasets["train"]
     sampler = ShardedSampler(
         len(train_set), trainer.rank, trainer.world, shuffle=True, seed=cfg.seed
@@ -123,7 +123,7 @@ def measure_terms(trainer: Trainer, batches: int) -> dict[str, float]:
         sums = vec if sums is None else sums + vec
         count += 1
     stage.train(was_training)
-    set_rng_state(state)
+    set_rng_state(state, trainer.device)
     if sums is None:
         return {}
     means = sums / count

@@ -25,7 +25,9 @@ from raykd.errors import CheckpointError
 FORMAT_VERSION = 1
 
 
-def rng_state() -> dict[str, Any]:
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """CPU, Python and NumPy RNG states, plus the CUDA RNG state of ``device`` only (a rank's
+    own GPU: Ray shows every GPU of a node to each worker, and a resume may see fewer)."""
     np_state = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -37,12 +39,26 @@ def rng_state() -> dict[str, Any]:
             "cached": float(np_state[4]),
         },
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def cuda_state_for(saved: Any, index: int) -> torch.Tensor | None:
+    """The CUDA RNG state to restore on device ``index`` from a checkpoint's ``cuda`` entry: one
+    tensor (this rank's device when it was saved), or, from checkpoints written before that, a
+    list with one state per GPU the process saw: the one at ``index`` if the list is long enough,
+    else the first (every device is seeded alike)."""
+    if isinstance(saved, torch.Tensor):
+        return saved
+    if isinstance(saved, list | tuple) and saved:
+        return saved[index] if index < len(saved) else saved[0]
+    return None
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Restore what :func:`rng_state` saved; the CUDA state only on a CUDA ``device`` (a CPU
+    checkpoint resumes on a GPU with the GPU's seeded state, a GPU one on CPU without it)."""
     torch.set_rng_state(state["torch"])
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
@@ -50,8 +66,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(
         ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
     )
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device is not None and device.type == "cuda" and "cuda" in state:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        cuda = cuda_state_for(state["cuda"], index)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, device)
 
 
 OS_CAUSES = {

@@ -276,8 +276,9 @@ class StageConfig(_Strict):
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
-        description="auto: bf16 autocast on CUDA with bf16 and on AMX / AVX512-BF16 CPUs, fp32 "
-        "elsewhere (raykd.train.precision); the k-space/DC path is always fp32",
+        description="auto: bf16 autocast on CUDA GPUs with native bf16 (fp16 + GradScaler on "
+        "older GPUs) and on AMX / AVX512-BF16 CPUs, fp32 elsewhere (raykd.train.precision); "
+        "the k-space/DC path is always fp32",
     )
     channels_last: bool | Literal["auto"] = Field(
         "auto", description="auto: channels-last with bf16/fp16, NCHW with fp32 (slower there)"

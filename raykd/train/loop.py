@@ -39,7 +39,7 @@ from raykd.train.checkpoint import (
 )
 from raykd.train.config import StageConfig, save_config
 from raykd.train.distributed import dist_info, rank_batch, uneven_epoch_note
-from raykd.train.precision import autocast, pick_device, resolve_path
+from raykd.train.precision import autocast, configure_cuda, pick_device, resolve_path
 from raykd.train.rundir import (
     METRICS_FILE,
     append_record,
@@ -89,11 +89,10 @@ class Trainer:
         self.rank_batch = rank_batch(cfg.data.batch_size, self.world)
         resuming = resume_from is not None or (cfg.resume and self.last_path.is_file())
         check_run_dir(cfg.to_dict(), self.output_dir, resuming)  # never mix two configs' runs
-        self.device = pick_device(cfg.device)
-        if self.device.type == "cuda" and self.world > 1:
-            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.device = pick_device(cfg.device)  # a GPU with its index: the one Ray assigned
         self.path = resolve_path(cfg.precision, cfg.channels_last, self.device)
         self.precision = self.path.precision
+        configure_cuda(self.path, self.device)  # CUDA only: current device, TF32, autotuning
         self.channels_last = self.path.channels_last
         seed_everything(cfg.seed)  # same init on every rank; DDP also broadcasts rank 0's
         self.datasets = datasets if datasets is not None else build_datasets(cfg.data)
@@ -157,7 +156,7 @@ class Trainer:
                 optimizer=self.optimizer.state_dict(),
                 scheduler=self.scheduler.state_dict(),
                 scaler=self.scaler.state_dict(),
-                rng=rng_state(),
+                rng=rng_state(self.device),
                 history=json.dumps(self.history),
             )
         return payload
@@ -190,7 +189,7 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"], self.device)
         self.start_epoch = int(ckpt["epoch"]) + 1
         self.best_val = float(ckpt["best_val_loss"])
         self.best_epoch = int(ckpt["best_epoch"])

@@ -29,14 +29,18 @@ BF16_CPU_CLASSES = ("amx", "avx512_bf16")
 
 
 def pick_device(spec: str = "auto") -> torch.device:
+    """The torch device of a stage's ``device`` setting; a GPU always with its index (``cuda``
+    alone: this process's current GPU, the one Ray Train or the trial set)."""
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(spec)
     except RuntimeError as exc:
         raise ConfigError(f"device '{spec}': not a valid torch device ({exc})") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device '{spec}' requested but CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     return device
 
 
@@ -61,7 +65,11 @@ def aten_cpu_capability() -> str:
 
 
 def cuda_bf16() -> bool:
-    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    """bf16 in the GPU's own units (Ampere and later); not where it is only emulated (V100,
+    T4: ``is_bf16_supported()`` alone says yes there, and bf16 then runs slowly)."""
+    if not torch.cuda.is_available():
+        return False
+    return bool(torch.cuda.is_bf16_supported(including_emulation=False))
 
 
 def _onednn_allows(isa: str) -> bool:
@@ -117,34 +125,69 @@ class ComputePath:
     cpu_capability: str
     precision: str
     memory_format: str  # channels_last | contiguous
+    # CUDA only: TF32 for fp32 convolutions/matmuls ("off" | "conv"); None on CPU.
+    tf32: str | None = None
 
     @property
     def channels_last(self) -> bool:
         return self.memory_format == "channels_last"
 
     def describe(self) -> str:
+        tf32 = f" (TF32 {self.tf32})" if self.tf32 else ""
         return (
             f"compute path: device {self.device}, cpu {self.cpu_capability}, precision "
-            f"{self.precision}, memory format {self.memory_format}"
+            f"{self.precision}{tf32}, memory format {self.memory_format}"
         )
 
     def as_params(self) -> dict[str, str]:
-        return {
+        params = {
             "compute.device": self.device,
             "compute.cpu_capability": self.cpu_capability,
             "compute.precision": self.precision,
             "compute.memory_format": self.memory_format,
         }
+        if self.tf32 is not None:
+            params["compute.tf32"] = self.tf32
+        return params
 
 
 def resolve_path(precision: str, channels_last: bool | str, device: torch.device) -> ComputePath:
     """The compute path a stage (or a benchmark) runs with on ``device``."""
     prec = resolve_precision(precision, device)
     cl = resolve_channels_last(channels_last, prec)
-    name = str(device)
+    name, tf32 = str(device), None
     if device.type == "cuda" and torch.cuda.is_available():
         name = f"{device} ({torch.cuda.get_device_name(device)})"
-    return ComputePath(name, cpu_capability(), prec, "channels_last" if cl else "contiguous")
+        tf32 = cuda_tf32(prec)
+    fmt = "channels_last" if cl else "contiguous"
+    return ComputePath(name, cpu_capability(), prec, fmt, tf32)
+
+
+def cuda_tf32(precision: str) -> str:
+    """TF32 on CUDA: off for ``fp32`` (fp32 means IEEE fp32, as on CPU); under bf16/fp16
+    autocast the convolutions left in fp32 use TF32 as torch does by default ("conv")."""
+    return "off" if precision == "fp32" else "conv"
+
+
+def configure_cuda(path: ComputePath, device: torch.device) -> None:
+    """Make ``device`` this process's current GPU (NCCL, autocast and the CUDA RNG use it) and
+    set the CUDA math to ``path`` (every stage sets it: a chain's stages share the process).
+    cuDNN autotuning is on: a stage's slices all have one shape."""
+    if device.type != "cuda" or path.tf32 is None:
+        return
+    torch.cuda.set_device(device)
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.conv.fp32_precision = "ieee" if path.tf32 == "off" else "tf32"
+    torch.backends.cuda.matmul.fp32_precision = "ieee"
+
+
+def device_label(device: torch.device) -> str:
+    """The device class result files are named by: ``cpu-<class>`` (``cpu-amx``) or
+    ``cuda-<GPU model>`` (``cuda-NVIDIA_H100_80GB_HBM3``), so a GPU's never overwrites a CPU's."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return "cuda-" + "".join(c if c.isalnum() or c in "-." else "_" for c in name)
+    return f"cpu-{cpu_capability()}"
 
 
 def autocast(device: torch.device, precision: str):
