@@ -157,6 +157,11 @@ class StageStore:
         events = self.storage.read_lines("stages/usage.jsonl")
         return [e for e in events if job is None or e["job"] == job]
 
+    def ray_storage(self, rel: str) -> dict[str, Any]:
+        """``RunConfig`` keywords that put Ray Train/Tune's state under ``<root>/<rel>``."""
+        path, filesystem = self.storage.ray_storage(rel)
+        return {"storage_path": path} | ({"storage_filesystem": filesystem} if filesystem else {})
+
     def lock(self, stage_id: str, poll_s: float = 2.0) -> contextlib.AbstractContextManager[None]:
         """Exclusive per-stage claim among every process using this root: an ``fcntl`` lock on
         a local folder, a conditional write on an object store."""

@@ -73,16 +73,20 @@ def working_copy(uri: str) -> Path:
     return cache_dir() / "roots" / digest
 
 
+_OPEN: dict[tuple[str, Path], RootStorage] = {}  # one client per store and copy in a process
+
+
 def open_uri(uri: str, check: bool = True) -> RootStorage:
     from raykd.storage.s3 import ObjectStorage, parse_uri
 
     bucket, prefix = parse_uri(uri)
-    local = working_copy(f"s3://{bucket}/{prefix}")
-    storage = ObjectStorage(bucket, prefix, local)
+    local = working_copy(f"s3://{bucket}/{prefix}".rstrip("/"))
+    storage = _OPEN.get((uri, local)) or ObjectStorage(bucket, prefix, local)
     if check:
         storage.check()
     local.mkdir(parents=True, exist_ok=True)
     (local / MARKER).write_text(storage.uri + "\n")
+    _OPEN[(uri, local)] = storage
     return storage
 
 

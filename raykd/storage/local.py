@@ -64,6 +64,7 @@ class LocalStorage:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def append_line(self, rel: str, line: str) -> None:
+        (self.local / rel).parent.mkdir(parents=True, exist_ok=True)
         with open(self.local / rel, "a") as f:
             f.write(line + "\n")
 

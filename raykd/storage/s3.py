@@ -164,8 +164,11 @@ class ObjectStorage:
             os.replace(tmp, path)  # a reader of the copy sees the old file or the new one
 
     def push(self, rel: str) -> None:
-        """Send this node's new or changed files under ``rel`` (a folder) to the store."""
+        """Send this node's new or changed files under ``rel`` (a folder, or a file)."""
         folder = self.local / rel
+        if folder.is_file():  # one file (a job summary, a figure)
+            self.client.upload_file(str(folder), self.bucket, self._key(rel))
+            return
         if not folder.is_dir():
             return
         start = len(self._key(""))
