@@ -73,20 +73,25 @@ def working_copy(uri: str) -> Path:
     return cache_dir() / "roots" / digest
 
 
-_OPEN: dict[tuple[str, Path], RootStorage] = {}  # one client per store and copy in a process
+_OPEN: dict[tuple[str, Path, str | None], RootStorage] = {}  # one client per store and copy
 
 
-def open_uri(uri: str, check: bool = True) -> RootStorage:
-    from raykd.storage.s3 import ObjectStorage, parse_uri
+def open_uri(uri: str, local: Path | None = None, check: bool = True) -> RootStorage:
+    """The object store at ``uri`` seen through ``local`` (default: this node's working copy);
+    ``check``: reach the bucket now (a fresh client: the environment may have changed)."""
+    from raykd.storage.s3 import ObjectStorage, endpoint, parse_uri
 
     bucket, prefix = parse_uri(uri)
-    local = working_copy(f"s3://{bucket}/{prefix}".rstrip("/"))
-    storage = _OPEN.get((uri, local)) or ObjectStorage(bucket, prefix, local)
+    local = local or working_copy(f"s3://{bucket}/{prefix}".rstrip("/"))
+    key = (uri, local, endpoint())
+    storage = None if check else _OPEN.get(key)
+    if storage is None:
+        storage = ObjectStorage(bucket, prefix, local)
     if check:
         storage.check()
     local.mkdir(parents=True, exist_ok=True)
     (local / MARKER).write_text(storage.uri + "\n")
-    _OPEN[(uri, local)] = storage
+    _OPEN[key] = storage
     return storage
 
 
@@ -100,7 +105,7 @@ def storage_for(root: str | Path) -> RootStorage:
     local = Path(root).expanduser().resolve()
     marker = local / MARKER
     if marker.is_file():
-        return open_uri(marker.read_text().strip(), check=False)
+        return open_uri(marker.read_text().strip(), local, check=False)
     return LocalStorage(local)
 
 

@@ -298,7 +298,9 @@ class ObjectStorage:
         from pyarrow import fs
 
         url = endpoint()
-        options: dict[str, Any] = {"region": os.environ.get("AWS_REGION", "us-east-1")}
+        # allow_delayed_open: a small file is one PutObject (no multipart upload to complete).
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        options: dict[str, Any] = {"region": region or "us-east-1", "allow_delayed_open": True}
         if url:
             parts = urlsplit(url)
             options |= {"endpoint_override": parts.netloc, "scheme": parts.scheme or "https"}
