@@ -51,8 +51,11 @@ def train(store: StageStore, sid: str = SID, loss: float = 0.5) -> StageRecord:
     torch.save({"w": torch.arange(4096.0) * loss}, out / "best.pt")
     torch.save({"w": torch.ones(4096)}, out / "last.pt")
     (out / "metrics.jsonl").write_text('{"epoch": 1}\n')
-    record = StageRecord(stage_id=sid, kind="teacher", output_dir=str(out),
-                         best_checkpoint=str(out / "best.pt"), best_val_loss=loss, best_epoch=1)  # fmt: skip
+    best = str(out / "best.pt")
+    record = StageRecord(
+        stage_id=sid, kind="teacher", output_dir=str(out), best_checkpoint=best,
+        best_val_loss=loss, best_epoch=1,
+    )  # fmt: skip
     return store.put(record)
 
 
@@ -110,7 +113,7 @@ def test_two_claimants_train_one_stage_once(env, monkeypatch):
                 train(store)
             held.remove(name)
 
-    threads = [threading.Thread(target=job, args=(s, n)) for s, n in zip(stores, "ab")]
+    threads = [threading.Thread(target=job, args=(s, n)) for s, n in zip(stores, "ab", strict=True)]
     for t in threads:
         t.start()
     for t in threads:
