@@ -76,13 +76,17 @@ def start_job(
     # An object store is checked here (endpoint, bucket, credentials), before Ray or MLflow.
     root = resolve_root(root)
     root.mkdir(parents=True, exist_ok=True)
-    uri = tracking_uri or default_tracking_uri(storage_for(root).uri)
+    storage = storage_for(root)
+    uri = tracking_uri or default_tracking_uri(storage.uri)
+    # A local root keeps MLflow's artifacts beside it; with an object-store root the tracking
+    # server stores them (proxied: workers need no bucket credentials for MLflow).
+    artifacts = root / "mlartifacts" if storage.shared else None
     init_ray(address, num_cpus=num_cpus)
     install_handlers()  # after Ray: replaces its driver's abort-on-SIGTERM
     resources = plan_resources(workers, max_concurrent, cpus_per_worker)
     if local_train == "auto":
         local_train = not resources.use_gpu and resources.workers == 1
-    tracking = Tracking(uri, experiment or "raykd", artifact_root=root / "mlartifacts")
+    tracking = Tracking(uri, experiment or "raykd", artifact_root=artifacts)
     title = f"{run_name or name}-{time.strftime('%Y-%m-%d %H:%M:%S')}"
     run_id = tracking.start_run(title, tags={S.TAG_ROLE: "job"}, params=params)
     ui.share_stages_view(tracking.client, tracking.experiment_id)
