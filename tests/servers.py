@@ -156,7 +156,8 @@ class Postgres:
 
 
 class MlflowServer:
-    """``mlflow server``: PostgreSQL backend store, artifacts proxied to ``artifacts`` (s3://)."""
+    """``mlflow server``: PostgreSQL backend store, artifacts proxied to ``artifacts`` (s3://).
+    Entering starts it; :meth:`wait` waits until it answers."""
 
     def __init__(self, folder: Path, backend: str, artifacts: str, env: dict[str, str]) -> None:
         self.folder, self.port = folder, free_port()
@@ -176,7 +177,13 @@ class MlflowServer:
             self.proc = subprocess.Popen(
                 cmd, stdout=out, stderr=out, env={**os.environ, **self.env}, start_new_session=True
             )
-        deadline = time.time() + 180
+        return self
+
+    def wait(self) -> MlflowServer:
+        """Until it answers (its first start migrates the PostgreSQL schema: tens of seconds,
+        so callers start other things meanwhile)."""
+        assert self.proc is not None
+        deadline = time.time() + 240
         while time.time() < deadline:
             try:
                 urllib.request.urlopen(f"{self.uri}/health", timeout=2)

@@ -127,6 +127,9 @@ def test_grid_on_object_storage_with_private_nodes(tiny_data, tmp_path):
             MlflowServer(tmp_path, pg.uri, f"s3://{BUCKET}/mlartifacts", server_env) as ml,
             private_nodes(tmp_path, creds) as (gcs, env),
         ):
+            ml.wait()
+            t0 = time.time()
+            print(f"servers and nodes up at {t0:.0f}")
             tag = env["RAYKD_OBJECT_STORE_TEST"]
             cmd = _grid(tiny_data, gcs, ml.uri)
             rc, first, killed = _run_killing_a_worker(cmd, env, tmp_path, s3, tag)
@@ -134,6 +137,7 @@ def test_grid_on_object_storage_with_private_nodes(tiny_data, tmp_path):
             assert killed and "resumed from" in first, first[-5000:]
             assert "2 stages trained, 0 resumed, 0 reused" in first, first[-3000:]
             assert f"run directory {ROOT}" in first
+            print(f"first job {time.time() - t0:.0f}s")
             # Every node's private folder is wiped: the rerun has only the bucket.
             for name in ("head-node", "worker-node", "driver"):
                 shutil.rmtree(tmp_path / name / "roots", ignore_errors=True)
@@ -142,6 +146,7 @@ def test_grid_on_object_storage_with_private_nodes(tiny_data, tmp_path):
             second = again.stdout + again.stderr
             assert again.returncode == 0, second[-5000:]
             assert "0 stages trained, 0 resumed, 2 reused" in second, second[-3000:]
+            print(f"rerun done {time.time() - t0:.0f}s")
             _each_stage_trained_once(env)
             champion = _load_champion(ml.uri, first, tmp_path)
             _no_secret_anywhere(ml.uri, s3, [first, second, champion, ml.log.read_text()])

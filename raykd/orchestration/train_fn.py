@@ -32,6 +32,7 @@ from raykd.orchestration.messages import (
     PlannedStage,
     StageResult,
 )
+from raykd.orchestration.node_copy import on_this_node, shared
 from raykd.orchestration.stage_runs import log_eval, open_stage_run
 from raykd.orchestration.tracking_repair import (
     COMPLETE_TAG,
@@ -118,39 +119,6 @@ def run_chain(
         _run_stages(request, store, done, state, rank, report, ray_checkpoint, device)
 
 
-def on_this_node(request: ChainRequest, store: StageStore) -> ChainRequest:
-    """The chain as this process sees it: every stage's folder (and a KD stage's teacher
-    checkpoint) in its copy of the root, brought up to date from the store first. A local root
-    is seen by every process as it is: the request is unchanged."""
-    for stage in request.stages:
-        store.pull(stage.name)
-    if store.storage.shared:
-        return request
-    stages = []
-    for stage in request.stages:
-        cfg = stage.stage
-        if stage.teacher_stage and cfg.teacher_checkpoint:
-            teacher = store.pull(stage.teacher_stage) / Path(cfg.teacher_checkpoint).name
-            cfg = cfg.model_copy(update={"teacher_checkpoint": str(teacher)})
-        out = str(store.stage_dir(stage.name))
-        cfg = cfg.model_copy(update={"output_dir": out})
-        stages.append(stage.model_copy(update={"stage": cfg, "output_dir": out}))
-    return request.model_copy(update={"stages": stages, "root": str(store.root)})
-
-
-def _shared(store: StageStore, stage: PlannedStage, rank: int) -> None:
-    """After a stage: rank 0 shares its folder; every rank waits for that, so a teacher trained
-    on one node is in the store before a KD stage on another reads it."""
-    import torch.distributed as dist
-
-    if store.storage.shared:
-        return  # written in place
-    if rank == 0:
-        store.push(stage.name)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
-
-
 def _run_stages(request, store, done, state, rank, report, ray_checkpoint, device) -> None:
     """The chain's unfinished stages in order (see :func:`run_chain`)."""
     created: dict[str, str] = {}  # MLflow runs opened in this chain, by stage name (rank 0)
@@ -181,7 +149,7 @@ def _run_stages(request, store, done, state, rank, report, ray_checkpoint, devic
                     report(metrics, last_path, _name)
 
         run_training(request, stage, rank, stage_report, resume, device)
-        _shared(store, stage, rank)
+        shared(store, stage, rank)
 
 
 def _open_run(request: ChainRequest, stage: PlannedStage, created: dict[str, str]) -> PlannedStage:
