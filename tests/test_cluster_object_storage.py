@@ -138,6 +138,15 @@ def test_grid_on_object_storage_with_private_nodes(tiny_data, tmp_path):
             assert "2 stages trained, 0 resumed, 0 reused" in first, first[-3000:]
             assert f"run directory {ROOT}" in first
             print(f"first job {time.time() - t0:.0f}s")
+            # A stage trained on the worker node reached the head (its trial) via the bucket.
+            on_node = {
+                p.parent.name
+                for p in (tmp_path / "worker-node").glob("roots/*/stages/*/result.json")
+            }
+            on_head = {
+                p.parent.name for p in (tmp_path / "head-node").glob("roots/*/stages/*/result.json")
+            }
+            assert on_node and on_node <= on_head, (on_node, on_head)
             # Every node's private folder is wiped: the rerun has only the bucket.
             for name in ("head-node", "worker-node", "driver"):
                 shutil.rmtree(tmp_path / name / "roots", ignore_errors=True)
