@@ -3,8 +3,9 @@ working folder (its own ``RAYKD_CACHE``; nothing in ``--root`` is a path), the r
 S3 API server (moto, loopback) and tracking on ``mlflow server`` backed by PostgreSQL with
 proxied artifacts on the same bucket. Every server is started here and stopped after.
 
-One job trains the smoke grid's teacher and student (a Train worker is SIGKILLed mid-stage: the
-stage resumes from Ray's checkpoint in the bucket); a rerun after every node's folder is wiped
+One job trains the smoke grid's teacher and student on the worker node while their trials run on
+the head (a Train worker is SIGKILLed mid-stage: the stage resumes from Ray's checkpoint in the
+bucket); a rerun after every node's folder is wiped
 reuses both from the bucket alone; the champion loads by alias in a fresh folder with no bucket
 credentials; the secret key appears in no output, param or tag."""
 
@@ -37,8 +38,9 @@ print("champion loaded", type(model).__name__, sum(p.numel() for p in model.para
 
 @contextlib.contextmanager
 def private_nodes(tmp: Path, creds: dict[str, str]):
-    """(GCS address, env of a client): a 1-CPU head and a 1-CPU worker node, each with its own
-    RAYKD_CACHE; only this cluster's processes are stopped afterwards."""
+    """(GCS address, env of a client): a head with no CPU (the job's trials run there, their
+    Train workers cannot) and a 2-CPU worker node, each with its own RAYKD_CACHE; only this
+    cluster's processes are stopped afterwards."""
     b = _free_base(250)
     head_tmp = tempfile.mkdtemp(prefix="raykd-os-head-", dir="/tmp")
     node_tmp = tempfile.mkdtemp(prefix="raykd-os-node-", dir="/tmp")
@@ -48,7 +50,7 @@ def private_nodes(tmp: Path, creds: dict[str, str]):
     for k in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL"):
         env.pop(k, None)
     ray = str(Path(sys.executable).with_name("ray"))
-    head = [ray, "start", "--head", "--num-cpus", "1", "--temp-dir", head_tmp,
+    head = [ray, "start", "--head", "--num-cpus", "0", "--temp-dir", head_tmp,
             "--node-ip-address", "127.0.0.1",
             "--dashboard-host", "127.0.0.1", "--include-dashboard", "true", "--port", str(b),
             "--dashboard-port", str(b + 1), "--ray-client-server-port", str(b + 2),
@@ -61,7 +63,7 @@ def private_nodes(tmp: Path, creds: dict[str, str]):
         head_env = {**env, "RAYKD_CACHE": str(tmp / "head-node")}
         subprocess.run(head, env=head_env, check=True, capture_output=True, timeout=180)
         gcs = Path(head_tmp, "ray_current_cluster").read_text().strip()
-        node = [ray, "start", "--address", gcs, "--num-cpus", "1", "--temp-dir", node_tmp,
+        node = [ray, "start", "--address", gcs, "--num-cpus", "2", "--temp-dir", node_tmp,
                 "--node-ip-address", "127.0.0.1",
                 "--dashboard-agent-listen-port", str(b + 13), "--dashboard-agent-grpc-port",
                 str(b + 14), "--node-manager-port", str(b + 15), "--object-manager-port",
@@ -138,7 +140,7 @@ def test_grid_on_object_storage_with_private_nodes(tiny_data, tmp_path):
             assert "2 stages trained, 0 resumed, 0 reused" in first, first[-3000:]
             assert f"run directory {ROOT}" in first
             print(f"first job {time.time() - t0:.0f}s")
-            # A stage trained on the worker node reached the head (its trial) via the bucket.
+            # Every stage trained on the worker node; its trial on the head read it from the bucket.
             on_node = {
                 p.parent.name
                 for p in (tmp_path / "worker-node").glob("roots/*/stages/*/result.json")
@@ -146,7 +148,7 @@ def test_grid_on_object_storage_with_private_nodes(tiny_data, tmp_path):
             on_head = {
                 p.parent.name for p in (tmp_path / "head-node").glob("roots/*/stages/*/result.json")
             }
-            assert on_node and on_node <= on_head, (on_node, on_head)
+            assert len(on_node) == 2 and on_node == on_head, (on_node, on_head)
             # Every node's private folder is wiped: the rerun has only the bucket.
             for name in ("head-node", "worker-node", "driver"):
                 shutil.rmtree(tmp_path / name / "roots", ignore_errors=True)
