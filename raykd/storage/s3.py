@@ -276,7 +276,7 @@ class ObjectStorage:
                 state["etag"] = out["ETag"]
             except Exception as exc:
                 if _status(exc) in (404, 412):
-                    sys.stderr.write(f"[raykd] WARNING: lost the claim {self.uri}/{key}\n")
+                    sys.stderr.write(f"[raykd] WARNING: lost the claim s3://{self.bucket}/{key}\n")
                     return
                 # a passing network error: try again at the next beat
 
