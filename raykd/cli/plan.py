@@ -22,16 +22,14 @@ def job_workers(args: argparse.Namespace, spec) -> dict[str, int] | None:
 
 def print_plan(args: argparse.Namespace, spec, rows, title: str) -> int:
     """``--plan``: the stage graph, critical path and estimate; nothing starts."""
-    from pathlib import Path
-
     from raykd.orchestration.estimate import format_plan, plan_job, this_machine
-    from raykd.paths import default_run_root
     from raykd.plan.cost import parse_cluster, parse_workers
     from raykd.plan.gpus import on_device, spec_gpus_per_worker
+    from raykd.storage import resolve_root
 
     cluster = parse_cluster(args.cluster) if args.cluster else this_machine()
     workers = job_workers(args, spec) or parse_workers(1)
-    root = Path(args.root or default_run_root()).expanduser().resolve()
+    root = resolve_root(args.root)  # an object store: checked now, its copy on this node
     share = None
     if cluster.gpus_per_node or args.gpus_per_worker is not None:
         share = spec_gpus_per_worker(spec, args.gpus_per_worker)  # refuses a share > 1

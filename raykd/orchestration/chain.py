@@ -62,7 +62,7 @@ def train_chain(
     # by an interrupted job (its result.json exists), or to resume (its last.pt), or nothing.
     before: dict[str, str] = {}
     for sid, req in chain:
-        before[sid] = prior_use(ctx.store.stage_dir(sid))
+        before[sid] = prior_use(ctx.store.pull(sid))
         planned[sid] = _plan_stage(sid, req, records, planned, ctx, before[sid])
     request = ChainRequest(
         stages=list(planned.values()),
@@ -72,7 +72,7 @@ def train_chain(
         experiment=ctx.tracking.experiment_name if ctx.tracking else None,
         eval_splits=tuple(eval_splits),
         fault_injection=ctx.fault_injection,
-        root=str(ctx.store.root),
+        root=ctx.store.uri,  # each worker opens it: a folder, or an object store's URI
         job=ctx.parent_run_id,
     )
     _say_chain(request, planned, ctx)
@@ -178,6 +178,8 @@ def _record_chain(
 ) -> None:
     """Store a record of every stage of the chain that finished (its ``result.json``); close
     the runs of those that did not as FAILED; repair runs an outage left out."""
+    for sid in planned:  # what the workers shared (trained on any node)
+        ctx.store.pull(sid)
     results = {sid: r for sid, p in planned.items() if (r := StageResult.read(p.output_dir))}
     compute = sum(r.compute_s or 0.0 for r in results.values())
     overhead_each = max(0.0, wall - compute) / max(1, len(results))
@@ -219,7 +221,8 @@ def _stage_record(
         stage_id=sid,
         kind=p.stage.kind,
         output_dir=p.output_dir,
-        best_checkpoint=result.best_checkpoint,
+        # Where this process sees it (the worker that wrote it may have run on another node).
+        best_checkpoint=str(Path(p.output_dir) / Path(result.best_checkpoint).name),
         best_val_loss=result.best_val_loss,
         best_epoch=result.best_epoch,
         mlflow_run_id=run_id,
@@ -280,7 +283,7 @@ def _train_run_config(request: ChainRequest, ctx: StageContext, tune_report: boo
     key = hashlib.sha256(",".join(p.name for p in request.stages).encode()).hexdigest()
     return RunConfig(
         name=f"train-{request.stages[0].name}-{key[:8]}",
-        storage_path=str(ctx.store.root / "ray"),
+        **ctx.store.ray_storage("ray"),
         failure_config=FailureConfig(max_failures=ctx.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=1),
         callbacks=callbacks,

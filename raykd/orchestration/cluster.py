@@ -103,7 +103,9 @@ def _worker_env(target: str) -> dict:
     from raykd.tracking.mlflow_store import COMMIT_ENV
 
     keys = [COMMIT_ENV, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_USAGE_STATS_ENABLED"]
-    keys += [k for k in os.environ if k.startswith("RAYKD_")]  # e.g. RAYKD_SHARED_DATA
+    # e.g. RAYKD_SHARED_DATA; not RAYKD_CACHE: each node's own folder (and its working copy of
+    # an object-store root), which workers on other nodes must not share
+    keys += [k for k in os.environ if k.startswith("RAYKD_") and k != "RAYKD_CACHE"]
     env_vars = {k: os.environ[k] for k in keys if os.environ.get(k)}
     if "://" not in target:
         env_vars["RAY_ADDRESS"] = target

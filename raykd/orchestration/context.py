@@ -34,7 +34,7 @@ class StageContext:
 def context_spec(ctx: StageContext) -> ContextSpec:
     """What rebuilds ``ctx`` inside a Tune trial (no live clients pickled)."""
     return ContextSpec(
-        root=str(ctx.store.root),
+        root=ctx.store.uri,  # a folder, or an object store each node sees through its own copy
         tracking_uri=ctx.tracking.uri if ctx.tracking else None,
         experiment=ctx.tracking.experiment_name if ctx.tracking else None,
         resources=ctx.resources,

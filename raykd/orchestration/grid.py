@@ -144,7 +144,7 @@ def run_grid(spec: GridSpec, job) -> list[RowResult]:
         ),
         run_config=tune.RunConfig(
             name=f"{name}-{job.run_id[:8]}",
-            storage_path=str(job.root / "tune"),
+            **job.ctx.store.ray_storage("tune"),
             verbose=tune_verbosity(),
         ),
     )

@@ -14,27 +14,24 @@ does enter a GPU stage's identity (``device: cuda`` in its plan; CPU identities 
 and reuse checks the device a stored stage recorded against the class it is planned for. The
 memory format only changes the layout (the same arithmetic in another reduction order, like the
 thread count) and is not part of the identity. Runs land in
-``<root>/stages/<kind>-<id>/``; ``done.json`` marks a finished stage. A file lock serialises
-concurrent trials that need the same stage, so the second one waits and reuses the result.
+``<root>/stages/<kind>-<id>/``; ``done.json`` marks a finished stage. A claim (a file lock, or
+a conditional write on an object store: :mod:`raykd.storage`) serialises concurrent trials that
+need the same stage, so the second one waits and reuses the result.
 This module does not import Ray: it works the same from a test, a trial or a script.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
-import os
 import time
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from raykd.paths import write_atomic
 from raykd.plan.identity import (  # noqa: F401 - the identity rules live in the plan
     KD_LOSS_DEFINITIONS,
     LATER_DEFAULTS,
@@ -44,7 +41,7 @@ from raykd.plan.identity import (  # noqa: F401 - the identity rules live in the
     device_class,
     stage_identity,
 )
-from raykd.strict_json import read_jsonl
+from raykd.storage import storage_for
 
 
 class StageRecord(BaseModel):
@@ -74,28 +71,54 @@ class StageRecord(BaseModel):
 
 
 class StageStore:
+    """The stages under ``<root>/stages``, wherever the root lives (:mod:`raykd.storage`): a
+    local folder, or an object store this process sees through its own working copy."""
+
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root).expanduser().resolve()
+        self.storage = storage_for(root)
+        self.root = self.storage.local
         (self.root / "stages").mkdir(parents=True, exist_ok=True)
+
+    @property
+    def uri(self) -> str:
+        """The root as every node can open it: the folder, or the object-store URI."""
+        return self.storage.uri
 
     def stage_dir(self, stage_id: str) -> Path:
         return self.root / "stages" / stage_id
 
+    def pull(self, stage_id: str) -> Path:
+        """This process's copy of a stage's folder, up to date with the store."""
+        self.storage.pull(f"stages/{stage_id}")
+        return self.stage_dir(stage_id)
+
+    def push(self, stage_id: str) -> None:
+        """Share what this process wrote into a stage's folder (every node sees it after)."""
+        self.storage.push(f"stages/{stage_id}")
+
     def get(self, stage_id: str) -> StageRecord | None:
-        marker = self.stage_dir(stage_id) / "done.json"
-        if not marker.is_file():
+        text = self.storage.read_text(f"stages/{stage_id}/done.json")
+        if text is None:
             return None
-        return StageRecord.model_validate_json(marker.read_text())
+        record = StageRecord.model_validate_json(text)
+        if not self.storage.shared:
+            # Perhaps written by another node: its files are in this node's copy once pulled.
+            out = self.pull(stage_id)
+            best = str(out / Path(record.best_checkpoint).name)
+            record = record.model_copy(update={"output_dir": str(out), "best_checkpoint": best})
+        return record
 
     def put(self, record: StageRecord) -> StageRecord:
-        """Mark a stage finished, with the digests of its checkpoints as they are now."""
-        marker = self.stage_dir(record.stage_id) / "done.json"
-        marker.parent.mkdir(parents=True, exist_ok=True)
+        """Mark a stage finished, with the digests of its checkpoints as they are now: its files
+        are shared first, then its record is published (once: a record another job published
+        first stands, and is returned)."""
         if record.checkpoints is None:
             record = record.model_copy(
                 update={"checkpoints": checkpoint_digests(Path(record.output_dir))}
             )
-        write_atomic(marker, record.to_json())
+        self.push(record.stage_id)
+        if not self.storage.publish(f"stages/{record.stage_id}/done.json", record.to_json()):
+            return self.get(record.stage_id) or record
         return record
 
     def get_intact(
@@ -116,11 +139,9 @@ class StageStore:
             problem = f"stage {stage_id} was trained on {trained_on}, not on a {device} device"
         if problem is None:
             return record, None
-        folder = self.stage_dir(stage_id)
-        aside = folder.with_name(f"{stage_id}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
-        with contextlib.suppress(FileNotFoundError):  # another trial moved it first
-            os.replace(folder, aside)
-        return None, f"{problem} (stage moved aside to {aside})"
+        aside = f"{stage_id}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+        where = self.storage.move_aside(f"stages/{stage_id}", f"stages/{aside}")
+        return None, f"{problem} (stage moved aside to {where})"
 
     def log_use(self, stage_id: str, how: str, job: str | None) -> None:
         """Append which job used which stage and how: ``trained`` (from scratch), ``resumed``
@@ -128,9 +149,7 @@ class StageStore:
         job, or by an interrupted one whose driver died before recording it)."""
         assert how in USES, how
         event = {"stage_id": stage_id, "how": how, "trained": how != "reused", "job": job}
-        line = json.dumps({**event, "t": time.time()})
-        with open(self.root / "stages" / "usage.jsonl", "a") as f:
-            f.write(line + "\n")
+        self.storage.append_line("stages/usage.jsonl", json.dumps({**event, "t": time.time()}))
 
     def uses(self, job: str) -> dict[str, list[str]]:
         """``{trained|resumed|reused: [stage ids]}`` for one job, each stage counted once (the
@@ -145,24 +164,18 @@ class StageStore:
         return {u: sorted(s for s, h in how.items() if h == u) for u in USES}
 
     def usage(self, job: str | None = None) -> list[dict[str, Any]]:
-        events = read_jsonl(self.root / "stages" / "usage.jsonl")
+        events = self.storage.read_lines("stages/usage.jsonl")
         return [e for e in events if job is None or e["job"] == job]
 
-    @contextlib.contextmanager
-    def lock(self, stage_id: str, poll_s: float = 2.0) -> Iterator[None]:
-        """Exclusive per-stage lock (advisory, works across processes on one file system)."""
-        path = self.root / "stages" / f"{stage_id}.lock"
-        with open(path, "w") as f:
-            while True:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    time.sleep(poll_s)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+    def ray_storage(self, rel: str) -> dict[str, Any]:
+        """``RunConfig`` keywords that put Ray Train/Tune's state under ``<root>/<rel>``."""
+        path, filesystem = self.storage.ray_storage(rel)
+        return {"storage_path": path} | ({"storage_filesystem": filesystem} if filesystem else {})
+
+    def lock(self, stage_id: str, poll_s: float = 2.0) -> contextlib.AbstractContextManager[None]:
+        """Exclusive per-stage claim among every process using this root: an ``fcntl`` lock on
+        a local folder, a conditional write on an object store."""
+        return self.storage.claim(stage_id, poll_s)
 
 
 CHECKPOINTS = ("best.pt", "last.pt")

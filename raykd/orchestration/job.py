@@ -25,8 +25,8 @@ from raykd.orchestration.interrupt import (
 )
 from raykd.orchestration.messages import JobSummary, RegisteredModel, RowResult, best_row
 from raykd.orchestration.tracking_repair import outage_lines, outage_summary, repair_pending
-from raykd.paths import default_run_root
 from raykd.report.job_results import results_figure, results_markdown, row_outcome
+from raykd.storage import resolve_root, storage_for
 from raykd.strict_json import dumps_strict
 from raykd.tracking import Tracking, default_tracking_uri, ui
 from raykd.tracking import schema as S
@@ -75,15 +75,20 @@ def start_job(
     on a GPU cluster (:mod:`raykd.plan.gpus`; None: a whole GPU). A failed trial is retried
     by Tune and its stage resumes from ``last.pt``, as a restarted Train worker would.
     """
-    root = Path(root or default_run_root()).expanduser().resolve()
+    # An object store is checked here (endpoint, bucket, credentials), before Ray or MLflow.
+    root = resolve_root(root)
     root.mkdir(parents=True, exist_ok=True)
+    storage = storage_for(root)
+    uri = tracking_uri or default_tracking_uri(storage.uri)
+    # A local root keeps MLflow's artifacts beside it; with an object-store root the tracking
+    # server stores them (proxied: workers need no bucket credentials for MLflow).
+    artifacts = root / "mlartifacts" if storage.shared else None
     init_ray(address, num_cpus=num_cpus)
     install_handlers()  # after Ray: replaces its driver's abort-on-SIGTERM
     resources = plan_resources(workers, max_concurrent, cpus_per_worker, gpus_per_worker)
     if local_train == "auto":
         local_train = not resources.use_gpu and resources.workers == 1
-    uri = tracking_uri or default_tracking_uri(root)
-    tracking = Tracking(uri, experiment or "raykd", artifact_root=root / "mlartifacts")
+    tracking = Tracking(uri, experiment or "raykd", artifact_root=artifacts)
     title = f"{run_name or name}-{time.strftime('%Y-%m-%d %H:%M:%S')}"
     run_id = tracking.start_run(title, tags={S.TAG_ROLE: "job"}, params=params)
     ui.share_stages_view(tracking.client, tracking.experiment_id)
@@ -94,7 +99,7 @@ def start_job(
     repaired, _ = repair_pending(ctx.store, tracking, run_id, run_id)
     if repaired:
         say(f"MLflow: wrote {len(repaired)} stage run(s) an earlier outage left out")
-    say(f"job {name}: run directory {root}")
+    say(f"job {name}: run directory {ctx.store.uri}")
     say(f"MLflow: {uri} (experiment '{tracking.experiment_name}', job run {run_id})")
     say(f"MLflow UI, stage runs with their results: {ui.stages_url(uri, tracking.experiment_id)}")
     where = "in the trial's process" if local_train else "as Ray Train runs"
@@ -214,6 +219,7 @@ def log_job(job: Job, summary: JobSummary, status: str) -> JobSummary:
     student registered; the run closed. Returns the summary with its file and model."""
     path = job.root / f"{job.name}-{job.run_id[:8]}-stages.json"
     path.write_text(dumps_strict(summary.file_data()))  # strict JSON: a NaN metric is null
+    job.ctx.store.storage.push(path.name)  # an object-store root: beside the stages
     job.tracking.log_artifact(job.run_id, path)
     recovery = summary.recovery
     job.tracking.log_metrics(
@@ -246,6 +252,7 @@ def log_job(job: Job, summary: JobSummary, status: str) -> JobSummary:
     figure = job.root / f"{job.name}-{job.run_id[:8]}-results.png"
     if results_figure(summary, stage_dirs, job.name, figure) is not None:
         job.tracking.log_artifact(job.run_id, figure, "figures")
+        job.ctx.store.storage.push(figure.name)
     registered = register_best_student(job, summary.rows)
     job.tracking.close_unfinished(job.run_id)
     job.tracking.end_run(job.run_id, status)

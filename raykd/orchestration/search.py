@@ -138,16 +138,19 @@ def run_search(search: SearchSpec, base: GridSpec, job, resume: bool = True) -> 
     storage_url = f"sqlite:///{job.root / 'optuna.db'}"
     study_name = f"raykd-{search.name}"
     _open_study(search, storage_url, study_name, job)
-    path = job.root / "tune" / study_name
+    storage = job.ctx.store.ray_storage(f"tune/{study_name}")
+    path, filesystem = storage["storage_path"], storage.get("storage_filesystem")
     scheduler = _scheduler(search, base)
-    if resume and _can_restore(path):
+    if resume and _can_restore(path, filesystem):
         from ray import tune
 
         from raykd.orchestration.job import tune_trainable
 
         say(f"restoring Tune experiment {path} (Optuna study {study_name} in {storage_url})")
         trainable = tune_trainable(search_trial, job.ctx)
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+        tuner = tune.Tuner.restore(
+            path, trainable=trainable, resume_errored=True, storage_filesystem=filesystem
+        )
     else:
         tuner = _new_tuner(search, base, job, storage_url, study_name, scheduler)
     trials = [_outcome(job, search, base, r, scheduler is not None) for r in tuner.fit()]
@@ -196,10 +199,10 @@ def _scheduler(search: SearchSpec, base: GridSpec):
     )
 
 
-def _can_restore(path: Path) -> bool:
+def _can_restore(path: str, filesystem=None) -> bool:
     from ray import tune
 
-    return tune.Tuner.can_restore(str(path))
+    return tune.Tuner.can_restore(path, storage_filesystem=filesystem)
 
 
 def _new_tuner(search: SearchSpec, base: GridSpec, job, storage_url, study_name, scheduler):
@@ -235,7 +238,7 @@ def _new_tuner(search: SearchSpec, base: GridSpec, job, storage_url, study_name,
         ),
         run_config=tune.RunConfig(
             name=study_name,
-            storage_path=str(job.root / "tune"),
+            **job.ctx.store.ray_storage("tune"),
             failure_config=trial_failure_config(job.ctx),
             verbose=tune_verbosity(),
         ),

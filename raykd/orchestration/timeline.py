@@ -153,6 +153,8 @@ def log_timeline(job, name: str | None = None) -> dict[str, float]:
     png = gantt(entries, stats, stem.with_name(stem.name + "-timeline.png"), name or job.name)
     job.tracking.log_artifact(job.run_id, json_path, "timeline")
     job.tracking.log_artifact(job.run_id, png, "timeline")
+    for path in (json_path, png):  # an object-store root: beside the stages
+        job.ctx.store.storage.push(path.name)
     job.tracking.log_metrics(
         job.run_id, {f"schedule.{k}": float(v) for k, v in stats.items() if v == v}
     )

@@ -26,7 +26,7 @@ from typing import Any
 
 from raykd.errors import error_summary
 from raykd.paths import write_atomic
-from raykd.strict_json import read_jsonl
+from raykd.storage import storage_for
 
 PENDING_FILE = "tracking_pending.json"
 COMPLETE_TAG = "raykd.tracking_complete"
@@ -45,14 +45,12 @@ def log_event(root: str | Path, job: str | None, event: str, **fields: Any) -> N
     """Append a recovery event (``tracking_failed``, ``tracking_repaired``, ``stage_restart``)
     to ``<root>/stages/events.jsonl``; the job summary counts them."""
     line = json.dumps({"job": job, "event": event, "t": time.time(), **fields})
-    path = Path(root) / "stages" / EVENTS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(line + "\n")
+    storage_for(root).append_line(f"stages/{EVENTS_FILE}", line)
 
 
 def events(root: str | Path, job: str) -> list[dict[str, Any]]:
-    return [e for e in read_jsonl(Path(root) / "stages" / EVENTS_FILE) if e.get("job") == job]
+    lines = storage_for(root).read_lines(f"stages/{EVENTS_FILE}")
+    return [e for e in lines if e.get("job") == job]
 
 
 def pending(stage_dir: str | Path) -> dict[str, str]:

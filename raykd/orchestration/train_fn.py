@@ -25,6 +25,7 @@ from ray.train import Checkpoint
 
 from raykd.models.base import count_parameters
 from raykd.orchestration.devices import rank_device, stage_device
+from raykd.orchestration.identity import StageStore
 from raykd.orchestration.messages import (
     ChainRequest,
     ChainState,
@@ -32,6 +33,7 @@ from raykd.orchestration.messages import (
     PlannedStage,
     StageResult,
 )
+from raykd.orchestration.node_copy import on_this_node, shared
 from raykd.orchestration.stage_runs import log_eval, open_stage_run
 from raykd.orchestration.tracking_repair import (
     COMPLETE_TAG,
@@ -95,6 +97,8 @@ def run_chain(
     ``result.json`` exists) are skipped and the interrupted one resumes from Ray's checkpoint or
     from its own ``last.pt``.
     """
+    store = StageStore(request.root)
+    request = on_this_node(request, store)
     done = _agree([s.result_path.is_file() for s in request.stages])
     state = None  # the stage Ray's checkpoint belongs to (a restarted worker resumes it)
     if ray_checkpoint is not None and (ray_checkpoint / CHAIN_STATE).is_file():
@@ -104,15 +108,17 @@ def run_chain(
     # in-process trial's other MLflow calls keep the usual budget.
     tracked = rank == 0 and request.tracking_uri
     with short_budget() if tracked else contextlib.nullcontext():
-        _run_stages(request, done, state, rank, report, ray_checkpoint, device)
+        _run_stages(request, store, done, state, rank, report, ray_checkpoint, device)
 
 
-def _run_stages(request, done, state, rank, report, ray_checkpoint, device) -> None:
+def _run_stages(request, store, done, state, rank, report, ray_checkpoint, device) -> None:
     """The chain's unfinished stages in order (see :func:`run_chain`)."""
     created: dict[str, str] = {}  # MLflow runs opened in this chain, by stage name (rank 0)
     for stage, finished in zip(request.stages, done, strict=True):
         if finished:
             continue
+        if stage.teacher_stage:  # trained earlier in this chain, perhaps on another node
+            store.pull(stage.teacher_stage)
         if rank == 0:
             stage = _open_run(request, stage, created)
         if state is not None and state.stage == stage.name and ray_checkpoint is not None:
@@ -122,13 +128,20 @@ def _run_stages(request, done, state, rank, report, ray_checkpoint, device) -> N
             resume = last if last.is_file() else None
         if rank == 0:
             _announce_start(request, stage, resume is not None)
+        # An object-store root: rank 0 shares each epoch's last.pt and metrics, so a stage whose
+        # worker dies resumes from the store on whichever node retries it.
+        share = rank == 0 and not store.storage.shared
         stage_report = None
-        if report is not None:
+        if report is not None or share:
 
-            def stage_report(metrics, last_path, _name=stage.name):
-                report(metrics, last_path, _name)
+            def stage_report(metrics, last_path, _name=stage.name, _share=share):
+                if _share:
+                    store.push(_name)
+                if report is not None:
+                    report(metrics, last_path, _name)
 
         run_training(request, stage, rank, stage_report, resume, device)
+        shared(store, stage, rank)
 
 
 def _open_run(request: ChainRequest, stage: PlannedStage, created: dict[str, str]) -> PlannedStage:

@@ -21,6 +21,12 @@ def resolve_uri(tracking_uri: str | None, root: str | Path | None = None) -> str
     store that is not there is a user error, not an empty report.
     """
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri and "://" in str(root):
+        raise RaykdError(
+            f"--root {root}: an object-store root needs --tracking-uri (or MLFLOW_TRACKING_URI) "
+            "of a tracking server every node reaches; sqlite under a local --root serves one "
+            "machine"
+        )
     if not uri:
         db = Path(root or default_run_root()).expanduser().resolve() / "mlflow.db"
         uri = f"sqlite:///{db}"

@@ -98,6 +98,12 @@ def default_tracking_uri(root: str | Path) -> str:
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
+    if "://" in str(root):
+        raise RaykdError(
+            f"--root {root}: an object-store root needs --tracking-uri (or MLFLOW_TRACKING_URI) "
+            "of a tracking server every node reaches; sqlite under a local --root serves one "
+            "machine"
+        )
     root = Path(root).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{root / 'mlflow.db'}"
