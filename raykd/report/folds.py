@@ -131,10 +131,10 @@ def fold_note(keys: Sequence[str]) -> str:
     folds = {split_key(k)[0] for k in keys}
     seeds = {split_key(k)[1] for k in keys}
     return (
-        f"Cross-validation by subject: units = folds × seeds × volumes ({len(folds)} folds, "
-        f"{len(seeds)} seeds); a 'seed' below is one (fold, seed) model, written fold/seed, "
-        "and each is evaluated on its own fold's test volumes. Bootstrap CIs resample folds, "
-        "then seeds within each drawn fold, then volumes within each drawn (fold, seed)."
+        f"Cross-validation by subject ({len(folds)} folds × {len(seeds)} seeds): a 'seed' below "
+        "is one (fold, seed) model, written fold/seed, evaluated on its own fold's test "
+        "volumes. The unit of inference of paired tests and gaps is the test subject (seeds "
+        "of a fold share its subjects): CIs are Student-t intervals over subjects."
     )
 
 
