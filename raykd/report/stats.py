@@ -29,7 +29,15 @@ from scipy import stats
 from raykd.errors import RaykdError
 from raykd.report.cells import section_lead, table_notes
 from raykd.report.folds import has_folds
-from raykd.report.inference import ALPHA, MIN_UNITS, UnitTest, judge, unit_pairs, unit_test
+from raykd.report.inference import (
+    ALPHA,
+    MIN_UNITS,
+    UnitPairs,
+    UnitTest,
+    judge,
+    unit_pairs,
+    unit_test,
+)
 from raykd.report.multiplicity import METHOD, adjust_records
 from raykd.report.records import Setting
 from raykd.report.runs import StageRuns
@@ -190,6 +198,25 @@ def contrast_test(
         "slice_median_diff": desc.median_diff,
         "slice_p_value": desc.p_value,
     }
+
+
+def contrast_pairs(
+    runs: StageRuns,
+    setting: Setting,
+    contrast: Contrast,
+    method: str,
+    metric: str,
+    t_depth: int | None,
+    s_depth: int | None,
+) -> UnitPairs | None:
+    """The units of :func:`contrast_test` (None where a side has no run); no warnings."""
+    cand = runs.find_seeds(setting, contrast.candidate, method, t_depth, s_depth)
+    base_method = "" if contrast.baseline == "equal_compute" else method
+    base = runs.find_seeds(setting, contrast.baseline, base_method, t_depth, s_depth)
+    try:
+        return unit_pairs(runs, base, cand, metric) if base and cand else None
+    except RaykdError:
+        return None
 
 
 def _warn_missing(runs: StageRuns, setting: Setting, contrast: Contrast, method: str, base, cand):
