@@ -136,6 +136,7 @@ def test_folds_held_out_per_fold_and_zero_filled_merged(compared):
     d = _subject_diffs("student", "teacher")
     assert rec["gap_db"] == pytest.approx(1.0 + 0.02 * 1.5, abs=1e-9) and rec["n_units"] == 4
     assert (rec["ci_low"], rec["ci_high"]) == pytest.approx(_t_ci(d), abs=1e-9)
+    assert rec["ci"] == "subject_t95"
 
 
 def test_nested_bootstrap_variance_matches_the_two_stage_formula():

@@ -35,6 +35,7 @@ class Gap:
     high: float = math.nan
     n_units: int = 0
     seeds: tuple[str, ...] = ()
+    ci: str = "hierarchical_bootstrap95"  # with folds: "subject_t95" (t interval over subjects)
 
     def text(self) -> str:
         if math.isnan(self.gap):
@@ -68,7 +69,7 @@ def paired_gap(
         diffs = pairs.candidate - pairs.baseline
         per = np.array(list(subject_means(pairs.keys, diffs, pairs.subjects).values()))
         gap, low, high = t_interval(per)
-        return Gap(gap, low, high, int(per.size), tuple(pairs.seeds))
+        return Gap(gap, low, high, int(per.size), tuple(pairs.seeds), "subject_t95")
     n = sum(g.size for g in groups)
     if n < MIN_UNITS:
         return Gap(float(np.mean([g.mean() for g in groups])), n_units=n, seeds=tuple(pairs.seeds))
@@ -123,6 +124,8 @@ def _notes(runs: StageRuns, t_depth: int, s_depth: int) -> list[str]:
         f"volumes within each seed, RNG seed {BOOTSTRAP_SEED}; percentile bootstrap of the one "
         "level that varies when there is one seed); 'n=…, no CI' = fewer than "
         f"{MIN_UNITS} (seed, volume) units, too few for a CI.",
+        "With cross-validation folds the units are test subjects instead: gap = mean over "
+        "subjects, [low, high] = Student's t 95% CI over them (from 2 subjects on).",
         "Headline: the best (smallest-gap) method of each framework, named in brackets.",
     )
 
@@ -210,7 +213,7 @@ def _records(
                     "gap_db": item.gap,
                     "ci_low": item.low,
                     "ci_high": item.high,
-                    "ci": "hierarchical_bootstrap95" if not math.isnan(item.low) else "",
+                    "ci": item.ci if not math.isnan(item.low) else "",
                     "n_units": item.n_units,
                     "n_seeds": len(item.seeds),
                     "seeds": ";".join(item.seeds),

@@ -5,9 +5,10 @@ Three contrasts per KD method (:data:`CONTRASTS`): SFT-KD vs Std-KD, SFT-KD vs t
 equal-compute control (a plain student trained for SFT + KD epochs: is SFT-KD's gain more than
 its extra training?) and SFT initialisation vs random initialisation of the SFT-KD student.
 
-The evidence is :mod:`raykd.report.inference`: pairs of (seed, volume) units, a Wilcoxon test
-on their differences plus a seed-clustered bootstrap CI, and no verdict below
-:data:`~raykd.report.inference.MIN_UNITS` units. The per-slice test pairs (seed, volume, slice)
+The evidence is :mod:`raykd.report.inference`: pairs of (seed, volume) units (test subjects
+with folds, :mod:`raykd.report.subjects`), a Wilcoxon test on their differences plus a CI, and
+no verdict below :data:`~raykd.report.inference.MIN_UNITS` units; verdicts use Holm-adjusted p
+over the family of one setting and metric (:func:`judge_family`). The per-slice test pairs (seed, volume, slice)
 and pools seeds; its p-value treats correlated slices as independent, so it is reported as a
 description of how consistent the per-slice differences are, never as a verdict.
 
