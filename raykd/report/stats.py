@@ -9,8 +9,9 @@ The evidence is :mod:`raykd.report.inference`: pairs of (seed, volume) units (te
 with folds, :mod:`raykd.report.subjects`), a Wilcoxon test on their differences plus a CI, and
 no verdict below :data:`~raykd.report.inference.MIN_UNITS` units; verdicts use Holm-adjusted p
 over the family of one setting and metric (:func:`judge_family`). The per-slice test pairs
-(seed, volume, slice) and pools seeds; its p-value treats correlated slices as independent, so it is reported as a
-description of how consistent the per-slice differences are, never as a verdict.
+(seed, volume, slice) and pools seeds; its p-value treats correlated slices as independent, so
+it is reported as a description of how consistent the per-slice differences are, never as a
+verdict.
 
 Runs of one seed evaluated on different volumes or slices are an error, not a silently smaller
 test; a seed that only one side has is left out with a warning. Values that are undefined
