@@ -86,3 +86,27 @@ def test_kd_weights_search_samples_the_balance_ratio() -> None:
     with pytest.raises(ConfigError, match="not both"):
         params = {k: v.model_dump(exclude_none=True) for k, v in search.params.items()}
         load_search("kd_weights", {"params": {**params, "kd_weight_scale": {"choices": [1]}}})
+
+
+def test_budget_scale_scales_the_lr_step_with_the_epochs() -> None:
+    # The step falls at the same fraction of every stage's training at every budget; the 1×
+    # stages are the plain grid's (same identities), so stored stages stay reusable.
+    plain = load_preset("cpu", {"methods": ["at"], "seeds": 1})
+    study = load_preset("cpu", {"methods": ["at"], "seeds": 1, "budget_scales": [1, 2, 4]})
+    plain_ids = {q.stage_id for r in grid_rows(plain) for q in row_requests(plain, r)}
+    fractions: dict[tuple[str, str], set[float]] = {}
+    for row in grid_rows(study):
+        for req in row_requests(study, row):
+            optim = req.cfg.optim
+            assert optim.step_size == round(40 * row.budget)
+            key = (row.kind, req.cfg.kind)
+            fractions.setdefault(key, set()).add(optim.step_size / optim.epochs)
+            if row.budget == 1:
+                assert req.stage_id in plain_ids
+            else:
+                assert req.stage_id not in plain_ids
+    assert fractions and all(len(f) == 1 for f in fractions.values()), fractions
+    # The 4× control (52 epochs) no longer passes a step the other rows never reach.
+    control = next(r for r in grid_rows(study) if r.kind == "equal_compute" and r.budget == 4)
+    cfg = row_requests(study, control)[-1].cfg
+    assert cfg.optim.epochs == 52 and cfg.optim.step_size == 160

@@ -16,6 +16,7 @@ from raykd.orchestration.confirm import (
     DEFAULT_LABEL,
     NONE_BEATS,
     ConfigResult,
+    adjust_candidates,
     choose_winner,
     compare,
     confirm_seeds,
@@ -39,11 +40,13 @@ SPACE = {
 }
 
 
-def _config(label: str, psnr: np.ndarray, seeds: int, volumes: int) -> ConfigResult:
+def _config(
+    label: str, psnr: np.ndarray, seeds: int, volumes: int, ssim: np.ndarray | None = None
+) -> ConfigResult:
     keys = [(str(s), f"v{v}") for s in range(seeds) for v in range(volumes)]
     values = {
         "psnr": dict(zip(keys, psnr.tolist(), strict=True)),
-        "ssim": dict(zip(keys, (psnr / 40).tolist(), strict=True)),
+        "ssim": dict(zip(keys, (psnr / 40 if ssim is None else ssim).tolist(), strict=True)),
     }
     return ConfigResult(label, {"method": "at"}, None, [], [], values)
 
@@ -51,26 +54,50 @@ def _config(label: str, psnr: np.ndarray, seeds: int, volumes: int) -> ConfigRes
 def _tested(configs: list[ConfigResult]) -> list[ConfigResult]:
     for c in configs[1:]:
         c.tests = {m: compare(configs[0], c, m) for m in ("psnr", "ssim")}
+    adjust_candidates(configs)
     return configs
 
 
 def test_verdict_names_the_candidate_the_unit_test_finds_better() -> None:
     rng = np.random.default_rng(0)
-    base = 30 + rng.normal(0, 0.5, 6)  # 3 seeds x 2 volumes
-    default = _config(DEFAULT_LABEL, base, 3, 2)
-    clear = _config("#2", base + 0.4 + rng.uniform(0.0, 0.1, 6), 3, 2)  # every unit better
-    noise = _config("#1", base + np.array([0.3, -0.3, 0.2, -0.2, 0.1, -0.1]), 3, 2)
+    base = 30 + rng.normal(0, 0.5, 8)  # 4 seeds x 2 volumes
+    default = _config(DEFAULT_LABEL, base, 4, 2)
+    clear = _config("#2", base + 0.4 + rng.uniform(0.0, 0.1, 8), 4, 2)  # every unit better
+    noise = _config("#1", base + np.array([0.3, -0.3, 0.2, -0.2, 0.1, -0.1, 0.05, -0.05]), 4, 2)
     configs = _tested([default, noise, clear])
-    assert clear.tests["psnr"].n_units == 6 and clear.tests["psnr"].n_seeds == 3
-    assert clear.tests["psnr"].ci_low > 0 and clear.tests["psnr"].p_value < 0.05
+    t = clear.tests["psnr"]
+    assert t.n_units == 8 and t.n_seeds == 4 and t.family_size == 2
+    assert t.ci_low > 0 and t.p_value == pytest.approx(2 / 2**8)  # scipy's exact floor
+    assert t.p_adjusted == pytest.approx(2 * t.p_value)  # Holm over the 2 candidates
     winner, line = choose_winner(configs)
     assert winner == "#2"
     assert line.startswith("confirmed winner: #2 (method=at), PSNR +0.4")
-    assert "6 units (3 seeds × 2 volumes)" in line
+    assert "Holm-adjusted over 2 candidates" in line and "8 units (4 seeds × 2 volumes)" in line
     # Without the clear candidate: a difference inside the spread is no winner.
     winner, line = choose_winner([default, noise])
     assert winner is None and line.startswith(NONE_BEATS + " (closest: #1")
     assert noise.tests["psnr"].ci_low < 0 < noise.tests["psnr"].ci_high
+
+
+def test_holm_across_candidates_and_the_ranked_objective_judges() -> None:
+    # 6 units: the exact two-sided floor p = 1/32 passes alone, but not Holm-adjusted over 3
+    # candidates (3/32 > 0.05): a lucky best-of-K is no confirmed winner.
+    base = 30 + np.random.default_rng(1).normal(0, 0.5, 6)
+    default = _config(DEFAULT_LABEL, base, 3, 2)
+    alone = _tested([default, _config("#1", base + 0.5, 3, 2)])
+    assert alone[1].tests["psnr"].better == "candidate"
+    three = _tested([default] + [_config(f"#{i}", base + 0.5, 3, 2) for i in (1, 2, 3)])
+    assert all(c.tests["psnr"].p_adjusted == pytest.approx(3 / 32) for c in three[1:])
+    assert choose_winner(three)[0] is None
+    # Ranked by SSIM: SSIM decides (better here), PSNR (worse) is only reported.
+    base8 = 30 + np.random.default_rng(2).normal(0, 0.5, 8)
+    default8 = _config(DEFAULT_LABEL, base8, 4, 2, ssim=np.full(8, 0.8))
+    cand = _config("#1", base8 - 0.3, 4, 2, ssim=np.full(8, 0.8) + np.linspace(0.01, 0.02, 8))
+    configs = _tested([default8, cand])
+    winner, line = choose_winner(configs, "ssim")
+    assert winner == "#1" and line.startswith("confirmed winner: #1 (method=at), SSIM +0.0")
+    assert configs[1].tests["psnr"].better == "baseline"
+    assert choose_winner(configs, "psnr")[0] is None
 
 
 def test_verdict_refuses_below_the_report_minimum_of_units() -> None:

@@ -30,7 +30,7 @@ TINY = {
 
 
 @pytest.mark.ray
-def test_four_folds_on_sunnybrook_train_and_report_fold_units(
+def test_four_folds_on_sunnybrook_train_and_report_subject_units(
     ray_session, shared_data, tmp_path, capsys
 ):
     from raykd.orchestration.grid import run_grid
@@ -63,4 +63,8 @@ def test_four_folds_on_sunnybrook_train_and_report_fold_units(
     capsys.readouterr()
     compare(["folds"], out_dir=tmp_path / "cmp", tracking_uri=job.tracking.uri)
     paired = (tmp_path / "cmp" / "wilcoxon.md").read_text()
-    assert "4 folds" in paired and "folds × seeds × volumes" in paired
+    # Subject-level units: 4 test subjects (patients SCD0000101 …), so no verdict is possible.
+    assert "test subjects (4 subjects;" in paired and "4 folds × 1 seed" in paired
+    assert "no verdict possible: 4 subjects" in paired and "| p adj |" in paired
+    assert "better (" not in paired
+    assert {v["subject"] for v in tested.values()} == {f"SCD0000{k}01" for k in range(1, 5)}

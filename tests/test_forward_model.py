@@ -29,21 +29,32 @@ def test_undersample_full_mask_is_identity_and_zero_filled_is_magnitude():
 
 
 def test_dc_keeps_sampled_kspace_of_complex_result():
+    # Through the model's own layer: the k-space of what DataConsistency returns equals the
+    # measurement y at every sampled point and the CNN's k-space elsewhere.
     x = torch.rand(2, 1, 16, 16)
     mask = torch.from_numpy(CartesianMask(4, seed=3, num_low=4)((16, 16)))
     _, y = undersample(x, mask)
     x_cnn = torch.randn(2, 1, 16, 16)
-    dc = DataConsistency()
-    k = fft2(x_cnn)
-    k_dc = mask * y + (1 - mask) * k
-    # The guaranteed property: the complex DC image has exactly the measured samples.
-    assert torch.allclose((fft2(ifft2(k_dc)) * mask), y, atol=1e-5)
-    out = dc(x_cnn, y, mask)
-    assert out.dtype == torch.float32 and out.shape == x.shape
+    out = DataConsistency(complex=True)(torch.cat([x_cnn, torch.zeros_like(x_cnn)], 1), y, mask)
+    k_out = fft2(torch.complex(out[:, :1], out[:, 1:]))
+    sampled = mask.bool().expand_as(k_out)
+    assert torch.allclose(k_out[sampled], y[sampled], atol=1e-5)
+    assert torch.allclose(k_out[~sampled], fft2(x_cnn)[~sampled], atol=1e-5)
+    # The real (magnitude-pipeline) layer: exactly data-consistent for a Hermitian-symmetric
+    # mask (row r sampled iff row -r is), as the layer's docstring states.
+    sym = mask.clone()
+    sym[..., 1:, :] = torch.maximum(mask[..., 1:, :], mask[..., 1:, :].flip(-2))
+    _, y_sym = undersample(x, sym)
+    real = DataConsistency()(x_cnn, y_sym, sym)
+    assert real.dtype == torch.float32 and real.shape == x.shape
+    k_real = fft2(real)
+    sampled = sym.bool().expand_as(k_real)
+    assert torch.allclose(k_real[sampled], y_sym[sampled], atol=1e-5)
+    assert torch.allclose(k_real[~sampled], fft2(x_cnn)[~sampled], atol=1e-5)
     # With a full mask DC returns the measured image itself.
     full = torch.ones(16, 16)
     _, y_full = undersample(x, full)
-    assert torch.allclose(dc(x_cnn, y_full, full), x, atol=1e-5)
+    assert torch.allclose(DataConsistency()(x_cnn, y_full, full), x, atol=1e-5)
 
 
 def test_dc_runs_fp32_under_bf16_autocast():

@@ -493,7 +493,7 @@ def test_one_seed_two_volumes_give_no_verdict(store, compared):
 
 
 def test_wilcoxon_pairs_must_align():
-    from raykd.report.inference import paired_slices
+    from raykd.report.slices import paired_slices
 
     def report(slices):
         return {

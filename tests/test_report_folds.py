@@ -5,7 +5,9 @@ subject k+1, as ``--folds 4`` splits), two seeds per fold: stage runs tagged ``r
 their split as params, eval_test.json on the fold's test subject and eval_val.json on its
 validation subject. So every test subject is some other fold's validation subject: the report
 must check held-out-ness per fold. Per (fold, seed) the volume PSNR differences are chosen, so
-the unit counts, the fold-weighted means and the fold-level bootstrap CI are known exactly.
+the per-subject differences are known exactly; the expected numbers are computed here from them
+with scipy (Wilcoxon, Student t), not with the report's functions. Four subjects: the report
+must give no verdict (the smallest two-sided Wilcoxon p on 4 units is 0.125).
 """
 
 from __future__ import annotations
@@ -15,8 +17,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from raykd.report.folds import TAG_FOLD, fold_note, nested_bootstrap, replicates_text
-from raykd.report.inference import hierarchical_bootstrap
+from raykd.report.folds import TAG_FOLD, bootstrap_replicates, fold_note, replicates_text
 from raykd.tracking import Tracking
 from tests.report_helpers import compare_quietly, eval_json, log_stage, stage_tags
 
@@ -69,49 +70,56 @@ def compared(tmp_path_factory) -> dict:
     return compare_quietly(["folds"], uri, out, log_to_mlflow=False)
 
 
-def _tree(row_a: str, row_b: str) -> list[list[np.ndarray]]:
-    """[fold][seed] arrays of the row_b − row_a volume differences (one test volume each)."""
+def _subject_diffs(row_a: str, row_b: str) -> np.ndarray:
+    """Per test subject (= fold here), the mean over its two seeds of row_b − row_a."""
 
     def volume(row: str, k: int, s: str) -> float:
         return float(_psnr(row, k, s)[0].mean())  # the volume value the eval JSON holds
 
-    return [[np.array([volume(row_b, k, s) - volume(row_a, k, s)]) for s in SEEDS] for k in FOLDS]
+    return np.array(
+        [np.mean([volume(row_b, k, s) - volume(row_a, k, s) for s in SEEDS]) for k in FOLDS]
+    )
 
 
-def test_fold_units_counted_and_named(compared):
+def _t_ci(x: np.ndarray) -> tuple[float, float]:
+    half = sps.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size)
+    return x.mean() - half, x.mean() + half
+
+
+def test_fold_units_are_subjects_and_four_give_no_verdict(compared):
     csv = pd.read_csv(compared["out"] / "wilcoxon.csv")
     at = csv[(csv["metric"] == "psnr") & (csv["method"] == "at")].set_index("comparison")
-    units = "folds × seeds × volumes (4 folds, 2 seeds, 1 volume per fold)"
     for key, base in [("sft_vs_std", "std_kd"), ("sft_vs_equal_compute", "equal_compute")]:
         rec = at.loc[key]
-        assert rec["n_units"] == 8 and rec["n_folds"] == 4 and rec["n_seeds"] == 2
-        assert rec["units"] == units and rec["testable"]
-        tree = _tree(base, "sft_kd")
-        diffs = np.concatenate([g for fold in tree for g in fold])
-        assert rec["mean_diff"] == pytest.approx(np.mean([np.mean(f) for f in tree]), abs=1e-9)
-        assert rec["p_value"] == pytest.approx(sps.wilcoxon(diffs).pvalue, rel=1e-9)
-        est, low, high = nested_bootstrap(tree, 10_000, 0)
-        assert (rec["ci_low"], rec["ci_high"]) == pytest.approx((low, high), abs=1e-9)
+        # 4 test subjects, not 4 folds × 2 seeds = 8 pooled units
+        assert rec["n_units"] == 4 and rec["n_subjects"] == 4 and rec["n_folds"] == 4
+        assert not rec["testable"] and not rec["significant"]
+        assert rec["verdict"].startswith("no verdict possible: 4 subjects")
+        assert "0.125" in rec["verdict"]
+        d = _subject_diffs(base, "sft_kd")
+        assert rec["mean_diff"] == pytest.approx(d.mean(), abs=1e-9)
+        assert rec["p_value"] == pytest.approx(sps.wilcoxon(d).pvalue, rel=1e-9)
+        assert (rec["ci_low"], rec["ci_high"]) == pytest.approx(_t_ci(d), abs=1e-9)
+    # SFT-KD − Std-KD = 0.2 + 0.1k + 0.04s: every subject positive, still no verdict
     assert at.loc["sft_vs_std", "mean_diff"] == pytest.approx(0.2 + 0.15 + 0.02, abs=1e-9)
-    assert at.loc["sft_vs_std", "verdict"] == "SFT-KD better (p < 0.05, CI excludes 0)"
-    assert at.loc["sft_vs_equal_compute", "mean_diff"] == pytest.approx(0.0, abs=1e-9)
+    assert at.loc["sft_vs_std", "p_value"] == pytest.approx(0.125)
+    # Training randomness on fixed subjects: seeds differ by 0.04 in every fold; pooled
+    # within-fold variance 0.0008 (df 4), se = sqrt(0.0008 / 2) / 2, t = 0.37 / se.
+    rec = at.loc["sft_vs_std"]
+    se = np.sqrt(0.0008 * 4 / 2) / 4
+    assert rec["train_df"] == 4 and rec["train_mean"] == pytest.approx(0.37, abs=1e-9)
+    assert rec["train_low"] == pytest.approx(0.37 - sps.t.ppf(0.975, 4) * se, abs=1e-9)
+    assert rec["train_p"] == pytest.approx(2 * sps.t.sf(0.37 / se, 4), rel=1e-6)
     md = (compared["out"] / "wilcoxon.md").read_text()
-    assert "# Paired tests over independent (fold, seed, volume) units" in md
-    assert f"| {units} | 8 |" in md
-    note = "units = folds × seeds × volumes (4 folds, 2 seeds)"
-    for name in ("table_1", "gap", "wilcoxon", "table_3"):
-        assert note in (compared["out"] / f"{name}.md").read_text(), name
+    assert "# Paired tests over test-subject units" in md and "| p adj |" in md
+    assert "training randomness on fixed subjects" in md
+    assert "over independent" not in md  # seeds of a fold are never called independent units
     text = compared["result"].paragraph
     assert "held-out test volumes, 4 folds (0, 1, 2, 3) × seeds 42, 43;" in text
-    assert "(fold, seed) on one test volume of its fold" in text and "fold-level 95%" in text
-    assert f"n = 8 units: {units}" in text
+    assert "unit of inference: one test subject" in text
+    assert "no verdict possible: 4 subjects" in text and "beats" not in text
     details = compared["result"].summary_lines
-    assert "settings: phantom 4x (4 folds (0, 1, 2, 3) × seeds 42, 43)" in details
-    assert any(f"n = 8 units ({units}) → SFT-KD better" in line for line in details)
-    assert (
-        "Replicates pooled (8: 4 folds (0, 1, 2, 3) × seeds 42, 43)"
-        in (compared["out"] / "table_1.md").read_text()
-    )
+    assert any("n = 4 units (test subjects (4 subjects" in line for line in details)
 
 
 def test_folds_held_out_per_fold_and_zero_filled_merged(compared):
@@ -125,27 +133,27 @@ def test_folds_held_out_per_fold_and_zero_filled_merged(compared):
     assert zf["n_volumes"] == 4 and zf["mean"] == pytest.approx(22 + 1.5)  # every fold's subject
     gap = pd.read_csv(compared["out"] / "gap.csv")
     rec = gap[(gap["method"] == "at") & (gap["framework"] == "no KD")].iloc[0]
-    tree = _tree("student", "teacher")
-    assert rec["gap_db"] == pytest.approx(1.0 + 0.02 * 1.5, abs=1e-9) and rec["n_units"] == 8
-    assert (rec["ci_low"], rec["ci_high"]) == pytest.approx(nested_bootstrap(tree)[1:], abs=1e-9)
+    d = _subject_diffs("student", "teacher")
+    assert rec["gap_db"] == pytest.approx(1.0 + 0.02 * 1.5, abs=1e-9) and rec["n_units"] == 4
+    assert (rec["ci_low"], rec["ci_high"]) == pytest.approx(_t_ci(d), abs=1e-9)
+    assert rec["ci"] == "subject_t95"
 
 
-def test_nested_bootstrap_seeded_and_levels():
-    rng = np.random.default_rng(2)
-    tree = [[rng.normal(0.3, 0.2, 2) for _ in range(3)] for _ in range(4)]
-    a, b = nested_bootstrap(tree, 2000, seed=7), nested_bootstrap(tree, 2000, seed=7)
-    assert a == b  # seeded: the same report twice gives the same CI
-    assert nested_bootstrap(tree, 2000, seed=8)[1:] != a[1:]
-    est = np.mean([np.mean([g.mean() for g in fold]) for fold in tree])
-    assert a[0] == pytest.approx(est) and a[1] < est < a[2]
-    # Two levels (seeds → volumes) are exactly the seed-clustered bootstrap of the report.
-    groups = tree[0] + tree[1]
-    assert nested_bootstrap(groups, 3000, seed=3) == hierarchical_bootstrap(groups, 3000, seed=3)
-    # Folds are a level: a fold effect widens the CI beyond pooling all (fold, seed) models.
-    shifted = [[g + 0.5 * k for g in fold] for k, fold in enumerate(tree)]
-    nested = nested_bootstrap(shifted, 4000, seed=1)
-    flat = hierarchical_bootstrap([g for fold in shifted for g in fold], 4000, seed=1)
-    assert nested[2] - nested[1] > flat[2] - flat[1]
+def test_nested_bootstrap_variance_matches_the_two_stage_formula():
+    # Independent check: the variance of a two-stage bootstrap mean (draw k top-level groups,
+    # then m values within each) is (1/k)[mean_f (mu_f - mu)^2 + mean_f s2_f / m], population
+    # moments; computed here by hand, compared with 40 000 replicates.
+    tree = [np.array([0.0, 1.0]), np.array([2.0, 6.0]), np.array([3.0, 3.0])]
+    mu = np.array([g.mean() for g in tree])
+    s2 = np.array([g.var() for g in tree])
+    expected = (np.mean((mu - mu.mean()) ** 2) + np.mean(s2 / 2)) / 3
+    boot = bootstrap_replicates(tree, 40_000, np.random.default_rng(5))
+    assert boot.mean() == pytest.approx(mu.mean(), abs=0.03)
+    assert boot.var() == pytest.approx(expected, rel=0.04)
+    # One level: the top-level bootstrap variance is the population variance over k.
+    flat = [np.array([v]) for v in (0.0, 1.0, 5.0)]
+    boot = bootstrap_replicates(flat, 40_000, np.random.default_rng(6))
+    assert boot.var() == pytest.approx(np.var([0.0, 1.0, 5.0]) / 3, rel=0.04)
 
 
 def test_without_folds_nothing_changes():

@@ -1,6 +1,6 @@
 """Seeds pooled, controls and paired statistics in the report, on a small real MLflow store.
 
-Three seeds × rows teacher, student, equal_compute, std_kd, sft_kd, sft_kd_random (AT), plus
+Four seeds × rows teacher, student, equal_compute, std_kd, sft_kd, sft_kd_random (AT), plus
 FitNets without sft_kd_random (a missing contrast) and without its seed-44 Std-KD run (a
 partially pooled cell). Per-slice PSNR is built so that SFT-KD clearly beats Std-KD, clearly
 does not beat the equal-compute control (exactly symmetric differences), and the teacher is
@@ -24,11 +24,11 @@ from tests.report_helpers import cell as _cell
 from tests.report_helpers import compare_quietly, eval_json, log_stage, stage_tags
 from tests.report_helpers import section as _section
 
-SEEDS = ("42", "43", "44")
+SEEDS = ("42", "43", "44", "45")
 TEST_VOLUMES = ("vol_c", "vol_d")
 N_SLICES = 6
 TRUE_GAP = 1.0
-SEED_SHIFT = {"42": 0.0, "43": 0.3, "44": -0.2}
+SEED_SHIFT = {"42": 0.0, "43": 0.3, "44": -0.2, "45": 0.1}
 EXPERIMENT = "seeds"
 # The zero-filled input's [volume, slice] PSNR, logged by every stage (same volumes, same input).
 ZERO_FILLED = 24 + np.arange(len(TEST_VOLUMES) * N_SLICES).reshape(len(TEST_VOLUMES), -1) * 0.1
@@ -111,7 +111,7 @@ def _pairs(baseline: str, candidate: str) -> tuple[np.ndarray, np.ndarray]:
 def test_mean_std_over_seeds_and_volumes(compared):
     md = (compared["out"] / "table_1.md").read_text()
     rows = _section(md, "phantom 4x")
-    assert "Seeds pooled (3): 42, 43, 44." in md
+    assert "Seeds pooled (4): 42, 43, 44, 45." in md
     for label, row, col in [
         ("AT", "sft_kd", "SFT-KD PSNR"),
         ("Teacher", "teacher", "Std-KD PSNR"),
@@ -131,7 +131,7 @@ def test_mean_std_over_seeds_and_volumes(compared):
     assert hit["mean"] == pytest.approx(per_volume.mean(axis=1).mean(), abs=1e-12)
     assert hit["std_seeds"] == pytest.approx(per_volume.mean(axis=1).std(ddof=1), abs=1e-12)
     assert hit["std_volumes"] == pytest.approx(per_volume.ravel().std(ddof=1), abs=1e-12)
-    assert hit["std_over"] == "seeds" and hit["seeds"] == "42;43;44" and hit["n_seeds"] == 3
+    assert hit["std_over"] == "seeds" and hit["seeds"] == "42;43;44;45" and hit["n_seeds"] == 4
     # Zero-filled: what the stages logged (one input, so not pooled over seeds).
     zf = ZERO_FILLED.mean(axis=1)
     assert _cell(rows, "ZF", "Std-KD PSNR") == f"{zf.mean():.2f} ± {zf.std(ddof=1):.2f}"
@@ -164,9 +164,13 @@ def test_held_out_header(compared, store):
 
 
 def _unit_diffs(baseline: str, candidate: str, method: str = "at") -> np.ndarray:
-    """Per-(seed, volume) differences of the volume values (seed-major, volumes sorted)."""
+    """Per-(seed, volume) differences of the volume values (seed-major, volumes sorted), as the
+    eval JSONs store them: each volume's mean, then the difference."""
     return np.concatenate(
-        [(_psnr(candidate, method, s) - _psnr(baseline, method, s)).mean(axis=1) for s in SEEDS]
+        [
+            _psnr(candidate, method, s).mean(axis=1) - _psnr(baseline, method, s).mean(axis=1)
+            for s in SEEDS
+        ]
     )
 
 
@@ -181,8 +185,8 @@ def test_unit_level_tests_match_scipy(compared):
         d = _unit_diffs(baseline, "sft_kd")
         a, b = _pairs(baseline, "sft_kd")
         rec = psnr.loc[key]
-        assert rec["n_units"] == len(SEEDS) * len(TEST_VOLUMES) == 6 and rec["testable"]
-        assert rec["units"] == "3 seeds × 2 volumes" and rec["seeds"] == "42;43;44"
+        assert rec["n_units"] == len(SEEDS) * len(TEST_VOLUMES) == 8 and rec["testable"]
+        assert rec["units"] == "4 seeds × 2 volumes" and rec["seeds"] == "42;43;44;45"
         assert rec["mean_diff"] == pytest.approx(d.mean(), abs=1e-12), key
         assert rec["p_value"] == pytest.approx(sps.wilcoxon(d).pvalue, rel=1e-12), key
         assert rec["ci_low"] < rec["mean_diff"] < rec["ci_high"], key
@@ -190,10 +194,21 @@ def test_unit_level_tests_match_scipy(compared):
         assert rec["slice_n"] == len(SEEDS) * len(TEST_VOLUMES) * N_SLICES
         assert rec["slice_p_value"] == pytest.approx(sps.wilcoxon(b, a).pvalue, rel=1e-12)
         assert rec["slice_median_diff"] == pytest.approx(np.median(b - a), abs=1e-12)
-    # Six units, all positive: the exact two-sided signed-rank p is 2 / 2**6.
-    assert psnr.loc["sft_vs_std", "p_value"] == pytest.approx(2 / 64, rel=1e-9)
+    # Eight units, all positive: the exact two-sided signed-rank p is 2 / 2**8. The PSNR family
+    # has 4 defined p-values (AT's 3 contrasts, FitNets vs the control): Holm, by hand.
+    assert psnr.loc["sft_vs_std", "p_value"] == pytest.approx(2 / 256, rel=1e-9)
+    family = csv[(csv["metric"] == "psnr") & csv["p_value"].notna()]
+    p = family["p_value"].to_numpy()
+    assert len(p) == 4 and set(family["family_size"]) == {4}
+    expected, running = np.empty(4), 0.0
+    for i, idx in enumerate(np.argsort(p, kind="stable")):
+        running = max(running, min(1.0, (4 - i) * p[idx]))
+        expected[idx] = running
+    assert family["p_adjusted"].to_numpy() == pytest.approx(expected, rel=1e-9)
     assert psnr.loc["sft_vs_std", "ci_low"] > 0
-    assert psnr.loc["sft_vs_std", "verdict"] == "SFT-KD better (p < 0.05, CI excludes 0)"
+    assert psnr.loc["sft_vs_std", "verdict"] == (
+        "SFT-KD better (Holm-adjusted p < 0.05, CI excludes 0)"
+    )
     assert not psnr.loc["sft_vs_equal_compute", "significant"]
     assert (
         psnr.loc["sft_vs_equal_compute", "ci_low"] < 0 < psnr.loc["sft_vs_equal_compute", "ci_high"]
@@ -206,7 +221,7 @@ def test_unit_level_tests_match_scipy(compared):
     assert rec["seeds"] == "42;43" and rec["n_units"] == 4 and not rec["testable"]
     assert rec["slice_p_value"] < 0.05 and not rec["significant"] and np.isnan(rec["p_value"])
     assert rec["verdict"] == "no verdict: not enough independent units: n=4, need ≥ 6"
-    assert any("seed(s) 44 lack one of the runs" in w for w in compared["warnings"])
+    assert any("seed(s) 44, 45 lack one of the runs" in w for w in compared["warnings"])
 
 
 def test_missing_contrast_reported(compared):
@@ -231,14 +246,15 @@ def test_summary_paragraph_states_claims(compared):
 
     result = compared["result"]
     text = result.paragraph
-    units = "n = 6 units: 3 seeds × 2 volumes"
+    units = "n = 8 units: 4 seeds × 2 volumes"
     csv = pd.read_csv(compared["out"] / "wilcoxon.csv")
     at = csv[(csv["metric"] == "psnr") & (csv["method"] == "at")].set_index("comparison")
     d = _unit_diffs("std_kd", "sft_kd")
     rec = at.loc["sft_vs_std"]
     expected = (
         f"SFT-KD beats Std-KD for AT (mean {d.mean():+.2f} dB, 95% CI [{rec['ci_low']:+.2f}, "
-        f"{rec['ci_high']:+.2f}], {format_p(sps.wilcoxon(d).pvalue)}, {units})"
+        f"{rec['ci_high']:+.2f}], {format_p(sps.wilcoxon(d).pvalue)}, Holm-adjusted over 4 "
+        f"tests p = {rec['p_adjusted']:.3g}, {units})"
     )
     assert expected in text
     d = _unit_diffs("equal_compute", "sft_kd")
@@ -264,10 +280,10 @@ def test_gap_ci_contains_true_gap(compared):
     csv = pd.read_csv(compared["out"] / "gap.csv")
     rec = csv[(csv["method"] == "at") & (csv["framework"] == "no KD")].iloc[0]
     assert rec["gap_db"] == pytest.approx(TRUE_GAP, abs=1e-9)
-    assert rec["n_seeds"] == 3 and rec["n_units"] == 3 * len(TEST_VOLUMES)
+    assert rec["n_seeds"] == 4 and rec["n_units"] == 4 * len(TEST_VOLUMES)
     assert "equal compute" in rows[0] and "SFT-KD random init" in rows[0]
     assert "Without KD the teacher–student gap is 1.00 dB (95% CI" in compared["result"].paragraph
-    assert "6 units)." in compared["result"].paragraph
+    assert "8 units)." in compared["result"].paragraph
 
 
 def test_hierarchical_bootstrap_coverage():

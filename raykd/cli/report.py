@@ -160,7 +160,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="paper-style tables, Wilcoxon tests and figures from MLflow runs",
         description="Read stage runs from MLflow (experiments or a job run) and write Table 1, "
         "Table 3, Table 8, the teacher-student gap, paired tests over (seed, volume) units "
-        "((fold, seed, volume) with --folds runs), the loss balance of KD runs and figures, and "
+        "(test subjects with --folds runs; Holm-adjusted), the loss balance of KD runs and "
+        "figures, and "
         "with runs of several --budget-scale values the budget study (budget.md, "
         "figures/budget.png); log them as a comparison run.",
     )

@@ -59,6 +59,6 @@ def add_study_args(p: argparse.ArgumentParser) -> None:
         nargs="+",
         metavar="S",
         dest="budget_scales",
-        help="budget study: the grid once per factor with every stage's epochs scaled "
-        "(e.g. 1 2 4; equal compute stays SFT + KD)",
+        help="budget study: the grid once per factor with every stage's epochs and LR step "
+        "scaled (e.g. 1 2 4; equal compute stays SFT + KD)",
     )

@@ -9,9 +9,13 @@ shared by the configurations trains once per seed and is reused), and are evalua
 held-out test split (the validation split where the preset has none, which the search itself
 selected on: said so). Each configuration is compared with the default by the report's
 unit-level test (:func:`raykd.report.inference.unit_test`: Wilcoxon on the unit differences
-and a seed-clustered bootstrap CI, no verdict below ``MIN_UNITS`` units). The confirmed winner
-is the best configuration the test finds better than the default (p < α and a CI above 0);
-else none beats the default beyond its spread.
+and a seed-clustered bootstrap CI, no verdict below ``MIN_UNITS`` units).
+
+The K candidates are one family: per metric, p is Holm-adjusted across the K comparisons and
+verdicts use it. Each is judged on the objective the search ranked by (``val_psnr`` → PSNR,
+``val_ssim`` → SSIM; ``val_loss``, with no per-volume value, falls back to PSNR, said so), PSNR
+reported as a second line otherwise. The winner is the best candidate the test finds better
+than the default; else none beats the default beyond its spread.
 """
 
 from __future__ import annotations
@@ -27,10 +31,21 @@ import numpy as np
 from raykd.orchestration.messages import SearchOutcome, TrialOutcome
 from raykd.plan.presets import GridSpec
 from raykd.plan.search_space import SearchSpec, default_params, trial_name, trial_row_and_spec
-from raykd.report.inference import MIN_UNITS, UnitPairs, UnitTest, unit_test, volume_values
+from raykd.report.inference import (
+    ALPHA,
+    MIN_UNITS,
+    UnitPairs,
+    UnitTest,
+    judge,
+    unit_test,
+    volume_values,
+)
+from raykd.report.multiplicity import holm
 from raykd.report.table_model import HIGHER_IS_BETTER
 
 METRICS = ("psnr", "ssim")
+# The per-volume metric a search objective is judged on (others: PSNR, said so).
+OBJECTIVE_METRIC = {"val_psnr": "psnr", "val_ssim": "ssim"}
 DEFAULT_LABEL = "default"
 NONE_BEATS = "none beats the default beyond its spread"
 
@@ -168,6 +183,24 @@ def compare(default: ConfigResult, cand: ConfigResult, metric: str) -> UnitTest:
     return unit_test(pairs, HIGHER_IS_BETTER.get(metric, True), names=(DEFAULT_LABEL, cand.label))
 
 
+def judged_metric(objective: str) -> str:
+    """The per-volume metric a search ranked by ``objective`` is confirmed on."""
+    return OBJECTIVE_METRIC.get(objective, "psnr")
+
+
+def adjust_candidates(configs: list[ConfigResult], alpha: float = ALPHA) -> None:
+    """Holm across the candidates (every config but the default), per metric; each test is
+    judged again on its adjusted p (in place)."""
+    cands = [c for c in configs if c.label != DEFAULT_LABEL]
+    for m in METRICS:
+        tested = [c for c in cands if m in c.tests]
+        adjusted = holm([c.tests[m].p_value for c in tested])
+        higher = HIGHER_IS_BETTER.get(m, True)
+        for c, p in zip(tested, adjusted, strict=True):
+            names = (DEFAULT_LABEL, c.label)
+            c.tests[m] = judge(c.tests[m], p, alpha, names, higher, len(tested))
+
+
 def choose_winner(configs: list[ConfigResult], metric: str = "psnr") -> tuple[str | None, str]:
     """The confirmed winner (the candidate with the largest mean difference among those the
     unit-level test finds better than the default) and the verdict line."""
@@ -176,9 +209,11 @@ def choose_winner(configs: list[ConfigResult], metric: str = "psnr") -> tuple[st
         return None, f"{NONE_BEATS}: no configuration to confirm"
     better = [c for c in cands if c.tests[metric].better == "candidate"]
     if better:
-        win = max(better, key=lambda c: c.tests[metric].mean_diff)
+        higher = HIGHER_IS_BETTER.get(metric, True)
+        win = max(better, key=lambda c: c.tests[metric].mean_diff * (1 if higher else -1))
         return win.label, f"confirmed winner: {win.name}, {_effect(win.tests[metric], metric)}"
-    top = max(cands, key=lambda c: _finite(c.tests[metric].mean_diff))
+    sign = 1 if HIGHER_IS_BETTER.get(metric, True) else -1
+    top = max(cands, key=lambda c: _finite(sign * c.tests[metric].mean_diff))
     test = top.tests[metric]
     if not test.testable:
         return None, (
@@ -189,7 +224,7 @@ def choose_winner(configs: list[ConfigResult], metric: str = "psnr") -> tuple[st
     return None, f"{NONE_BEATS} (closest: {top.name}, {_effect(test, metric)})"
 
 
-def _finite(x: float) -> float:
+def _finite(x: float) -> float:  # noqa: D103
     return x if math.isfinite(x) else -math.inf
 
 
@@ -199,7 +234,21 @@ def _effect(t: UnitTest, metric: str) -> str:
     text = f"{metric.upper()} {t.mean_diff:+.{d}f}{unit} vs default"
     if math.isfinite(t.ci_low):
         text += f" [95% CI {t.ci_low:+.{d}f}, {t.ci_high:+.{d}f}], p = {t.p_value:.3g}"
+        if math.isfinite(t.p_adjusted) and t.family_size > 1:
+            text += f", Holm-adjusted over {t.family_size} candidates {t.p_adjusted:.3g}"
     return f"{text}, {t.n_units} units ({t.units})"
+
+
+def second_line(configs: list[ConfigResult], judged: str) -> str:
+    """The PSNR line reported beside a verdict judged on another metric ("" when PSNR)."""
+    if judged == "psnr":
+        return ""
+    parts = [
+        f"{c.label} {_effect(c.tests['psnr'], 'psnr')}: {c.tests['psnr'].verdict}"
+        for c in configs
+        if c.label != DEFAULT_LABEL and "psnr" in c.tests
+    ]
+    return "PSNR (reported, not the judged objective): " + "; ".join(parts)
 
 
 def train_configs(
@@ -243,17 +292,20 @@ def train_configs(
 
 def format_table(conf: Confirmation) -> str:
     """The confirmation as a Markdown table (what the console prints and the job run keeps)."""
-    metric = conf.metric
+    metric, judged = conf.metric, judged_metric(conf.metric)
+    fallback = "" if conf.metric in OBJECTIVE_METRIC else f" ({metric} has no per-volume value)"
     lines = [
         f"Confirmed search '{conf.search}': top {len(conf.configs) - 1} by {metric} and the "
         f"default, re-trained with seeds {', '.join(map(str, conf.seeds))}; {conf.split_note}. "
         "Unit = one seed on one volume; Δ = config − default, mean over seeds of the per-seed "
         "mean over volumes, [95% CI] seed-clustered bootstrap, p = Wilcoxon signed-rank on the "
-        f"unit differences; no verdict below {MIN_UNITS} units.",
+        f"unit differences, p adj = Holm across the {len(conf.configs) - 1} candidates (the "
+        f"family), per metric; verdicts on {judged.upper()}{fallback} with the adjusted p; no "
+        f"verdict below {MIN_UNITS} units.",
         "",
         f"| config | parameters | search {metric} | units | PSNR (dB) | SSIM | Δ PSNR [95% CI] "
-        "| p | Δ SSIM [95% CI] | p | verdict (PSNR) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| p | p adj | Δ SSIM [95% CI] | p | p adj | verdict ({judged.upper()}) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in conf.configs:
         search_v = "—" if c.search_value is None else f"{c.search_value:.3f}"
@@ -262,19 +314,20 @@ def format_table(conf: Confirmation) -> str:
         cells += [f"{c.mean('psnr'):.3f}", f"{c.mean('ssim'):.4f}"]
         for m, d in (("psnr", 3), ("ssim", 4)):
             t = c.tests.get(m)
-            cells += _test_cells(t, d) if t else ["—", "—"]
-        cells.append(c.tests["psnr"].verdict if "psnr" in c.tests else "(baseline)")
+            cells += _test_cells(t, d) if t else ["—", "—", "—"]
+        cells.append(c.tests[judged].verdict if judged in c.tests else "(baseline)")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def _test_cells(t: UnitTest, d: int) -> list[str]:
     if not math.isfinite(t.mean_diff):
-        return ["—", "—"]
+        return ["—", "—", "—"]
     diff = f"{t.mean_diff:+.{d}f}"
     if math.isfinite(t.ci_low):
         diff += f" [{t.ci_low:+.{d}f}, {t.ci_high:+.{d}f}]"
-    return [diff, f"{t.p_value:.3g}" if math.isfinite(t.p_value) else "—"]
+    p = f"{t.p_value:.3g}" if math.isfinite(t.p_value) else "—"
+    return [diff, p, f"{t.p_adjusted:.3g}" if math.isfinite(t.p_adjusted) else "—"]
 
 
 def log_confirmation(job, conf: Confirmation, table: str) -> list[Path]:
@@ -294,6 +347,7 @@ def log_confirmation(job, conf: Confirmation, table: str) -> list[Path]:
             metrics[f"{key}_{m}"] = c.mean(m)
             if (t := c.tests.get(m)) is not None:
                 metrics |= {f"{key}_delta_{m}": t.mean_diff, f"{key}_p_{m}": t.p_value}
+                metrics[f"{key}_p_holm_{m}"] = t.p_adjusted
                 metrics |= {f"{key}_ci_low_{m}": t.ci_low, f"{key}_ci_high_{m}": t.ci_high}
     job.tracking.log_metrics(job.run_id, metrics)
     winner = next((c for c in conf.configs if c.label == conf.winner), None)
@@ -334,7 +388,10 @@ def confirm_search(
     results[0].shown = describe_default(search, base)
     for c in results[1:]:
         c.tests = {m: compare(results[0], c, m) for m in METRICS}
-    winner, verdict = choose_winner(results)
+    adjust_candidates(results)
+    judged = judged_metric(metric)
+    winner, verdict = choose_winner(results, judged)
+    verdict = "\n".join(x for x in (verdict, second_line(results, judged)) if x)
     conf = Confirmation(search.name, metric, split, seeds, results, winner, verdict)
     table = format_table(conf)
     print(table)

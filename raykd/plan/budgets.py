@@ -1,11 +1,13 @@
-"""Training budgets of a grid: epochs per stage kind, equal epochs for every student row, and
-the equal-compute control that trains as long as an SFT-KD student's blocks do."""
+"""Training budgets of a grid: epochs per stage kind, equal epochs for every student row, the
+equal-compute control that trains as long as an SFT-KD student's blocks do, and the learning-rate
+step scaled with a budget study's epochs."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from raykd.kinds import EQUAL_BUDGET_ROWS
+from raykd.train.config import OptimConfig
 
 
 class Epochs(BaseModel):
@@ -22,6 +24,16 @@ class Epochs(BaseModel):
         if factor == 1:
             return self
         return Epochs(**{k: max(1, round(v * factor)) for k, v in self.model_dump().items()})
+
+
+def scaled_step_size(factor: float) -> int | None:
+    """``optim.step_size`` at a budget scale: the default step times ``factor`` (rounded, at
+    least one), so the step falls at the same fraction of every stage's training as at 1×;
+    None at 1× (the default, so 1× stages keep their identities)."""
+    if factor == 1:
+        return None
+    base = OptimConfig.model_fields["step_size"].default
+    return max(1, round(base * factor))
 
 
 def equal_compute_epochs(epochs: Epochs) -> int:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from raykd.errors import ConfigError
 from raykd.kinds import RowKind
-from raykd.plan.budgets import equal_compute_epochs
+from raykd.plan.budgets import equal_compute_epochs, scaled_step_size
 from raykd.plan.datasets import DEFAULT_SIZE
 from raykd.plan.identity import stage_identity
 from raykd.plan.presets import GridSpec
@@ -190,6 +190,8 @@ def stage_config(
         default_epochs = getattr(spec.epochs_at(row.budget), kind)
         epochs = overrides.epochs if overrides.epochs is not None else default_epochs
         imit = spec.imit_balance
+        step = scaled_step_size(row.budget)  # the LR step scales with the epochs
+        optim = {"epochs": epochs} | ({"step_size": step} if step else {})
         return _model(
             StageConfig,
             "",
@@ -197,7 +199,7 @@ def stage_config(
             seed=row.seed,
             data=_data(spec, row, overrides),
             **models,
-            optim=_model(OptimConfig, "optim", epochs=epochs),
+            optim=_model(OptimConfig, "optim", **optim),
             sft=_model(
                 SFTConfig,
                 "sft",

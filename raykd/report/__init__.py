@@ -6,7 +6,9 @@ Layers, each importing only those above it: ``store`` (MLflow client, URI, run s
 ``folds`` (cross-validation folds and budget scales: replicate keys, the nested bootstrap) →
 ``records`` (one run as a tidy record, settings) → ``artifacts`` (cached eval JSONs, examples,
 histories) → ``runs`` (``StageRuns``: split, seed pooling, cell lookup, logged zero-filled) →
-``collect`` (which runs a report reads) → ``inference`` (paired units, bootstrap, unit tests) →
+``collect`` (which runs a report reads) → ``subjects`` (test subjects as units with folds, t
+intervals) and ``multiplicity`` (Holm) → ``inference`` (paired units, bootstrap, unit tests) →
+``slices`` (per-slice pairs) and ``trend`` (tested changes between budgets) →
 ``table_model`` / ``cells`` (table model, rendering, pooled cells) → ``tables`` (Tables 1, 3),
 ``table8`` (with ``benchmarks``: latency runs logged by ``raykd.deploy``), ``gap``, ``stats``
 (paired-tests table), ``balance``, ``figures``, ``budget`` (the budget study) → ``summary`` →

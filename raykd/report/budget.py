@@ -12,23 +12,27 @@ the budget, per dataset × acceleration and KD method:
   KD, with Std-KD, SFT-KD and the control: how much of it each closes;
 
 as ``budget.md/.csv`` and ``figures/budget.png`` (x axis: budget scale, with the epochs of the KD
-students and of the control). A verdict per method and contrast (:func:`trend_verdict`) says
-whether a lead holds, shrinks or reverses as the budget grows (:data:`RULE`).
+students and of the control). The point contrasts of a dataset × acceleration form one Holm
+family (the cells show raw and adjusted p). A verdict per method and contrast says whether a
+lead shrinks, reverses or grows as the budget grows, from a paired test of the per-unit change
+between the smallest and the largest budget (:mod:`raykd.report.trend`, :data:`RULE`), or says
+"no verdict".
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from raykd.kinds import RowKind as R
 from raykd.report.gap import paired_gap
+from raykd.report.multiplicity import adjust_records
 from raykd.report.records import Setting
 from raykd.report.runs import StageRuns
-from raykd.report.stats import CONTRASTS, contrast_test, format_p
+from raykd.report.stats import CONTRASTS, contrast_pairs, contrast_test, format_p
 from raykd.report.table_model import MISSING, ReportTable, Section, method_name
+from raykd.report.trend import RULE, LeadPoint, Trend, change_text, judge_trends, trend_test
 
 # (contrast key, whose lead the verdict follows, sign turning mean Δ = SFT-KD − X into the lead)
 LEADS = {
@@ -41,24 +45,6 @@ GAPS = {  # quantity → (row, KD method applies, label)
     "gap_sft": (R.SFT_KD, True, "SFT-KD"),
     "gap_equal": (R.EQUAL_COMPUTE, False, "control"),
 }
-RULE = (
-    "Verdict rule, per contrast over the budget points with a CI (≥ 6 units), smallest to "
-    "largest budget, on the lead L (SFT-KD − Std-KD; control − SFT-KD): **reverses** if L's 95% "
-    "CIs exclude 0 at both ends with opposite signs; **shrinks** if the point estimates move "
-    "monotonically towards (or past) zero from the sign L has at the smallest budget (each "
-    "point strictly closer than the one before); **holds** otherwise (it may grow); no verdict "
-    "with fewer than 2 such points."
-)
-
-
-@dataclass(frozen=True)
-class LeadPoint:
-    """One budget point of a lead with its 95% CI (NaN bounds: no CI)."""
-
-    budget: float
-    lead: float
-    low: float
-    high: float
 
 
 def has_budget_study(runs: StageRuns) -> bool:
@@ -66,32 +52,8 @@ def has_budget_study(runs: StageRuns) -> bool:
     return len({s.budget for s in runs.settings()}) > 1
 
 
-def _excludes_zero(p: LeadPoint) -> int:
-    """+1 / −1 when the CI lies above / below 0, 0 when it includes 0 (or is undefined)."""
-    if math.isnan(p.low):
-        return 0
-    return 1 if p.low > 0 else (-1 if p.high < 0 else 0)
-
-
-def trend_verdict(points: list[LeadPoint]) -> str:
-    """ "reverses", "shrinks" or "holds" by :data:`RULE` ("no verdict …" below 2 points); only
-    points with a CI count, sorted by budget."""
-    pts = sorted((p for p in points if not math.isnan(p.low)), key=lambda p: p.budget)
-    if len(pts) < 2:
-        return "no verdict (fewer than 2 budget points with a CI)"
-    first, last = _excludes_zero(pts[0]), _excludes_zero(pts[-1])
-    if first and last and first != last:
-        return "reverses"
-    sign = 1.0 if pts[0].lead >= 0 else -1.0
-    oriented = [sign * p.lead for p in pts]
-    if all(b < a for a, b in zip(oriented, oriented[1:], strict=False)):
-        return "shrinks"
-    return "holds"
-
-
-def _verdict_line(method: str, key: str, points: list[LeadPoint]) -> str:
+def _verdict_line(method: str, key: str, trend: Trend) -> str:
     what, _ = LEADS[key]
-    word = trend_verdict(points)
 
     def at(p: LeadPoint) -> str:
         if math.isnan(p.lead):
@@ -99,8 +61,12 @@ def _verdict_line(method: str, key: str, points: list[LeadPoint]) -> str:
         ci = "no CI" if math.isnan(p.low) else f"[{p.low:+.2f}, {p.high:+.2f}]"
         return f"{p.lead:+.2f} dB {ci} at {p.budget:g}×"
 
-    trail = " → ".join(at(p) for p in sorted(points, key=lambda p: p.budget))
-    return f"{method_name(method)}: {what} {word} as the budget grows ({trail})"
+    trail = " → ".join(at(p) for p in trend.points)
+    change = change_text(trend)
+    return (
+        f"{method_name(method)}: {what} {trend.word} as the budget grows ({trail}"
+        f"{'; ' + change if change else ''})"
+    )
 
 
 def _epochs(runs: StageRuns, setting: Setting, row: str) -> int | None:
@@ -138,6 +104,7 @@ def _point_records(runs: StageRuns, setting: Setting, method: str, depths: tuple
                 "ci_low": rec.get("ci_low", math.nan),
                 "ci_high": rec.get("ci_high", math.nan),
                 "p_value": rec.get("p_value", math.nan),
+                "train_p": rec.get("train_p", math.nan),
                 "n_units": rec.get("n_units", 0),
                 "units": rec.get("units", ""),
             }
@@ -167,9 +134,11 @@ def _diff_cell(rec: dict[str, Any]) -> str:
         return MISSING
     if math.isnan(rec["ci_low"]):
         return f"{rec['value']:+.2f} (n={rec['n_units']}, no CI)"
+    adj = rec.get("p_adjusted", math.nan)
+    adjusted = "" if math.isnan(adj) else f" (Holm {adj:.3g})"
     return (
         f"{rec['value']:+.2f} [{rec['ci_low']:+.2f}, {rec['ci_high']:+.2f}], "
-        f"{format_p(rec['p_value'])}, n={rec['n_units']}"
+        f"{format_p(rec['p_value'])}{adjusted}, n={rec['n_units']}"
     )
 
 
@@ -188,42 +157,90 @@ HEADER += [f"gap {label}" for _, _, label in GAPS.values()]
 def budget_table(
     runs: StageRuns, student_depth: int | None = None, teacher_depth: int | None = None
 ) -> ReportTable:
-    """One section per dataset × acceleration: a row per budget × KD method, then the verdicts."""
+    """One section per dataset × acceleration: a row per budget × KD method, then the tested
+    trend verdicts."""
     depths = (teacher_depth or runs.teacher_depth(), student_depth or runs.student_depth())
     table = ReportTable("Budget study: SFT-KD's advantage against the training budget")
     table.notes = [
         runs.split_description(),
         "Budget = every stage's epochs × the scale (epochs: of the KD students and of the "
         "equal-compute control, a plain student trained for SFT + KD epochs). Δ = SFT-KD − "
-        "baseline volume PSNR over units (as the paired-tests table): mean [95% CI], p "
-        "(Wilcoxon), n units. Gap = teacher − student PSNR (dB) [95% CI]; smaller = more of "
-        "the gap closed.",
+        "baseline volume PSNR over units (as the paired-tests table; test subjects with folds): "
+        "mean [95% CI], p (Wilcoxon) and (Holm …) its adjusted p over the family of every "
+        "Δ cell of the section, n units. Gap = teacher − student PSNR (dB) [95% CI]; smaller = "
+        "more of the gap closed.",
         RULE,
     ]
     blocks: dict[tuple[str, str], list[Setting]] = {}
     for s in runs.settings():
         blocks.setdefault((s.dataset, s.acceleration), []).append(s)
     for (dataset, acc), settings in blocks.items():
-        rows, leads = [], {}
-        for setting in settings:
-            for method in runs.methods():
-                recs = _point_records(runs, setting, method, depths)
-                table.records += recs
-                by = {r["quantity"]: r for r in recs}
-                rows.append(
-                    [f"{setting.budget or 1}×", epochs_text(runs, setting), method_name(method)]
-                    + [_diff_cell(by[k]) for k in LEADS]
-                    + [_gap_cell(by[k]) for k in GAPS]
-                )
-                for key, (_, sign) in LEADS.items():
-                    r = by[key]
-                    point = LeadPoint(r["budget"], sign * r["value"], *_signed_ci(r, sign))
-                    leads.setdefault((method, key), []).append(point)
+        settings = sorted(settings, key=lambda s: float(s.budget or 1))
+        recs = {
+            (st.budget, m): _point_records(runs, st, m, depths)
+            for st in settings
+            for m in runs.methods()
+        }
+        flat = [r for rs in recs.values() for r in rs]
+        adjust_records(flat, lambda r: "leads" if r["quantity"] in LEADS else None)
+        table.records += flat
+        rows = []
+        for (budget, method), rs in recs.items():
+            by = {r["quantity"]: r for r in rs}
+            setting = next(st for st in settings if st.budget == budget)
+            rows.append(
+                [f"{budget or 1}×", epochs_text(runs, setting), method_name(method)]
+                + [_diff_cell(by[k]) for k in LEADS]
+                + [_gap_cell(by[k]) for k in GAPS]
+            )
+        trends = _trends(runs, settings, recs, depths)
+        judge_trends(list(trends.values()))
         label = Setting(dataset, acc).label()
-        lines = [_verdict_line(m, k, pts) for (m, k), pts in leads.items()]
+        lines = [_verdict_line(m, k, t) for (m, k), t in trends.items()]
+        table.records += [_trend_record(recs, m, k, t) for (m, k), t in trends.items()]
         table.summary += [f"budget study {label}: {line}" for line in lines]
         table.sections.append(Section(label, HEADER, rows, lead="  \n".join(lines)))
     return table
+
+
+def _trends(runs: StageRuns, settings: list[Setting], recs: dict, depths: tuple) -> dict:
+    """Per (method, lead) the points and the raw change test between the end budgets."""
+    out = {}
+    for method in runs.methods():
+        for key, (_, sign) in LEADS.items():
+            points = []
+            for st in settings:
+                r = next(x for x in recs[(st.budget, method)] if x["quantity"] == key)
+                points.append(LeadPoint(r["budget"], sign * r["value"], *_signed_ci(r, sign)))
+            contrast = next(c for c in CONTRASTS if c.key == key)
+            ends = [
+                contrast_pairs(runs, st, contrast, method, "psnr", *depths)
+                for st in (settings[0], settings[-1])
+            ]
+            out[(method, key)] = trend_test(points, *ends, lead_sign=sign)
+    return out
+
+
+def _trend_record(recs: dict, method: str, key: str, trend: Trend) -> dict[str, Any]:
+    any_point = next(iter(recs.values()))[0]
+    t = trend.test
+    return {
+        "dataset": any_point["dataset"],
+        "acceleration": any_point["acceleration"],
+        "method": method,
+        "budget": trend.points[-1].budget,
+        "epochs_kd": None,
+        "epochs_control": None,
+        "quantity": f"change_{key}",
+        "value": t.mean_diff if t else math.nan,
+        "ci_low": t.ci_low if t else math.nan,
+        "ci_high": t.ci_high if t else math.nan,
+        "p_value": t.p_value if t else math.nan,
+        "p_adjusted": t.p_adjusted if t else math.nan,
+        "n_units": t.n_units if t else 0,
+        "units": t.units if t else "",
+        "verdict": trend.word,
+    }
 
 
 def _signed_ci(rec: dict[str, Any], sign: float) -> tuple[float, float]:
@@ -241,9 +258,21 @@ GAP_COLOURS["gap_equal"] = "#9467bd"
 
 
 def budget_figure(table: ReportTable, path: str | Path) -> Path:
-    """``figures/budget.png``: per dataset × acceleration a row of three panels against the
-    budget: SFT-KD − Std-KD, SFT-KD − control (per method, 95% CI bars) and the gaps (no KD,
-    Std-KD, SFT-KD, control; a line style per method). Points without a CI are hollow."""
+    """``figures/budget.png``: :func:`budget_axes` saved."""
+    import matplotlib.pyplot as plt
+
+    fig = budget_axes(table)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def budget_axes(table: ReportTable):
+    """Per dataset × acceleration a row of three panels against the budget: SFT-KD − Std-KD,
+    SFT-KD − control (per method, 95% CI bars) and the gaps (no KD, Std-KD, SFT-KD, control; a
+    line style per method). Points without a CI are hollow. Returns the figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -251,7 +280,8 @@ def budget_figure(table: ReportTable, path: str | Path) -> Path:
 
     blocks: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for rec in table.records:
-        blocks.setdefault((rec["dataset"], rec["acceleration"]), []).append(rec)
+        if not str(rec["quantity"]).startswith("change_"):
+            blocks.setdefault((rec["dataset"], rec["acceleration"]), []).append(rec)
     fig, axes = plt.subplots(len(blocks), 3, figsize=(13, 3.6 * len(blocks)), squeeze=False)
     for axrow, ((dataset, acc), recs) in zip(axes, blocks.items(), strict=True):
         methods = list(dict.fromkeys(r["method"] for r in recs))
@@ -275,11 +305,7 @@ def budget_figure(table: ReportTable, path: str | Path) -> Path:
             ax.set_title(f"{Setting(dataset, acc).label()}: {ylabel}", fontsize=9)
             ax.legend(fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return fig
 
 
 def _series(ax, pts: list[dict[str, Any]], name: str, colour: str, ls: str, dx: float = 1.0):

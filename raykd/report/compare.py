@@ -311,6 +311,8 @@ def _summary(runs: StageRuns, t1, gap, wil, method: str, t_depth, s_depth) -> li
             continue
         ci = "" if np.isnan(rec["ci_low"]) else f" [{rec['ci_low']:+.3f}, {rec['ci_high']:+.3f}]"
         p = "" if np.isnan(rec["p_value"]) else f", p = {rec['p_value']:.3g}"
+        if not np.isnan(rec.get("p_adjusted", np.nan)):
+            p += f" (Holm-adjusted {rec['p_adjusted']:.3g} over {rec.get('family_size', 1)})"
         lines.append(
             f"Paired test {what}: mean Δ {rec['mean_diff']:+.3f} dB{ci}{p}, n = {rec['n_units']} "
             f"units ({rec['units']}) → {rec['verdict']}; per-slice Wilcoxon (descriptive, slices "

@@ -4,12 +4,13 @@ A grid run with ``--folds K`` tags every stage run ``raykd.fold`` ("0".."K-1"): 
 selects and tests on its own subjects (without ``--test``: test = subject k, validation =
 subject k+1, cyclically; with ``--test`` the test volumes stay fixed and folds rotate the
 validation subject). One independently trained model is then a (fold, seed) pair, so the report
-keys its replicates by ``"<fold>/<seed>"`` (:func:`unit_key`) wherever it keyed them by seed,
-and a unit of inference is a (fold, seed, test volume) triple.
+keys its replicates by ``"<fold>/<seed>"`` (:func:`unit_key`) wherever it keyed them by seed;
+the unit of inference of its tests is the test subject (:mod:`raykd.report.subjects`).
 
-The bootstrap treats folds as a level (:func:`nested_bootstrap`): it resamples folds, then seeds
-within each drawn fold, then volumes within each drawn (fold, seed). Runs without the tag keep
-the seed as their key, so a store without folds reports exactly as before.
+:func:`nested_bootstrap` resamples every level of a tree (top level, then each drawn member's
+children): the seed × volume bootstrap of the report without folds is its two-level case, and
+``benchmarks/coverage.py`` uses the three-level case to show how the pooled procedure before
+subjects were the unit under-covered. Runs without the tag keep the seed as their key.
 """
 
 from __future__ import annotations
@@ -102,16 +103,6 @@ def nested_bootstrap(
     return nested_mean(tree), float(low), float(high)
 
 
-def units_text(n_folds: int, n_seeds: int, n_volumes: int) -> str:
-    """How a unit count is made up, e.g. ``folds × seeds × volumes (4 folds, 3 seeds, 1 volume
-    per fold)``."""
-    vol = f"{n_volumes} volume{'s' if n_volumes != 1 else ''} per fold"
-    return (
-        f"folds × seeds × volumes ({n_folds} fold{'s' if n_folds != 1 else ''}, "
-        f"{n_seeds} seed{'s' if n_seeds != 1 else ''}, {vol})"
-    )
-
-
 def replicates_text(keys: Sequence[str]) -> str:
     """What a list of replicate keys covers: ``seeds 42, 43`` or ``4 folds × seeds 42, 43``."""
     if not has_folds(keys):
@@ -131,10 +122,10 @@ def fold_note(keys: Sequence[str]) -> str:
     folds = {split_key(k)[0] for k in keys}
     seeds = {split_key(k)[1] for k in keys}
     return (
-        f"Cross-validation by subject: units = folds × seeds × volumes ({len(folds)} folds, "
-        f"{len(seeds)} seeds); a 'seed' below is one (fold, seed) model, written fold/seed, "
-        "and each is evaluated on its own fold's test volumes. Bootstrap CIs resample folds, "
-        "then seeds within each drawn fold, then volumes within each drawn (fold, seed)."
+        f"Cross-validation by subject ({len(folds)} folds × {len(seeds)} seeds): a 'seed' below "
+        "is one (fold, seed) model, written fold/seed, evaluated on its own fold's test "
+        "volumes. The unit of inference of paired tests and gaps is the test subject (seeds "
+        "of a fold share its subjects): CIs are Student-t intervals over subjects."
     )
 
 

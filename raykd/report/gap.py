@@ -18,11 +18,11 @@ from raykd.report.inference import (
     MIN_UNITS,
     RESAMPLES,
     bootstrap_ci,
-    clustered_ci,
     unit_pairs,
 )
 from raykd.report.records import Setting
 from raykd.report.runs import StageRuns
+from raykd.report.subjects import subject_means, t_interval
 from raykd.report.table_model import MISSING, ReportTable, Section, method_name
 
 
@@ -35,6 +35,7 @@ class Gap:
     high: float = math.nan
     n_units: int = 0
     seeds: tuple[str, ...] = ()
+    ci: str = "hierarchical_bootstrap95"  # with folds: "subject_t95" (t interval over subjects)
 
     def text(self) -> str:
         if math.isnan(self.gap):
@@ -52,7 +53,9 @@ def paired_gap(
     The gap is the mean over seeds of the per-seed mean over volumes; its 95% CI
     :func:`~raykd.report.inference.bootstrap_ci` (``scipy.stats.bootstrap`` when one level
     varies, else the hierarchical bootstrap: seeds, then volumes), given only from
-    ``MIN_UNITS`` units on: slices are not resampled, they are not independent.
+    ``MIN_UNITS`` units on: slices are not resampled, they are not independent. With folds the
+    units are test subjects (:mod:`raykd.report.subjects`): the gap is the mean over subjects,
+    its CI Student's t interval over them (from 2 subjects on).
     """
     try:
         pairs = unit_pairs(runs, student, teacher, "psnr")
@@ -62,10 +65,15 @@ def paired_gap(
     groups = pairs.by_seed()
     if not groups:
         return Gap()
+    if pairs.by_fold() is not None:  # folds: test subjects are the units, t interval over them
+        diffs = pairs.candidate - pairs.baseline
+        per = np.array(list(subject_means(pairs.keys, diffs, pairs.subjects).values()))
+        gap, low, high = t_interval(per)
+        return Gap(gap, low, high, int(per.size), tuple(pairs.seeds), "subject_t95")
     n = sum(g.size for g in groups)
     if n < MIN_UNITS:
         return Gap(float(np.mean([g.mean() for g in groups])), n_units=n, seeds=tuple(pairs.seeds))
-    gap, low, high = clustered_ci(pairs) or bootstrap_ci(groups)  # folds: fold-level CI
+    gap, low, high = bootstrap_ci(groups)
     return Gap(gap, low, high, n, tuple(pairs.seeds))
 
 
@@ -116,6 +124,8 @@ def _notes(runs: StageRuns, t_depth: int, s_depth: int) -> list[str]:
         f"volumes within each seed, RNG seed {BOOTSTRAP_SEED}; percentile bootstrap of the one "
         "level that varies when there is one seed); 'n=…, no CI' = fewer than "
         f"{MIN_UNITS} (seed, volume) units, too few for a CI.",
+        "With cross-validation folds the units are test subjects instead: gap = mean over "
+        "subjects, [low, high] = Student's t 95% CI over them (from 2 subjects on).",
         "Headline: the best (smallest-gap) method of each framework, named in brackets.",
     )
 
@@ -203,7 +213,7 @@ def _records(
                     "gap_db": item.gap,
                     "ci_low": item.low,
                     "ci_high": item.high,
-                    "ci": "hierarchical_bootstrap95" if not math.isnan(item.low) else "",
+                    "ci": item.ci if not math.isnan(item.low) else "",
                     "n_units": item.n_units,
                     "n_seeds": len(item.seeds),
                     "seeds": ";".join(item.seeds),

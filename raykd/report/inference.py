@@ -18,13 +18,16 @@ Per contrast, with ``d`` = candidate − baseline per unit:
   ``scipy.stats.bootstrap`` (percentile method) instead.
 
 :class:`UnitPairs` is the one paired type: (seed, volume) units here, (seed, volume, slice)
-pairs for the descriptive per-slice test of :mod:`raykd.report.stats`.
+pairs for the descriptive per-slice test (:mod:`raykd.report.slices`).
 
-With cross-validation folds a replicate is a (fold, seed) model (key ``fold/seed``), a unit a
-(fold, seed, volume) triple, and the CI comes from :func:`raykd.report.folds.nested_bootstrap`
-(folds, then seeds within each fold, then volumes); :func:`clustered_ci` picks it.
+With cross-validation folds a replicate is a (fold, seed) model (key ``fold/seed``) and the
+unit of inference is the **test subject** (:mod:`raykd.report.subjects`): the Wilcoxon test
+runs on the per-subject mean differences, the CI is a t interval over subjects, and the gate
+counts distinct subjects; the (fold, seed) models give the second analysis, training randomness
+on fixed subjects, reported beside it and never called independent units.
 
-A verdict needs ``n ≥`` :data:`MIN_UNITS` and both to agree (p < α *and* a CI that excludes 0).
+A verdict needs ``n ≥`` :data:`MIN_UNITS` and both to agree (p < α *and* a CI that excludes 0);
+the p is the Holm-adjusted one where the test belongs to a family (:func:`judge`).
 ``MIN_UNITS = 6``: the smallest two-sided p an exact signed-rank (or sign) test can reach on
 ``n`` units is ``2 / 2**n`` — 0.0625 at n = 5, 0.031 at n = 6 — so below 6 units a verdict of
 "better" is impossible whatever the data, and "no difference" would be an artefact of ``n``;
@@ -35,7 +38,7 @@ under-covers badly. Below the minimum the report refuses a verdict and says why.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -46,13 +49,18 @@ from raykd.report.folds import (
     bootstrap_replicates,
     fold_tree,
     has_folds,
-    nested_bootstrap,
-    nested_mean,
     split_key,
-    units_text,
 )
 from raykd.report.records import seed_key
 from raykd.report.runs import StageRuns
+from raykd.report.subjects import (
+    MIN_SUBJECTS,
+    fixed_subject_test,
+    model_groups,
+    subject_means,
+    t_interval,
+    too_few_subjects,
+)
 
 ALPHA = 0.05
 MIN_UNITS = 6
@@ -78,6 +86,12 @@ def volume_values(report: dict[str, Any], metric: str) -> dict[str, float]:
     return out
 
 
+def volume_subjects(report: dict[str, Any]) -> dict[str, str]:
+    """``{volume: subject}`` of an eval JSON: the ``subject`` it records (a patient id), else
+    the volume (one file = one subject)."""
+    return {str(v["volume"]): str(v.get("subject") or v["volume"]) for v in report["volumes"]}
+
+
 @dataclass
 class UnitPairs:
     """Values of two rows paired by key; a key starts with the seed: (seed, volume) units, or
@@ -87,6 +101,7 @@ class UnitPairs:
     baseline: np.ndarray
     candidate: np.ndarray
     unpaired: list[str]  # seeds that only one side has (or whose eval JSON is missing)
+    subjects: dict[str, str] = field(default_factory=dict)  # volume -> subject (absent: itself)
 
     @property
     def n(self) -> int:
@@ -114,44 +129,6 @@ class UnitPairs:
         return fold_tree([s for s, _ in kept], [g for _, g in kept]) if kept else None
 
 
-def slice_values(report: dict[str, Any], metric: str) -> dict[tuple[str, int], float]:
-    """``{(volume, slice index): value}`` of one metric from an eval JSON."""
-    out: dict[tuple[str, int], float] = {}
-    for vol in report["volumes"]:
-        values = vol.get("per_slice", {}).get(metric)
-        slices = vol.get("slices")
-        if values is None or slices is None:
-            raise RaykdError(
-                f"eval JSON volume {vol.get('volume')}: no per-slice '{metric}' values or "
-                "slice list; re-evaluate the run (per-slice metrics are needed for the test)"
-            )
-        if len(values) != len(slices):
-            raise RaykdError(
-                f"eval JSON volume {vol['volume']}: {len(values)} per-slice '{metric}' values "
-                f"for {len(slices)} slices"
-            )
-        for s, v in zip(slices, values, strict=True):
-            out[(str(vol["volume"]), int(s))] = math.nan if v is None else float(v)
-    return out
-
-
-def paired_slices(
-    a: dict[str, Any], b: dict[str, Any], metric: str
-) -> tuple[list[tuple[str, int]], np.ndarray, np.ndarray]:
-    """Aligned per-slice values of two eval JSONs; an error if their slices differ."""
-    va, vb = slice_values(a, metric), slice_values(b, metric)
-    if set(va) != set(vb):
-        only_a = sorted(set(va) - set(vb))[:5]
-        only_b = sorted(set(vb) - set(va))[:5]
-        raise RaykdError(
-            f"per-slice '{metric}' pairs do not align: slices only in the first run "
-            f"{only_a}, only in the second {only_b}; both runs must be evaluated on the same "
-            "volumes and slices"
-        )
-    keys = sorted(va)
-    return keys, np.array([va[k] for k in keys]), np.array([vb[k] for k in keys])
-
-
 def seed_evals(
     runs: StageRuns, baseline: dict[str, Any], candidate: dict[str, Any]
 ) -> tuple[list[tuple[str, dict, dict]], list[str]]:
@@ -168,23 +145,6 @@ def seed_evals(
     return pairs, unpaired
 
 
-def slice_pairs(
-    runs: StageRuns, baseline: dict[str, Any], candidate: dict[str, Any], metric: str
-) -> UnitPairs:
-    """Pair two ``{seed: run}`` maps slice by slice, keys (seed, volume, slice), pooled over
-    seeds. Only seeds both sides have are paired; within a seed the slices must align
-    (:func:`paired_slices` raises otherwise)."""
-    keys, va, vb = [], [], []
-    evals, unpaired = seed_evals(runs, baseline, candidate)
-    for seed, a, b in evals:
-        k, x, y = paired_slices(a, b, metric)
-        keys += [(seed, vol, sl) for vol, sl in k]
-        va.append(x)
-        vb.append(y)
-    cat = (lambda v: np.concatenate(v)) if va else (lambda v: np.zeros(0))
-    return UnitPairs(keys, cat(va), cat(vb), unpaired)
-
-
 def unit_pairs(
     runs: StageRuns, baseline: dict[str, Any], candidate: dict[str, Any], metric: str
 ) -> UnitPairs:
@@ -194,8 +154,10 @@ def unit_pairs(
     the same volumes (an error otherwise, never a silently smaller test).
     """
     keys, va, vb = [], [], []
+    subjects: dict[str, str] = {}
     evals, unpaired = seed_evals(runs, baseline, candidate)
     for seed, a, b in evals:
+        subjects |= volume_subjects(b)
         xa, xb = volume_values(a, metric), volume_values(b, metric)
         if set(xa) != set(xb):
             raise RaykdError(
@@ -206,7 +168,8 @@ def unit_pairs(
             keys.append((seed, vol))
             va.append(xa[vol])
             vb.append(xb[vol])
-    return UnitPairs(keys, np.array(va, dtype=np.float64), np.array(vb, dtype=np.float64), unpaired)
+    values = np.array(va, dtype=np.float64), np.array(vb, dtype=np.float64)
+    return UnitPairs(keys, *values, unpaired, subjects)
 
 
 def hierarchical_bootstrap(
@@ -261,18 +224,15 @@ def bootstrap_ci(
     return float(values.mean()), float(ci.low), float(ci.high)
 
 
-def clustered_ci(
-    pairs: UnitPairs, resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED
-) -> tuple[float, float, float] | None:
-    """The fold-level CI (estimate, low, high) of ``pairs`` when its units have folds, else None
-    (callers then use the seed-clustered :func:`hierarchical_bootstrap` / :func:`bootstrap_ci`)."""
-    tree = pairs.by_fold()
-    return None if tree is None else nested_bootstrap(tree, resamples, seed)
-
-
 @dataclass
 class UnitTest:
-    """The unit-level result of one contrast (differences candidate − baseline)."""
+    """The unit-level result of one contrast (differences candidate − baseline).
+
+    With folds the units are test subjects (``n_units`` = ``n_subjects``) and the ``train_*``
+    fields hold the training-randomness analysis on fixed subjects. ``p_adjusted`` is the
+    Holm-adjusted p within the report's family of ``family_size`` tests (the raw p for a family
+    of one); verdicts use it.
+    """
 
     n_units: int
     n_seeds: int
@@ -282,11 +242,19 @@ class UnitTest:
     ci_low: float
     ci_high: float
     p_value: float
-    testable: bool  # n_units ≥ MIN_UNITS
+    testable: bool  # n_units ≥ MIN_UNITS (with folds: distinct subjects ≥ MIN_SUBJECTS)
     significant: bool
     better: str  # "candidate" | "baseline" | "" (no verdict or no difference)
     verdict: str
     n_folds: int = 0  # cross-validation folds (0: none); n_seeds then counts distinct seeds
+    n_subjects: int = 0  # distinct test subjects (folds only)
+    p_adjusted: float = math.nan
+    family_size: int = 1
+    train_mean: float = math.nan  # training randomness on fixed subjects (folds only)
+    train_low: float = math.nan
+    train_high: float = math.nan
+    train_p: float = math.nan
+    train_df: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -295,12 +263,79 @@ class UnitTest:
     def units(self) -> str:
         s, v = self.n_seeds, self.n_volumes
         if self.n_folds:
-            return units_text(self.n_folds, s, v)
+            return subject_units_text(self.n_subjects, self.n_folds, s)
         return f"{s} seed{'s' if s != 1 else ''} × {v} volume{'s' if v != 1 else ''}"
+
+
+def subject_units_text(n_subjects: int, n_folds: int, n_seeds: int) -> str:
+    """``test subjects (4 subjects; each the mean over its fold's 2 seeds, 4 folds)``."""
+    subj = f"{n_subjects} subject{'s' if n_subjects != 1 else ''}"
+    return (
+        f"test subjects ({subj}; each the mean over the (fold, seed) models that tested it: "
+        f"{n_folds} fold{'s' if n_folds != 1 else ''} × {n_seeds} seed"
+        f"{'s' if n_seeds != 1 else ''})"
+    )
 
 
 def refusal(n: int) -> str:
     return f"not enough independent units: n={n}, need ≥ {MIN_UNITS}"
+
+
+def judge(
+    t: UnitTest,
+    p: float,
+    alpha: float = ALPHA,
+    names: tuple[str, str] = ("baseline", "candidate"),
+    higher_is_better: bool = True,
+    family_size: int = 1,
+) -> UnitTest:
+    """``t`` with its verdict drawn from ``p`` (the Holm-adjusted p of a family of
+    ``family_size``, or the raw p for a family of one) and the CI. An untestable ``t`` keeps its
+    refusal."""
+    t = replace(t, p_adjusted=p, family_size=family_size)
+    if not t.testable:
+        return t
+    which = "Holm-adjusted p" if family_size > 1 else "p"
+    excludes_zero = t.ci_low > 0 or t.ci_high < 0
+    significant = bool(p < alpha and excludes_zero)
+    better, verdict = "", f"no significant difference ({which} ≥ {alpha:g})"
+    if significant:
+        better = "candidate" if (t.mean_diff > 0) == higher_is_better else "baseline"
+        who = names[1] if better == "candidate" else names[0]
+        verdict = f"{who} better ({which} < {alpha:g}, CI excludes 0)"
+    elif p < alpha:
+        cluster = "subject-level" if t.n_folds else "seed-clustered"
+        verdict = f"no significant difference ({which} < {alpha:g} but the {cluster} CI includes 0)"
+    return replace(t, significant=significant, better=better, verdict=verdict)
+
+
+def _wilcoxon_p(diff: np.ndarray) -> float:
+    if diff.size < 2:
+        return math.nan
+    return 1.0 if not np.any(diff != 0) else float(stats.wilcoxon(diff).pvalue)
+
+
+def _subject_test(pairs: UnitPairs, base: tuple, n_folds: int) -> UnitTest:
+    """The cross-validated test: per-subject differences, t interval, Wilcoxon, and the
+    training-randomness analysis on fixed subjects beside it."""
+    diffs = pairs.candidate - pairs.baseline
+    per_subject = np.array(list(subject_means(pairs.keys, diffs, pairs.subjects).values()))
+    n = int(per_subject.size)
+    mean, low, high = t_interval(per_subject)
+    fixed = fixed_subject_test(model_groups(pairs.keys, diffs, pairs.subjects))
+    testable = n >= MIN_SUBJECTS
+    why = "" if testable else too_few_subjects(n)
+    p = _wilcoxon_p(per_subject)
+    t = UnitTest(n, *base[1:4], mean, low, high, p, testable, False, "", why)
+    t = replace(t, n_folds=n_folds, n_subjects=n)
+    return replace(
+        t,
+        train_mean=fixed.mean,
+        train_low=fixed.low,
+        train_high=fixed.high,
+        train_p=fixed.p_value,
+        train_df=fixed.df,
+    )
 
 
 def unit_test(
@@ -310,8 +345,10 @@ def unit_test(
     names: tuple[str, str] = ("baseline", "candidate"),
     resamples: int = RESAMPLES,
 ) -> UnitTest:
-    """Wilcoxon signed-rank test and hierarchical bootstrap CI over (seed, volume) units, or
-    (fold, seed, volume) units with the fold-level bootstrap when the replicates have folds.
+    """Wilcoxon signed-rank test and CI over the units of inference: (seed, volume) units with
+    the seed-clustered bootstrap, or, when the replicates have folds, test subjects
+    (:mod:`raykd.report.subjects`). Judged on the raw p (a family of one); a report judges again
+    on its Holm-adjusted p (:func:`judge`).
 
     ``names`` (baseline, candidate) word the verdict. Undefined units (NaN, or an infinite PSNR
     of an exact reconstruction) are left out and counted in ``n_dropped``.
@@ -323,32 +360,21 @@ def unit_test(
     dropped = pairs.n - n
     mean = float(np.mean([g.mean() for g in groups])) if groups else math.nan
     folds = pairs.by_fold()
-    n_seeds, n_folds = len(groups), 0
-    if folds is not None:  # folds × seeds: count distinct seeds, weigh every fold the same
-        n_folds, mean = len(folds), nested_mean(folds)
-        n_seeds = len({split_key(k[0])[1] for k in pairs.keys})
-    base = (n, n_seeds, n_vol, dropped, mean)
-
-    def result(*rest: Any) -> UnitTest:
-        return UnitTest(*base, *rest, n_folds=n_folds)
-
     if n == 0:
-        return result(*(math.nan,) * 3, False, False, "", "not testable (no pairs)")
+        nan3 = (math.nan,) * 3
+        return UnitTest(
+            0, 0, 0, dropped, math.nan, *nan3, False, False, "", "not testable (no pairs)"
+        )
+    if folds is not None:  # folds × seeds: the test subject is the unit
+        n_seeds = len({split_key(k[0])[1] for k in pairs.keys})
+        t = _subject_test(pairs, (n, n_seeds, n_vol, dropped), len(folds))
+        return judge(t, t.p_value, alpha, names, higher_is_better)
     if n < MIN_UNITS:
-        return result(*(math.nan,) * 3, False, False, "", f"no verdict: {refusal(n)}")
-    ci = clustered_ci(pairs, resamples)
-    _, low, high = ci if ci is not None else hierarchical_bootstrap(groups, resamples)
-    p = 1.0 if not np.any(diff != 0) else float(stats.wilcoxon(diff).pvalue)
-    excludes_zero = low > 0 or high < 0
-    significant = bool(p < alpha and excludes_zero)
-    better = ""
-    if significant:
-        better = "candidate" if (mean > 0) == higher_is_better else "baseline"
-        who = names[1] if better == "candidate" else names[0]
-        verdict = f"{who} better (p < {alpha:g}, CI excludes 0)"
-    elif p < alpha:
-        cluster = "fold-clustered" if n_folds else "seed-clustered"
-        verdict = f"no significant difference (p < {alpha:g} but the {cluster} CI includes 0)"
-    else:
-        verdict = f"no significant difference (p ≥ {alpha:g})"
-    return result(low, high, p, True, significant, better, verdict)
+        nan3 = (math.nan,) * 3
+        why = f"no verdict: {refusal(n)}"
+        return UnitTest(n, len(groups), n_vol, dropped, mean, *nan3, False, False, "", why)
+    _, low, high = hierarchical_bootstrap(groups, resamples)
+    t = UnitTest(
+        n, len(groups), n_vol, dropped, mean, low, high, _wilcoxon_p(diff), True, False, "", ""
+    )
+    return judge(t, t.p_value, alpha, names, higher_is_better)

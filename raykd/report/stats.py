@@ -5,11 +5,13 @@ Three contrasts per KD method (:data:`CONTRASTS`): SFT-KD vs Std-KD, SFT-KD vs t
 equal-compute control (a plain student trained for SFT + KD epochs: is SFT-KD's gain more than
 its extra training?) and SFT initialisation vs random initialisation of the SFT-KD student.
 
-The evidence is :mod:`raykd.report.inference`: pairs of (seed, volume) units, a Wilcoxon test
-on their differences plus a seed-clustered bootstrap CI, and no verdict below
-:data:`~raykd.report.inference.MIN_UNITS` units. The per-slice test pairs (seed, volume, slice)
-and pools seeds; its p-value treats correlated slices as independent, so it is reported as a
-description of how consistent the per-slice differences are, never as a verdict.
+The evidence is :mod:`raykd.report.inference`: pairs of (seed, volume) units (test subjects
+with folds, :mod:`raykd.report.subjects`), a Wilcoxon test on their differences plus a CI, and
+no verdict below :data:`~raykd.report.inference.MIN_UNITS` units; verdicts use Holm-adjusted p
+over the family of one setting and metric (:func:`judge_family`). The per-slice test pairs
+(seed, volume, slice) and pools seeds; its p-value treats correlated slices as independent, so
+it is reported as a description of how consistent the per-slice differences are, never as a
+verdict.
 
 Runs of one seed evaluated on different volumes or slices are an error, not a silently smaller
 test; a seed that only one side has is left out with a warning. Values that are undefined
@@ -29,9 +31,20 @@ from scipy import stats
 from raykd.errors import RaykdError
 from raykd.report.cells import section_lead, table_notes
 from raykd.report.folds import has_folds
-from raykd.report.inference import ALPHA, MIN_UNITS, slice_pairs, unit_pairs, unit_test
+from raykd.report.inference import (
+    ALPHA,
+    MIN_UNITS,
+    UnitPairs,
+    UnitTest,
+    judge,
+    unit_pairs,
+    unit_test,
+)
+from raykd.report.multiplicity import METHOD, adjust_records
 from raykd.report.records import Setting
 from raykd.report.runs import StageRuns
+from raykd.report.slices import slice_pairs
+from raykd.report.subjects import MIN_SUBJECTS, TRAINING_LEVEL
 from raykd.report.table_model import HIGHER_IS_BETTER, MISSING, ReportTable, Section, method_name
 
 
@@ -189,12 +202,85 @@ def contrast_test(
     }
 
 
+def contrast_pairs(
+    runs: StageRuns,
+    setting: Setting,
+    contrast: Contrast,
+    method: str,
+    metric: str,
+    t_depth: int | None,
+    s_depth: int | None,
+) -> UnitPairs | None:
+    """The units of :func:`contrast_test` (None where a side has no run); no warnings."""
+    cand = runs.find_seeds(setting, contrast.candidate, method, t_depth, s_depth)
+    base_method = "" if contrast.baseline == "equal_compute" else method
+    base = runs.find_seeds(setting, contrast.baseline, base_method, t_depth, s_depth)
+    try:
+        return unit_pairs(runs, base, cand, metric) if base and cand else None
+    except RaykdError:
+        return None
+
+
 def _warn_missing(runs: StageRuns, setting: Setting, contrast: Contrast, method: str, base, cand):
     lacking = [n for n, f in ((contrast.baseline, base), (contrast.candidate, cand)) if not f]
     why = f"no {' / '.join(lacking)} run" if lacking else "no seed has both runs evaluated"
     runs.warn_once(
         f"comparison missing: {setting.label()} {contrast.label} for "
         f"{method_name(method)} cannot be tested ({why}); reported as missing"
+    )
+
+
+FAMILY = (
+    "Family of tests: the contrast × KD method tests of one setting and one metric (each row "
+    f"block of a section); p adj = {METHOD}'s step-down adjustment across that family, and "
+    "verdicts use it."
+)
+
+
+def judge_family(records: list[dict[str, Any]], alpha: float = ALPHA) -> None:
+    """Holm-adjust the unit-level p of every testable-or-not record per family (setting ×
+    metric) and draw each verdict again from its adjusted p (records updated in place)."""
+
+    def family(rec: dict[str, Any]):
+        if "n_units" not in rec:
+            return None
+        return (rec["dataset"], rec["acceleration"], rec.get("budget", ""), rec["metric"])
+
+    adjust_records(records, family)
+    adjust_records(records, family, "train_p", "train_p_adjusted")
+    fields = UnitTest.__dataclass_fields__
+    for rec in records:
+        if "n_units" not in rec or math.isnan(rec.get("p_adjusted", math.nan)):
+            continue
+        contrast = next(c for c in CONTRASTS if c.key == rec["comparison"])
+        names = (contrast.baseline_name, contrast.candidate_name)
+        t = UnitTest(**{k: rec[k] for k in fields if k in rec})
+        higher = HIGHER_IS_BETTER.get(rec["metric"], True)
+        size = int(rec.get("family_size", 1))
+        rec.update(judge(t, rec["p_adjusted"], alpha, names, higher, size).to_dict())
+
+
+def _unit_note(folds: bool, alpha: float) -> str:
+    if folds:
+        return (
+            "Unit of inference = one test subject (cross-validation: seeds of a fold share its "
+            "test and training subjects, so they are not independent units); value = the mean "
+            "over the (fold, seed) models that tested the subject of their mean over its "
+            "volumes. Δ = candidate − baseline; [95% CI] Student's t over subjects; p = "
+            f"two-sided Wilcoxon signed-rank test on the per-subject differences. Verdict: "
+            f"Holm-adjusted p < {alpha:g} and a CI that excludes 0; none below {MIN_SUBJECTS} "
+            "subjects (the smallest two-sided Wilcoxon p on n units is 2/2^n). Column "
+            f"'{TRAINING_LEVEL}': the (fold, seed) models with the subjects held fixed (no claim "
+            "beyond these subjects): mean [95% t CI from the between-seed spread], p, p adj."
+        )
+    return (
+        "Unit = one trained model pair (seed) on one volume, value = the volume's metric (volume "
+        "PSNR as in Table 1). Δ = candidate − baseline (dB for PSNR; for HFN lower is better); "
+        "mean Δ over seeds of the per-seed mean over volumes, [95% CI] a hierarchical bootstrap "
+        "(seeds, then volumes within each seed); p = two-sided Wilcoxon signed-rank test on the "
+        f"unit differences. Verdict: Holm-adjusted p < {alpha:g} and a CI that excludes 0; none "
+        f"below {MIN_UNITS} units (an exact two-sided signed-rank test cannot reach p < 0.05 "
+        "there)."
     )
 
 
@@ -205,65 +291,84 @@ def paired_table(
     teacher_depth: int | None = None,
     alpha: float = ALPHA,
 ) -> ReportTable:
-    """Every contrast of :data:`CONTRASTS` per setting, method and metric."""
+    """Every contrast of :data:`CONTRASTS` per setting, method and metric, Holm-adjusted per
+    family (:func:`judge_family`)."""
     t_depth = teacher_depth or runs.teacher_depth()
     s_depth = student_depth or runs.student_depth()
-    unit = "(fold, seed, volume)" if has_folds(list(runs.frame["seed"])) else "(seed, volume)"
-    table = ReportTable(f"Paired tests over independent {unit} units (α = {alpha:g})")
+    folds = has_folds(list(runs.frame["seed"]))
+    unit = "test-subject" if folds else "(seed, volume)"
+    table = ReportTable(f"Paired tests over {unit} units (α = {alpha:g}, {METHOD}-adjusted)")
     table.notes = table_notes(
         runs,
-        "Unit = one trained model pair (seed) on one volume, value = the volume's metric (volume "
-        "PSNR as in Table 1). Δ = candidate − baseline (dB for PSNR; for HFN lower is better); "
-        "mean Δ over seeds of the per-seed mean over volumes, [95% CI] a hierarchical bootstrap "
-        "(seeds, then volumes within each seed); p = two-sided Wilcoxon signed-rank test on the "
-        f"unit differences. Verdict: p < {alpha:g} and a CI that excludes 0; none below "
-        f"{MIN_UNITS} units (an exact two-sided signed-rank test cannot reach p < 0.05 there).",
+        _unit_note(folds, alpha),
+        FAMILY,
         "Per-slice columns are descriptive only: (seed, volume, slice) pairs pooled over seeds; "
         "slices of one volume are not independent, so that p-value overstates the evidence.",
         "Contrasts: SFT-KD vs Std-KD; SFT-KD vs the equal-compute control (a plain student "
         "trained for SFT + KD epochs); SFT init vs random init (SFT-KD student initialisation).",
     )
-    header = ["Comparison", "Method", "Metric", "units", "n", "mean Δ [95% CI]", "p (units)"]
-    header += ["verdict", "slices", "slice median Δ", "slice p (descriptive)"]
+    header = ["Comparison", "Method", "Metric", "units", "n", "mean Δ [95% CI]", "p", "p adj"]
+    header += ["verdict"] + ([TRAINING_LEVEL] if folds else [])
+    header += ["slices", "slice median Δ", "slice p (descriptive)"]
     # A contrast whose row the job never trained at all (e.g. no sft_kd_random row requested)
     # is left out, as Table 1 leaves out its rows; a row missing for some methods only is
     # reported as missing.
     present = set(runs.frame["row"])
     contrasts = [c for c in CONTRASTS if {c.candidate, c.baseline} <= present]
     for setting in runs.settings():
+        recs = [
+            (contrast, method, metric, test)
+            for contrast in contrasts
+            for method in runs.methods()
+            for metric in metrics
+            for test in [contrast_test(runs, setting, contrast, method, metric, t_depth, s_depth)]
+        ]
+        judge_family([r[-1] for r in recs], alpha)
         rows = []
-        for contrast in contrasts:
-            for method in runs.methods():
-                for metric in metrics:
-                    rec = contrast_test(runs, setting, contrast, method, metric, t_depth, s_depth)
-                    table.records.append(rec)
-                    row = [contrast.label, method_name(method), metric.upper()]
-                    if "n_units" not in rec:
-                        rows.append(row + [MISSING] * 4 + ["missing run"] + [MISSING] * 3)
-                        continue
-                    rows.append(row + _cells(rec, 3 if metric == "psnr" else 5))
+        for contrast, method, metric, rec in recs:
+            table.records.append(rec)
+            row = [contrast.label, method_name(method), metric.upper()]
+            if "n_units" not in rec:
+                width = len(header) - len(row)
+                rows.append(row + [MISSING] * 5 + ["missing run"] + [MISSING] * (width - 6))
+                continue
+            rows.append(row + _cells(rec, 3 if metric == "psnr" else 5, folds))
         lead = section_lead(runs, setting)
         table.sections.append(Section(setting.label(), header, rows, lead=lead))
     return table
 
 
-def _cells(rec: dict[str, Any], d: int) -> list[str]:
-    def num(x: float, fmt: str) -> str:
-        return "—" if math.isnan(x) else format(x, fmt)
+def _num(x: float, fmt: str) -> str:
+    return "—" if x is None or math.isnan(x) else format(x, fmt)
 
-    mean = num(rec["mean_diff"], f"+.{d}f")
+
+def _cells(rec: dict[str, Any], d: int, folds: bool = False) -> list[str]:
+    mean = _num(rec["mean_diff"], f"+.{d}f")
     if not math.isnan(rec["ci_low"]):
         mean += f" [{rec['ci_low']:+.{d}f}, {rec['ci_high']:+.{d}f}]"
-    return [
-        rec["units"],
-        str(rec["n_units"]),
-        mean,
-        num(rec["p_value"], ".3g"),
-        rec["verdict"],
+    cells = [rec["units"], str(rec["n_units"]), mean, _num(rec["p_value"], ".3g")]
+    cells += [_num(rec.get("p_adjusted", math.nan), ".3g"), rec["verdict"]]
+    if folds:
+        cells.append(training_cell(rec, d))
+    return cells + [
         str(rec["slice_n"]),
-        num(rec["slice_median_diff"], f"+.{d}f"),
-        num(rec["slice_p_value"], ".3g"),
+        _num(rec["slice_median_diff"], f"+.{d}f"),
+        _num(rec["slice_p_value"], ".3g"),
     ]
+
+
+def training_cell(rec: dict[str, Any], d: int = 3) -> str:
+    """``+0.21 [+0.10, +0.32], p = 0.01, p adj = 0.04 (df 3)`` of the training-randomness
+    analysis on fixed subjects (— without the spread of ≥ 2 seeds on a subject)."""
+    mean, low = rec.get("train_mean", math.nan), rec.get("train_low", math.nan)
+    if mean is None or math.isnan(mean):
+        return MISSING
+    if math.isnan(low):
+        return f"{mean:+.{d}f} (no spread: one seed per subject)"
+    return (
+        f"{mean:+.{d}f} [{low:+.{d}f}, {rec['train_high']:+.{d}f}], p = {rec['train_p']:.3g}, "
+        f"p adj = {_num(rec.get('train_p_adjusted', math.nan), '.3g')} (df {rec['train_df']})"
+    )
 
 
 def format_p(p: float) -> str:

@@ -2,8 +2,9 @@
 
 Built from the records of :func:`raykd.report.stats.paired_table` (PSNR), the gap table and the
 balance table, so the paragraph cannot disagree with them. Every verdict names its units
-(seeds × volumes); a contrast with fewer than :data:`~raykd.report.inference.MIN_UNITS` units
-gets no verdict, and the paragraph says so instead of quoting a per-slice p-value.
+(seeds × volumes; test subjects with folds) and its Holm-adjusted p; a contrast with fewer than
+:data:`~raykd.report.inference.MIN_UNITS` units (:data:`~raykd.report.subjects.MIN_SUBJECTS`
+subjects) gets no verdict, and the paragraph says so instead of quoting a per-slice p-value.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from raykd.report.folds import has_folds, replicates_text
 from raykd.report.inference import ALPHA, MIN_UNITS, refusal
 from raykd.report.runs import StageRuns
 from raykd.report.stats import CONTRASTS, format_p
+from raykd.report.subjects import MIN_SUBJECTS
 from raykd.report.table_model import ReportTable, method_name
 
 
@@ -34,11 +36,18 @@ def claim_sentence(rec: dict[str, Any]) -> str:
         verb = "does not beat"
     evidence = (
         f"mean {rec['mean_diff']:+.2f} dB, 95% CI [{rec['ci_low']:+.2f}, {rec['ci_high']:+.2f}], "
-        f"{format_p(rec['p_value'])}, n = {rec['n_units']} units: {rec['units']}"
+        f"{format_p(rec['p_value'])}, {_adjusted(rec)}n = {rec['n_units']} units: {rec['units']}"
     )
     if rec["n_dropped"]:
         evidence += f", {rec['n_dropped']} undefined left out"
     return f"{who} {verb} {whom} for {method} ({evidence})"
+
+
+def _adjusted(rec: dict[str, Any]) -> str:
+    p, m = rec.get("p_adjusted", math.nan), rec.get("family_size", 1)
+    if p is None or math.isnan(p) or m <= 1:
+        return ""
+    return f"Holm-adjusted over {m} tests p = {p:.3g}, "
 
 
 def _grouped(recs: list[dict[str, Any]]) -> dict[str, list[str]]:
@@ -69,15 +78,16 @@ def summary_paragraph(
         ]
         seeds = runs.seeds(setting)
         split = "held-out test" if runs.split == "test" else "validation"
-        model, ci = "(seed) on one volume", "a seed-clustered 95% bootstrap CI"
+        unit = "one trained model pair (seed) on one volume"
+        ci, need = "a seed-clustered 95% bootstrap CI", f"≥ {MIN_UNITS} units"
         if has_folds(seeds):
-            model = "(fold, seed) on one test volume of its fold (units = folds × seeds × volumes)"
-            ci = "a fold-level 95% bootstrap CI (folds, then seeds, then volumes)"
+            unit = "one test subject (the mean over the (fold, seed) models that tested it)"
+            ci, need = "a Student-t 95% CI over subjects", f"≥ {MIN_SUBJECTS} subjects"
         head = (
             f"On {setting.label()} ({split} volumes, {replicates_text(seeds)}; unit of inference: "
-            f"one trained model pair {model}; two-sided Wilcoxon signed-rank test on per-unit "
-            f"volume-PSNR differences and {ci}, α = {alpha:g}; "
-            f"a verdict needs ≥ {MIN_UNITS} units, p < {alpha:g} and a CI excluding 0)"
+            f"{unit}; two-sided Wilcoxon signed-rank test on per-unit volume-PSNR differences "
+            f"and {ci}, α = {alpha:g}, Holm-adjusted over the contrast × method tests of the "
+            f"setting; a verdict needs {need}, adjusted p < {alpha:g} and a CI excluding 0)"
         )
         tested = [r for r in recs if r.get("testable")]
         claims = [claim_sentence(r) for r in tested]
@@ -87,7 +97,8 @@ def summary_paragraph(
                 few.setdefault((r["n_units"], r["units"]), []).append(r)
         for (n, units), group in few.items():
             what = " and on ".join(f"{k} for {', '.join(m)}" for k, m in _grouped(group).items())
-            claims.append(f"no verdict ({refusal(n)}; {units}) on {what}")
+            why = group[0]["verdict"] if group[0].get("n_subjects") else refusal(n)
+            claims.append(f"no verdict ({why}; {units}) on {what}")
         missing = [r for r in recs if "n_units" not in r]
         claims += [
             f"{what} for {', '.join(methods)} could not be tested (missing runs)"

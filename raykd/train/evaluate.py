@@ -61,6 +61,21 @@ def reconstruct_volume(
     }
 
 
+def volume_subject(path: str | Path, key: str) -> str:
+    """The subject of a volume: the h5 file's ``patient_id`` attribute where it has one
+    (fastMRI, DICOM conversions), else the volume itself (one file = one subject)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            pid = f.attrs.get("patient_id")
+    except OSError:
+        return key
+    if isinstance(pid, bytes):
+        pid = pid.decode(errors="replace")
+    return str(pid) if isinstance(pid, str) and pid else key
+
+
 def evaluate_model(
     model: torch.nn.Module | None,
     dataset: SliceDataset,
@@ -70,7 +85,8 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Metrics for every volume: ``{'volumes': [...], 'summary': {metric: [mean, std]}}``.
 
-    Each volume entry holds its name, per-volume metrics and per-slice values (kept for paired
+    Each volume entry holds its name, its subject (:func:`volume_subject`: the report's unit of
+    inference with folds), per-volume metrics and per-slice values (kept for paired
     significance tests).
     """
     volumes = []
@@ -83,6 +99,7 @@ def evaluate_model(
             {
                 "volume": dataset.volumes[v].key,
                 "path": str(dataset.volumes[v].path),
+                "subject": volume_subject(dataset.volumes[v].path, dataset.volumes[v].key),
                 "slices": list(dataset.volumes[v].slice_ids),
                 "metrics": result.volume,
                 "per_slice": result.slices,
