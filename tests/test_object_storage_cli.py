@@ -7,12 +7,13 @@ secret key."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from raykd.cli import main
-from tests.servers import SECRET_KEY, S3Server, s3_env
+from tests.servers import RAY_S3_PORT, SECRET_KEY, S3Server, s3_env
 
 BUCKET = "raykd-cli"
 
@@ -54,7 +55,21 @@ params:
 
 
 @pytest.mark.ray
-def test_search_with_an_object_store_root(ray_session, env, s3, tiny_data, capsys):
+def test_search_with_an_object_store_root(ray_session, tmp_path, monkeypatch, tiny_data, capsys):
+    """On the session's Ray, whose workers have the endpoint of RAY_S3 (conftest): trials work
+    in their node's copy and share stages through the bucket."""
+    with S3Server(tmp_path, port=RAY_S3_PORT) as s3:
+        s3.bucket(BUCKET)
+        for k, v in s3_env(s3.endpoint).items():
+            monkeypatch.setenv(k, v)
+        for k in ("AWS_ENDPOINT_URL", "RAYKD_S3_ENDPOINT", "MLFLOW_TRACKING_URI"):
+            monkeypatch.delenv(k, raising=False)
+        monkeypatch.setenv("RAYKD_CACHE", str(tmp_path / "cache"))
+        monkeypatch.chdir(tmp_path)
+        search_on_the_bucket(tmp_path, s3, tiny_data, capsys)
+
+
+def search_on_the_bucket(env: Path, s3, tiny_data: Path, capsys) -> None:
     space = env / "space.yaml"
     space.write_text(SPACE)
     argv = ["search", "--space", str(space), "--datasets", str(tiny_data), "--size", "32", "32",
@@ -67,8 +82,9 @@ def test_search_with_an_object_store_root(ray_session, env, s3, tiny_data, capsy
     done = [k for k in stored if k.startswith("search/stages/") and k.endswith("/done.json")]
     kinds = sorted(k.split("/")[2].split("-")[0] for k in done)
     assert kinds.count("teacher") == 1 and kinds.count("kd") == 2, kinds
-    result = [k for k in stored if k.startswith("search/search-s3-") and k.endswith(".json")]
-    assert len(result) == 1
+    result = [k for k in stored if re.fullmatch(r"search/search-s3-[0-9a-f]{8}\.json", k)]
+    assert len(result) == 1, stored
+    assert result[0].replace(".json", "-stages.json") in stored  # the job's summary
     body = s3.client().get_object(Bucket=BUCKET, Key=result[0])["Body"].read()
     assert len(json.loads(body)["trials"]) == 2
     assert any(k.startswith("search/tune/") for k in stored)  # Tune's experiment state
@@ -110,7 +126,7 @@ def test_evaluate_a_stage_checkpoint_by_its_uri(env, s3, monkeypatch, tiny_data,
     assert main(["evaluate", ckpt, "--data", str(tiny_data / "vol0.h5"), "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["checkpoint"] == ckpt and report["summary"]["psnr"][0] > 0
-    assert SECRET_KEY not in "".join(capsys.readouterr())
+    assert SECRET_KEY not in "".join(capsys.readouterr()) + out.read_text()
     assert (env / "node-b").is_dir() and not (env / "node-b" / "evaluate").exists()
     # A checkpoint truncated in the bucket is refused in one line (not evaluated).
     key = f"evaluate/stages/{SID}/best.pt"
@@ -135,7 +151,9 @@ def test_export_a_stage_checkpoint_by_its_uri(env, s3, monkeypatch, capsys):
     stage_in_bucket(env, monkeypatch, uri)
     ts = env / "student.pt"
     assert main(["export", f"{uri}/stages/{SID}/best.pt", "--out", str(ts)]) == 0
-    assert ts.is_file() and "wrote" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert ts.is_file() and "wrote" in printed.out
+    assert SECRET_KEY not in printed.out + printed.err
 
 
 def test_endpoint_option_and_refusals_keep_the_secret(env, s3, monkeypatch, capsys):
