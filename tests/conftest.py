@@ -135,8 +135,18 @@ def ray_session():
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     os.environ.pop("RAY_ADDRESS", None)
     from raykd.orchestration.cluster import start_local_ray
+    from tests.servers import RAY_S3, s3_env
 
-    start_local_ray(2, log_to_driver=False)  # loopback only, like a job's local Ray
+    # Ray's processes (not this one) get the endpoint and test keys of the S3 server that
+    # object-storage tests using this Ray start on that port (tests.servers.RAY_S3): its
+    # workers inherit them, as a cluster's nodes have them in their environment.
+    saved = dict(os.environ)
+    os.environ.update(s3_env(RAY_S3) | {"RAYKD_S3_ENDPOINT": RAY_S3})
+    try:
+        start_local_ray(2, log_to_driver=False)  # loopback only, like a job's local Ray
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     yield ray
     ray.shutdown()
 

@@ -35,6 +35,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# The S3 endpoint the session's Ray (conftest's ray_session) is started with: a test that runs
+# a job on that Ray starts its S3 server there (``S3Server(folder, port=RAY_S3_PORT)``).
+RAY_S3_PORT = free_port()
+RAY_S3 = f"http://127.0.0.1:{RAY_S3_PORT}"
+
+
 def _wait_port(port: int, proc: subprocess.Popen, log: Path, what: str, timeout: float = 60):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -73,8 +79,8 @@ class S3Server:
     """``moto_server`` on loopback; ``deny=True``: every request needs IAM-known credentials
     (none exist), so any key is denied."""
 
-    def __init__(self, folder: Path, deny: bool = False) -> None:
-        self.folder, self.port = folder, free_port()
+    def __init__(self, folder: Path, deny: bool = False, port: int | None = None) -> None:
+        self.folder, self.port = folder, port or free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.deny = deny
         self.proc: subprocess.Popen | None = None

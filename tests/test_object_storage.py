@@ -35,6 +35,7 @@ def env(s3, monkeypatch, tmp_path):
     for k, v in s3_env(s3.endpoint).items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("RAYKD_S3_ENDPOINT", raising=False)  # it would win over the server's
     return tmp_path
 
 

@@ -316,9 +316,10 @@ def _run_search_job(args: argparse.Namespace, search, base, job):
     out = None
     try:
         out = run_search(search, base, job, resume=not args.fresh)
-        # Written before --confirm: a failed confirmation loses nothing of the search.
+        # Written (and pushed) before --confirm: a failed confirmation loses nothing.
         path = job.root / f"search-{search.name}-{job.run_id[:8]}.json"
         path.write_text(dumps_strict(out.model_dump(mode="json")))  # a NaN objective -> null
+        job.ctx.store.storage.push(path.name)  # an object-store root: into the bucket
         job.tracking.log_artifact(job.run_id, path)
         confirmed = confirm_search(search, base, job, out, args.confirm, args.confirm_seeds)
     except BaseException as exc:

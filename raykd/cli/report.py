@@ -8,6 +8,7 @@ and :func:`run_compare` with the subcommand, so the script and the subcommand ca
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def add_compare_args(p: argparse.ArgumentParser) -> None:
@@ -23,9 +24,16 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
         help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<root>/mlflow.db)",
     )
     p.add_argument(
-        "--root", help="run directory holding mlflow.db (default: $RAYKD_HOME or ~/raykd-runs)"
+        "--root",
+        help="run directory holding mlflow.db (default: $RAYKD_HOME or ~/raykd-runs), or an "
+        "s3:// root (with --tracking-uri) that receives the report",
     )
-    p.add_argument("--out", default="comparison", help="output folder (default: comparison)")
+    p.add_argument(
+        "--out",
+        default="comparison",
+        help="output folder (default: comparison); with an s3:// --root, a relative one is "
+        "written into the root",
+    )
     p.add_argument(
         "--split", choices=["val", "test"], help="eval split (default: test if all runs have it)"
     )
@@ -54,6 +62,7 @@ def run_compare(args: argparse.Namespace) -> int:
         raise RaykdError(problems[0])
     from raykd.outputs import guard_output_dir
 
+    storage, rel = _out_in_root(args)
     guard_output_dir(args.out)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ReportWarning)
@@ -66,8 +75,29 @@ def run_compare(args: argparse.Namespace) -> int:
                 print(f"warning: {msg}", file=sys.stderr)
     for line in result.summary_lines:
         print(line)
-    print(f"wrote {len(result.files)} files to {result.out_dir}")
+    if storage is not None:
+        storage.push(rel)
+        print(f"wrote {len(result.files)} files to {storage.uri}/{rel}")
+    else:
+        print(f"wrote {len(result.files)} files to {result.out_dir}")
     return 0
+
+
+def _out_in_root(args: argparse.Namespace):
+    """With an object-store ``--root`` a relative ``--out`` is a folder in the root: written in
+    this node's copy, then pushed to the bucket. Returns ``(storage, rel)`` (``None`` else)."""
+    from pathlib import Path
+
+    from raykd.storage import is_uri, open_uri
+
+    if not is_uri(args.root) or Path(args.out).is_absolute():
+        return None, ""
+    if not (args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
+        return None, ""  # compare refuses it in one line
+    storage = open_uri(args.root)  # reached now: a bad root ends in one line
+    rel = Path(args.out).as_posix().strip("/")
+    args.out = str(storage.local / rel)
+    return storage, rel
 
 
 def _compare(compare, args: argparse.Namespace):
@@ -142,9 +172,11 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from raykd.cli.train import fetch_checkpoint
     from raykd.deploy.export import export_model
     from raykd.outputs import guard_output
 
+    fetch_checkpoint(args)
     kind = "onnx" if args.format == "onnx" else "torchscript"
     guard_output(args.out, {"checkpoint": args.checkpoint}, kind, args.force)
     size = tuple(args.size) if args.size else None
@@ -207,7 +239,10 @@ def _register_export(sub: argparse._SubParsersAction) -> None:
         description="Export a checkpoint's DC-CNN. TorchScript is verified against the eager "
         "model; ONNX fails clearly because of the complex FFT data-consistency layer.",
     )
-    p.add_argument("checkpoint", help="a raykd checkpoint (best.pt)")
+    p.add_argument(
+        "checkpoint",
+        help="a raykd checkpoint (best.pt), or a stage's s3://<root>/stages/<id>/best.pt",
+    )
     p.add_argument("--out", required=True, help="output file (.pt for TorchScript, .onnx)")
     p.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
     p.add_argument(

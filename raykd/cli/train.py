@@ -91,6 +91,16 @@ def _scope_note(args: argparse.Namespace) -> str | None:
     )
 
 
+def fetch_checkpoint(args: argparse.Namespace) -> None:
+    """A checkpoint given as a stage's object-store URI: pulled and verified into this node's
+    copy of the root; ``args.checkpoint`` becomes that file, ``args.checkpoint_ref`` is what was
+    given (what outputs name)."""
+    from raykd.orchestration.stage_ref import local_checkpoint
+
+    args.checkpoint_ref = str(args.checkpoint)
+    args.checkpoint = str(local_checkpoint(args.checkpoint))
+
+
 def _model_and_data(args: argparse.Namespace, data_flag: str, data: str, what: str):
     """Guard ``--out`` against the inputs, then the checkpoint's model and the dataset to run it
     on, on the chosen device (shared by ``evaluate`` and ``reconstruct``)."""
@@ -98,6 +108,7 @@ def _model_and_data(args: argparse.Namespace, data_flag: str, data: str, what: s
     from raykd.train.precision import pick_device
     from raykd.train.stages import load_model
 
+    fetch_checkpoint(args)
     inputs = {"checkpoint": args.checkpoint, data_flag: data, "--mask": args.mask}
     guard_output(args.out, inputs, what, args.force)
     device = pick_device(args.device)
@@ -110,7 +121,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     model, dataset, device = _model_and_data(args, "--data", args.data, "metrics")
     report = evaluate_model(model, dataset, device)
-    report["checkpoint"] = str(args.checkpoint)
+    report["checkpoint"] = args.checkpoint_ref
     if args.zero_filled:
         report["zero_filled"] = evaluate_model(None, dataset, device)["summary"]
     write_json(report, args.out)
@@ -139,7 +150,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     write_volume(
         args.out,
         rec["recon"],
-        attrs={"checkpoint": str(args.checkpoint), "source": str(args.input)},
+        attrs={"checkpoint": args.checkpoint_ref, "source": str(args.input)},
         extra=extra,
     )
     vol = dataset.volumes[0]
@@ -159,7 +170,10 @@ def _positive(text: str) -> int:
 
 
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="a raykd checkpoint (best.pt / last.pt)")
+    p.add_argument(
+        "checkpoint",
+        help="a raykd checkpoint (best.pt / last.pt), or a stage's s3://<root>/stages/<id>/best.pt",
+    )
     p.add_argument(
         "--part",
         choices=["auto", "teacher", "student"],

@@ -57,8 +57,10 @@ def parse_uri(uri: str) -> tuple[str, str]:
 
 
 def endpoint() -> str | None:
-    """The S3 endpoint from the usual environment (None: AWS itself)."""
-    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+    """The S3 endpoint: ``RAYKD_S3_ENDPOINT`` (raykd's own: a job sends it to its Ray workers
+    on every node), else the usual ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (None: AWS)."""
+    keys = ("RAYKD_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+    return next((os.environ[k] for k in keys if os.environ.get(k)), None)
 
 
 def _shown(url: str | None) -> str:
