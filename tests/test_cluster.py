@@ -20,10 +20,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 CHILD = """
 import json, os, sys
-import ray
 from raykd.orchestration.cluster import init_ray
 
-message = init_ray("local", num_cpus=1)
+message = init_ray("local", num_cpus=1)  # before `import ray`: Ray reads its switches once
+import ray
 
 @ray.remote(num_cpus=0)
 def inside():

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -33,6 +32,7 @@ from raykd.data.volumes import (
     scan_volume,
 )
 from raykd.errors import DataError
+from raykd.lines import line
 
 
 class Sample(NamedTuple):
@@ -74,8 +74,7 @@ class SliceDataset(Dataset[Sample]):
         for p in find_volumes(volumes):
             info, note = scan_volume(inspect_volume(p, key, complex), self.size, key)
             if note:
-                # Written, not print()ed or warned: one line, also from Ray workers.
-                sys.stderr.write(f"raykd: {note}\n")
+                line(f"raykd: {note}")  # one line, also from Ray workers
             self.volumes.append(info)
         if max_slices is not None:  # evenly spaced subset per volume (smoke runs, tests)
             self.volumes = [_subsample(v, max_slices) for v in self.volumes]

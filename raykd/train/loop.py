@@ -28,6 +28,7 @@ from raykd.data.sampling import ShardedSampler
 from raykd.data.sources import build_datasets
 from raykd.data.transforms import degrade
 from raykd.errors import CheckpointError
+from raykd.lines import line
 from raykd.models.taps import FeatureTaps
 from raykd.train import balance
 from raykd.train.checkpoint import (
@@ -246,9 +247,7 @@ class Trainer:
         """One line on rank 0's stderr, prefixed so a job's console keeps it (Ray's are hidden)."""
         if self.rank == 0:
             prefix = f"[raykd] {self.announce}" if self.announce else f"[raykd {self.cfg.kind}]"
-            # Written, not print()ed: Ray Train patches print() and echoed each line twice.
-            sys.stderr.write(f"{prefix} {text}\n")
-            sys.stderr.flush()
+            line(f"{prefix} {text}")  # logging: Ray Train patches print() (each line twice)
 
     _log = log
 
@@ -370,8 +369,8 @@ class Trainer:
         metrics = self.train_epoch(epoch, loader)
         ratios = balance.epoch_ratios(metrics, self.stage.weights, balance.reference_term(cfg.kind))
         metrics.update(ratios)
-        for line in balance.ratio_warnings(ratios, self.stage.weights):
-            self._log(f"epoch {epoch + 1}: {line}")
+        for warning in balance.ratio_warnings(ratios, self.stage.weights):
+            self._log(f"epoch {epoch + 1}: {warning}")
         metrics.update(self.validate())
         metrics.update(
             epoch=epoch + 1,
