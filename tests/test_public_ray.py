@@ -72,3 +72,38 @@ def test_the_finder_sees_private_imports(tmp_path):
         assert any(what in hit for hit in _private_ray(probe)), code
     probe.write_text("import ray\nfrom ray import tune\nray.init(log_to_driver=False)\n")
     assert _private_ray(probe) == []
+
+
+def test_jobs_do_not_edit_sys_path():
+    edits = [
+        f"{path.name}:{i}"
+        for path in (REPO / "jobs").glob("*.py")
+        for i, text in enumerate(path.read_text().splitlines(), 1)
+        if "sys.path" in text
+    ]
+    assert edits == []
+
+
+def test_worker_env_ships_raykd_once(monkeypatch, tmp_path):
+    """Joining a cluster: raykd goes to workers as ``py_modules`` unless the job already ships
+    it (its own ``py_modules``, or the ``working_dir`` this raykd was imported from); the
+    job's own env vars are left to it; the console relay's hook and name are added."""
+    from raykd.orchestration.cluster import _worker_env
+
+    monkeypatch.setenv("RAYKD_SHARED_DATA", "/data")
+    relay = {"worker_process_setup_hook": "m.hook", "env_vars": {"RAYKD_CONSOLE_RELAY": "r1"}}
+    plain = _worker_env("10.0.0.1:6379", {}, relay)
+    assert plain["py_modules"] == [str(REPO / "raykd")]
+    assert plain["worker_process_setup_hook"] == "m.hook"
+    assert plain["env_vars"]["RAYKD_CONSOLE_RELAY"] == "r1"
+    assert plain["env_vars"]["RAY_ADDRESS"] == "10.0.0.1:6379"
+    # `ray job submit --working-dir .` from the checkout: the driver runs in the unpacked copy
+    monkeypatch.chdir(REPO)
+    job = {"working_dir": "gcs://_ray_pkg_abc.zip", "env_vars": {"RAYKD_SHARED_DATA": "/other"}}
+    submitted = _worker_env("10.0.0.1:6379", job, relay)
+    assert "py_modules" not in submitted
+    assert "RAYKD_SHARED_DATA" not in submitted["env_vars"]  # the job's value stands
+    # a working_dir that is not where this raykd comes from still needs raykd shipped
+    monkeypatch.chdir(tmp_path)
+    assert "py_modules" in _worker_env("10.0.0.1:6379", {"working_dir": "gcs://x.zip"})
+    assert "py_modules" not in _worker_env("10.0.0.1:6379", {"py_modules": ["gcs://m.zip"]})

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 import h5py
 import numpy as np
@@ -55,7 +56,7 @@ class SliceDataset(Dataset[Sample]):
 
     def __init__(
         self,
-        volumes: str | Path | list[str | Path],
+        volumes: str | Path | Sequence[str | Path],
         size: tuple[int, int],
         mask_func: MaskFunc,
         key: str = IMAGE_KEY,
@@ -93,7 +94,8 @@ class SliceDataset(Dataset[Sample]):
         """With ``per_epoch``: this epoch's masks (reproducible from seed, volume and epoch)."""
         if not self.per_epoch:
             return
-        func = dataclasses.replace(self.mask_func, epoch=epoch)
+        # per_epoch is set for fastMRI masks only: frozen dataclasses with an ``epoch`` field
+        func = cast(MaskFunc, dataclasses.replace(cast(Any, self.mask_func), epoch=epoch))
         self._masks = [
             torch.from_numpy(func(self.size, info.key)).unsqueeze(0) for info in self.volumes
         ]

@@ -15,7 +15,7 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -26,7 +26,8 @@ FORMAT_VERSION = 1
 
 
 def rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
+    # legacy=True: always the (name, keys, pos, has_gauss, cached) tuple
+    np_state = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state(legacy=True))
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
@@ -66,7 +67,8 @@ OS_CAUSES = {
 
 def os_cause(exc: OSError) -> str:
     """A short human cause for an OS error ('disk full' for ENOSPC)."""
-    return OS_CAUSES.get(exc.errno, exc.strerror or type(exc).__name__)
+    cause = OS_CAUSES.get(exc.errno) if exc.errno is not None else None
+    return cause or exc.strerror or type(exc).__name__
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -102,7 +102,8 @@ class Trainer:
         self.stage.to(self.device)
         self._pretrain_method(resume_from)
         if self.channels_last:
-            self.stage.to(memory_format=torch.channels_last)
+            # Module.to(memory_format=...) is documented; torch's stubs list no such overload
+            self.stage.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         params = [p for p in self.stage.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(
             params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
@@ -121,7 +122,8 @@ class Trainer:
                 self.stage, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         if cfg.compile:
-            self.train_module = torch.compile(self.train_module)
+            # compiling a Module gives a Module (OptimizedModule); the stub says a callable
+            self.train_module = cast(torch.nn.Module, torch.compile(self.train_module))
         self.start_epoch = 0
         self.best_val = math.inf
         self.best_epoch = -1
