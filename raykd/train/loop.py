@@ -102,8 +102,7 @@ class Trainer:
         self.stage.to(self.device)
         self._pretrain_method(resume_from)
         if self.channels_last:
-            # Module.to(memory_format=...) is documented; torch's stubs list no such overload
-            self.stage.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            cast(Any, self.stage).to(memory_format=torch.channels_last)  # kwarg not in stubs
         params = [p for p in self.stage.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(
             params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
@@ -122,8 +121,7 @@ class Trainer:
                 self.stage, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         if cfg.compile:
-            # compiling a Module gives a Module (OptimizedModule); the stub says a callable
-            self.train_module = cast(torch.nn.Module, torch.compile(self.train_module))
+            self.train_module = cast(torch.nn.Module, torch.compile(self.train_module))  # a Module
         self.start_epoch = 0
         self.best_val = math.inf
         self.best_epoch = -1
