@@ -171,6 +171,8 @@ class _Pump:
         import ray
 
         with self.lock:  # one batch at a time, written before the next is taken: order kept
+            if not ray.is_initialized():  # after ray.shutdown() a call would start a new Ray
+                return False
             try:
                 lines = ray.get(self.relay.take.remote(wait_s), timeout=wait_s + 30)
             except Exception:  # Ray is shutting down (exit) or gone: nothing more to relay
