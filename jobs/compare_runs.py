@@ -5,17 +5,15 @@
 
 The same as ``raykd compare`` (it shares the argument parser and the implementation); errors a
 user can cause print ``compare_runs: error: ...`` (status 2).
+Needs raykd importable: ``pip install -e .`` (or ``pip install raykd``); ``ray job submit
+--working-dir .`` from a checkout puts the checkout on the job's ``PYTHONPATH`` itself.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-# Run from a checkout without `pip install`: this checkout's raykd comes first.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from raykd.cli.report import compare_main  # noqa: E402
+from raykd.cli.report import compare_main
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,17 +7,15 @@
 Every stage is tracked in MLflow (sqlite under --root unless --tracking-uri/MLFLOW_TRACKING_URI)
 and trained once: rerunning the job (or another job needing the same stage) reuses it.
 The same as ``raykd grid``; errors a user can cause print ``full_grid.py: error: ...`` (status 2).
+Needs raykd importable: ``pip install -e .`` (or ``pip install raykd``); ``ray job submit
+--working-dir .`` from a checkout puts the checkout on the job's ``PYTHONPATH`` itself.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-# Run from a checkout without `pip install`: this checkout's raykd comes first.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from raykd.cli.grid import grid_main  # noqa: E402
+from raykd.cli.grid import grid_main
 
 
 def main(argv: list[str] | None = None) -> int:

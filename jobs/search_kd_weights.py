@@ -8,17 +8,15 @@
 The Optuna study is stored in sqlite under --root: rerun to resume or --num-samples to extend.
 The same as ``raykd search``; errors a user can cause print ``search_kd_weights.py: error: ...``
 (status 2).
+Needs raykd importable: ``pip install -e .`` (or ``pip install raykd``); ``ray job submit
+--working-dir .`` from a checkout puts the checkout on the job's ``PYTHONPATH`` itself.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-# Run from a checkout without `pip install`: this checkout's raykd comes first.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from raykd.cli.grid import search_main  # noqa: E402
+from raykd.cli.grid import search_main
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -79,9 +79,10 @@ def run_cli(fn, args, prog: str, interrupted: str = "checkpoints written so far 
     except BaseException as exc:
         # A job's interrupt (raykd.orchestration.interrupt.JobInterrupted) carries its own line
         # and exit code (143 SIGTERM, 130 SIGINT).
-        if getattr(exc, "exit_code", None) is None or not exc.args:
+        code = getattr(exc, "exit_code", None)
+        if code is None or not exc.args:
             raise
         print(f"{prog}: {exc.args[0]}", file=sys.stderr)
         sys.stderr.flush()
         sys.stdout.flush()
-        return int(exc.exit_code)
+        return int(code)

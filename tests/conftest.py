@@ -20,7 +20,15 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from raykd.data.volumes import write_volume
+from raykd.orchestration.cluster import SINGLE_NODE_ENV, loopback_only
 from raykd.train.config import load_config
+
+# Before any test module imports Ray: this process's Rays stay on loopback (Ray reads the
+# switch once, on import); the variable itself is not left to the processes tests start.
+_had_switch = SINGLE_NODE_ENV in os.environ
+loopback_only()
+if not _had_switch:
+    os.environ.pop(SINGLE_NODE_ENV, None)
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

@@ -20,10 +20,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 CHILD = """
 import json, os, sys
-import ray
 from raykd.orchestration.cluster import init_ray
 
-message = init_ray("local", num_cpus=1)
+message = init_ray("local", num_cpus=1)  # before `import ray`: Ray reads its switches once
+import ray
 
 @ray.remote(num_cpus=0)
 def inside():
@@ -208,6 +208,74 @@ def test_job_joins_a_running_ray_start_cluster_and_says_so():
         )
         if head.returncode == 0:
             assert commit == head.stdout.strip()
+    finally:
+        _kill_by_marker(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+SUBMITTED = """
+from raykd.orchestration.cluster import init_ray
+print('MESSAGE', init_ray(), flush=True)
+import ray
+from raykd.lines import line
+
+@ray.remote(num_cpus=0)
+def where():
+    import os, sys
+    import raykd
+    line('[raykd] hello from a worker')
+    uploads = [p for p in sys.path if 'py_modules_files' in p]
+    return raykd.__file__, len(uploads), os.environ.get('RAYKD_GIT_COMMIT')
+
+print('WORKER', *ray.get(where.remote()), flush=True)
+"""
+
+
+@pytest.mark.ray
+def test_submitted_job_with_working_dir_ships_raykd_once_and_relays_its_lines(tmp_path):
+    """`ray job submit --working-dir <checkout>`: the job already ships raykd, so the driver
+    adds no `py_modules` upload; it reconnects with what workers still need (the commit, the
+    console relay), and a worker's raykd line reaches the job's log without Ray's prefix."""
+    import shutil
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="rk-", dir="/tmp")
+    gcs, dash, agent, agent_grpc, client, nm, om, rt, metrics = _free_ports(9)
+    env = {**os.environ, "RAY_TMPDIR": tmp, "RAY_AUTH_MODE": "token"}
+    env.update(RAY_USAGE_STATS_ENABLED="0", RAYKD_GIT_COMMIT="c0ffee")
+    for key in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "PYTHONPATH", "RAYKD_VERBOSE"):
+        env.pop(key, None)
+    start = [
+        "ray", "start", "--head", "--num-cpus", "1", "--port", str(gcs),
+        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+        "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port",
+        str(agent_grpc), "--ray-client-server-port", str(client), "--node-manager-port", str(nm),
+        "--object-manager-port", str(om), "--runtime-env-agent-port", str(rt),
+        "--metrics-export-port", str(metrics), "--disable-usage-stats",
+    ]  # fmt: skip
+    script = tmp_path / "submitted.py"
+    script.write_text(SUBMITTED)
+    try:
+        started = subprocess.run(start, env=env, cwd=tmp, capture_output=True, text=True,
+                                 timeout=180)  # fmt: skip
+        assert started.returncode == 0, started.stdout[-1500:] + started.stderr[-1500:]
+        submit = [
+            "ray", "job", "submit", "--address", f"http://127.0.0.1:{dash}",
+            "--working-dir", str(REPO), "--runtime-env-json",
+            '{"env_vars": {"RAYKD_GIT_COMMIT": "c0ffee"}}',
+            "--", "python", str(script),
+        ]  # fmt: skip
+        out = subprocess.run(submit, env=env, cwd=REPO, capture_output=True, text=True,
+                             timeout=400)  # fmt: skip
+        text = out.stdout + out.stderr
+        assert out.returncode == 0, text[-3000:]
+        message = next(x for x in text.splitlines() if x.startswith("MESSAGE"))
+        assert "joined the Ray cluster at" in message, message
+        worker = next(x for x in text.splitlines() if x.startswith("WORKER")).split()
+        assert "_ray_pkg_" in worker[1] and worker[2] == "0", worker  # the working dir's raykd
+        assert worker[3] == "c0ffee"  # the job's own value stands
+        hello = [x for x in text.splitlines() if "hello from a worker" in x]
+        assert hello and all("pid=" not in x for x in hello), hello
     finally:
         _kill_by_marker(tmp)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -34,7 +34,7 @@ def test_complex_smoke_grid_trains_and_compares(ray_session, tmp_path, monkeypat
     assert len(rows) == len(grid_rows(spec)) == 14
     assert all(r.ok and r.psnr > 0 for r in rows)
     assert summary.stages_trained == 14
-    # The registered best student is a TorchScript network on the packed complex input.
+    # The registered best student is an exported (pt2) network on the packed complex input.
     import mlflow.pytorch
     import torch
 

@@ -1,6 +1,7 @@
 """fastMRI mask conventions: statistics, determinism and agreement with the ``fastmri`` package.
 
-``fastmri`` is a test-only dependency, installed with ``pip install --no-deps fastmri`` (its
+``fastmri`` is a test-only dependency, pinned in ``requirements/test-no-deps.txt`` and installed
+with ``pip install --no-deps -r requirements/test-no-deps.txt`` (its
 declared requirements pull pytorch-lightning and torchvision, which would replace this CPU torch;
 ``fastmri.data.subsample`` needs only numpy and torch); the README's test set-up and ``.ci/run``
 install it, and the comparison fails without it rather than being skipped.

@@ -28,6 +28,7 @@ CORE = (
     "paths",
     "outputs",
     "strict_json",
+    "lines",
 )
 UPPER = ("plan", "orchestration", "tracking", "report", "deploy", "cli")
 MAX_LINES = 400

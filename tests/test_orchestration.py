@@ -126,9 +126,9 @@ def test_grid_trains_teacher_once_and_reuses_it(ray_session, tiny_data, tmp_path
     # session (and its subprocesses) would then log into: scope it to this test.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", job.tracking.uri)
     mlflow.set_tracking_uri(job.tracking.uri)
-    # TorchScript (nothing unpickled) with one packed [B, 4, H, W] input, any batch size.
+    # A torch.export program (MLflow's pt2) with one packed [B, 4, H, W] input, any batch size.
     model = mlflow.pytorch.load_model(f"models:/{reg.name}@champion")
-    assert isinstance(model, torch.jit.ScriptModule)
+    assert not isinstance(model, torch.jit.ScriptModule)
     assert model(torch.rand(3, 4, 32, 32)).shape == (3, 1, 32, 32)
     artifacts = {a.path for a in job.tracking.client.list_artifacts(kds[0].info.run_id)}
     assert {"eval", "examples", "checkpoints", "config.yaml"} <= artifacts

@@ -152,7 +152,7 @@ def test_row_is_typed_and_round_trips():
     teacher = Row(dataset="d", acceleration=3.5, seed=1, kind="teacher", student_depth=2)
     assert teacher.label == "d/3.5x/s1/teacher"
     with pytest.raises(ValidationError):
-        row.seed = 43  # type: ignore[misc]
+        row.seed = 43  # type: ignore[misc]  # on purpose: a frozen row refuses assignment
     with pytest.raises(ValidationError, match="row"):
         Row.model_validate({**data, "row": "sft_kd_typo"})
     with pytest.raises(ValidationError, match="extra"):

@@ -191,3 +191,19 @@ def test_unregistrable_stage_says_what_to_do(tmp_path):
     with pytest.raises(RaykdError, match="cannot be re-registered .* pass --tracking-uri") as err:
         resolve_run(record, store, tracking, None)
     assert "\n" not in str(err.value)
+
+
+def test_params_keep_up_to_mlflows_limit(tmp_path):
+    """A long parameter (a KD method list, a path) is stored whole up to MLflow's own limit
+    (6000 characters), and cut there beyond it, not at an arbitrary shorter length."""
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
+    from raykd.tracking.mlflow_store import PARAM_VALUE_LIMIT, Tracking
+
+    assert PARAM_VALUE_LIMIT == MAX_PARAM_VAL_LENGTH
+    tracking = Tracking(f"sqlite:///{tmp_path / 'p.db'}", "params")
+    long, longer = "x" * 3000, "y" * (PARAM_VALUE_LIMIT + 50)
+    run_id = tracking.start_run("long", params={"a": {"list": long}, "b": longer})
+    params = tracking.client.get_run(run_id).data.params
+    assert params["a.list"] == long
+    assert params["b"] == "y" * PARAM_VALUE_LIMIT

@@ -80,7 +80,7 @@ def make_complex_volume(
         image = np.asarray(f[IMAGE_KEY], dtype=np.float32)
         attrs = {k: v for k, v in f.attrs.items() if k != "complex"}
     if size is not None:
-        image = center_crop_or_pad(image, tuple(size))
+        image = center_crop_or_pad(image, (int(size[0]), int(size[1])))
     cimage = add_synthetic_phase(image, source.stem, seed)
     attrs.update(
         synthetic_phase=f"raykd.data.complex format {SYNTHETIC_PHASE_FORMAT}, seed {seed}",
@@ -117,7 +117,7 @@ def prepare_synthetic_phase(
     sees but keeps the cache small). Built in a temporary folder then renamed, like the MNI152
     cache (:func:`raykd.data.builtin.prepare_mni152`).
     """
-    size = tuple(int(s) for s in size) if size else None
+    size = (int(size[0]), int(size[1])) if size else None
     key = {
         "format": SYNTHETIC_PHASE_FORMAT,
         "base": base,

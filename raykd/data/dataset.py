@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 import h5py
 import numpy as np
@@ -42,6 +42,7 @@ from raykd.data.volumes import (
     volume_attr,
 )
 from raykd.errors import DataError
+from raykd.lines import line
 
 
 class Sample(NamedTuple):
@@ -64,7 +65,7 @@ class SliceDataset(Dataset[Sample]):
 
     def __init__(
         self,
-        volumes: str | Path | list[str | Path],
+        volumes: str | Path | Sequence[str | Path],
         size: tuple[int, int],
         mask_func: MaskFunc,
         key: str = IMAGE_KEY,
@@ -84,8 +85,7 @@ class SliceDataset(Dataset[Sample]):
         for p in find_volumes(volumes):
             info, note = scan_volume(inspect_volume(p, key, complex), self.size, key)
             if note:
-                # Written, not print()ed or warned: one line, also from Ray workers.
-                sys.stderr.write(f"raykd: {note}\n")
+                line(f"raykd: {note}")  # one line, also from Ray workers
             self.volumes.append(info)
         _check_layout(self.volumes, mask_func)
         self.kspace = kspace
@@ -113,7 +113,8 @@ class SliceDataset(Dataset[Sample]):
         """With ``per_epoch``: this epoch's masks (reproducible from seed, volume and epoch)."""
         if not self.per_epoch:
             return
-        func = dataclasses.replace(self.mask_func, epoch=epoch)
+        # per_epoch is set for fastMRI masks only: frozen dataclasses with an ``epoch`` field
+        func = cast(MaskFunc, dataclasses.replace(cast(Any, self.mask_func), epoch=epoch))
         self._masks = [
             torch.from_numpy(func(shape, info.key)).unsqueeze(0)
             for shape, info in zip(self.mask_shapes, self.volumes, strict=True)

@@ -79,8 +79,8 @@ def convert_fastmri(
                 f"{sorted(f.keys())}"
             )
         use_kspace = has_kspace and (prefer == "kspace" or recon_key is None)
-        source_key = KSPACE_KEY if use_kspace else recon_key
-        image = _kspace_image(f, path) if use_kspace else _reconstruction_image(f, recon_key, path)
+        source_key = KSPACE_KEY if use_kspace or recon_key is None else recon_key
+        image = _kspace_image(f, path) if use_kspace else _reconstruction_image(f, source_key, path)
         if image.shape[0] == 0:
             raise DataError(f"{path}: '{source_key}' holds no slices")
         attrs = _attrs(f, path, source_key)

@@ -12,7 +12,7 @@ in-plane axis is at the top (for axial: anterior up, patient right on the image 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import nibabel as nib
 import numpy as np
@@ -30,7 +30,8 @@ def load_nifti(path: str | Path) -> nib.spatialimages.SpatialImage:
     if not path.is_file():
         raise DataError(f"{path}: NIfTI file not found")
     try:
-        return nib.load(path)
+        # a NIfTI file loads as a Nifti1Image, a SpatialImage
+        return cast(nib.spatialimages.SpatialImage, nib.load(path))
     except Exception as exc:  # nibabel raises ImageFileError, EOFError, OSError, zlib errors
         raise DataError(
             f"{path}: cannot be read as NIfTI (.nii/.nii.gz expected; truncated?): {exc}"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -207,11 +208,9 @@ def _scan(info: VolumeInfo, size: tuple[int, int], key: str) -> tuple[frozenset[
     return keep, note
 
 
-def find_volumes(source: str | Path | list[str | Path]) -> list[Path]:
+def find_volumes(source: str | Path | Sequence[str | Path]) -> list[Path]:
     """Resolve a folder (all ``*.h5`` inside, sorted) or an explicit list of files."""
-    if isinstance(source, list | tuple):
-        paths = [Path(p) for p in source]
-    else:
+    if isinstance(source, str | Path):
         source = Path(source)
         if source.is_dir():
             paths = sorted(source.glob("*.h5"))
@@ -219,6 +218,8 @@ def find_volumes(source: str | Path | list[str | Path]) -> list[Path]:
                 raise DataError(f"{source}: folder holds no .h5 volumes")
         else:
             paths = [source]
+    else:
+        paths = [Path(p) for p in source]
     for p in paths:
         if not p.is_file():
             raise DataError(f"{p}: file not found")

@@ -1,7 +1,13 @@
-"""A trained network into the MLflow model registry, as TorchScript with one packed input.
+"""A trained network into the MLflow model registry, as a ``torch.export`` program with one
+packed input.
 
-The registered artifact is TorchScript (``torch.jit.load`` reads a graph and tensors; nothing
-arbitrary is unpickled). Its single input packs what the network needs into one float tensor
+The registered artifact is MLflow's ``pt2`` format: the network exported with ``torch.export``
+(dynamic batch dimension) and saved with ``torch.export.save``; ``mlflow.pytorch.load_model``
+gives back a module that runs any batch size. Every architecture raykd has (DCCNN, DC-UNet,
+VDSR; magnitude and complex, FFT data consistency included) exports as it is. TorchScript
+(``torch.jit.trace``) is kept only as the fallback for a network that does not export or whose
+exported program disagrees with the eager one; the version's ``raykd.format`` tag says which
+(``pt2`` or ``torchscript``). Its single input packs what the network needs into one float tensor
 ``[B, 4, H, W]``: zero-filled image, real and imaginary part of the measured k-space, sampling
 mask; the output is the reconstruction ``[B, 1, H, W]``. A complex network (two image channels,
 real and imaginary) takes ``[B, 5, H, W]`` (zero-filled real and imaginary part, k-space real and
@@ -59,6 +65,31 @@ def scripted(model: torch.nn.Module, size: tuple[int, int]) -> tuple[Any, torch.
     return traced, example[:1]
 
 
+def exported(model: torch.nn.Module, size: tuple[int, int]) -> tuple[Any, torch.Tensor, str]:
+    """``PackedInputs(model)`` for MLflow's ``pt2`` format when it exports with a dynamic batch
+    dimension and the exported program matches eager on another batch size; else the
+    TorchScript fallback (:func:`scripted`). Returns (module, a 2-sample example, format)."""
+    from torch.export import Dim
+
+    wrapper = PackedInputs(model.eval()).eval()
+    cplx = bool(getattr(model, "complex", False))
+    # Two samples: torch.export keeps a size-1 dimension static, and MLflow exports from the
+    # example it is given (dynamic where the signature's dimension is -1: the batch).
+    example = pack_inputs(*example_inputs(2, size, seed=0, complex=cplx))
+    check = pack_inputs(*example_inputs(3, size, seed=1, complex=cplx))
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            program = torch.export.export(wrapper, (example,), dynamic_shapes=[{0: Dim.AUTO}])
+            same = torch.allclose(program.module()(check), wrapper(check), rtol=1e-4, atol=1e-5)
+    except Exception:  # a network torch.export cannot trace: TorchScript instead
+        same = False
+    if same:
+        return wrapper, example, "pt2"
+    traced, one = scripted(model, size)
+    return traced, one, "torchscript"
+
+
 def register_model(
     tracking,
     run_id: str,
@@ -68,9 +99,10 @@ def register_model(
     size: tuple[int, int] = (32, 32),
     label: str = "",
 ) -> str:
-    """Register ``run_id``'s model as packed-input TorchScript (traced only when the run has no
-    version yet) and move the ``champion`` alias to the best version by ``score`` (validation
-    PSNR); returns the version (:func:`raykd.tracking.registry.register_version`)."""
+    """Register ``run_id``'s model as a packed-input exported program (:func:`exported`; built
+    only when the run has no version yet) and move the ``champion`` alias to the best version by
+    ``score`` (validation PSNR); returns the version
+    (:func:`raykd.tracking.registry.register_version`)."""
     return register_version(
-        tracking, run_id, lambda: scripted(model, size), name, score=score, label=label
+        tracking, run_id, lambda: exported(model, size), name, score=score, label=label
     )

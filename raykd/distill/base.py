@@ -36,7 +36,7 @@ def expand_taps(patterns: list[str], model: BlockNet) -> list[str]:
     return out
 
 
-def tap_channels(model: nn.Module, name: str) -> int:
+def tap_channels(model: BlockNet, name: str) -> int:
     """Output channels of the conv behind a tap name."""
     module = dict(model.named_modules()).get(name)
     if module is None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -137,6 +137,7 @@ class FactorTransfer(KDMethod):
         self.paraphrasers = nn.ModuleList(paraphrasers)
         self.translators = nn.ModuleList(translators)
         # A buffer, so a checkpoint of the method records whether its paraphrasers are trained.
+        self.paraphraser_pretrained: torch.Tensor
         self.register_buffer("paraphraser_pretrained", torch.tensor(False))
         self.register_load_state_dict_post_hook(_freeze_if_pretrained)
         if pretrain_steps == 0:
@@ -222,7 +223,7 @@ class FactorTransfer(KDMethod):
         terms = []
         for i, (t, s) in enumerate(pairs):
             with torch.no_grad():
-                f_t = self.paraphrasers[i].encoder(t).float()
+                f_t = cast(Paraphraser, self.paraphrasers[i]).encoder(t).float()
             f_s = self.translators[i](s).float()
             if f_t.shape != f_s.shape:
                 raise ConfigError(

@@ -9,7 +9,7 @@ block, the full-resolution activations in forward order: KD methods pick default
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
@@ -45,7 +45,7 @@ class ConvAct(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if len(self) == 2 and fusable(x, self):
-            conv = self[0]
+            conv = cast(nn.Conv2d, self[0])  # fusable() checked it
             return conv_relu(x, conv.weight, conv.bias)
         return super().forward(x)
 

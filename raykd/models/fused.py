@@ -71,6 +71,8 @@ def fusable(x: torch.Tensor, block: nn.Sequential) -> bool:
 def conv_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``relu(conv2d(x, weight, bias, padding=1))`` in bf16, one kernel; inputs are cast to
     bf16 as autocast would cast them."""
+    if _OP is None:  # callers check fusable() first
+        raise RuntimeError("the oneDNN fused convolution is not available in this torch build")
     dtype = torch.bfloat16
     bias = bias.to(dtype) if bias is not None else None
     x = x.to(dtype).contiguous(memory_format=torch.channels_last)

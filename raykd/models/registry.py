@@ -29,13 +29,19 @@ ARCH_FIELDS: dict[str, tuple[str, str, str, str]] = {
 
 
 class ModelSpec(Protocol):
-    """What a model config section provides (``raykd.train.config.ModelConfig``)."""
+    """What a model config section provides (``raykd.train.config.ModelConfig``); read-only,
+    so a config whose ``arch`` is a ``Literal`` of the registered names fits."""
 
-    arch: str
-    depth: int
-    cascades: int
-    channels: int
-    residual: bool
+    @property
+    def arch(self) -> str: ...
+    @property
+    def depth(self) -> int: ...
+    @property
+    def cascades(self) -> int: ...
+    @property
+    def channels(self) -> int: ...
+    @property
+    def residual(self) -> bool: ...
 
 
 def build_model(

@@ -24,12 +24,12 @@ from raykd.errors import ConfigError
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain module under DDP / torch.compile wrappers."""
     while True:
-        if hasattr(model, "module") and isinstance(model.module, nn.Module):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
+        inner = getattr(model, "module", None)  # DistributedDataParallel
+        if not isinstance(inner, nn.Module):
+            inner = getattr(model, "_orig_mod", None)  # torch.compile's OptimizedModule
+        if not isinstance(inner, nn.Module):
             return model
+        model = inner
 
 
 class FeatureTaps:

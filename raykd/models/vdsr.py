@@ -12,6 +12,8 @@ channel width C (the state passed between them is a C-channel feature map).
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -96,7 +98,7 @@ class VDSR(BlockNet):
     def tap_groups(self) -> list[list[str]]:
         groups = []
         for b, block in enumerate(self.blocks):
-            names = [f"blocks.{b}.convs.{k}" for k in range(len(block.convs))]
+            names = [f"blocks.{b}.convs.{k}" for k in range(len(cast(VDSRBlock, block).convs))]
             if block.head is not None:
                 names.append(f"blocks.{b}.head")
             groups.append(names)

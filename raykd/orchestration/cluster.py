@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from raykd.errors import RaykdError
+from raykd.lines import line
 from raykd.orchestration.sizing import (  # noqa: F401 - trial sizing lives there
     TrialResources,
     plan_resources,
@@ -21,13 +22,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> str:
 
     ``address``: a cluster (``host:port``, ``ray://...``), ``local`` for a private instance,
     or None: ``$RAY_ADDRESS`` (set by ``ray job submit``), else the cluster a ``ray start`` on
-    this machine left in ``/tmp/ray/ray_current_cluster`` if it answers, else a new local Ray.
+    this machine recorded (:func:`running_cluster`) if it answers, else a new local Ray.
     """
-    import ray
+    from raykd.orchestration.console import quiet_driver, relay_env, start_relay
 
-    from raykd.orchestration.console import filter_worker_output, quiet_driver, ray_logging_level
-
-    if ray.is_initialized():
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
         return "already connected"
     quiet_driver()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -41,23 +40,46 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> str:
     if "RAYKD_SHARED_DATA" not in os.environ and shared_data_dir().is_dir():
         # Workers on other nodes import an uploaded copy of raykd: tell them where it is.
         os.environ["RAYKD_SHARED_DATA"] = str(shared_data_dir())
+    relay = relay_env()  # before Ray starts: its processes inherit the relay's name
     target = address or os.environ.get("RAY_ADDRESS")
     how = ""
     if not target:
         target = running_cluster()
         how = " (started with `ray start`; --address local runs a private Ray instead)"
     if target and target != "local":
-        _probe(target)
-        host = target.removeprefix("ray://").rpartition(":")[0]
-        if host in ("127.0.0.1", "localhost", "::1", "[::1]"):
-            # A loopback-bound Ray (e.g. another job's private one): Ray would otherwise
-            # rewrite 127.0.0.1 to this machine's IP, where that Ray does not listen.
-            loopback_only()
+        join_cluster(target, relay)
+        message = f"joined the Ray cluster at {target}{how}"
+    else:
+        start_local_ray(num_cpus, runtime_env=relay)
+        message = "started a private local Ray (bound to 127.0.0.1; stops with the job)"
+    if start_relay():
+        message += "; Ray's own output is hidden (--verbose shows it)"
+    say(message)
+    return message
+
+
+def join_cluster(target: str, relay: dict) -> None:
+    """Connect to the cluster at ``target``; workers get what :func:`_worker_env` says they
+    need and the job does not already give them (read from the job's own runtime env, so a
+    first connection without one is made to read it when anything must be added)."""
+    _probe(target)
+    host = target.removeprefix("ray://").rpartition(":")[0]
+    if host in ("127.0.0.1", "localhost", "::1", "[::1]"):
+        # A loopback-bound Ray (e.g. another job's private one): Ray would otherwise
+        # rewrite 127.0.0.1 to this machine's IP, where that Ray does not listen.
+        loopback_only()
+    import ray
+
+    from raykd.orchestration.console import ray_logging_level
+
+    quiet = bool(relay)
+
+    def connect(runtime_env: dict | None) -> None:
         try:
             ray.init(
                 address=target,
-                log_to_driver=True,
-                runtime_env=_worker_env(target),
+                log_to_driver=not quiet,
+                runtime_env=runtime_env,
                 logging_level=ray_logging_level(),
             )
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -65,23 +87,27 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> str:
                 f"cannot connect to Ray at {target} ({exc}); start a cluster with `ray start "
                 "--head`, or pass --address local to run on a private local Ray"
             ) from exc
-        message = f"joined the Ray cluster at {target}{how}"
-    else:
-        start_local_ray(num_cpus)
-        message = "started a private local Ray (bound to 127.0.0.1; stops with the job)"
-    if filter_worker_output():
-        message += "; Ray's own output is hidden (--verbose shows it)"
-    say(message)
-    return message
+
+    connect(None)
+    job_env = dict(ray.get_runtime_context().runtime_env or {})
+    extra = _worker_env(target, job_env, relay)
+    if extra:
+        ray.shutdown()
+        connect(extra)
 
 
 def running_cluster() -> str | None:
-    """The address a ``ray start`` on this machine recorded, if a GCS still listens there."""
-    try:
-        from ray._private.services import find_bootstrap_address
+    """The address a ``ray start`` on this machine recorded, if a GCS still listens there.
 
-        addr = find_bootstrap_address(None)
-    except Exception:  # private API: a changed Ray means "none found", never a crash
+    Ray's documented lookup (``ray.init()`` joins "the latest Ray instance started on the same
+    machine using ``ray start``") keeps that address in ``ray_current_cluster`` under Ray's
+    temp dir (``$RAY_TMPDIR``, else ``$TMPDIR``, else ``/tmp``, then ``ray/``). Read here as a
+    file, before Ray is imported: whether this process's Ray must stay on loopback is decided by
+    what is found."""
+    base = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+    try:
+        addr = (Path(base) / "ray" / "ray_current_cluster").read_text().strip()
+    except OSError:
         return None
     if not addr:
         return None
@@ -92,14 +118,14 @@ def running_cluster() -> str | None:
     return addr
 
 
-def _worker_env(target: str) -> dict:
-    """What workers on any node need: raykd itself (``py_modules``: a node without raykd
-    installed imports the uploaded copy), the commit, the cluster's address (Train's
-    placement-group cleaner looks Ray up by address, which is ambiguous when several Rays run
-    on one machine). Keys the submitted job already sets are left to it (Ray refuses
-    conflicting runtime envs)."""
-    import json
-
+def _worker_env(target: str, job_env: dict, relay: dict | None = None) -> dict:
+    """What workers on any node need that the job's own runtime env (``job_env``, e.g. from
+    ``ray job submit``) does not give them: raykd itself (``py_modules``: a node without raykd
+    installed imports the uploaded copy; not when the job already ships raykd, with
+    ``py_modules`` or a ``working_dir`` this raykd was imported from), the commit, the
+    cluster's address (Train's placement-group cleaner looks Ray up by address, which is
+    ambiguous when several Rays run on one machine), the console relay. Keys the job already
+    sets are left to it (Ray refuses conflicting runtime envs). ``{}``: nothing to add."""
     from raykd.tracking.mlflow_store import COMMIT_ENV
 
     keys = [COMMIT_ENV, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_USAGE_STATS_ENABLED"]
@@ -109,16 +135,29 @@ def _worker_env(target: str) -> dict:
     env_vars = {k: os.environ[k] for k in keys if os.environ.get(k)}
     if "://" not in target:
         env_vars["RAY_ADDRESS"] = target
-    runtime_env: dict = {"py_modules": [str(Path(__file__).resolve().parents[1])]}
-    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}") or "{}")
-    job_env = (job.get("runtime_env") or {}) if isinstance(job, dict) else {}
-    if "py_modules" in job_env:
-        runtime_env.pop("py_modules")
-    taken = set((job_env.get("env_vars") or {}).keys())
-    env_vars = {k: v for k, v in env_vars.items() if k not in taken}
+    env_vars.update((relay or {}).get("env_vars") or {})
+    runtime_env: dict = {}
+    if not _job_ships_raykd(job_env):
+        runtime_env["py_modules"] = [str(Path(__file__).resolve().parents[1])]
+    if relay and "worker_process_setup_hook" not in job_env:
+        runtime_env["worker_process_setup_hook"] = relay["worker_process_setup_hook"]
+    job_vars = job_env.get("env_vars") or {}
+    env_vars = {k: v for k, v in env_vars.items() if job_vars.get(k) != v and k not in job_vars}
     if env_vars:
         runtime_env["env_vars"] = env_vars
     return runtime_env
+
+
+def _job_ships_raykd(job_env: dict) -> bool:
+    """The job's runtime env already gives workers raykd: ``py_modules``, or a ``working_dir``
+    that this process's raykd was imported from (``ray job submit --working-dir .`` from a
+    checkout: uploading raykd again would ship it twice)."""
+    if job_env.get("py_modules"):
+        return True
+    if not job_env.get("working_dir"):
+        return False
+    package = Path(__file__).resolve().parents[1]
+    return Path.cwd().resolve() in package.parents
 
 
 def _free_port() -> int:
@@ -129,44 +168,63 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def loopback_only() -> None:
-    """Make Ray treat this machine as a single-node install, as it does on macOS/Windows: the
-    node address stays 127.0.0.1 (Ray otherwise swaps loopback for the machine's IP) and the
-    GCS/raylet gRPC servers bind to 127.0.0.1 only. Set in the environment, so every process
-    the local Ray starts inherits it, and on the already imported constant for this one."""
-    from ray._private import ray_constants
-
-    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
+# Ray's switch for treating a machine as single-node (as on macOS/Windows): the node address
+# stays 127.0.0.1 and the GCS/raylet servers bind to it. Ray reads it once, when imported.
+SINGLE_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+_single_node = False  # this process imported Ray with the switch set
 
 
-def start_local_ray(num_cpus: int | None, log_to_driver: bool = True) -> None:
-    """A local Ray whose every listener is on loopback (GCS, raylet, agents, workers: without
-    ``_node_ip_address`` they listen on all interfaces). Its processes inherit this
-    environment: PYTHONPATH so workers import this raykd, and ``RAY_ADDRESS`` = its GCS, so
-    anything inside that looks Ray up by address finds this instance and not another one."""
-    import ray
+def loopback_only() -> bool:
+    """Make this process's Ray, and every process it starts, treat this machine as a
+    single-node install (:data:`SINGLE_NODE_ENV`), so its node address is 127.0.0.1 rather than
+    the machine's. Ray reads the switch when it is imported: returns False (and says so) when
+    Ray was imported before raykd could set it, e.g. by the caller's own ``import ray``."""
+    global _single_node
+    os.environ[SINGLE_NODE_ENV] = "0"
+    if _single_node:
+        return True
+    if "ray" in sys.modules:
+        say(
+            "WARNING: Ray was imported before raykd started it: this Ray uses the machine's "
+            "address, not only 127.0.0.1 (import raykd's entry point before ray)"
+        )
+        return False
+    import ray  # noqa: F401  (reads the switch now)
 
+    _single_node = True
+    return True
+
+
+def start_local_ray(
+    num_cpus: int | None, log_to_driver: bool | None = None, runtime_env: dict | None = None
+) -> None:
+    """A local Ray whose every listener is on loopback (:func:`loopback_only`; GCS, raylet,
+    agents, workers). Its processes inherit this environment: PYTHONPATH so workers import this
+    raykd, and ``RAY_ADDRESS`` = its GCS, so anything inside that looks Ray up by address finds
+    this instance and not another one. ``log_to_driver``: None forwards worker output only
+    when there is no console relay (``runtime_env`` from :func:`console.relay_env`)."""
     pkg_parent = str(Path(__file__).resolve().parents[2])
     paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
     if pkg_parent not in paths:
         os.environ["PYTHONPATH"] = os.pathsep.join([pkg_parent, *filter(None, paths)])
     port = _free_port()
-    keys = ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+    keys = ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT", SINGLE_NODE_ENV)
     saved = {k: os.environ.get(k) for k in keys}
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     os.environ["RAY_ADDRESS"] = f"{LOOPBACK}:{port}"
     loopback_only()
     try:
+        import ray
+
         from raykd.orchestration.console import ray_logging_level
 
         ray.init(
             address="local",
             num_cpus=num_cpus,
-            log_to_driver=log_to_driver,
+            log_to_driver=not runtime_env if log_to_driver is None else log_to_driver,
             logging_level=ray_logging_level(),
-            _node_ip_address=LOOPBACK,
             dashboard_host=LOOPBACK,
+            runtime_env=runtime_env or None,
         )
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise RaykdError(f"cannot start a local Ray ({exc})") from exc
@@ -198,4 +256,4 @@ def _probe(address: str, timeout_s: float = 5.0) -> None:
 
 
 def say(text: str) -> None:
-    print(f"[raykd] {text}", file=sys.stderr, flush=True)
+    line(f"[raykd] {text}")

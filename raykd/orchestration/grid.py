@@ -121,7 +121,7 @@ def run_grid(spec: GridSpec, job) -> list[RowResult]:
     """Run every row of ``spec`` through Tune trials; returns one result per row, table order."""
     from ray import tune
 
-    from raykd.orchestration.console import tune_verbosity
+    from raykd.orchestration.console import tune_quiet, tune_verbosity
     from raykd.orchestration.context import context_spec
     from raykd.orchestration.job import tune_trainable
 
@@ -148,7 +148,9 @@ def run_grid(spec: GridSpec, job) -> list[RowResult]:
             verbose=tune_verbosity(),
         ),
     )
-    out = [entry for result in tuner.fit() for entry in trial_results(result)]
+    with tune_quiet():
+        results = tuner.fit()
+    out = [entry for result in results for entry in trial_results(result)]
     order = {r.label: i for i, r in enumerate(rows)}
     return sorted(out, key=lambda e: order.get(e.label, len(order)))
 

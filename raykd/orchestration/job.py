@@ -166,6 +166,9 @@ def finish_job(
     ``warnings`` (e.g. unequal epoch budgets from an override) are printed with the summary and
     stored in it.
     """
+    from raykd.orchestration.console import flush_relay
+
+    flush_relay()  # the workers' last lines before the summary
     repair_pending(job.ctx.store, job.tracking, job.run_id, job.run_id)
     summary = log_job(job, summarise_job(job, rows, warnings), status)
     if not quiet:

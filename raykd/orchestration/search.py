@@ -153,7 +153,11 @@ def run_search(search: SearchSpec, base: GridSpec, job, resume: bool = True) -> 
         )
     else:
         tuner = _new_tuner(search, base, job, storage_url, study_name, scheduler)
-    trials = [_outcome(job, search, base, r, scheduler is not None) for r in tuner.fit()]
+    from raykd.orchestration.console import tune_quiet
+
+    with tune_quiet():
+        results = tuner.fit()
+    trials = [_outcome(job, search, base, r, scheduler is not None) for r in results]
     return _choose(search, trials, study_name, storage_url)
 
 

@@ -138,8 +138,8 @@ def resolve_run(
     known = known_runs(record.output_dir).get(tracking.uri)
     if known and tracking.run_exists(known):
         return known
-    if tracking.run_exists(record.mlflow_run_id):
-        return record.mlflow_run_id  # type: ignore[return-value]
+    if record.mlflow_run_id and tracking.run_exists(record.mlflow_run_id):
+        return record.mlflow_run_id
     with store.lock(f"mlflow-{record.stage_id}", poll_s=0.2):
         known = known_runs(record.output_dir).get(tracking.uri)
         if known and tracking.run_exists(known):

@@ -208,7 +208,9 @@ def announce_estimate(job, spec, rows, workers: dict[str, int] | None) -> dict |
 
 
 def report_actual(job, plan: dict | None, wall_s: float, stats: dict) -> None:
-    """Print and log the estimate against what happened (metrics on the job run)."""
+    """Say and log the estimate against what happened (metrics on the job run)."""
+    from raykd.orchestration.cluster import say
+
     metrics: dict[str, float] = {}
     line = f"actual wall-clock {wall_s:.0f}s"
     if plan is not None and plan["makespan_s"] == plan["makespan_s"]:
@@ -222,6 +224,6 @@ def report_actual(job, plan: dict | None, wall_s: float, stats: dict) -> None:
             f"{stats['critical_path_s']:.0f}s (x{stats['makespan_over_critical_path']:.2f}), "
             f"concurrency peak {stats['peak_concurrency']}, mean {stats['mean_concurrency']:.1f}"
         )
-    print(line)
+    say(line)
     if metrics:
         job.tracking.log_metrics(job.run_id, metrics)

@@ -18,13 +18,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from raykd.errors import error_summary
+from raykd.lines import line
 from raykd.paths import write_atomic
 from raykd.storage import storage_for
 
@@ -128,11 +128,10 @@ class BestEffort:
         _write_pending(self.stage_dir, {self.uri: self.failed, **pending(self.stage_dir)})
         log_event(self.root, self.job, "tracking_failed", stage=self.stage_dir.name,
                   error=self.failed)  # fmt: skip
-        sys.stderr.write(
+        line(
             f"[raykd] WARNING: MLflow at {self.uri} failed ({self.failed}); stage "
-            f"{self.stage_dir.name} trains on and is written to MLflow when it is back\n"
+            f"{self.stage_dir.name} trains on and is written to MLflow when it is back"
         )
-        sys.stderr.flush()
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):

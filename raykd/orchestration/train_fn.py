@@ -12,7 +12,6 @@ import contextlib
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ import ray.train
 import torch
 from ray.train import Checkpoint
 
+from raykd.lines import line
 from raykd.models.base import count_parameters
 from raykd.orchestration.devices import rank_device, stage_device
 from raykd.orchestration.identity import StageStore
@@ -164,10 +164,8 @@ def _announce_start(request: ChainRequest, stage: PlannedStage, resuming: bool) 
     ):
         log_event(root, job, "stage_restart", stage=stage.name)
     log_event(root, job, "stage_start", stage=stage.name)
-    # Written, not print()ed: Ray Train patches print() and echoed each line twice.
     what = stage.announce or f"stage {stage.name}"
-    sys.stderr.write(f"[raykd] {what}: {'resuming' if resuming else 'starting'}\n")
-    sys.stderr.flush()
+    line(f"[raykd] {what}: {'resuming' if resuming else 'starting'}")
 
 
 def run_training(
@@ -262,7 +260,7 @@ def log_balance(tracking, run_id: str, balance: dict[str, Any]) -> None:
     try:
         tracking.log_params(run_id, params)
     except Exception as exc:  # a retried stage logs the same params again; MLflow may refuse
-        sys.stderr.write(f"[raykd] could not log balance params: {exc}\n")
+        line(f"[raykd] could not log balance params: {exc}")
     ratios = {f"train/ratio/{k}": v for k, v in balance["ratios"].items()}
     if ratios:
         tracking.log_metrics(run_id, ratios, step=0)

@@ -42,7 +42,7 @@ class DatasetEntry(BaseModel):
 
     @property
     def native_size(self) -> tuple[int, int]:
-        return tuple(self.size) if self.size else DEFAULT_SIZE  # type: ignore[return-value]
+        return (int(self.size[0]), int(self.size[1])) if self.size else DEFAULT_SIZE
 
     def fixed_mask(self, size: tuple[int, int], acceleration: float) -> str | None:
         """``shared:masks/...`` of the paper's mask for this size and acceleration, if the

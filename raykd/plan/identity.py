@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
 from raykd.train.config import StageConfig
 
@@ -73,7 +74,7 @@ def stage_identity(cfg: StageConfig, teacher_id: str | None = None) -> str:
     for key in NON_IDENTITY_DATA:
         data["data"].pop(key, None)
     for (*sections, key), default in LATER_DEFAULTS.items():
-        node = data
+        node: Any = data
         for section in sections:
             node = node.get(section) if isinstance(node, dict) else None
         if isinstance(node, dict) and node.get(key, default) == default:

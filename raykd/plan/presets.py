@@ -17,7 +17,9 @@ from raykd.plan.datasets import DatasetEntry, builtin_datasets, catalogue_entrie
 from raykd.plan.package_data import GRID_FILE_NAME, search_space_file
 from raykd.train.config import format_validation_error, yaml_load
 
-RowName = Literal[ROW_KINDS]  # type: ignore[valid-type]  # the values of raykd.kinds.RowKind
+# The values of raykd.kinds.RowKind. type: ignore: mypy accepts only literal values in a
+# Literal, not a tuple built at import; pydantic validates against it at runtime.
+RowName = Literal[ROW_KINDS]  # type: ignore[valid-type]
 # The equal-compute control is a default row: without it SFT-KD's extra training reads as a gain.
 DEFAULT_ROWS: list[str] = list(kinds.DEFAULT_ROWS)
 
@@ -71,6 +73,7 @@ class GridSpec(BaseModel):
     # Ray Train workers (DDP ranks) per stage kind, e.g. {teacher: 4, sft: 4, student: 1, kd: 1}
     # (kinds not named: 1); --workers on the command line wins. Never part of a stage's identity.
     workers: (
+        # type: ignore: a Literal of the kinds tuple (see RowName)
         dict[Literal[STAGE_KINDS], Annotated[int, Field(ge=1)]] | None  # type: ignore[valid-type]
     ) = None
     # Share of a GPU per Ray Train worker of a single-worker stage (0.25: four stages at once per

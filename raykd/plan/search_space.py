@@ -68,7 +68,8 @@ class ParamSpec(BaseModel):
         """Every choice, or both bounds of a continuous range (what preflight checks)."""
         if self.choices is not None:
             return list(self.choices)
-        return list(self.uniform or self.loguniform)
+        bounds = self.uniform or self.loguniform
+        return list(bounds) if bounds else []
 
 
 class Objective(BaseModel):
@@ -88,6 +89,8 @@ class SearchSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     base_preset: str = "smoke"
+    # type: ignore: a Literal of the KD rows tuple (mypy reads only literal values; pydantic
+    # validates against it)
     row: Literal[KD_ROWS] = "sft_kd"  # type: ignore[valid-type]
     num_samples: int = Field(12, ge=1)
     objectives: list[Objective]

@@ -103,7 +103,7 @@ def _message(err: _Invalid, source: str) -> str:
 def _data(spec: GridSpec, row: Row, over: StageOverrides) -> DataConfig:
     ds = spec.dataset(row.dataset)
     source = spec.data_path if (spec.data_path and ds) else (ds.source if ds else row.dataset)
-    size = tuple(spec.size) if spec.size else (ds.native_size if ds else DEFAULT_SIZE)
+    size = spec.size or (ds.native_size if ds else DEFAULT_SIZE)
     acc = row.acceleration
     sr = spec.task == "sr"
     mask = _model(MaskConfig, "data.mask", kind="cartesian", acceleration=acc, seed=0)
@@ -114,10 +114,10 @@ def _data(spec: GridSpec, row: Row, over: StageOverrides) -> DataConfig:
         mask = mask.model_copy(update={"num_low": 4})
     if spec.mask_kind != "paper":
         mask = _model(MaskConfig, "data.mask", kind=spec.mask_kind, acceleration=acc, seed=0)
-    own_splits = ds is not None and source == ds.source
-    train = ds.split("train") if own_splits else None
-    val = ds.split("val") if own_splits else None
-    test = spec.test or (ds.split("test") if own_splits else None)
+    own = ds if ds is not None and source == ds.source else None  # the catalogue's own splits
+    train = own.split("train") if own else None
+    val = own.split("val") if own else None
+    test = spec.test or (own.split("test") if own else None)
     if row.fold is not None and spec.folds:
         from raykd.plan.folds import fold_split, subjects
 
@@ -147,13 +147,13 @@ def _data(spec: GridSpec, row: Row, over: StageOverrides) -> DataConfig:
 
 def _kd(spec: GridSpec, row: Row, over: StageOverrides) -> KDConfig:
     method = row.method
-    fixed = method in spec.kd_weights
+    fixed = method is not None and method in spec.kd_weights
     return _model(
         KDConfig,
         "kd",
         method=method,
         init="sft" if row.kind == "sft_kd" else "random",
-        weight=spec.kd_weights[method] if fixed else None,
+        weight=spec.kd_weights[method] if fixed and method is not None else None,
         balance=(
             _model(BalanceConfig, "kd.balance", ratio=spec.kd_balance)
             if spec.kd_balance is not None and not fixed
@@ -225,7 +225,7 @@ def row_stages(
     ``overrides`` apply to the row's own (last) stage; a KD row's teacher is the plain one every
     KD row shares.
     """
-    kinds: list[StageKind] = [k.value for k in RowKind(row.kind).stages]  # type: ignore[misc]
+    kinds: list[StageKind] = [k.value for k in RowKind(row.kind).stages]
     own = overrides
     if row.kind == "equal_compute":
         budget = spec.epochs_at(row.budget)

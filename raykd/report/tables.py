@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from raykd.kinds import RowKind
 from raykd.report.cells import mark_best, record, report_cell, section_lead, seed_cell, table_notes
 from raykd.report.records import Setting
 from raykd.report.runs import StageRuns
@@ -27,13 +28,15 @@ from raykd.report.table_model import (
 @dataclass(frozen=True)
 class _Entry:
     """One row of a setting's section: its label, kind (``kd`` for a method's row), method,
-    cells per framework and metric, and whether it competes for bold."""
+    cells per framework and metric, whether it competes for bold, and the grid row kind of each
+    framework's cells where it is not the plain mapping (:func:`_schema_row`)."""
 
     label: str
     row: str
     method: str
     cells: dict[str, dict[str, Cell]]
     contender: bool
+    rows: dict[str, str] | None = None
 
 
 def model_table(
@@ -123,7 +126,8 @@ def _entries(
         for method in methods:
             cells = {"std": dict(na), "sft": cells_of("sft_kd_random", method)}
             label = f"{method_name(method)} (SFT-KD, random init)"
-            entries.append(_Entry(label, "kd", method, cells, True))
+            rows = {"sft": RowKind.SFT_KD_RANDOM.value}
+            entries.append(_Entry(label, "kd", method, cells, True, rows))
     return entries
 
 
@@ -150,7 +154,7 @@ def _records(
                         cell,
                         m,
                         model=e.label,
-                        row=_schema_row(e.row, fw, e.label),
+                        row=(e.rows or {}).get(fw) or _schema_row(e.row, fw),
                         method=e.method,
                         framework=FRAMEWORKS[fw] if e.row == "kd" else "",
                         teacher_depth=t_depth if e.row != "zero_filled" else None,
@@ -160,13 +164,12 @@ def _records(
     return out
 
 
-def _schema_row(row: str, fw: str, label: str) -> str:
-    if row == "teacher":
-        return "teacher" if fw == "std" else "sft_teacher"
+def _schema_row(row: str, fw: str) -> str:
+    """The grid row kind of an entry's cells in framework ``fw`` (never read from its label)."""
+    if row == RowKind.TEACHER:
+        return (RowKind.TEACHER if fw == "std" else RowKind.SFT_TEACHER).value
     if row == "kd":
-        if "random init" in label:
-            return "sft_kd_random"
-        return "std_kd" if fw == "std" else "sft_kd"
+        return (RowKind.STD_KD if fw == "std" else RowKind.SFT_KD).value
     return row
 
 

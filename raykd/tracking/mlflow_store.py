@@ -109,6 +109,11 @@ def default_tracking_uri(root: str | Path) -> str:
     return f"sqlite:///{root / 'mlflow.db'}"
 
 
+# MLflow's limit on a parameter's value (``mlflow.utils.validation.MAX_PARAM_VAL_LENGTH``,
+# 6000 characters since MLflow 2.x): a longer value is cut to it rather than refused.
+PARAM_VALUE_LIMIT = 6000
+
+
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in tree.items():
@@ -116,7 +121,7 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
         if isinstance(value, dict):
             out.update(flatten(value, f"{name}."))
         else:
-            out[name] = str(value)[:500]  # MLflow's param value limit
+            out[name] = str(value)[:PARAM_VALUE_LIMIT]
     return out
 
 

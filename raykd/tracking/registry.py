@@ -21,12 +21,13 @@ from raykd.tracking import schema as S
 
 ALIAS = "champion"
 SCORE_TAG = "raykd.val_psnr"
+FORMAT_TAG = "raykd.format"  # pt2 (torch.export) or torchscript (the fallback)
 
 
 def register_version(
     tracking,
     run_id: str,
-    export: Callable[[], tuple[Any, torch.Tensor]],
+    export: Callable[[], tuple[Any, torch.Tensor, str]],
     name: str,
     score: float | None = None,
     label: str = "",
@@ -34,10 +35,11 @@ def register_version(
     """Register ``run_id``'s model (once per run) and move the ``champion`` alias to the best
     registered version by ``score`` (validation PSNR); returns the version.
 
-    ``export()`` gives the model to log and a one-sample input example (for the signature); it
-    is called only when the run has no version yet. The model is logged with ``run_id=`` rather
-    than by reopening the run, so the run's status and end time (its duration) are left as they
-    were.
+    ``export()`` gives the model to log, an input example (for the signature) and its format
+    (``pt2``: an ``nn.Module`` MLflow saves with ``torch.export``; ``torchscript``: a
+    ``ScriptModule``); it is called only when the run has no version yet. The model is logged
+    with ``run_id=`` rather than by reopening the run, so the run's status and end time (its
+    duration) are left as they were.
     """
     from raykd.tracking.mlflow_store import store_lock
 
@@ -55,8 +57,9 @@ def _register_once(tracking, run_id, export, name, score, label) -> str:
     existing = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
     if existing:
         return str(max(int(v.version) for v in existing))
-    traced, example = export()
-    version = _log_and_register(tracking, run_id, traced, example, name)
+    model, example, fmt = export()
+    version = _log_and_register(tracking, run_id, model, example, name, fmt)
+    client.set_model_version_tag(name, version, FORMAT_TAG, fmt)
     if score is not None:
         client.set_model_version_tag(name, version, SCORE_TAG, f"{score:.6f}")
     if label:
@@ -65,14 +68,17 @@ def _register_once(tracking, run_id, export, name, score, label) -> str:
     return version
 
 
-def _log_and_register(tracking, run_id: str, traced: Any, example: torch.Tensor, name: str) -> str:
-    """Log ``traced`` as ``run_id``'s model (signature from ``example``) and register it."""
+def _log_and_register(
+    tracking, run_id: str, model: Any, example: torch.Tensor, name: str, fmt: str
+) -> str:
+    """Log ``model`` as ``run_id``'s model (signature from ``example``) and register it:
+    ``pt2`` (``torch.export``, dynamic batch) or, for a ScriptModule, ``torch.jit.save``."""
     import mlflow
     import mlflow.pytorch
     from mlflow.models import infer_signature
 
     with torch.no_grad():
-        signature = infer_signature(example.numpy(), traced(example).numpy())
+        signature = infer_signature(example.numpy(), model(example).numpy())
     with _global_uri(tracking.uri):
         # The logged model belongs to the run's experiment, so its artifacts land in that
         # experiment's artifact root (the job's store); left to MLflow, it would go to the
@@ -83,13 +89,13 @@ def _log_and_register(tracking, run_id: str, traced: Any, example: torch.Tensor,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             info = mlflow.pytorch.log_model(
-                traced,
+                model,
                 name="model",
                 run_id=run_id,
                 model_id=logged.model_id,
-                # For a ScriptModule this is torch.jit.save, not pickle (the 'pt2'
-                # default is refused for TorchScript).
-                serialization_format="pickle",
+                # 'pt2': torch.export.save. For a ScriptModule 'pickle' is torch.jit.save, not
+                # pickle ('pt2' is refused for TorchScript).
+                serialization_format="pt2" if fmt == "pt2" else "pickle",
                 signature=signature,
                 input_example=example.numpy(),
             )

@@ -17,12 +17,12 @@ from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from raykd.data.sampling import ShardedSampler
 from raykd.train.checkpoint import rng_state, set_rng_state
 from raykd.train.config import MEASURE_BATCHES, BalanceConfig, StageConfig
 from raykd.train.precision import autocast
+from raykd.train.stages import StageModule
 
 
 class Trainer(Protocol):
@@ -30,7 +30,7 @@ class Trainer(Protocol):
     does not import the loop that calls it)."""
 
     cfg: StageConfig
-    stage: nn.Module
+    stage: StageModule
     datasets: dict[str, Any]
     rank: int
     world: int

@@ -15,7 +15,7 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -28,7 +28,8 @@ FORMAT_VERSION = 1
 def rng_state(device: torch.device | None = None) -> dict[str, Any]:
     """CPU, Python and NumPy RNG states, plus the CUDA RNG state of ``device`` only (a rank's
     own GPU: Ray shows every GPU of a node to each worker, and a resume may see fewer)."""
-    np_state = np.random.get_state()
+    # legacy=True: always the (name, keys, pos, has_gauss, cached) tuple
+    np_state = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state(legacy=True))
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
@@ -85,7 +86,8 @@ OS_CAUSES = {
 
 def os_cause(exc: OSError) -> str:
     """A short human cause for an OS error ('disk full' for ENOSPC)."""
-    return OS_CAUSES.get(exc.errno, exc.strerror or type(exc).__name__)
+    cause = OS_CAUSES.get(exc.errno) if exc.errno is not None else None
+    return cause or exc.strerror or type(exc).__name__
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:

@@ -26,7 +26,9 @@ from pydantic import (
 from raykd.errors import ConfigError
 from raykd.kinds import STAGE_KINDS
 
-StageKind = Literal[STAGE_KINDS]  # type: ignore[valid-type]  # raykd.kinds.StageKind's values
+# raykd.kinds.StageKind's values. type: ignore: mypy accepts only literal values in a Literal,
+# not a tuple built at import; pydantic validates against it at runtime.
+StageKind = Literal[STAGE_KINDS]  # type: ignore[valid-type]
 
 
 class _CanonicalWeights(Mapping[str, float]):

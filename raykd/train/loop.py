@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -28,6 +28,7 @@ from raykd.data.sampling import ShardedSampler
 from raykd.data.sources import build_datasets
 from raykd.data.transforms import degrade
 from raykd.errors import CheckpointError
+from raykd.lines import line
 from raykd.models.taps import FeatureTaps
 from raykd.train import balance
 from raykd.train.checkpoint import (
@@ -100,7 +101,7 @@ class Trainer:
         self.stage.to(self.device)
         self._pretrain_method(resume_from)
         if self.channels_last:
-            self.stage.to(memory_format=torch.channels_last)
+            cast(Any, self.stage).to(memory_format=torch.channels_last)  # kwarg not in stubs
         params = [p for p in self.stage.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(
             params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
@@ -119,7 +120,7 @@ class Trainer:
                 self.stage, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         if cfg.compile:
-            self.train_module = torch.compile(self.train_module)
+            self.train_module = cast(torch.nn.Module, torch.compile(self.train_module))  # a Module
         self.start_epoch = 0
         self.best_val = math.inf
         self.best_epoch = -1
@@ -245,9 +246,7 @@ class Trainer:
         """One line on rank 0's stderr, prefixed so a job's console keeps it (Ray's are hidden)."""
         if self.rank == 0:
             prefix = f"[raykd] {self.announce}" if self.announce else f"[raykd {self.cfg.kind}]"
-            # Written, not print()ed: Ray Train patches print() and echoed each line twice.
-            sys.stderr.write(f"{prefix} {text}\n")
-            sys.stderr.flush()
+            line(f"{prefix} {text}")  # logging: Ray Train patches print() (each line twice)
 
     _log = log
 
@@ -369,8 +368,8 @@ class Trainer:
         metrics = self.train_epoch(epoch, loader)
         ratios = balance.epoch_ratios(metrics, self.stage.weights, balance.reference_term(cfg.kind))
         metrics.update(ratios)
-        for line in balance.ratio_warnings(ratios, self.stage.weights):
-            self._log(f"epoch {epoch + 1}: {line}")
+        for warning in balance.ratio_warnings(ratios, self.stage.weights):
+            self._log(f"epoch {epoch + 1}: {warning}")
         metrics.update(self.validate())
         metrics.update(
             epoch=epoch + 1,

@@ -52,7 +52,7 @@ class StageModule(nn.Module):
         raise NotImplementedError
 
     @property
-    def saved_model(self) -> nn.Module:
+    def saved_model(self) -> BlockNet | SFTModel:
         """The network stored as ``model`` in checkpoints."""
         raise NotImplementedError
 
@@ -170,6 +170,8 @@ def build_stage(cfg: StageConfig) -> tuple[StageModule, dict]:
         model = SFTModel(model_from_config(cfg.teacher, cplx), model_from_config(cfg.student, cplx))
         return SFTStage(model, cfg.sft.w_s, cfg.sft.w_imit), lineage
     # kd
+    if cfg.teacher_checkpoint is None:
+        raise CheckpointError("a kd stage needs teacher_checkpoint (the trained teacher's best.pt)")
     ckpt_path = Path(cfg.teacher_checkpoint)
     ckpt = load_checkpoint(ckpt_path)
     teacher_kind = ckpt["arch"].get("type")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -16,9 +17,16 @@ from raykd.data.transforms import magnitude
 from raykd.train.precision import autocast
 
 
+class Predictor(Protocol):
+    """What validation uses of a stage (:class:`raykd.train.stages.StageModule`)."""
+
+    def eval(self) -> Any: ...
+    def predict(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor: ...
+
+
 @torch.no_grad()
 def validate_stage(
-    stage: torch.nn.Module,
+    stage: Predictor,
     dataset: SliceDataset,
     make_loader: Callable[[Subset], Iterable],
     prepare: Callable[[object], tuple[torch.Tensor, ...]],
