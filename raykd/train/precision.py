@@ -177,7 +177,11 @@ def configure_cuda(path: ComputePath, device: torch.device) -> None:
         return
     torch.cuda.set_device(device)
     torch.backends.cudnn.benchmark = True
-    torch.backends.cudnn.conv.fp32_precision = "ieee" if path.tf32 == "off" else "tf32"
+    # torch.backends.cudnn is replaced by a module object at import (``conv`` is set there):
+    # its stub does not declare the attribute that the running torch has.
+    torch.backends.cudnn.conv.fp32_precision = (  # type: ignore[attr-defined]
+        "ieee" if path.tf32 == "off" else "tf32"
+    )
     torch.backends.cuda.matmul.fp32_precision = "ieee"
 
 
