@@ -148,13 +148,19 @@ def ray_session():
     # Ray's processes (not this one) get the endpoint and test keys of the S3 server that
     # object-storage tests using this Ray start on that port (tests.servers.RAY_S3): its
     # workers inherit them, as a cluster's nodes have them in their environment.
-    saved = dict(os.environ)
-    os.environ.update(s3_env(RAY_S3) | {"RAYKD_S3_ENDPOINT": RAY_S3})
+    # Only those keys are put back afterwards: what Ray itself sets while starting (e.g.
+    # RAY_AUTH_MODE=token) must stay, or the processes tests start could not join this Ray.
+    s3 = s3_env(RAY_S3) | {"RAYKD_S3_ENDPOINT": RAY_S3}
+    saved = {k: os.environ.get(k) for k in s3}
+    os.environ.update(s3)
     try:
         start_local_ray(2, log_to_driver=False)  # loopback only, like a job's local Ray
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     yield ray
     ray.shutdown()
 

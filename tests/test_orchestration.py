@@ -305,6 +305,10 @@ def test_unreachable_ray_and_mlflow_fail_fast(monkeypatch):
 
 KILLED_SEARCH = """
 import sys
+# First, before anything imports Ray: the session's Ray listens on loopback only, and a Ray
+# imported without raykd's single-node switch would rewrite 127.0.0.1 to the machine's address.
+from raykd.orchestration.cluster import loopback_only
+loopback_only()
 from raykd.orchestration.job import start_job
 from raykd.orchestration.search import run_search
 from raykd.plan.search_space import SearchSpec
