@@ -36,6 +36,9 @@ def test_sigterm_ends_the_job_cleanly_and_the_rerun_counts_honestly(tiny_data, t
     root = tmp_path / "runs"
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
+    # mlflow.set_tracking_uri (called in-process by earlier tests) exports MLFLOW_TRACKING_URI,
+    # which would send this job to another store than the one under its --root.
+    env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.Popen(
         _grid(tiny_data, root), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, cwd=tmp_path,
