@@ -204,7 +204,9 @@ def _prepared_knee(tmp_path) -> Path:
 
 
 @pytest.mark.ray
-def test_fastmri_knee_measured_style_grid_trains_and_logs_its_mode(ray_session, tmp_path):
+def test_fastmri_knee_measured_style_grid_trains_and_logs_its_mode(
+    ray_session, tmp_path, monkeypatch
+):
     """``fastmri_knee_measured`` reduced to a smoke grid (a preset file of the same form) on
     synthetic fastMRI files: real Ray, MLflow; every stage's params say ``data.kspace``."""
     import mlflow
@@ -244,6 +246,9 @@ def test_fastmri_knee_measured_style_grid_trains_and_logs_its_mode(ray_session, 
     rows = run_grid(spec, job)
     finish_job(job, rows)
     assert len(rows) == 3 and all(r.ok and np.isfinite(r.psnr) for r in rows)
+    # set_tracking_uri also exports $MLFLOW_TRACKING_URI: monkeypatch puts it back after the
+    # test, or every later job of this process would log to this store.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", job.tracking.uri)
     mlflow.set_tracking_uri(job.tracking.uri)
     runs = mlflow.search_runs(experiment_names=["km"], filter_string="params.kind != ''")
     assert len(runs) >= 3 and set(runs["params.data.kspace"]) == {"measured"}
